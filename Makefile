@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+WORK   ?= demo-run
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/tldeploy data digits $(WORK)/digits --force
+	$(BIN)/tldeploy train $(WORK)/digits -o $(WORK)/run --force --epochs 10
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check tldeploy tests benchmarks
+
+clean:
+	rm -rf $(WORK) .pytest_cache

@@ -1,0 +1,185 @@
+"""The `tldeploy` command line: each command is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from tldeploy import __version__
+from tldeploy.errors import TldeployError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s" if not quiet else "%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    # Warnings (skipped files, ...) must show even with --quiet.
+    logging.getLogger("tldeploy").setLevel(logging.INFO if not quiet else logging.WARNING)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="tldeploy")
+def cli() -> None:
+    """tldeploy: transfer learning to a deployed, verified image classifier.
+
+    \b
+    Example, the whole train stage offline:
+      tldeploy data digits data/digits
+      tldeploy train data/digits -o runs/digits
+    """
+
+
+# ---------------------------------------------------------------- data
+
+
+@cli.group(context_settings=CONTEXT)
+def data() -> None:
+    """Built-in offline data sets.
+
+    \b
+    Example:
+      tldeploy data digits data/digits --size 64
+    """
+
+
+@data.command("digits", context_settings=CONTEXT)
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--size", default=64, show_default=True, type=click.IntRange(8, 1024), help="Image side in pixels (upscaled from 8x8).")
+@click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0.01, 0.99), help="Stratified validation share.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it holds files.")
+def data_digits(out_dir: Path, size: int, val_fraction: float, seed: int, force: bool) -> None:
+    """Write scikit-learn's handwritten digits (1,797 real scans) as OUT_DIR/train and OUT_DIR/val.
+
+    \b
+    Example:
+      tldeploy data digits data/digits --size 64 --val-fraction 0.2
+    """
+    from tldeploy.pipeline.data import write_digits
+
+    n = write_digits(out_dir, size=size, val_fraction=val_fraction, seed=seed, force=force)
+    click.echo(f"wrote {n['train']} training and {n['val']} validation images ({size} px) to {out_dir}")
+
+
+# ---------------------------------------------------------------- backbones
+
+
+@cli.command("backbones", context_settings=CONTEXT)
+@click.argument("pattern", default="*")
+def backbones_cmd(pattern: str) -> None:
+    """List the registered backbones (timm:NAME and torchvision names work too).
+
+    \b
+    Example:
+      tldeploy backbones 'efficientnet*'
+    """
+    from tldeploy.pipeline.backbones import _REGISTRY, list_backbones
+
+    for name in list_backbones(pattern):
+        click.echo(f"{name:20s} {_REGISTRY[name].description}")
+
+
+# ---------------------------------------------------------------- train
+
+
+@cli.command("train", context_settings=CONTEXT)
+@click.argument("data_dir", metavar="DATA", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder (model.pt, metrics.json, plots/).")
+@click.option("--val", type=click.Path(path_type=Path), help="Validation folder; default DATA/val, else a stratified split.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=float, help="Share held out when there is no validation folder.")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registered name, timm:NAME or a torchvision model.")
+@click.option("--weights", default="default", show_default=True, help="default, none, a torchvision weights name, or a state-dict file.")
+@click.option("--mode", type=click.Choice(["feature-extract", "finetune"]), default="feature-extract", show_default=True)
+@click.option("--epochs", default=10, show_default=True, type=int, help="Epochs in all (finetune: warm-up included).")
+@click.option("--warmup-epochs", default=3, show_default=True, type=int, help="finetune: head-only epochs before unfreezing.")
+@click.option("--unfreeze", default=0, show_default=True, type=int, help="finetune: train the last N backbone blocks (0 = all).")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Learning rate of the head.")
+@click.option("--backbone-lr", type=float, help="finetune: rate of the top backbone block [default: lr/10].")
+@click.option("--layer-decay", default=0.75, show_default=True, type=float, help="finetune: rate factor per block below the top.")
+@click.option("--weight-decay", default=1e-4, show_default=True, type=float)
+@click.option("--label-smoothing", default=0.0, show_default=True, type=float)
+@click.option("--reduction", default=16, show_default=True, type=int, help="Channel-attention MLP reduction ratio r.")
+@click.option("--dropout", default=0.2, show_default=True, type=float)
+@click.option("--augment/--no-augment", default=None, help="Training augmentation [default: off for feature-extract, so features are cached; on for finetune].")
+@click.option("--crop-scale", default=0.6, show_default=True, type=float, help="Smallest area share of the random resized crop.")
+@click.option("--hflip/--no-hflip", default=True, show_default=True, help="Random horizontal flips.")
+@click.option("--color-jitter", default=0.2, show_default=True, type=float, help="Brightness/contrast/saturation jitter (0 = off).")
+@click.option("--image-size", type=click.IntRange(8, 2048), help="Input size in px [default: the backbone's].")
+@click.option("--limit-per-class", type=click.IntRange(1), help="Train on at most N images per class (few-shot).")
+@click.option("--balance", type=click.Choice(["none", "weights", "sampler"]), default="none", show_default=True, help="Class-imbalance handling.")
+@click.option("--unlabeled", type=click.Path(path_type=Path), help="Folder of unlabelled images for pseudo-labels.")
+@click.option("--pseudo-threshold", default=0.9, show_default=True, type=float, help="Confidence needed to join the training set.")
+@click.option("--pseudo-rounds", default=1, show_default=True, type=int)
+@click.option("--pseudo-epochs", type=int, help="Epochs per pseudo-label round [default: those of the last phase].")
+@click.option("--select-metric", type=click.Choice(["f1_macro", "accuracy", "precision_macro", "recall_macro"]), default="f1_macro", show_default=True, help="Validation metric that picks the best checkpoint.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--workers", default=0, show_default=True, type=int, help="Data-loading processes.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in the run folder.")
+@click.option("--force", is_flag=True, help="Overwrite a run folder that holds files.")
+@click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; plain log lines only.")
+def train_cmd(data_dir: Path, out_dir: Path, augment: bool | None, crop_scale: float, hflip: bool, color_jitter: float, **kw) -> None:
+    """Adapt a pretrained backbone to the images in DATA (one folder per class).
+
+    \b
+    Examples:
+      tldeploy train data/digits -o runs/fe                       # frozen backbone, cached features
+      tldeploy train data/digits -o runs/ft --mode finetune --epochs 12 --image-size 64
+      tldeploy train data/pets -o runs/pets --backbone resnet50 --weights ResNet50_Weights.IMAGENET1K_V2
+      torchrun --nproc_per_node 2 -m tldeploy train data/digits -o runs/ddp
+    """
+    from tldeploy.pipeline.preprocessing import AugmentConfig
+    from tldeploy.pipeline.training import TrainConfig, train
+
+    _setup_logging(kw["quiet"])
+    aug = None
+    if augment is not None:
+        aug = AugmentConfig(enabled=augment, crop_scale=crop_scale, hflip=hflip, color_jitter=color_jitter)
+    cfg = TrainConfig(data=data_dir, out_dir=out_dir, augment=aug, **kw)
+    result = train(cfg)
+    m = result.metrics
+    click.echo(
+        f"accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  -> {result.checkpoint} "
+        f"(metrics.json and plots/ beside it)"
+    )
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and a non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="tldeploy", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        hint = ""
+        if isinstance(e, click.UsageError) and e.ctx is not None:
+            hint = f" (see '{e.ctx.command_path} --help')"
+        click.echo(f"error: {e.format_message()}{hint}", err=True)
+        return e.exit_code
+    except TldeployError as e:
+        click.echo(f"error: {e}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

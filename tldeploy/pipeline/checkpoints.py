@@ -1,0 +1,102 @@
+"""Checkpoints: a state dict plus JSON-like metadata, loadable with `weights_only=True`.
+
+The metadata is plain data (strings, numbers, lists, dicts); nothing in it is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import tldeploy
+from tldeploy._io import atomic_path
+from tldeploy.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "tldeploy.checkpoint"
+TRAIN_STATE_FORMAT = "tldeploy.train-state"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    out = {"tldeploy": tldeploy.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    try:
+        import timm
+
+        out["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
+    meta = dict(metadata)
+    meta.setdefault("versions", versions())
+    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": meta,
+    }
+    with atomic_path(Path(path)) as tmp:
+        torch.save(obj, tmp)
+
+
+def read_torch_file(path: Path, expected_format: str, what: str) -> dict[str, Any]:
+    """torch.load with weights_only=True and a clear error for missing, truncated or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist; pass the model.pt written by 'tldeploy train'")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with code, random bytes...
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"cannot read {what} {path}: it is truncated, corrupt or not a PyTorch file ({reason})"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != expected_format:
+        raise CheckpointError(
+            f"{path} is not a {what} written by tldeploy (no '{expected_format}' marker); "
+            "train one with 'tldeploy train' or load foreign weights with --weights"
+        )
+    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses {what} format {obj['format_version']}, newer than this tldeploy "
+            f"({FORMAT_VERSION}); upgrade tldeploy"
+        )
+    return obj
+
+
+def load_checkpoint(path: Path):
+    """Rebuild the adapted model from a checkpoint. Returns (model in eval mode, metadata)."""
+    from tldeploy.pipeline.backbones import create_backbone
+    from tldeploy.pipeline.heads import AdaptedModel, AttentionHead, HeadConfig
+    from tldeploy.pipeline.preprocessing import Preprocessing
+
+    obj = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint")
+    meta = obj["metadata"]
+    try:
+        backbone = create_backbone(meta["backbone"]["name"], "none")
+        head = AttentionHead(HeadConfig(**meta["head"]))
+        Preprocessing.from_dict(meta["preprocessing"])
+        model = AdaptedModel(backbone, head)
+        model.load_state_dict(obj["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} is incomplete or does not match its metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    model.eval()
+    return model, meta
+
+
+def save_train_state(path: Path, state: dict[str, Any]) -> None:
+    obj = {"format": TRAIN_STATE_FORMAT, "format_version": FORMAT_VERSION, **state}
+    with atomic_path(Path(path)) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    return read_torch_file(path, TRAIN_STATE_FORMAT, "training state")

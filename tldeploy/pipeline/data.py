@@ -1,0 +1,238 @@
+"""Image data on disk: ImageFolder scanning with checks, robust image loading, splits, digits.
+
+Layout: one folder per class. A folder holding `train/` (and optionally `val/`) is read as a
+train/validation pair, which is what `tldeploy data digits` writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tldeploy._io import atomic_dir
+from tldeploy.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass
+class ImageList:
+    """Labelled image paths with their class names; what every loader and split works on."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(self.labels)
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def subset(self, idx: list[int]) -> ImageList:
+        return ImageList([self.paths[i] for i in idx], [self.labels[i] for i in idx], self.classes)
+
+
+def load_image(path: Path) -> Image.Image:
+    """Open any image as 8-bit RGB: grayscale, palette, alpha and 16-bit inputs are converted."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if arr.max() > 255 else 255.0
+            if im.mode == "F":
+                lo, hi = float(arr.min()), float(arr.max())
+                arr, top = (arr - lo), max(hi - lo, 1e-12)
+            im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(bg, rgba).convert("RGB")
+        return im.convert("RGB")
+
+
+def _check_image(path: Path) -> str | None:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def scan_image_folder(root: Path, *, strict: bool = False, classes: list[str] | None = None) -> ImageList:
+    """List class folders under `root`; unreadable images are skipped (or fatal with strict)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; pass a folder with one sub-folder per class")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; pass a folder with one sub-folder per class")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is None:
+        classes = found
+    else:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DataError(f"{root} has classes not in the training set: {', '.join(extra)}; use the same class folders")
+    if not classes:
+        raise DataError(f"{root} has no class folders; put images into one sub-folder per class")
+    paths: list[Path] = []
+    labels: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.rglob("*")):
+            if p.is_dir() or p.name.startswith("."):
+                continue
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append((p, "not an image file extension"))
+                continue
+            err = _check_image(p)
+            if err:
+                skipped.append((p, err))
+                continue
+            paths.append(p)
+            labels.append(label)
+    if skipped:
+        listing = "; ".join(f"{p} ({why})" for p, why in skipped[:20])
+        more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        if strict:
+            raise DataError(f"{len(skipped)} unreadable file(s) under {root} with --strict: {listing}{more}")
+        log.warning("skipped %d unreadable file(s) under %s: %s%s", len(skipped), root, listing, more)
+    if not paths:
+        raise DataError(f"{root} holds no readable images; supported extensions: {' '.join(IMAGE_EXTENSIONS)}")
+    return ImageList(paths, labels, list(classes), skipped)
+
+
+def stratified_split(images: ImageList, val_fraction: float, seed: int) -> tuple[ImageList, ImageList]:
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    counts = images.counts()
+    small = [c for c, n in counts.items() if n < 2]
+    if small:
+        raise DataError(
+            f"classes {', '.join(small)} have fewer than 2 images, too few for a stratified validation split; "
+            "add images or pass --val DIR"
+        )
+    idx = list(range(len(images)))
+    n_val = max(round(len(idx) * val_fraction), len(images.classes))
+    if len(idx) - n_val < len(images.classes):
+        raise DataError(f"{len(idx)} images are too few to split {len(images.classes)} classes; add images or pass --val DIR")
+    tr, va = train_test_split(idx, test_size=n_val, stratify=images.labels, random_state=seed)
+    return images.subset(sorted(tr)), images.subset(sorted(va))
+
+
+def limit_per_class(images: ImageList, n: int, seed: int) -> ImageList:
+    """At most `n` images per class, chosen with `seed` (few-shot runs)."""
+    if n < 1:
+        raise ConfigError(f"--limit-per-class must be at least 1, got {n}")
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(images.labels):
+        by_class.setdefault(y, []).append(i)
+    keep: list[int] = []
+    for idx in by_class.values():
+        rng.shuffle(idx)
+        keep += idx[:n]
+    return images.subset(sorted(keep))
+
+
+def resolve_train_val(
+    data: Path,
+    val: Path | None,
+    *,
+    val_fraction: float,
+    seed: int,
+    strict: bool,
+) -> tuple[ImageList, ImageList]:
+    """Training and validation lists: `data/train` + `data/val`, an explicit `val`, or a split."""
+    data = Path(data)
+    if val is None and (data / "train").is_dir():
+        if (data / "val").is_dir():
+            val = data / "val"
+        data = data / "train"
+    train = scan_image_folder(data, strict=strict)
+    if len(train.classes) < 2:
+        raise DataError(f"{data} has a single class ({train.classes[0]}); a classifier needs at least two class folders")
+    if val is None:
+        return stratified_split(train, val_fraction, seed)
+    valset = scan_image_folder(val, strict=strict, classes=train.classes)
+    return train, valset
+
+
+def scan_unlabeled(root: Path, *, strict: bool = False) -> list[Path]:
+    """All readable images under `root`, any depth, for pseudo-labelling."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"unlabelled folder {root} does not exist; pass a folder of images to --unlabeled")
+    paths, bad = [], []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            if p.suffix.lower() in IMAGE_EXTENSIONS and _check_image(p) is None:
+                paths.append(p)
+            else:
+                bad.append(p)
+    if bad:
+        if strict:
+            raise DataError(f"{len(bad)} unreadable file(s) under {root} with --strict: {', '.join(map(str, bad[:20]))}")
+        log.warning("skipped %d unreadable file(s) under %s: %s", len(bad), root, ", ".join(map(str, bad[:20])))
+    if not paths:
+        raise DataError(f"{root} holds no readable images for --unlabeled")
+    return paths
+
+
+class ImageDataset:
+    """torch Dataset over (path, label) pairs with a transform."""
+
+    def __init__(self, paths: list[Path], labels: list[int], transform) -> None:
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return self.transform(load_image(self.paths[i])), self.labels[i]
+
+
+def write_digits(out_dir: Path, size: int = 64, val_fraction: float = 0.2, seed: int = 0, force: bool = False) -> dict[str, int]:
+    """Write scikit-learn's handwritten digits (1,797 real 8x8 scans) as train/ and val/ folders.
+
+    Returns the number of images written per split.
+    """
+    from sklearn.datasets import load_digits
+
+    if size < 8:
+        raise ConfigError(f"--size must be at least 8 px, got {size}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise DataError(f"{out_dir} exists and is not empty; choose another folder or pass --force")
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    labels = [int(y) for y in digits.target]
+    all_ = ImageList([Path(str(i)) for i in range(len(labels))], labels, [str(d) for d in range(10)])
+    train, val = stratified_split(all_, val_fraction, seed)
+    written = {}
+    with atomic_dir(out_dir, force=True) as tmp:
+        for split, part in (("train", train), ("val", val)):
+            for idx_path, y in zip(part.paths, part.labels, strict=True):
+                i = int(str(idx_path))
+                folder = tmp / split / str(y)
+                folder.mkdir(parents=True, exist_ok=True)
+                im = Image.fromarray(images[i], "L").resize((size, size), Image.Resampling.BICUBIC)
+                im.save(folder / f"{i:04d}.png")
+            written[split] = len(part)
+    return written

@@ -1,0 +1,106 @@
+"""The adapted model: backbone -> channel attention -> global average pool -> linear classifier.
+
+`AdaptedModel.forward` returns logits. `AdaptedModel.forward_with_cam` also returns softmax
+probabilities and the class activation map of the predicted class, computed from the classifier
+weights in the forward pass (no gradients), so it exports to ONNX as plain operators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tldeploy.errors import ConfigError
+from tldeploy.pipeline.backbones import Backbone
+
+
+class ChannelAttention(nn.Module):
+    """CBAM channel attention: sigmoid(MLP(avgpool(x)) + MLP(maxpool(x))) scales each channel.
+
+    The MLP is shared by both branches: C -> C/r -> ReLU -> C.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.channels, self.reduction = channels, reduction
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel attention weights (N, C) in (0, 1)."""
+        avg = x.mean(dim=(2, 3))
+        mx = x.amax(dim=(2, 3))
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(avg))) + self.fc2(F.relu(self.fc1(mx))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weights(x)[:, :, None, None]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    num_classes: int
+    in_channels: int
+    reduction: int = 16
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ConfigError(f"a classifier needs at least 2 classes, got {self.num_classes}")
+        if self.reduction < 1:
+            raise ConfigError(f"--reduction must be at least 1, got {self.reduction}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AttentionHead(nn.Module):
+    """Feature map (N, C, h, w) -> attention -> GAP -> dropout -> linear."""
+
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.attention = ChannelAttention(cfg.in_channels, cfg.reduction)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.in_channels, cfg.num_classes)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        attended = self.attention(feats)
+        return self.classifier(self.dropout(attended.mean(dim=(2, 3))))
+
+    def forward_with_cam(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, probs, cam): cam is the predicted class's map, per image in [0, 1], (N, h, w)."""
+        attended = self.attention(feats)
+        logits = self.classifier(attended.mean(dim=(2, 3)))
+        probs = torch.softmax(logits, dim=1)
+        pred = logits.argmax(dim=1)
+        w = self.classifier.weight.index_select(0, pred)  # (N, C)
+        cam = (attended * w[:, :, None, None]).sum(dim=1)  # sum_k w_ck A_k
+        lo = cam.amin(dim=(1, 2), keepdim=True)
+        hi = cam.amax(dim=(1, 2), keepdim=True)
+        cam = (cam - lo) / (hi - lo).clamp_min(1e-12)
+        return logits, probs, cam
+
+
+class AdaptedModel(nn.Module):
+    def __init__(self, backbone: Backbone, head: AttentionHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return self.head.forward_with_cam(self.backbone(x))
+
+
+def create_model(backbone: Backbone, num_classes: int, reduction: int = 16, dropout: float = 0.2) -> AdaptedModel:
+    cfg = HeadConfig(num_classes=num_classes, in_channels=backbone.num_features, reduction=reduction, dropout=dropout)
+    return AdaptedModel(backbone, AttentionHead(cfg))

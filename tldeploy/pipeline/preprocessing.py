@@ -1,0 +1,122 @@
+"""The preprocessing contract: how an image becomes the network's input tensor.
+
+Every stage (training, calibration, export metadata, bench, predict) builds its transforms from a
+`Preprocessing`, which travels inside checkpoints and ONNX files. Nobody retypes mean/std.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from tldeploy.errors import ConfigError
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to `resize_size`, centre-crop `input_size`, scale to [0, 1], normalise."""
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    crop: str = "center"  # the only crop rule so far: shorter side -> resize_size, centre crop
+    color: str = "RGB"
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        if self.input_size < 8:
+            raise ConfigError(f"input size must be at least 8 px, got {self.input_size}")
+        if self.resize_size < self.input_size:
+            raise ConfigError(
+                f"resize size {self.resize_size} is smaller than the crop {self.input_size}"
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError(f"mean and std need three values with std > 0, got {self.mean}, {self.std}")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @property
+    def crop_pct(self) -> float:
+        return self.input_size / self.resize_size
+
+    def with_input_size(self, px: int) -> Preprocessing:
+        """The same contract at another input size, keeping the crop ratio."""
+        return dataclasses.replace(self, input_size=px, resize_size=max(px, round(px / self.crop_pct)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = {"input_size", "resize_size", "mean", "std"} - set(d)
+        if missing:
+            raise ConfigError(f"preprocessing metadata lacks {', '.join(sorted(missing))}")
+        return cls(**{k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items() if k in known})
+
+    def eval_transform(self):  # -> torchvision transform
+        from torchvision import transforms as T
+
+        return T.Compose(
+            [
+                T.Resize(self.resize_size, interpolation=_interp(self.interpolation)),
+                T.CenterCrop(self.input_size),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def train_transform(self, augment: AugmentConfig):
+        from torchvision import transforms as T
+
+        if not augment.enabled:
+            return self.eval_transform()
+        steps: list[Any] = [
+            T.RandomResizedCrop(
+                self.input_size, scale=(augment.crop_scale, 1.0), interpolation=_interp(self.interpolation)
+            )
+        ]
+        if augment.hflip:
+            steps.append(T.RandomHorizontalFlip())
+        if augment.color_jitter > 0:
+            j = augment.color_jitter
+            steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
+        steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        return T.Compose(steps)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation. Off means the eval transform, which lets features be cached."""
+
+    enabled: bool = True
+    crop_scale: float = 0.6  # lower bound of RandomResizedCrop's area fraction
+    hflip: bool = True
+    color_jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.crop_scale <= 1.0:
+            raise ConfigError(f"--crop-scale must be in [0.05, 1], got {self.crop_scale}")
+        if not 0.0 <= self.color_jitter <= 1.0:
+            raise ConfigError(f"--color-jitter must be in [0, 1], got {self.color_jitter}")
+
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        return cls(enabled=False)
+
+
+def _interp(name: str):
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(name)
