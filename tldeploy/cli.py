@@ -104,7 +104,7 @@ def backbones_cmd(pattern: str) -> None:
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Learning rate of the head.")
 @click.option("--backbone-lr", type=float, help="finetune: rate of the top backbone block [default: lr/10].")
-@click.option("--layer-decay", default=0.75, show_default=True, type=float, help="finetune: rate factor per block below the top.")
+@click.option("--layer-decay", default=0.85, show_default=True, type=float, help="finetune: rate factor per block below the top.")
 @click.option("--weight-decay", default=1e-4, show_default=True, type=float)
 @click.option("--label-smoothing", default=0.0, show_default=True, type=float)
 @click.option("--reduction", default=16, show_default=True, type=int, help="Channel-attention MLP reduction ratio r.")

@@ -157,32 +157,44 @@ def _probe_channels(features: nn.Module, px: int) -> int:
 def resolve_blocks(module: nn.Module) -> list[list[nn.Module]]:
     """Split a feature extractor into blocks in forward order.
 
-    A block is the first module on a parameter's path that is not a plain container
-    (Sequential/ModuleList); consecutive plain layers (a conv then its norm) merge into one block.
+    A block is a module inside a Sequential/ModuleList (a residual or MBConv block), or a
+    container of plain layers (conv-norm-act); consecutive plain layers (a conv then its norm)
+    merge into one block. Wrappers are looked through.
     """
+
+    def has_params(m: nn.Module) -> bool:
+        return any(True for _ in m.parameters())
+
+    def is_layer(m: nn.Module) -> bool:
+        return not any(has_params(c) for c in m.children())
+
+    def is_container(m: nn.Module) -> bool:
+        return isinstance(m, (nn.Sequential, nn.ModuleList))
+
     units: list[tuple[nn.Module, bool]] = []
-    seen: set[int] = set()
 
-    def visit(m: nn.Module) -> None:
-        if isinstance(m, (nn.Sequential, nn.ModuleList)) or type(m) is _FeatureBody:
+    def visit(m: nn.Module, in_container: bool) -> None:
+        if not has_params(m):
+            return
+        if is_layer(m):
+            units.append((m, True))
+        elif is_container(m) and type(m) is not _FeatureBody and all(is_layer(c) for c in m.children()):
+            units.append((m, False))
+        elif in_container and not is_container(m):
+            units.append((m, False))
+        else:
             for child in m.children():
-                visit(child)
-            return
-        if id(m) in seen or not any(True for _ in m.parameters()):
-            return
-        seen.add(id(m))
-        is_layer = all(not any(True for _ in c.parameters()) for c in m.children())
-        units.append((m, is_layer))
+                visit(child, is_container(m))
 
-    visit(module)
+    visit(module, False)
     blocks: list[list[nn.Module]] = []
     prev_layer = False
-    for m, is_layer in units:
-        if is_layer and prev_layer:
+    for m, layer in units:
+        if layer and prev_layer:
             blocks[-1].append(m)
         else:
             blocks.append([m])
-        prev_layer = is_layer
+        prev_layer = layer
     return blocks
 
 

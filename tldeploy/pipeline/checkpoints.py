@@ -23,14 +23,31 @@ FORMAT_VERSION = 1
 def versions() -> dict[str, str]:
     import torchvision
 
-    out = {"tldeploy": tldeploy.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    out = {"tldeploy": tldeploy.__version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
     try:
         import timm
 
-        out["timm"] = timm.__version__
+        out["timm"] = str(timm.__version__)
     except ImportError:
         pass
     return out
+
+
+def plain(obj: Any) -> Any:
+    """Metadata as builtin types only, so that `weights_only=True` loading accepts it."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy or torch scalar
+        return obj.item()
+    return str(obj)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
@@ -41,17 +58,19 @@ def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any]
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metadata": meta,
+        "metadata": plain(meta),
     }
     with atomic_path(Path(path)) as tmp:
         torch.save(obj, tmp)
 
 
-def read_torch_file(path: Path, expected_format: str, what: str) -> dict[str, Any]:
+def read_torch_file(
+    path: Path, expected_format: str, what: str, hint: str = "train one with 'tldeploy train'"
+) -> dict[str, Any]:
     """torch.load with weights_only=True and a clear error for missing, truncated or foreign files."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist; pass the model.pt written by 'tldeploy train'")
+        raise CheckpointError(f"{what} {path} does not exist; {hint}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle with code, random bytes...
@@ -61,8 +80,7 @@ def read_torch_file(path: Path, expected_format: str, what: str) -> dict[str, An
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         raise CheckpointError(
-            f"{path} is not a {what} written by tldeploy (no '{expected_format}' marker); "
-            "train one with 'tldeploy train' or load foreign weights with --weights"
+            f"{path} is not a {what} written by tldeploy (no '{expected_format}' marker); {hint}"
         )
     if int(obj.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(
@@ -78,7 +96,9 @@ def load_checkpoint(path: Path):
     from tldeploy.pipeline.heads import AdaptedModel, AttentionHead, HeadConfig
     from tldeploy.pipeline.preprocessing import Preprocessing
 
-    obj = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint")
+    obj = read_torch_file(
+        path, CHECKPOINT_FORMAT, "checkpoint", hint="pass a model.pt written by 'tldeploy train' (foreign weights go to --weights)"
+    )
     meta = obj["metadata"]
     try:
         backbone = create_backbone(meta["backbone"]["name"], "none")
@@ -99,4 +119,6 @@ def save_train_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
-    return read_torch_file(path, TRAIN_STATE_FORMAT, "training state")
+    return read_torch_file(
+        path, TRAIN_STATE_FORMAT, "training state", hint="start the run again with --force instead of --resume"
+    )

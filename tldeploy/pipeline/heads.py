@@ -73,6 +73,7 @@ class AttentionHead(nn.Module):
         attended = self.attention(feats)
         return self.classifier(self.dropout(attended.mean(dim=(2, 3))))
 
+    @torch.no_grad()
     def forward_with_cam(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, probs, cam): cam is the predicted class's map, per image in [0, 1], (N, h, w)."""
         attended = self.attention(feats)
@@ -96,9 +97,9 @@ class AdaptedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    @torch.no_grad()
     def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            return self.head.forward_with_cam(self.backbone(x))
+        return self.head.forward_with_cam(self.backbone(x))
 
 
 def create_model(backbone: Backbone, num_classes: int, reduction: int = 16, dropout: float = 0.2) -> AdaptedModel:

@@ -25,6 +25,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         "recall_macro": float(r.mean()),
         "f1_macro": float(f.mean()),
         "roc_auc_ovr": _roc_auc(y_true, probs, labels),
+        "log_loss": float(M.log_loss(y_true, np.clip(probs, 1e-7, 1.0), labels=labels)),
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
             for i, c in enumerate(classes)

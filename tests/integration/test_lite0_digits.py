@@ -1,0 +1,68 @@
+"""The real offline model on real data: EfficientNet-Lite0 with packaged ImageNet weights, digits."""
+
+import time
+
+import pytest
+import torch
+
+from tldeploy.pipeline.backbones import create_backbone
+from tldeploy.pipeline.data import write_digits
+from tldeploy.pipeline.preprocessing import AugmentConfig
+from tldeploy.pipeline.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits") / "digits"
+    write_digits(root, size=64, val_fraction=0.2, seed=0)
+    return root
+
+
+def test_offline_imagenet_weights_are_real():
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    bb = create_backbone("efficientnet_lite0", with_imagenet_head=True).eval()
+    tf = bb.spec.preprocessing.eval_transform()
+    with torch.no_grad():
+        def top1(img):
+            return int(bb.imagenet_head(bb(tf(Image.fromarray(img))[None])).argmax())
+
+        assert 281 <= top1(skdata.chelsea()) <= 285  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+        assert top1(skdata.coffee()) == 967  # espresso
+
+
+def test_feature_extract_at_224_reaches_90_percent(digits, tmp_path):
+    t0 = time.perf_counter()
+    result = train(TrainConfig(data=digits, out_dir=tmp_path / "fe", epochs=10, quiet=True))
+    elapsed = time.perf_counter() - t0
+    print(f"feature-extract 224 px: accuracy {result.metrics['accuracy']:.4f} in {elapsed:.0f} s")
+    assert result.metrics["accuracy"] >= 0.90
+
+
+def _fewshot(digits, out, weights):
+    return train(
+        TrainConfig(
+            data=digits, out_dir=out, mode="finetune", weights=weights, image_size=64, limit_per_class=20,
+            epochs=30, warmup_epochs=3, batch_size=32, augment=AugmentConfig(hflip=False), quiet=True,
+        )
+    ).metrics["accuracy"]
+
+
+def test_fewshot_finetune_shows_transfer(digits, tmp_path):
+    pretrained = _fewshot(digits, tmp_path / "pre", "default")
+    scratch = _fewshot(digits, tmp_path / "scratch", "none")
+    print(f"20 images/class, 64 px, finetune: ImageNet {pretrained:.4f} vs from scratch {scratch:.4f}")
+    assert pretrained - scratch >= 0.10
+
+
+@pytest.mark.slow
+def test_finetune_on_full_digits_reaches_97_percent(digits, tmp_path):
+    result = train(
+        TrainConfig(
+            data=digits, out_dir=tmp_path / "ft", mode="finetune", image_size=64, epochs=12, warmup_epochs=2,
+            augment=AugmentConfig(hflip=False, crop_scale=0.7, color_jitter=0.1), quiet=True,
+        )
+    )
+    print(f"finetune full digits 64 px: accuracy {result.metrics['accuracy']:.4f}")
+    assert result.metrics["accuracy"] >= 0.97

@@ -1,0 +1,74 @@
+import subprocess
+import sys
+
+import click
+import pytest
+import torch
+
+from tldeploy.cli import cli, main
+
+
+def _commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield (*prefix, name), cmd
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", [p for p, _ in _commands(cli)], ids=" ".join)
+def test_every_help_shows_an_example(path, capsys):
+    assert main([*path, "--help"]) == 0
+    assert "Example" in capsys.readouterr().out
+
+
+def _one_line_error(argv, capsys, code=None):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and (code is None or rc == code)
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    line = _one_line_error(["train", str(tmp_path / "nope"), "-o", str(tmp_path / "run")], capsys)
+    assert "nope does not exist" in line
+
+
+def test_bad_flag_value_names_the_flag(tmp_path, capsys):
+    line = _one_line_error(["train", str(tmp_path), "-o", str(tmp_path / "r"), "--mode", "bogus"], capsys, code=2)
+    assert "--mode" in line and "tldeploy train --help" in line
+
+
+def test_impossible_combination(blob_data, tmp_path, capsys):
+    line = _one_line_error(
+        ["train", str(blob_data), "-o", str(tmp_path / "r"), "--mode", "finetune", "--epochs", "2", "--warmup-epochs", "2"],
+        capsys,
+    )
+    assert "--warmup-epochs" in line
+
+
+def test_existing_run_and_foreign_resume_state(blob_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"weights": torch.zeros(2)}, run / "last.pt")
+    line = _one_line_error(["train", str(blob_data), "-o", str(run), "--backbone", "tiny_cnn"], capsys)
+    assert "--force" in line
+    line = _one_line_error(["train", str(blob_data), "-o", str(run), "--backbone", "tiny_cnn", "--resume"], capsys)
+    assert "last.pt is not a training state written by tldeploy" in line
+
+
+def test_unknown_backbone_and_digits_into_full_folder(tmp_path, blob_data, capsys):
+    line = _one_line_error(["train", str(blob_data), "-o", str(tmp_path / "r"), "--backbone", "nonet"], capsys)
+    assert "unknown backbone 'nonet'" in line
+    line = _one_line_error(["data", "digits", str(blob_data)], capsys)
+    assert "--force" in line
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tldeploy", "train", str(tmp_path / "missing"), "-o", str(tmp_path / "r")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,44 @@
+import pytest
+import torch
+from PIL import Image
+
+from tldeploy.errors import ConfigError
+from tldeploy.pipeline.preprocessing import AugmentConfig, Preprocessing
+
+
+def test_roundtrip_and_resize_ratio():
+    p = Preprocessing(224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+    assert Preprocessing.from_dict(p.to_dict()) == p
+    q = p.with_input_size(64)
+    assert (q.input_size, q.resize_size) == (64, 73)
+    assert q.mean == p.mean and q.interpolation == "bicubic"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(input_size=4), dict(resize_size=100), dict(interpolation="lanczos9"), dict(std=(0.0, 1.0, 1.0))],
+)
+def test_invalid_contract_is_refused(kw):
+    base = dict(input_size=224, resize_size=256, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(ConfigError):
+        Preprocessing(**{**base, **kw})
+
+
+def test_from_dict_names_missing_fields():
+    with pytest.raises(ConfigError, match="mean"):
+        Preprocessing.from_dict({"input_size": 8, "resize_size": 8, "std": [1, 1, 1]})
+
+
+def test_eval_transform_normalises_with_the_contract():
+    p = Preprocessing(8, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    x = p.eval_transform()(Image.new("RGB", (10, 10), (255, 0, 128)))
+    assert x.shape == (3, 8, 8)
+    assert torch.allclose(x[:, 0, 0], torch.tensor([2.0, -2.0, (128 / 255 - 0.5) / 0.25]), atol=1e-5)
+
+
+def test_augment_off_is_the_eval_transform():
+    p = Preprocessing(8, 8, (0.5,) * 3, (0.5,) * 3)
+    img = Image.new("RGB", (12, 9), (10, 20, 30))
+    assert torch.equal(p.train_transform(AugmentConfig.off())(img), p.eval_transform()(img))
+    with pytest.raises(ConfigError):
+        AugmentConfig(crop_scale=0.0)
