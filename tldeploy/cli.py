@@ -101,6 +101,7 @@ def backbones_cmd(pattern: str) -> None:
 @click.option("--epochs", default=10, show_default=True, type=int, help="Epochs in all (finetune: warm-up included).")
 @click.option("--warmup-epochs", default=3, show_default=True, type=int, help="finetune: head-only epochs before unfreezing.")
 @click.option("--unfreeze", default=0, show_default=True, type=int, help="finetune: train the last N backbone blocks (0 = all).")
+@click.option("--bn", type=click.Choice(["auto", "frozen", "train"]), default="auto", show_default=True, help="finetune: BatchNorm statistics of unfrozen blocks; auto keeps pretrained ones frozen and trains random-init ones.")
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Learning rate of the head.")
 @click.option("--backbone-lr", type=float, help="finetune: rate of the top backbone block [default: lr/10].")

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("feature-extract", "finetune")
 BALANCE = ("none", "weights", "sampler")
+BN_POLICIES = ("auto", "frozen", "train")
 SELECT_METRICS = ("f1_macro", "accuracy", "precision_macro", "recall_macro")
 # Inference-only passes (feature caching, validation) run in small batches: on a 2-core CPU,
 # batches of 32 at 224 px were about twice as slow per image as batches of 8 (memory traffic).
@@ -64,6 +65,7 @@ class TrainConfig:
     epochs: int = 10  # finetune: total, warm-up included
     warmup_epochs: int = 3  # finetune stage 1: head only
     unfreeze: int = 0  # finetune stage 2: last N backbone blocks; 0 = all
+    bn: str = "auto"  # finetune stage 2 BatchNorm statistics: frozen, train, or auto (frozen when pretrained)
     batch_size: int = 32
     lr: float = 1e-3  # head
     backbone_lr: float | None = None  # top backbone block in stage 2; default lr / 10
@@ -96,6 +98,7 @@ class TrainConfig:
                 raise ConfigError(msg)
 
         need(self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        need(self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}, got {self.bn!r}")
         need(self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.select_metric in SELECT_METRICS, f"--select-metric must be one of {', '.join(SELECT_METRICS)}")
         need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
@@ -143,7 +146,7 @@ class _Phase:
 
 
 # Keys of the config that must match when a run is resumed.
-_RESUME_KEYS = ("backbone", "weights", "mode", "epochs", "warmup_epochs", "unfreeze", "image_size", "seed", "batch_size")
+_RESUME_KEYS = ("backbone", "weights", "mode", "epochs", "warmup_epochs", "unfreeze", "bn", "image_size", "seed", "batch_size")
 
 
 class _Dist:
@@ -210,6 +213,10 @@ class _Trainer:
         self.model: AdaptedModel = create_model(backbone, len(self.classes), cfg.reduction, cfg.dropout).to(self.device)
         self.blocks = backbone.blocks()
         self.augment = cfg.effective_augment
+        # Pretrained BatchNorm statistics are knowledge; re-estimating them from small batches of
+        # a new domain shifts every feature the head has learnt (Keras's fine-tuning guide keeps
+        # them in inference mode too). Random-init statistics carry nothing, so those train.
+        self.freeze_bn = cfg.bn == "frozen" or (cfg.bn == "auto" and backbone.spec.weights != "none")
         self.cache: dict[Path, torch.Tensor] = {}
         self.pseudo_paths: list[Path] = []
         self.pseudo_labels: list[int] = []
@@ -279,6 +286,10 @@ class _Trainer:
             for block in self._trainable_blocks():
                 for m in block:
                     m.train()
+                    if self.freeze_bn:
+                        for sub in m.modules():
+                            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                                sub.eval()
 
     # ------------------------------------------------------------ data
 
