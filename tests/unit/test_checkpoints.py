@@ -30,6 +30,7 @@ def test_roundtrip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_truncated_foreign_and_malicious_files(tmp_path):
     model = create_model(create_backbone("tiny_cnn"), 3)
     good = tmp_path / "model.pt"

@@ -411,7 +411,7 @@ class _Trainer:
         todo = [p for p in self.unlabeled if p not in used]
         added: dict[str, int] = {c: 0 for c in self.classes}
         if todo:
-            cached = not self.cfg.mode == "finetune" and not self.augment.enabled
+            cached = self.cfg.mode == "feature-extract"
             probs = self._predict(todo, cached, f"pseudo-label round {phase.pseudo_round}")
             conf, pred = probs.max(axis=1), probs.argmax(axis=1)
             for p, c, y in zip(todo, conf, pred, strict=True):
@@ -542,7 +542,9 @@ class _Trainer:
             for epoch in range(first, phase.epochs):
                 stats = self._run_epoch(pi, phase, opt, trained, loader, epoch)
                 sched.step()
-                metrics, _ = self._evaluate(self._use_cache(phase))
+                # Validation images always take the eval transform, so their feature maps stay
+                # valid for as long as the backbone has not been trained.
+                metrics, _ = self._evaluate(cached=not any(p.train_backbone for p in phases[: pi + 1]))
                 # Ties on the metric (common once validation saturates) go to the lower log loss.
                 score = (float(metrics[cfg.select_metric]), -float(metrics["log_loss"]))
                 improved = score > self.best_score
@@ -568,8 +570,7 @@ class _Trainer:
     def _finish(self) -> TrainResult:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        backbone_unchanged = self.cfg.mode == "feature-extract" and not self.augment.enabled
-        metrics, probs = self._evaluate(cached=backbone_unchanged)
+        metrics, probs = self._evaluate(cached=self.cfg.mode == "feature-extract")
         metrics["selected_by"] = self.cfg.select_metric
         metrics["history"] = self.history
         metrics["pseudo_labels"] = self.pseudo_report
