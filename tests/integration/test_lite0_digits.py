@@ -60,7 +60,7 @@ def test_fewshot_finetune_shows_transfer(digits, tmp_path):
 def test_finetune_on_full_digits_reaches_97_percent(digits, tmp_path):
     result = train(
         TrainConfig(
-            data=digits, out_dir=tmp_path / "ft", mode="finetune", image_size=64, epochs=12, warmup_epochs=2,
+            data=digits, out_dir=tmp_path / "ft", mode="finetune", image_size=64, epochs=8, warmup_epochs=1,
             augment=AugmentConfig(hflip=False, crop_scale=0.7, color_jitter=0.1), quiet=True,
         )
     )
