@@ -73,19 +73,25 @@ class AttentionHead(nn.Module):
         attended = self.attention(feats)
         return self.classifier(self.dropout(attended.mean(dim=(2, 3))))
 
+    def logits_and_raw_cam(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the predicted class's unnormalised map sum_k w_ck A_k, (N, h, w)."""
+        attended = self.attention(feats)
+        logits = self.classifier(attended.mean(dim=(2, 3)))
+        w = self.classifier.weight.index_select(0, logits.argmax(dim=1))  # (N, C)
+        return logits, (attended * w[:, :, None, None]).sum(dim=1)
+
     @torch.no_grad()
     def forward_with_cam(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, probs, cam): cam is the predicted class's map, per image in [0, 1], (N, h, w)."""
-        attended = self.attention(feats)
-        logits = self.classifier(attended.mean(dim=(2, 3)))
-        probs = torch.softmax(logits, dim=1)
-        pred = logits.argmax(dim=1)
-        w = self.classifier.weight.index_select(0, pred)  # (N, C)
-        cam = (attended * w[:, :, None, None]).sum(dim=1)  # sum_k w_ck A_k
-        lo = cam.amin(dim=(1, 2), keepdim=True)
-        hi = cam.amax(dim=(1, 2), keepdim=True)
-        cam = (cam - lo) / (hi - lo).clamp_min(1e-12)
-        return logits, probs, cam
+        logits, raw = self.logits_and_raw_cam(feats)
+        return logits, torch.softmax(logits, dim=1), normalise_cam(raw)
+
+
+def normalise_cam(raw: torch.Tensor) -> torch.Tensor:
+    """Scale each map to [0, 1] (a constant map becomes zeros)."""
+    lo = raw.amin(dim=(1, 2), keepdim=True)
+    hi = raw.amax(dim=(1, 2), keepdim=True)
+    return (raw - lo) / (hi - lo).clamp_min(1e-12)
 
 
 class AdaptedModel(nn.Module):

@@ -1,0 +1,152 @@
+"""The contract an exported file carries in its ONNX `metadata_props`.
+
+Every key starts with `tldeploy.`; values are strings, JSON-encoded where they are structured,
+and are only ever parsed with `json.loads` (never evaluated). Later stages (build, bench,
+predict) read preprocessing and class names from here, so an ONNX file alone is enough.
+
+Tensor names are public and stable:
+
+- input  `images`: float32, N x 3 x H x W, RGB, normalised as the contract says
+- output `logits`: float32, N x K
+- output `probs`:  float32, N x K, softmax of the logits
+- output `cam`:    float32, N x h x w, the predicted class's activation map, each in [0, 1]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tldeploy.errors import TldeployError
+from tldeploy.pipeline.preprocessing import Preprocessing
+
+CONTRACT_VERSION = "1"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("logits", "probs", "cam")
+PREFIX = "tldeploy."
+
+
+class ContractError(TldeployError):
+    """An ONNX file without (or with a broken) tldeploy contract."""
+
+
+@dataclass(frozen=True)
+class Contract:
+    classes: list[str]
+    preprocessing: Preprocessing
+    backbone: str
+    checkpoint_sha256: str
+    tldeploy_version: str
+    precision: str = "fp32"  # the precision of the graph's arithmetic; I/O is always float32
+    attention: str = "standard"  # "standard" ops, or "plugin" (ChannelAttention custom nodes)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_props(self) -> dict[str, str]:
+        p = self.preprocessing
+        props = {
+            "contract_version": CONTRACT_VERSION,
+            "classes": json.dumps(self.classes),
+            "input_name": INPUT_NAME,
+            "output_names": json.dumps(list(OUTPUT_NAMES)),
+            "input_size": str(p.input_size),
+            "resize_size": str(p.resize_size),
+            "mean": json.dumps(list(p.mean)),
+            "std": json.dumps(list(p.std)),
+            "interpolation": p.interpolation,
+            "crop": p.crop,
+            "resize_rule": f"resize the shorter side to {p.resize_size} px ({p.interpolation}), "
+            f"then centre-crop {p.input_size}x{p.input_size}; scale to [0, 1]; (x - mean) / std",
+            "color": p.color,
+            "layout": p.layout,
+            "backbone": self.backbone,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "tldeploy_version": self.tldeploy_version,
+            "precision": self.precision,
+            "attention": self.attention,
+            **self.extra,
+        }
+        return {PREFIX + k: str(v) for k, v in props.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str) -> Contract:
+        own = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
+        if not own:
+            raise ContractError(
+                f"{source} carries no tldeploy preprocessing contract; export it with 'tldeploy export' "
+                "(an ONNX file from elsewhere needs the contract's metadata_props)"
+            )
+        try:
+            if own["contract_version"] != CONTRACT_VERSION:
+                raise ContractError(
+                    f"{source} has contract version {own['contract_version']}, this tldeploy reads {CONTRACT_VERSION}; "
+                    "re-export it or upgrade tldeploy"
+                )
+            prep = Preprocessing(
+                input_size=int(own["input_size"]),
+                resize_size=int(own["resize_size"]),
+                mean=tuple(json.loads(own["mean"])),
+                std=tuple(json.loads(own["std"])),
+                interpolation=own["interpolation"],
+                crop=own["crop"],
+                color=own["color"],
+                layout=own["layout"],
+            )
+            classes = json.loads(own["classes"])
+            if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                raise ValueError("classes must be a list of strings")
+            known = {
+                "contract_version", "classes", "input_name", "output_names", "input_size", "resize_size", "mean",
+                "std", "interpolation", "crop", "resize_rule", "color", "layout", "backbone", "checkpoint_sha256",
+                "tldeploy_version", "precision", "attention",
+            }
+            return cls(
+                classes=classes,
+                preprocessing=prep,
+                backbone=own["backbone"],
+                checkpoint_sha256=own["checkpoint_sha256"],
+                tldeploy_version=own["tldeploy_version"],
+                precision=own.get("precision", "fp32"),
+                attention=own.get("attention", "standard"),
+                extra={k: v for k, v in own.items() if k not in known},
+            )
+        except ContractError:
+            raise
+        except (KeyError, ValueError, TypeError) as e:
+            raise ContractError(f"{source} has a broken tldeploy contract ({type(e).__name__}: {e}); re-export it") from None
+
+
+def load_onnx(path: Path, *, load_external_data: bool = True):
+    """onnx.load with clear errors for missing, truncated or non-ONNX files."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise TldeployError(f"ONNX file {path} does not exist; export one with 'tldeploy export'")
+    try:
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    except (DecodeError, ValueError, OSError, RuntimeError) as e:
+        raise TldeployError(f"cannot read {path}: it is truncated or not an ONNX file ({type(e).__name__}); re-export it") from None
+    if not model.graph.node:
+        raise TldeployError(f"{path} holds no ONNX graph (truncated or not an ONNX file); re-export it")
+    return model
+
+
+def read_contract(source: Any) -> Contract:
+    """The contract of an ONNX file path or a loaded ModelProto."""
+    if isinstance(source, (str, Path)):
+        model, name = load_onnx(Path(source), load_external_data=False), str(source)
+    else:
+        model, name = source, "the ONNX model"
+    return Contract.from_props({p.key: p.value for p in model.metadata_props}, name)
+
+
+def write_contract(model, contract: Contract) -> None:
+    """Set the contract's metadata_props on a ModelProto, replacing older tldeploy keys."""
+    keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    for k, v in [*keep, *contract.to_props().items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v

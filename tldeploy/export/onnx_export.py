@@ -1,0 +1,276 @@
+"""`tldeploy export`: checkpoint -> ONNX with the CAM head and the preprocessing contract.
+
+The exported graph maps `images` to `logits`, `probs` and `cam` (see `contract.py`). It is built
+in memory, checked (onnx.checker full check, shape inference), optionally simplified (onnxslim),
+compared with the PyTorch checkpoint on ONNX Runtime, and only then written (temporary file, then
+rename), so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import tldeploy
+from tldeploy._io import atomic_path, check_writable
+from tldeploy.bench.parity import ParityReport, compare_outputs
+from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
+from tldeploy.export.contract import INPUT_NAME, OUTPUT_NAMES, Contract, write_contract
+from tldeploy.pipeline.heads import AdaptedModel, ChannelAttention, normalise_cam
+from tldeploy.pipeline.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+FP32_LOGIT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path
+    output: Path
+    opset: int = DEFAULT_OPSET
+    static_batch: int | None = None
+    simplify: bool = False
+    fp16: bool = False
+    attention_plugin: bool = False
+    data: Path | None = None  # real images for the parity check; random inputs otherwise
+    parity_samples: int = 32
+    parity_batches: tuple[int, ...] = (1, 7)
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not 17 <= self.opset <= 23:
+            raise ConfigError(f"--opset must be between 17 and 23, got {self.opset}")
+        if self.static_batch is not None and self.static_batch < 1:
+            raise ConfigError(f"--static-batch must be at least 1, got {self.static_batch}")
+        if self.parity_samples < 1:
+            raise ConfigError(f"--parity-samples must be at least 1, got {self.parity_samples}")
+        if Path(self.output).suffix != ".onnx":
+            raise ConfigError(f"output {self.output} should end in .onnx")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    contract: Contract
+    parity: list[tuple[int, ParityReport]]  # (batch size, report); empty when parity cannot run
+    seconds: float
+    note: str = ""
+
+
+class _CamGraph(nn.Module):
+    """images -> (logits, probs, cam); with fp16 the network runs in half precision and the
+    softmax and the CAM normalisation run in float32 on float32 inputs and outputs."""
+
+    def __init__(self, model: AdaptedModel, fp16: bool) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).half() if fp16 else model
+        self.fp16 = fp16
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = images.half() if self.fp16 else images
+        logits, raw = self.model.head.logits_and_raw_cam(self.model.backbone(x))
+        logits, raw = logits.float(), raw.float()
+        return logits, torch.softmax(logits, dim=1), normalise_cam(raw)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_onnx(cfg: ExportConfig) -> ExportResult:
+    """Export, check, compare and write; see the module docstring."""
+    from tldeploy.pipeline.checkpoints import load_checkpoint
+
+    t0 = time.perf_counter()
+    onnx = _require("onnx")
+    _require("onnxscript")
+    out = Path(cfg.output)
+    check_writable(out, force=cfg.force)
+    model, meta = load_checkpoint(cfg.checkpoint)
+    prep = Preprocessing.from_dict(meta["preprocessing"])
+    contract = Contract(
+        classes=list(meta["classes"]),
+        preprocessing=prep,
+        backbone=meta["backbone"]["name"],
+        checkpoint_sha256=sha256_file(Path(cfg.checkpoint)),
+        tldeploy_version=tldeploy.__version__,
+        precision="fp16" if cfg.fp16 else "fp32",
+        attention="plugin" if cfg.attention_plugin else "standard",
+        extra={"opset": str(cfg.opset), "batch": str(cfg.static_batch) if cfg.static_batch else "dynamic"},
+    )
+    proto = _export_proto(model, prep, cfg)
+    write_contract(proto, contract)
+    _check(proto, onnx)
+    if cfg.simplify:
+        proto = _simplify(proto)
+        write_contract(proto, contract)
+        _check(proto, onnx)
+
+    parity: list[tuple[int, ParityReport]] = []
+    note = ""
+    if cfg.attention_plugin:
+        note = "parity not checked: ChannelAttention nodes run only in TensorRT with the cpp_plugins library"
+    else:
+        parity = _parity(proto, model, prep, cfg)
+        if not cfg.fp16:
+            bad = [f"batch {b}: {'; '.join(r.failures)}" for b, r in parity if not r]
+            if bad:
+                raise TldeployError(f"FP32 export differs from the checkpoint beyond {FP32_LOGIT_TOLERANCE:g} ({', '.join(bad)}); nothing written")
+    with atomic_path(out) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return ExportResult(out, contract, parity, time.perf_counter() - t0, note)
+
+
+def _require(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(module, purpose="ONNX export") from None
+
+
+def _export_proto(model: AdaptedModel, prep: Preprocessing, cfg: ExportConfig):
+    graph = _CamGraph(model, cfg.fp16).eval()
+    batch = cfg.static_batch or 2
+    example = torch.randn(batch, 3, prep.input_size, prep.input_size)
+    dynamic = None if cfg.static_batch else {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}
+    kwargs = {}
+    if cfg.attention_plugin:
+        from tldeploy.export.plugin import onnx_translation_table
+
+        kwargs["custom_translation_table"] = onnx_translation_table()
+    with _attention_as_plugin(model, cfg.attention_plugin), _quiet_exporter():
+        try:
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=cfg.opset,
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                verbose=False,
+                **kwargs,
+            )
+        except Exception as e:  # the exporter's own errors are long; keep the first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TldeployError(f"torch.onnx.export failed for {cfg.checkpoint}: {first}") from e
+    proto = program.model_proto
+    proto.producer_name, proto.producer_version = "tldeploy", tldeploy.__version__
+    proto.doc_string = "tldeploy export: images -> logits, probs, cam"
+    return proto
+
+
+@contextlib.contextmanager
+def _attention_as_plugin(model: AdaptedModel, enabled: bool) -> Iterator[None]:
+    """Route every ChannelAttention through the `tldeploy::channel_attention` custom op."""
+    if not enabled:
+        yield
+        return
+    from tldeploy.export.plugin import channel_attention
+
+    blocks = [m for m in model.modules() if isinstance(m, ChannelAttention)]
+    for m in blocks:
+        m.forward = (lambda mod: lambda x: channel_attention(x, mod.fc1.weight, mod.fc1.bias, mod.fc2.weight, mod.fc2.bias))(m)
+    try:
+        yield
+    finally:
+        for m in blocks:
+            del m.forward
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter prints progress lines through logging and print; keep the CLI's output ours."""
+    import io
+    import warnings
+    from contextlib import redirect_stdout
+
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _check(proto, onnx) -> None:
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True)
+    except Exception as e:
+        raise TldeployError(f"the exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
+    proto.graph.ClearField("value_info")
+    proto.graph.value_info.extend(inferred.graph.value_info)
+
+
+def _simplify(proto):
+    try:
+        import onnxslim
+    except ImportError:
+        raise MissingDependencyError("onnxslim", purpose="--simplify") from None
+    with _quiet_exporter():
+        return onnxslim.slim(proto)
+
+
+def parity_inputs(prep: Preprocessing, data: Path | None, n: int, seed: int = 0) -> np.ndarray:
+    """Up to `n` preprocessed real images from `data` (any depth), or `n` random inputs."""
+    if data is None:
+        return np.random.default_rng(seed).standard_normal((n, 3, prep.input_size, prep.input_size)).astype(np.float32)
+    from tldeploy.pipeline.data import IMAGE_EXTENSIONS, load_image
+
+    data = Path(data)
+    if not data.is_dir():
+        raise ConfigError(f"--data {data} is not a folder of images")
+    paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise ConfigError(f"--data {data} holds no images ({' '.join(IMAGE_EXTENSIONS)})")
+    step = max(1, len(paths) // n)
+    tf = prep.eval_transform()
+    return np.stack([tf(load_image(p)).numpy() for p in paths[::step][:n]])
+
+
+def _parity(proto, model: AdaptedModel, prep: Preprocessing, cfg: ExportConfig) -> list[tuple[int, ParityReport]]:
+    ort = _require("onnxruntime")
+    x = parity_inputs(prep, cfg.data, cfg.parity_samples)
+    with torch.no_grad():
+        ref = dict(zip(OUTPUT_NAMES, (t.numpy() for t in model.forward_with_cam(torch.from_numpy(x))), strict=True))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    batches = (cfg.static_batch,) if cfg.static_batch else cfg.parity_batches
+    reports = []
+    for b in batches:
+        outs = run_batched(sess, x, b)
+        reports.append(
+            (b, compare_outputs(ref, outs, max_logit_diff=None if cfg.fp16 else FP32_LOGIT_TOLERANCE))
+        )
+    return reports
+
+
+def run_batched(sess, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """Run an ORT session over `x` in batches of `batch` (the last one padded for static graphs)."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
+    for i in range(0, len(x), batch):
+        chunk = x[i : i + batch]
+        n = len(chunk)
+        fixed = sess.get_inputs()[0].shape[0]
+        if isinstance(fixed, int) and n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+        for k, v in zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {INPUT_NAME: chunk}), strict=True):
+            parts[k].append(v[:n])
+    return {k: np.concatenate(v) for k, v in parts.items()}

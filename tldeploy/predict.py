@@ -1,0 +1,140 @@
+"""`tldeploy predict`: top-k classes and CAM overlays from a checkpoint or an ONNX file.
+
+Preprocessing always comes from the artifact itself (checkpoint metadata or ONNX contract).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tldeploy._io import atomic_path
+from tldeploy.errors import ConfigError, DataError, TldeployError
+from tldeploy.pipeline.preprocessing import Preprocessing
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Prediction:
+    image: str
+    top: list[dict]  # [{"class", "index", "prob"}], best first
+    cam_png: str | None = None
+    cam: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "top": self.top, "cam_png": self.cam_png}
+
+
+def load_artifact(path: Path) -> tuple[list[str], Preprocessing, Runner]:
+    """(classes, preprocessing, run) for a tldeploy checkpoint (.pt) or ONNX file (.onnx)."""
+    path = Path(path)
+    if not path.exists():
+        raise TldeployError(f"artifact {path} does not exist; pass a model.pt from 'tldeploy train' or an .onnx from 'tldeploy export'")
+    if path.suffix == ".onnx":
+        return _load_onnx(path)
+    if path.suffix in (".pt", ".pth"):
+        return _load_checkpoint(path)
+    raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt (checkpoint) or .onnx")
+
+
+def _load_checkpoint(path: Path):
+    import torch
+
+    from tldeploy.pipeline.checkpoints import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+
+    def run(x: np.ndarray):
+        with torch.no_grad():
+            return tuple(t.numpy() for t in model.forward_with_cam(torch.from_numpy(x)))
+
+    return list(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), run
+
+
+def _load_onnx(path: Path):
+    from tldeploy.export.contract import OUTPUT_NAMES, load_onnx, read_contract
+    from tldeploy.export.onnx_export import run_batched
+
+    model = load_onnx(path)
+    contract = read_contract(model)
+    if contract.attention == "plugin":
+        raise ConfigError(f"{path} uses ChannelAttention plugin nodes, which only TensorRT runs; predict with the standard export")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from tldeploy.errors import MissingDependencyError
+
+        raise MissingDependencyError("onnxruntime", purpose="running ONNX files") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    fixed = sess.get_inputs()[0].shape[0]
+    batch = fixed if isinstance(fixed, int) else 16
+
+    def run(x: np.ndarray):
+        outs = run_batched(sess, x, batch)
+        return tuple(outs[k] for k in OUTPUT_NAMES)
+
+    return contract.classes, contract.preprocessing, run
+
+
+def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | None = None, force: bool = False) -> list[Prediction]:
+    from tldeploy.pipeline.data import load_image
+
+    if not images:
+        raise ConfigError("no images given; pass one or more image files after the artifact")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    classes, prep, run = load_artifact(artifact)
+    pil = []
+    for p in images:
+        p = Path(p)
+        if not p.is_file():
+            raise DataError(f"image {p} does not exist")
+        try:
+            pil.append(load_image(p))
+        except Exception as e:
+            raise DataError(f"cannot decode image {p} ({type(e).__name__}); pass a PNG, JPEG or other Pillow-readable file") from None
+    tf = prep.eval_transform()
+    x = np.stack([tf(im).numpy() for im in pil]).astype(np.float32)
+    _, probs, cam = run(x)
+    results = []
+    for i, p in enumerate(images):
+        order = np.argsort(-probs[i])[: min(top_k, len(classes))]
+        top = [{"class": classes[j], "index": int(j), "prob": float(probs[i, j])} for j in order]
+        results.append(Prediction(str(p), top, cam=cam[i]))
+    if cam_out is not None:
+        _write_overlays(Path(cam_out), images, pil, results, prep, force)
+    return results
+
+
+def _write_overlays(out: Path, paths, pil, results: list[Prediction], prep: Preprocessing, force: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import colormaps
+    from PIL import Image
+    from torchvision.transforms import CenterCrop, Resize
+
+    from tldeploy.pipeline.preprocessing import _interp
+
+    out.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, int] = {}
+    for path, im, r in zip(paths, pil, results, strict=True):
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        name = f"{stem}_cam.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_cam.png"
+        target = out / name
+        if target.exists() and not force:
+            raise TldeployError(f"{target} already exists; pass --force to overwrite it")
+        seen_img = CenterCrop(prep.input_size)(Resize(prep.resize_size, interpolation=_interp(prep.interpolation))(im))
+        cam = Image.fromarray((np.clip(r.cam, 0, 1) * 255).astype(np.uint8)).resize(seen_img.size, Image.Resampling.BILINEAR)
+        heat = (colormaps["jet"](np.asarray(cam) / 255.0)[..., :3] * 255).astype(np.uint8)
+        blend = Image.blend(seen_img.convert("RGB"), Image.fromarray(heat), alpha=0.45)
+        with atomic_path(target) as tmp:
+            blend.save(tmp, format="PNG")
+        r.cam_png = str(target)
