@@ -56,17 +56,17 @@ def compare_outputs(
     min_top1_agreement: float | None = None,
 ) -> ParityReport:
     """Compare `logits`, `probs` and `cam` of two runs on the same inputs."""
-    ref_l, l = reference["logits"].astype(np.float64), test["logits"].astype(np.float64)
-    if ref_l.shape != l.shape:
-        raise ValueError(f"logits shapes differ: {ref_l.shape} vs {l.shape}")
-    dl = np.abs(ref_l - l)
+    ref_l, out_l = reference["logits"].astype(np.float64), test["logits"].astype(np.float64)
+    if ref_out_l.shape != out_l.shape:
+        raise ValueError(f"logits shapes differ: {ref_out_l.shape} vs {out_l.shape}")
+    dl = np.abs(ref_l - out_l)
     dp = np.abs(reference["probs"].astype(np.float64) - test["probs"].astype(np.float64))
     dc = np.abs(reference["cam"].astype(np.float64) - test["cam"].astype(np.float64))
-    norms = np.linalg.norm(ref_l, axis=1) * np.linalg.norm(l, axis=1)
-    cos = np.sum(ref_l * l, axis=1) / np.maximum(norms, 1e-30)
-    agree = float(np.mean(ref_l.argmax(1) == l.argmax(1)))
+    norms = np.linalg.norm(ref_l, axis=1) * np.linalg.norm(out_l, axis=1)
+    cos = np.sum(ref_l * out_l, axis=1) / np.maximum(norms, 1e-30)
+    agree = float(np.mean(ref_l.argmax(1) == out_l.argmax(1)))
     report = ParityReport(
-        n=len(l),
+        n=len(out_l),
         logits_max_abs=float(dl.max()),
         logits_mean_abs=float(dl.mean()),
         probs_max_abs=float(dp.max()),
