@@ -57,8 +57,8 @@ def compare_outputs(
 ) -> ParityReport:
     """Compare `logits`, `probs` and `cam` of two runs on the same inputs."""
     ref_l, out_l = reference["logits"].astype(np.float64), test["logits"].astype(np.float64)
-    if ref_out_l.shape != out_l.shape:
-        raise ValueError(f"logits shapes differ: {ref_out_l.shape} vs {out_l.shape}")
+    if ref_l.shape != out_l.shape:
+        raise ValueError(f"logits shapes differ: {ref_l.shape} vs {out_l.shape}")
     dl = np.abs(ref_l - out_l)
     dp = np.abs(reference["probs"].astype(np.float64) - test["probs"].astype(np.float64))
     dc = np.abs(reference["cam"].astype(np.float64) - test["cam"].astype(np.float64))
