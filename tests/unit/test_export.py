@@ -1,0 +1,130 @@
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import make_blob_images
+
+from tldeploy.errors import OutputExistsError, TldeployError
+from tldeploy.export.contract import ContractError, load_onnx, read_contract
+from tldeploy.export.onnx_export import ExportConfig, export_onnx, run_batched, sha256_file
+from tldeploy.pipeline.checkpoints import load_checkpoint
+from tldeploy.pipeline.preprocessing import AugmentConfig
+from tldeploy.pipeline.training import TrainConfig, train
+from tldeploy.predict import predict
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    make_blob_images(root / "data" / "train", 24, seed=0)
+    make_blob_images(root / "data" / "val", 8, seed=1)
+    cfg = TrainConfig(data=root / "data", out_dir=root / "run", backbone="tiny_cnn", mode="finetune", epochs=3,
+                      warmup_epochs=1, batch_size=8, lr=1e-2, quiet=True, augment=AugmentConfig.off())
+    return train(cfg).checkpoint, root / "data" / "val"
+
+
+def test_fp32_export_contract_and_parity(tiny, tmp_path):
+    ckpt, val = tiny
+    result = export_onnx(ExportConfig(ckpt, tmp_path / "m.onnx", data=val))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    model = onnx.load(str(result.path))
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == ["logits", "probs", "cam"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert {o.version for o in model.opset_import if o.domain == ""} == {18}
+    c = read_contract(result.path)
+    _, meta = load_checkpoint(ckpt)
+    assert c.classes == ["green", "red"] and c.backbone == "tiny_cnn"
+    assert c.preprocessing.to_dict() == meta["preprocessing"]
+    assert c.checkpoint_sha256 == sha256_file(ckpt)
+    assert [b for b, _ in result.parity] == [1, 7]
+    assert all(r and r.logits_max_abs <= 1e-4 and r.top1_agreement == 1.0 for _, r in result.parity)
+    assert result.parity[0][1].n == 16  # the real validation images
+
+
+def test_static_batch(tiny, tmp_path):
+    result = export_onnx(ExportConfig(tiny[0], tmp_path / "s.onnx", static_batch=3, opset=17))
+    model = onnx.load(str(result.path))
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
+    assert [b for b, _ in result.parity] == [3]
+
+
+def test_fp16_keeps_io_and_sensitive_parts_in_float32(tiny, tmp_path):
+    result = export_onnx(ExportConfig(tiny[0], tmp_path / "h.onnx", fp16=True, simplify=True))
+    model = onnx.load(str(result.path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    assert types[softmax.input[0]] == onnx.TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    conv_w = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    assert all(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer if i.name in conv_w)
+    assert read_contract(result.path).precision == "fp16"
+    assert all(r.top1_agreement >= 0.9 for _, r in result.parity)
+
+
+def test_attention_plugin_nodes(tiny, tmp_path):
+    result = export_onnx(ExportConfig(tiny[0], tmp_path / "p.onnx", attention_plugin=True))
+    model = onnx.load(str(result.path))
+    onnx.checker.check_model(model, full_check=True)
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["ChannelAttention"] == 1 and ops["Sigmoid"] == 0 and ops["ReduceMax"] == 1
+    assert result.parity == [] and "TensorRT" in result.note
+    with pytest.raises(TldeployError, match="only TensorRT runs"):
+        predict(result.path, [next(tiny[1].rglob("*.png"))])
+
+
+def test_bad_outputs_and_inputs(tiny, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match="--force"):
+        export_onnx(ExportConfig(tiny[0], out))
+    assert out.read_bytes() == b"old"
+    with pytest.raises(TldeployError, match="should end in .onnx"):
+        ExportConfig(tiny[0], tmp_path / "m.txt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"a": torch.zeros(1)}, foreign)
+    with pytest.raises(TldeployError, match="not a checkpoint written by tldeploy"):
+        export_onnx(ExportConfig(foreign, tmp_path / "f.onnx"))
+    assert not (tmp_path / "f.onnx").exists()
+
+
+def test_onnx_without_contract_or_truncated_is_refused(tiny, tmp_path):
+    result = export_onnx(ExportConfig(tiny[0], tmp_path / "m.onnx"))
+    model = onnx.load(str(result.path))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(ContractError, match="no tldeploy preprocessing contract"):
+        read_contract(bare)
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes(result.path.read_bytes()[:3000])
+    with pytest.raises(TldeployError, match="truncated"):
+        load_onnx(trunc)
+
+
+def test_predict_checkpoint_and_onnx_agree_and_draw_cams(tiny, tmp_path):
+    ckpt, val = tiny
+    onnx_path = export_onnx(ExportConfig(ckpt, tmp_path / "m.onnx")).path
+    images = sorted(val.rglob("*.png"))[:4]
+    a = predict(ckpt, images, top_k=2)
+    b = predict(onnx_path, images, top_k=2, cam_out=tmp_path / "cams")
+    for ra, rb in zip(a, b):
+        assert [t["class"] for t in ra.top] == [t["class"] for t in rb.top]
+        assert abs(ra.top[0]["prob"] - rb.top[0]["prob"]) < 1e-5
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == sorted(f"{p.stem}_cam.png" for p in images)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(TldeployError, match="cannot decode image"):
+        predict(ckpt, [bad])
+
+
+def test_run_batched_pads_static_batches(tiny, tmp_path):
+    result = export_onnx(ExportConfig(tiny[0], tmp_path / "s.onnx", static_batch=4))
+    sess = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    out = run_batched(sess, x, 4)
+    assert out["logits"].shape == (6, 2) and out["cam"].shape == (6, 8, 8)
