@@ -72,3 +72,12 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_export_and_predict_errors_are_one_line(tmp_path, capsys):
+    line = _one_line_error(["export", str(tmp_path / "none.pt"), "-o", str(tmp_path / "m.onnx")], capsys)
+    assert "none.pt does not exist" in line
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"\x08\x07garbage")
+    line = _one_line_error(["predict", str(bogus), str(tmp_path / "x.png")], capsys)
+    assert "bogus.onnx" in line
