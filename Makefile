@@ -16,6 +16,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 demo: $(BIN)/.installed
 	$(BIN)/tldeploy data digits $(WORK)/digits --force
 	$(BIN)/tldeploy train $(WORK)/digits -o $(WORK)/run --force --epochs 10
+	$(BIN)/tldeploy export $(WORK)/run/model.pt -o $(WORK)/digits.onnx --data $(WORK)/digits/val --force
+	$(BIN)/tldeploy predict $(WORK)/digits.onnx $(WORK)/digits/val/3/$$(ls $(WORK)/digits/val/3 | head -1) --top-k 3 --cam-out $(WORK)/cams --force
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
