@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import make_blob_images
+from _images import make_blob_images
 
 from tldeploy.errors import OutputExistsError, TldeployError
 from tldeploy.export.contract import ContractError, load_onnx, read_contract

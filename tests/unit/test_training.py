@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_blob_images
+from _images import make_blob_images
 
 from tldeploy.errors import ConfigError, OutputExistsError
 from tldeploy.pipeline.backbones import create_backbone
