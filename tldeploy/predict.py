@@ -118,9 +118,6 @@ def _write_overlays(out: Path, paths, pil, results: list[Prediction], prep: Prep
     matplotlib.use("Agg")
     from matplotlib import colormaps
     from PIL import Image
-    from torchvision.transforms import CenterCrop, Resize
-
-    from tldeploy.pipeline.preprocessing import _interp
 
     out.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
@@ -131,7 +128,7 @@ def _write_overlays(out: Path, paths, pil, results: list[Prediction], prep: Prep
         target = out / name
         if target.exists() and not force:
             raise TldeployError(f"{target} already exists; pass --force to overwrite it")
-        seen_img = CenterCrop(prep.input_size)(Resize(prep.resize_size, interpolation=_interp(prep.interpolation))(im))
+        seen_img = prep.geometry()(im)
         cam = Image.fromarray((np.clip(r.cam, 0, 1) * 255).astype(np.uint8)).resize(seen_img.size, Image.Resampling.BILINEAR)
         heat = (colormaps["jet"](np.asarray(cam) / 255.0)[..., :3] * 255).astype(np.uint8)
         blend = Image.blend(seen_img.convert("RGB"), Image.fromarray(heat), alpha=0.45)

@@ -65,17 +65,18 @@ class Preprocessing:
             raise ConfigError(f"preprocessing metadata lacks {', '.join(sorted(missing))}")
         return cls(**{k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items() if k in known})
 
-    def eval_transform(self):  # -> torchvision transform
+    def geometry(self):  # -> torchvision transform on PIL images
+        """Resize and centre crop only: the image as the network sees it, before normalising."""
         from torchvision import transforms as T
 
         return T.Compose(
-            [
-                T.Resize(self.resize_size, interpolation=_interp(self.interpolation)),
-                T.CenterCrop(self.input_size),
-                T.ToTensor(),
-                T.Normalize(self.mean, self.std),
-            ]
+            [T.Resize(self.resize_size, interpolation=_interp(self.interpolation)), T.CenterCrop(self.input_size)]
         )
+
+    def eval_transform(self):  # -> torchvision transform
+        from torchvision import transforms as T
+
+        return T.Compose([self.geometry(), T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def train_transform(self, augment: AugmentConfig):
         from torchvision import transforms as T
