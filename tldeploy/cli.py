@@ -81,10 +81,10 @@ def backbones_cmd(pattern: str) -> None:
     Example:
       tldeploy backbones 'efficientnet*'
     """
-    from tldeploy.pipeline.backbones import _REGISTRY, list_backbones
+    from tldeploy.pipeline.backbones import describe_backbone, list_backbones
 
     for name in list_backbones(pattern):
-        click.echo(f"{name:20s} {_REGISTRY[name].description}")
+        click.echo(f"{name:20s} {describe_backbone(name)}")
 
 
 # ---------------------------------------------------------------- train

@@ -94,6 +94,11 @@ def list_backbones(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
+def describe_backbone(name: str) -> str:
+    """The one-line description a registered backbone was given."""
+    return _REGISTRY[name].description
+
+
 def create_backbone(name: str, weights: str = "default", *, with_imagenet_head: bool = False) -> Backbone:
     """Build a backbone by name; see the module docstring for names and weights."""
     weights = weights.strip() or "default"
