@@ -93,3 +93,16 @@ def test_write_digits(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
     with pytest.raises(DataError, match="--force"):
         write_digits(out)
+
+
+def test_find_images_names_the_flag(tmp_path):
+    from tldeploy.pipeline.data import find_images
+
+    with pytest.raises(DataError, match="--unlabeled .* is not an existing folder"):
+        find_images(tmp_path / "missing", flag="--unlabeled")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="--data .* holds no readable images"):
+        find_images(tmp_path / "empty")
+    _folder(tmp_path / "d", {"a": 2})
+    (tmp_path / "d" / "a" / "x.png").write_bytes(b"broken")
+    assert len(find_images(tmp_path / "d")) == 2

@@ -231,14 +231,9 @@ def parity_inputs(prep: Preprocessing, data: Path | None, n: int, seed: int = 0)
     """Up to `n` preprocessed real images from `data` (any depth), or `n` random inputs."""
     if data is None:
         return np.random.default_rng(seed).standard_normal((n, 3, prep.input_size, prep.input_size)).astype(np.float32)
-    from tldeploy.pipeline.data import IMAGE_EXTENSIONS, load_image
+    from tldeploy.pipeline.data import find_images, load_image
 
-    data = Path(data)
-    if not data.is_dir():
-        raise ConfigError(f"--data {data} is not a folder of images")
-    paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not paths:
-        raise ConfigError(f"--data {data} holds no images ({' '.join(IMAGE_EXTENSIONS)})")
+    paths = find_images(Path(data))
     step = max(1, len(paths) // n)
     tf = prep.eval_transform()
     return np.stack([tf(load_image(p)).numpy() for p in paths[::step][:n]])

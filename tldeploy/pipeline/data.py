@@ -90,27 +90,12 @@ def scan_image_folder(root: Path, *, strict: bool = False, classes: list[str] | 
     labels: list[int] = []
     skipped: list[tuple[Path, str]] = []
     for label, name in enumerate(classes):
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        for p in sorted(folder.rglob("*")):
-            if p.is_dir() or p.name.startswith("."):
-                continue
-            if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append((p, "not an image file extension"))
-                continue
-            err = _check_image(p)
-            if err:
-                skipped.append((p, err))
-                continue
-            paths.append(p)
-            labels.append(label)
-    if skipped:
-        listing = "; ".join(f"{p} ({why})" for p, why in skipped[:20])
-        more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-        if strict:
-            raise DataError(f"{len(skipped)} unreadable file(s) under {root} with --strict: {listing}{more}")
-        log.warning("skipped %d unreadable file(s) under %s: %s%s", len(skipped), root, listing, more)
+        if (root / name).is_dir():
+            found_paths, bad = _readable_images(root / name)
+            paths += found_paths
+            labels += [label] * len(found_paths)
+            skipped += bad
+    _report_skipped(skipped, root, strict)
     if not paths:
         raise DataError(f"{root} holds no readable images; supported extensions: {' '.join(IMAGE_EXTENSIONS)}")
     return ImageList(paths, labels, list(classes), skipped)
@@ -174,24 +159,40 @@ def resolve_train_val(
     return train, valset
 
 
-def scan_unlabeled(root: Path, *, strict: bool = False) -> list[Path]:
-    """All readable images under `root`, any depth, for pseudo-labelling."""
+def _readable_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Images under `folder` at any depth that Pillow can read, and the files skipped with why."""
+    paths: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_dir() or p.name.startswith("."):
+            continue
+        err = "not an image file extension" if p.suffix.lower() not in IMAGE_EXTENSIONS else _check_image(p)
+        if err:
+            skipped.append((p, err))
+        else:
+            paths.append(p)
+    return paths, skipped
+
+
+def _report_skipped(skipped: list[tuple[Path, str]], root: Path, strict: bool) -> None:
+    if not skipped:
+        return
+    listing = "; ".join(f"{p} ({why})" for p, why in skipped[:20])
+    more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+    if strict:
+        raise DataError(f"{len(skipped)} unreadable file(s) under {root} with --strict: {listing}{more}")
+    log.warning("skipped %d unreadable file(s) under %s: %s%s", len(skipped), root, listing, more)
+
+
+def find_images(root: Path, *, strict: bool = False, flag: str = "--data") -> list[Path]:
+    """All readable images under `root`, any depth (unlabelled sets, calibration, parity)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"unlabelled folder {root} does not exist; pass a folder of images to --unlabeled")
-    paths, bad = [], []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
-            if p.suffix.lower() in IMAGE_EXTENSIONS and _check_image(p) is None:
-                paths.append(p)
-            else:
-                bad.append(p)
-    if bad:
-        if strict:
-            raise DataError(f"{len(bad)} unreadable file(s) under {root} with --strict: {', '.join(map(str, bad[:20]))}")
-        log.warning("skipped %d unreadable file(s) under %s: %s", len(bad), root, ", ".join(map(str, bad[:20])))
+        raise DataError(f"{flag} {root} is not an existing folder; pass a folder of images")
+    paths, skipped = _readable_images(root)
+    _report_skipped(skipped, root, strict)
     if not paths:
-        raise DataError(f"{root} holds no readable images for --unlabeled")
+        raise DataError(f"{flag} {root} holds no readable images; supported extensions: {' '.join(IMAGE_EXTENSIONS)}")
     return paths
 
 

@@ -33,9 +33,9 @@ from tldeploy.pipeline.backbones import create_backbone
 from tldeploy.pipeline.checkpoints import load_train_state, plain, save_checkpoint, save_train_state
 from tldeploy.pipeline.data import (
     ImageDataset,
+    find_images,
     limit_per_class,
     resolve_train_val,
-    scan_unlabeled,
 )
 from tldeploy.pipeline.heads import AdaptedModel, create_model
 from tldeploy.pipeline.metrics import classification_metrics, write_plots
@@ -204,7 +204,7 @@ class _Trainer:
         if cfg.limit_per_class:
             self.train_set = limit_per_class(self.train_set, cfg.limit_per_class, cfg.seed)
         self.classes = self.train_set.classes
-        self.unlabeled = scan_unlabeled(cfg.unlabeled, strict=cfg.strict) if cfg.unlabeled else []
+        self.unlabeled = find_images(cfg.unlabeled, strict=cfg.strict, flag="--unlabeled") if cfg.unlabeled else []
 
         backbone = create_backbone(cfg.backbone, cfg.weights)
         prep = backbone.spec.preprocessing
