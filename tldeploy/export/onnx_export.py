@@ -210,8 +210,9 @@ def _quiet_exporter() -> Iterator[None]:
 
 def _check(proto, onnx) -> None:
     try:
-        onnx.checker.check_model(proto, full_check=True)
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True)
+        # check_model(full_check=True) is this pair; doing it by hand keeps the inferred shapes.
+        onnx.checker.check_model(proto)
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except Exception as e:
         raise TldeployError(f"the exported graph failed onnx.checker: {str(e).splitlines()[0]}") from e
     proto.graph.ClearField("value_info")
