@@ -202,6 +202,91 @@ def export_cmd(checkpoint: Path, output: Path, as_json: bool, **kw) -> None:
     click.echo(f"wrote {result.path} in {result.seconds:.1f} s")
 
 
+# ---------------------------------------------------------------- build
+
+
+def _build_help() -> str:
+    from tldeploy.build.capabilities import capability_table
+
+    table = "\n".join("  " + line for line in capability_table().splitlines())
+    return f"""Build a deployable artifact from an exported ONNX file.
+
+    TensorRT engines are strongly typed networks made from the FP32, FP16 or Q/DQ (INT8) ONNX;
+    ONNX Runtime artifacts are ONNX files (INT8: Q/DQ with U8 activations and S8 weights). INT8
+    calibrates on real images preprocessed by the contract inside the ONNX, and keeps the CAM head,
+    the softmax and (with --int8-keep-float auto) as many leading convolutions as needed in float.
+    Each artifact gets a build record ARTIFACT.json; an unchanged build is reused.
+
+    \b
+    What builds what:
+{table}
+
+    \b
+    Examples:
+      tldeploy build digits.onnx --precision fp16
+      tldeploy build digits.onnx --precision int8 --backend ort --calib-data data/digits/train
+      tldeploy build digits.onnx --precision int8 --calib-data data/digits/train --batch 1,8,32
+    """
+
+
+@cli.command("build", context_settings=CONTEXT, help=_build_help())
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "ort"]), default="auto", show_default=True, help="auto: TensorRT where it and a GPU exist (always for fp16), else ONNX Runtime.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda for TensorRT, cpu for ONNX Runtime]")
+@click.option("-o", "--out", "output", type=click.Path(path_type=Path), help="Artifact path [default: beside the ONNX, e.g. model.int8.ort.onnx, model.fp16.engine].")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="int8: folder of real images to calibrate on.")
+@click.option("--calib-samples", default=256, show_default=True, type=int, help="int8: images used (all if fewer).")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--int8-keep-float", "keep_float", default="auto", show_default=True, help="int8: leading convolutions kept in float, a number or auto (as few as reach --int8-min-agreement).")
+@click.option("--int8-min-agreement", "min_agreement", default=1.0, show_default=True, type=float, help="int8 auto: top-1 agreement with the float model on images held out from calibration.")
+@click.option("--reduce-range/--no-reduce-range", default=None, help="ONNX Runtime int8: 7-bit weights [default: on for CPUs without VNNI, which saturate 8-bit].")
+@click.option("--batch", default="1,8,32", show_default=True, help="TensorRT: optimisation profile MIN,OPT,MAX for the dynamic batch.")
+@click.option("--workspace", default=4096, show_default=True, type=int, help="TensorRT: workspace limit in MiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT: timing cache file [default: one per TensorRT version and GPU in the cache].")
+@click.option("--plugins", multiple=True, type=click.Path(path_type=Path), help="TensorRT: plugin library (cpp_plugins/) to load; needed for ChannelAttention nodes.")
+@click.option("--version-compatible", is_flag=True, help="TensorRT: an engine later TensorRT versions can run (lean runtime).")
+@click.option("--hardware-compat", type=click.Choice(["none", "ampere+", "same-compute-capability"]), default="none", show_default=True, help="TensorRT: run on other GPU architectures.")
+@click.option("--force", is_flag=True, help="Rebuild even if an artifact is there (up to date or not).")
+@click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
+def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timing_cache: Path | None, plugins: tuple[Path, ...],
+              version_compatible: bool, hardware_compat: str, as_json: bool, quiet: bool, **kw) -> None:
+    import json
+
+    _setup_logging(quiet)
+    from tldeploy.build.builder import BuildConfig, build
+    from tldeploy.build.tensorrt import BatchProfile, TrtConfig
+    from tldeploy.errors import ConfigError
+
+    if keep_float != "auto":
+        try:
+            keep: int | str = int(keep_float)
+        except ValueError:
+            raise ConfigError(f"--int8-keep-float must be 'auto' or a number, got {keep_float!r}") from None
+    else:
+        keep = "auto"
+    trt = TrtConfig(batch=BatchProfile.parse(batch), workspace_mib=workspace, timing_cache=timing_cache,
+                    plugins=tuple(plugins), version_compatible=version_compatible, hardware_compat=hardware_compat)
+    result = build(BuildConfig(onnx=onnx_file, keep_float=keep, trt=trt, **kw))
+    if as_json:
+        click.echo(json.dumps({"path": str(result.path), "reused": result.reused, "record": result.record}, indent=2))
+        return
+    r = result.record
+    if result.reused:
+        click.echo(f"{result.path} is up to date (record {result.path}.json); --force rebuilds it")
+        return
+    check = r.get("check", {})
+    if "top1_agreement" in check:
+        click.echo(f"check vs FP32 ONNX ({check['n']} {check['inputs']}): top-1 agreement {check['top1_agreement']:.2%}, "
+                   f"logits max |diff| {check['logits_max_abs']:.3g}")
+    q = r.get("quantization")
+    if q:
+        click.echo(f"int8 {q['flavour']}: {q['activations']} activations, {q['weights']} weights; "
+                   f"{q['keep_float_convs']} leading conv(s) kept in float; {q['qdq']['quantize']} Q / {q['qdq']['dequantize']} DQ nodes")
+    click.echo(f"wrote {result.path} ({r['size_bytes'] / 1e6:.1f} MB) and its record {result.path}.json in {result.seconds:.1f} s")
+
+
 # ---------------------------------------------------------------- predict
 
 

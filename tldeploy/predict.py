@@ -1,6 +1,7 @@
-"""`tldeploy predict`: top-k classes and CAM overlays from a checkpoint or an ONNX file.
+"""`tldeploy predict`: top-k classes and CAM overlays from a checkpoint, an ONNX file or an engine.
 
-Preprocessing always comes from the artifact itself (checkpoint metadata or ONNX contract).
+Preprocessing always comes from the artifact itself (checkpoint metadata, ONNX contract, or an
+engine's build record); inference goes through the common runner interface.
 """
 
 from __future__ import annotations
@@ -29,54 +30,20 @@ class Prediction:
         return {"image": self.image, "top": self.top, "cam_png": self.cam_png}
 
 
-def load_artifact(path: Path) -> tuple[list[str], Preprocessing, Runner]:
-    """(classes, preprocessing, run) for a tldeploy checkpoint (.pt) or ONNX file (.onnx)."""
+def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preprocessing, Runner]:
+    """(classes, preprocessing, run) for any artifact: checkpoint, ONNX file or TensorRT engine."""
+    from tldeploy.build.runners import artifact_contract, load_runner, run_batches
+    from tldeploy.export.contract import OUTPUT_NAMES
+
     path = Path(path)
     if not path.exists():
-        raise TldeployError(f"artifact {path} does not exist; pass a model.pt from 'tldeploy train' or an .onnx from 'tldeploy export'")
-    if path.suffix == ".onnx":
-        return _load_onnx(path)
-    if path.suffix in (".pt", ".pth"):
-        return _load_checkpoint(path)
-    raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt (checkpoint) or .onnx")
-
-
-def _load_checkpoint(path: Path):
-    import torch
-
-    from tldeploy.pipeline.checkpoints import load_checkpoint
-
-    model, meta = load_checkpoint(path)
+        raise TldeployError(f"artifact {path} does not exist; pass a model.pt from 'tldeploy train', an .onnx from 'tldeploy export' or an artifact from 'tldeploy build'")
+    contract = artifact_contract(path)
+    runner = load_runner(path, device=device)
 
     def run(x: np.ndarray):
-        with torch.no_grad():
-            return tuple(t.numpy() for t in model.forward_with_cam(torch.from_numpy(x)))
-
-    return list(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), run
-
-
-def _load_onnx(path: Path):
-    from tldeploy.export.contract import OUTPUT_NAMES, load_onnx, read_contract
-    from tldeploy.export.onnx_export import run_batched
-
-    model = load_onnx(path)
-    contract = read_contract(model)
-    if contract.attention == "plugin":
-        raise ConfigError(f"{path} uses ChannelAttention plugin nodes, which only TensorRT runs; predict with the standard export")
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        from tldeploy.errors import MissingDependencyError
-
-        raise MissingDependencyError("onnxruntime", purpose="running ONNX files") from None
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    fixed = sess.get_inputs()[0].shape[0]
-    batch = fixed if isinstance(fixed, int) else 16
-
-    def run(x: np.ndarray):
-        outs = run_batched(sess, x, batch)
+        with runner:
+            outs = run_batches(runner, x)
         return tuple(outs[k] for k in OUTPUT_NAMES)
 
     return contract.classes, contract.preprocessing, run

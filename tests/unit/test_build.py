@@ -1,0 +1,277 @@
+"""The build stage on the tiny registered backbone: capabilities, runners, ORT artifacts, INT8
+Q/DQ structure per flavour, build records and reuse, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from _images import make_blob_images
+
+from tldeploy.bench.parity import compare_outputs
+from tldeploy.build.builder import BuildConfig, build
+from tldeploy.build.capabilities import CAPABILITIES, capability_table, check_target
+from tldeploy.build.quantize import CalibrationSet, QuantConfig, qdq_stats, quantize_model, split_backbone_head
+from tldeploy.build.runners import OrtRunner, TorchRunner, load_runner, run_batches
+from tldeploy.cli import main
+from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
+from tldeploy.export.contract import read_contract
+from tldeploy.export.onnx_export import ExportConfig, export_onnx, parity_inputs
+from tldeploy.pipeline.preprocessing import AugmentConfig
+from tldeploy.pipeline.training import TrainConfig, train
+from tldeploy.predict import predict
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLDEPLOY_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tinybuild")
+    make_blob_images(root / "data" / "train", 40, seed=0)
+    make_blob_images(root / "data" / "val", 8, seed=1)
+    cfg = TrainConfig(data=root / "data", out_dir=root / "run", backbone="tiny_cnn", mode="finetune", epochs=3,
+                      warmup_epochs=1, batch_size=8, lr=1e-2, quiet=True, augment=AugmentConfig.off())
+    ckpt = train(cfg).checkpoint
+    onnx_path = export_onnx(ExportConfig(ckpt, root / "tiny.onnx")).path
+    return ckpt, onnx_path, root / "data"
+
+
+@pytest.fixture
+def model_copy(tiny, tmp_path):
+    """The tiny ONNX in a fresh folder, so default outputs land there."""
+    p = tmp_path / "tiny.onnx"
+    p.write_bytes(tiny[1].read_bytes())
+    return p
+
+
+# ------------------------------------------------------------ capabilities
+
+
+def test_capability_table_drives_validation():
+    assert check_target("int8", "ort", "cpu").suffix == ".onnx"
+    assert check_target("fp16", "tensorrt", "cuda").suffix == ".engine"
+    with pytest.raises(ConfigError, match="ort on cpu cannot build fp16.*--backend tensorrt --device cuda"):
+        check_target("fp16", "ort", "cpu")
+    with pytest.raises(ConfigError, match="cuda cannot build int8"):
+        check_target("int8", "ort", "cuda")
+    with pytest.raises(ConfigError, match="runs on --device cuda"):
+        check_target("fp32", "tensorrt", "cpu")
+    table = capability_table()
+    assert all(c.note in table for c in CAPABILITIES)
+
+
+def test_presets_follow_the_target():
+    trt = QuantConfig.tensorrt()
+    assert (trt.activation_type, trt.activation_symmetric, trt.per_channel, trt.reduce_range) == ("int8", True, True, False)
+    ort = QuantConfig.ort_x86(reduce_range=True)
+    assert (ort.activation_type, ort.activation_symmetric, ort.per_channel) == ("uint8", False, True)
+    with pytest.raises(ConfigError, match="symmetric signed INT8"):
+        QuantConfig(flavour="tensorrt", activation_type="uint8", activation_symmetric=False, per_channel=True, reduce_range=False)
+    with pytest.raises(ConfigError, match="--calib-method"):
+        QuantConfig.ort_x86(calib_method="mse")
+    with pytest.raises(ConfigError, match="--int8-keep-float"):
+        QuantConfig.ort_x86(keep_float=-1)
+
+
+# ------------------------------------------------------------ runners
+
+
+def test_runners_share_one_interface_and_agree(tiny):
+    ckpt, onnx_path, data = tiny
+    x = parity_inputs(read_contract(onnx_path).preprocessing, data / "val", 16)
+    outs = {}
+    for runner in (TorchRunner(ckpt), OrtRunner(onnx_path)):
+        with runner:
+            spec = runner.input_spec()["images"]
+            assert spec.shape[0] is None and spec.shape[1:] == (3, 32, 32) and spec.dtype == np.float32
+            outs[runner.name] = run_batches(runner, x, batch=5)
+        assert not runner.is_active
+    ref, test = outs.values()
+    report = compare_outputs(ref, test, max_logit_diff=1e-4, min_top1_agreement=1.0)
+    assert report, report.table()
+
+
+def test_runner_checks_inputs(tiny):
+    runner = OrtRunner(tiny[1])
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    with pytest.raises(TldeployError, match="not active"):
+        runner.infer({"images": x})
+    with runner:
+        with pytest.raises(TldeployError, match=r"expected inputs \['images'\]"):
+            runner.infer({"input": x})
+        with pytest.raises(TldeployError, match="must be float32, got float64"):
+            runner.infer({"images": x.astype(np.float64)})
+        with pytest.raises(TldeployError, match="must have shape Nx3x32x32, got 2x3x16x16"):
+            runner.infer({"images": np.zeros((2, 3, 16, 16), np.float32)})
+        assert runner.infer({"images": x})["probs"].shape == (2, 2)
+
+
+def test_load_runner_by_suffix(tiny, tmp_path):
+    assert isinstance(load_runner(tiny[0]), TorchRunner)
+    assert isinstance(load_runner(tiny[1]), OrtRunner)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not an engine")
+    with pytest.raises(TldeployError, match="tensorrt is not installed.*tldeploy\\[tensorrt\\]"):
+        with load_runner(engine):
+            pass
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(ConfigError, match="expected .pt, .onnx or .engine"):
+        load_runner(tmp_path / "m.txt")
+
+
+# ------------------------------------------------------------ ORT builds and records
+
+
+def test_fp32_build_record_reuse_and_force(model_copy):
+    first = build(BuildConfig(onnx=model_copy, backend="ort"))
+    assert first.path == model_copy.with_name("tiny.fp32.ort.onnx") and not first.reused
+    record = json.loads(Path(str(first.path) + ".json").read_text())
+    for key in ("input_onnx_sha256", "artifact_sha256", "precision", "backend", "device", "tools", "cache_key", "contract"):
+        assert key in record
+    assert record["precision"] == "fp32" and record["backend"] == "ort" and record["device"] == "cpu"
+    assert record["tools"]["onnxruntime"] and record["check"]["top1_agreement"] == 1.0
+    again = build(BuildConfig(onnx=model_copy, backend="ort"))
+    assert again.reused and again.record["cache_key"] == record["cache_key"]
+    # Different input, same output: never silently reused, never silently overwritten.
+    other = model_copy.with_name("other.onnx")
+    m = onnx.load(str(model_copy))
+    m.doc_string = "changed"
+    onnx.save(m, str(other))
+    with pytest.raises(OutputExistsError, match="differs in: input_onnx_sha256.*--force"):
+        build(BuildConfig(onnx=other, backend="ort", output=first.path))
+    forced = build(BuildConfig(onnx=other, backend="ort", output=first.path, force=True))
+    assert not forced.reused and forced.record["input_onnx_sha256"] != record["input_onnx_sha256"]
+    # A tampered artifact is not "up to date".
+    first.path.write_bytes(first.path.read_bytes() + b"\0")
+    with pytest.raises(OutputExistsError):
+        build(BuildConfig(onnx=other, backend="ort", output=first.path))
+
+
+def _zero_points(model, weights: bool):
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and (n.input[0] in inits) == weights and len(n.input) > 2:
+            zp = inits[n.input[2]]
+            if zp.dtype != np.int32:
+                out.append(zp)
+    return out
+
+
+def test_int8_ort_flavour_structure_and_accuracy(model_copy, tiny):
+    result = build(BuildConfig(onnx=model_copy, precision="int8", backend="ort", calib_data=tiny[2] / "train",
+                               calib_samples=32, reduce_range=True))
+    model = onnx.load(str(result.path))
+    convs, head = split_backbone_head(onnx.load(str(model_copy)))
+    stats = qdq_stats(model)
+    q = result.record["quantization"]
+    quantized_convs = len(convs) - q["keep_float_convs"]
+    assert quantized_convs >= 1
+    # One DQ per weight and bias of each quantized conv, plus activation Q/DQ pairs.
+    assert stats.dequantize >= 2 * quantized_convs + stats.quantize and stats.quantize >= 1
+    assert stats.activation_zero_point_types == ["uint8"] and stats.weight_zero_point_types == ["int8"]
+    assert all(not zp.any() for zp in _zero_points(model, weights=True))  # symmetric weights
+    assert stats.per_channel_weights == quantized_convs
+    # The CAM head and the softmax stay float: nothing quantized feeds them.
+    producers = {o: n for n in model.graph.node for o in n.output}
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    assert producers[softmax.input[0]].op_type != "DequantizeLinear"
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] in g.input for g in model.graph.node
+                   if g.op_type == "Gather" for n in model.graph.node)
+    assert read_contract(result.path).precision == "int8"
+    assert result.record["qdq_flavour"] == "ort-x86" and result.record["calibration"]["images"] == 32
+    with load_runner(result.path) as r:
+        x = parity_inputs(read_contract(model_copy).preprocessing, tiny[2] / "val", 16)
+        assert run_batches(r, x)["probs"].shape == (16, 2)
+    assert q["check_top1_agreement"] == result.record["quantization"]["search"][-1]["top1_agreement"]
+
+
+def test_int8_tensorrt_flavour_is_symmetric_signed(tiny, tmp_path):
+    prep = read_contract(tiny[1]).preprocessing
+    calib = CalibrationSet.from_folder(tiny[2] / "train", prep, 32)
+    assert len(calib.images) == 32 and len(calib.holdout) == 32
+    result = quantize_model(tiny[1], calib, QuantConfig.tensorrt(keep_float=0), tmp_path / "c")
+    stats = qdq_stats(result.model)
+    assert stats.activation_zero_point_types == ["int8"] and stats.weight_zero_point_types == ["int8"]
+    assert stats.all_zero_points_zero  # TensorRT: zero points 0 everywhere
+    convs, _ = split_backbone_head(onnx.load(str(tiny[1])))
+    assert stats.per_channel_weights == len(convs) and result.keep_float == 0
+    # Calibration ranges are cached: a second run reads them instead of recalibrating.
+    assert len(list((tmp_path / "c").glob("calib-*.json"))) == 1
+
+
+def test_int8_keep_float_auto_stops_at_the_agreement_target(tiny, tmp_path):
+    prep = read_contract(tiny[1]).preprocessing
+    calib = CalibrationSet.from_folder(tiny[2] / "train", prep, 32)
+    result = quantize_model(tiny[1], calib, QuantConfig.ort_x86(reduce_range=True, min_agreement=0.5), tmp_path / "c")
+    assert result.history[0][0] == 0 and result.history[-1][1] >= 0.5 and result.keep_float == result.history[-1][0]
+    assert all(a < 0.5 for _, a in result.history[:-1])
+
+
+# ------------------------------------------------------------ bad input
+
+
+def test_bad_build_requests(model_copy, tiny, tmp_path):
+    with pytest.raises(ConfigError, match="--precision int8 needs --calib-data"):
+        BuildConfig(onnx=model_copy, precision="int8")
+    with pytest.raises(ConfigError, match="--calib-data is for --precision int8"):
+        BuildConfig(onnx=model_copy, calib_data=tmp_path)
+    with pytest.raises(TldeployError, match="cannot build a TensorRT fp16 engine here.*--backend ort"):
+        build(BuildConfig(onnx=model_copy, precision="fp16"))
+    with pytest.raises(TldeployError, match="tldeploy\\[gpu\\]"):
+        build(BuildConfig(onnx=model_copy, backend="ort", device="cuda"))
+    with pytest.raises(ConfigError, match="should end in .onnx"):
+        build(BuildConfig(onnx=model_copy, backend="ort", output=tmp_path / "x.engine"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty"):
+        build(BuildConfig(onnx=model_copy, precision="int8", backend="ort", calib_data=empty))
+    with pytest.raises(TldeployError, match="does not exist"):
+        build(BuildConfig(onnx=tmp_path / "missing.onnx", backend="ort"))
+    truncated = tmp_path / "t.onnx"
+    truncated.write_bytes(model_copy.read_bytes()[:500])
+    with pytest.raises(TldeployError, match="truncated"):
+        build(BuildConfig(onnx=truncated, backend="ort"))
+    assert sorted(p.name for p in model_copy.parent.iterdir() if p.name.startswith("tiny.")) == ["tiny.onnx"]
+
+
+def test_few_calibration_images_warn(tiny, caplog):
+    prep = read_contract(tiny[1]).preprocessing
+    calib = CalibrationSet.from_folder(tiny[2] / "val", prep, 8)
+    assert len(calib.images) == 8 and "calibrating on only 8 images" in caplog.text
+
+
+def test_cli_build_errors_are_one_line(model_copy, capsys):
+    assert main(["build", str(model_copy), "--precision", "fp16"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--backend ort" in err[0]
+    assert main(["build", str(model_copy), "--batch", "8,1,32", "--backend", "ort"]) != 0
+    assert "--batch must be MIN,OPT,MAX" in capsys.readouterr().err
+
+
+def test_predict_accepts_built_artifacts(model_copy, tiny):
+    result = build(BuildConfig(onnx=model_copy, precision="int8", backend="ort", calib_data=tiny[2] / "train", calib_samples=32))
+    image = next((tiny[2] / "val" / "red").iterdir())
+    for artifact in (tiny[0], model_copy, result.path):
+        top = predict(artifact, [image], top_k=1)[0].top[0]
+        assert top["class"] in ("green", "red")
+
+
+def test_racing_builds_leave_one_valid_artifact(model_copy, tmp_path):
+    cmd = [sys.executable, "-m", "tldeploy", "build", str(model_copy), "--backend", "ort", "-q"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("up to date" in o for o, _ in outs) == 1
+    artifact = model_copy.with_name("tiny.fp32.ort.onnx")
+    with OrtRunner(artifact) as r:
+        assert r.infer({"images": np.zeros((1, 3, 32, 32), np.float32)})["logits"].shape == (1, 2)
+    assert not list(model_copy.parent.glob(".*.tmp"))
