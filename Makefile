@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 WORK   ?= demo-run
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint clean
+.PHONY: demo test typecheck lint clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,22 @@ demo: $(BIN)/.installed
 	$(BIN)/tldeploy export $(WORK)/run/model.pt -o $(WORK)/digits.onnx --data $(WORK)/digits/val --force
 	$(BIN)/tldeploy predict $(WORK)/digits.onnx $(WORK)/digits/val/3/$$(ls $(WORK)/digits/val/3 | head -1) --top-k 3 --cam-out $(WORK)/cams --force
 
-test: $(BIN)/.installed
+# TensorRT cannot be installed here, so its code is type-checked against tensorrt-stubs, installed
+# without its dependencies (which would fetch TensorRT) and fixed up to parse (tools/fix_trt_stubs.py).
+$(VENV)/trt-stubs/.fixed: $(BIN)/.installed tools/fix_trt_stubs.py
+	rm -rf $(VENV)/trt-stubs
+	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/trt-stubs 'tensorrt-stubs>=10.8'
+	$(BIN)/python tools/fix_trt_stubs.py $(VENV)/trt-stubs
+	touch $@
+
+typecheck: $(VENV)/trt-stubs/.fixed
+	MYPYPATH=$(VENV)/trt-stubs $(BIN)/mypy tldeploy/build/tensorrt.py tldeploy/build/trt_runner.py
+
+test: $(BIN)/.installed typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check tldeploy tests benchmarks
+	$(BIN)/ruff check tldeploy tests benchmarks tools
 
 clean:
 	rm -rf $(WORK) .pytest_cache
