@@ -1,0 +1,88 @@
+"""ONNX Runtime INT8 vs FP32 on this CPU: batch-1 latency (interleaved, one run) and top-1 accuracy.
+
+    python benchmarks/ort_int8_latency.py --workdir /tmp/int8bench     # trains the digits model if needed
+
+Steps: digits data -> efficientnet_lite0 feature-extract (224 px) -> export -> `tldeploy build` FP32
+and INT8 for ONNX Runtime CPU -> accuracy on the validation set and batch-1 latency. The two
+artifacts are timed in alternating rounds so that drifts of a shared machine hit both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tldeploy.build.artifacts import cpu_name
+from tldeploy.build.builder import BuildConfig, build
+from tldeploy.build.runners import load_runner, run_batches
+from tldeploy.export.contract import read_contract
+from tldeploy.export.onnx_export import ExportConfig, export_onnx
+from tldeploy.pipeline.data import find_images, load_image, write_digits
+from tldeploy.pipeline.training import TrainConfig, train
+
+
+def prepare(workdir: Path) -> tuple[Path, Path]:
+    data, onnx_path = workdir / "digits", workdir / "digits.onnx"
+    if not data.exists():
+        write_digits(data, size=64, val_fraction=0.2, seed=0)
+    if not onnx_path.exists():
+        run = train(TrainConfig(data=data, out_dir=workdir / "run", epochs=10, quiet=True, force=True))
+        export_onnx(ExportConfig(run.checkpoint, onnx_path))
+    return data, onnx_path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("int8-bench"))
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=50, help="iterations per artifact per round")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ort_int8_latency.json")
+    args = ap.parse_args()
+    data, onnx_path = prepare(args.workdir)
+    fp32 = build(BuildConfig(onnx=onnx_path, backend="ort")).path
+    int8_result = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train"))
+    artifacts = {"fp32": fp32, "int8": int8_result.path}
+
+    contract = read_contract(onnx_path)
+    paths = find_images(data / "val")
+    tf = contract.preprocessing.eval_transform()
+    x = np.stack([tf(load_image(p)).numpy() for p in paths])
+    y = np.array([contract.classes.index(p.parent.name) for p in paths])
+    runners = {k: load_runner(p).activate() for k, p in artifacts.items()}
+    accuracy = {k: float(np.mean(run_batches(r, x)["logits"].argmax(1) == y)) for k, r in runners.items()}
+
+    one = {"images": x[:1]}
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for r in runners.values():
+        for _ in range(20):
+            r.infer(one)
+    for _ in range(args.rounds):
+        for k, r in runners.items():
+            for _ in range(args.iters):
+                t0 = time.perf_counter()
+                r.infer(one)
+                samples[k].append(time.perf_counter() - t0)
+    p50 = {k: float(np.median(v) * 1e3) for k, v in samples.items()}
+    result = {
+        "cpu": cpu_name(), "machine": platform.machine(), "batch": 1, "input": "224x224",
+        "validation_images": len(x),
+        "p50_ms": p50, "latency_ratio_int8_to_fp32": p50["int8"] / p50["fp32"],
+        "top1": accuracy, "top1_drop_points": 100 * (accuracy["fp32"] - accuracy["int8"]),
+        "int8": int8_result.record["quantization"],
+    }
+    for r in runners.values():
+        r.deactivate()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"p50 batch 1: FP32 {p50['fp32']:.2f} ms, INT8 {p50['int8']:.2f} ms, ratio {result['latency_ratio_int8_to_fp32']:.3f}")
+    print(f"top-1: FP32 {accuracy['fp32']:.4f}, INT8 {accuracy['int8']:.4f} (drop {result['top1_drop_points']:.2f} points)")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
