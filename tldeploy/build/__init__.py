@@ -1,0 +1,1 @@
+"""The build stage (TensorRT and ONNX Runtime artifacts, runners): not built yet, see issue 4."""

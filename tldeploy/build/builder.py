@@ -1,0 +1,275 @@
+"""`tldeploy build`: an exported ONNX file -> a deployable artifact and its build record.
+
+    tldeploy build model.onnx --precision fp16                   # TensorRT engine (needs TensorRT + GPU)
+    tldeploy build model.onnx --precision int8 --backend ort --calib-data data/train
+
+Backends and precisions follow `capabilities.CAPABILITIES`. Each artifact gets a JSON record beside
+it (ARTIFACT.json) whose cache key covers the input ONNX, precision, backend, device, calibration
+set, quantization options, tool versions, GPU and engine options: an unchanged build is reused,
+anything else needs --force.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tldeploy._io import atomic_path, write_json
+from tldeploy.build import artifacts
+from tldeploy.build.capabilities import PRECISIONS, check_target, default_device
+from tldeploy.build.quantize import CalibrationSet, QuantConfig
+from tldeploy.build.runners import ENGINE_SUFFIXES, read_sidecar, sidecar_path
+from tldeploy.build.tensorrt import TrtConfig
+from tldeploy.errors import ConfigError, OutputExistsError, TldeployError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    onnx: Path
+    precision: str = "fp32"
+    backend: str = "auto"  # "auto": TensorRT where it and a GPU exist, else ONNX Runtime
+    device: str | None = None  # default: cuda for TensorRT, cpu for ONNX Runtime
+    output: Path | None = None  # default: beside the ONNX, e.g. model.int8.ort.onnx, model.fp16.engine
+    calib_data: Path | None = None
+    calib_samples: int = 256
+    calib_method: str = "minmax"
+    keep_float: int | str = "auto"
+    min_agreement: float = 1.0
+    reduce_range: bool | None = None  # ONNX Runtime INT8: None = on for CPUs without VNNI
+    trt: TrtConfig = field(default_factory=TrtConfig)
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "int8" and self.calib_data is None:
+            raise ConfigError("--precision int8 needs --calib-data DIR: real images to calibrate on (the training folder works)")
+        if self.precision != "int8" and self.calib_data is not None:
+            raise ConfigError(f"--calib-data is for --precision int8; {self.precision} needs no calibration")
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    record: dict[str, Any]
+    reused: bool
+    seconds: float
+
+
+def resolve_backend(precision: str, backend: str) -> str:
+    if backend != "auto":
+        return backend
+    from tldeploy.build.tensorrt import tensorrt_unavailable
+
+    if precision == "fp16":
+        return "tensorrt"  # FP16 is a GPU precision; the error below names the alternatives if it is missing
+    reason = tensorrt_unavailable()
+    if reason is None:
+        return "tensorrt"
+    log.info("building for ONNX Runtime on CPU (TensorRT: %s); pass --backend to choose", reason)
+    return "ort"
+
+
+def default_output(onnx: Path, precision: str, backend: str, device: str) -> Path:
+    stem = onnx.name[: -len(".onnx")] if onnx.name.endswith(".onnx") else onnx.stem
+    if backend == "tensorrt":
+        return onnx.with_name(f"{stem}.{precision}.engine")
+    return onnx.with_name(f"{stem}.{precision}.ort{'-cuda' if device == 'cuda' else ''}.onnx")
+
+
+def _require_runtime(backend: str, device: str, precision: str) -> None:
+    if backend == "tensorrt":
+        from tldeploy.build.tensorrt import tensorrt_unavailable
+
+        reason = tensorrt_unavailable()
+        if reason:
+            alt = ("--backend ort --device cuda (needs onnxruntime-gpu); on a CPU, build fp32 or int8 with --backend ort"
+                   if precision == "fp16" else f"--backend ort (builds {precision} for ONNX Runtime on CPU)")
+            raise TldeployError(f"cannot build a TensorRT {precision} engine here: {reason}. "
+                                f"On an NVIDIA machine: pip install 'tldeploy[tensorrt]'; or use {alt}")
+    elif device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise TldeployError(
+                "--backend ort --device cuda needs onnxruntime-gpu and a GPU (available providers: "
+                f"{', '.join(ort.get_available_providers())}); install it with: pip install 'tldeploy[gpu]'"
+            )
+
+
+def build(cfg: BuildConfig) -> BuildResult:
+    from tldeploy.export.contract import load_onnx, read_contract
+    from tldeploy.export.onnx_export import sha256_file
+
+    t0 = time.perf_counter()
+    onnx_path = Path(cfg.onnx)
+    contract = read_contract(load_onnx(onnx_path, load_external_data=False) if onnx_path.is_file() else onnx_path)
+    backend = resolve_backend(cfg.precision, cfg.backend)
+    device = cfg.device or default_device(backend)
+    cap = check_target(cfg.precision, backend, device)
+    output = Path(cfg.output) if cfg.output else default_output(onnx_path, cfg.precision, backend, device)
+    suffixes = ENGINE_SUFFIXES if backend == "tensorrt" else (".onnx",)
+    if output.suffix not in suffixes:
+        raise ConfigError(f"output {output} should end in {' or '.join(suffixes)} for --backend {backend}")
+    if output.resolve() == onnx_path.resolve():
+        raise ConfigError(f"output {output} is the input ONNX; choose another -o")
+    if contract.precision == "fp16" and cfg.precision != "fp16":
+        raise ConfigError(f"{onnx_path} is an FP16 export; build {cfg.precision} from the FP32 export")
+    _require_runtime(backend, device, cfg.precision)
+    if contract.attention == "plugin" and backend != "tensorrt":
+        raise ConfigError(f"{onnx_path} has ChannelAttention plugin nodes, which only TensorRT runs; use --backend tensorrt or the standard export")
+
+    calib = quant = None
+    if cfg.precision == "int8":
+        assert cfg.calib_data is not None  # checked in BuildConfig
+        calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
+        quant = QuantConfig.for_backend(backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
+                                        keep_float=cfg.keep_float, min_agreement=cfg.min_agreement,
+                                        **({"reduce_range": cfg.reduce_range} if backend == "ort" else {}))
+    from tldeploy.build.tensorrt import gpu_info
+
+    record: dict[str, Any] = {
+        "format": artifacts.RECORD_FORMAT,
+        "format_version": artifacts.RECORD_VERSION,
+        "artifact": output.name,
+        "input_onnx": str(onnx_path),
+        "input_onnx_sha256": sha256_file(onnx_path),
+        "precision": cfg.precision,
+        "backend": backend,
+        "device": device,
+        "calibration": {"sha256": calib.sha256, "images": len(calib.images), "held_out": len(calib.holdout), "method": cfg.calib_method} if calib else None,
+        "quantization_options": _quant_options(quant),
+        "tools": artifacts.tool_versions(),
+        "gpu": gpu_info() if device == "cuda" else None,
+        "options": _trt_options(cfg.trt) if backend == "tensorrt" else None,
+    }
+    record["cache_key"] = artifacts.cache_key(record)
+
+    with artifacts.build_lock(output):
+        old = read_sidecar(output) if output.exists() else None
+        if old is not None and old.get("cache_key") == record["cache_key"] and old.get("artifact_sha256") == sha256_file(output) and not cfg.force:
+            log.info("%s is up to date (same inputs, options and tools); pass --force to rebuild", output)
+            return BuildResult(output, old, True, time.perf_counter() - t0)
+        if output.exists() and not cfg.force:
+            why = (f"it was built from other inputs or tools (differs in: {', '.join(artifacts.key_differences(old, record))})"
+                   if old else "it has no matching build record")
+            raise OutputExistsError(f"{output} already exists and {why}; pass --force to rebuild it")
+        log.info("building %s %s on %s: %s -> %s (%s)", backend, cfg.precision, device, onnx_path, output, cap.note)
+        record.update(_build_artifact(cfg, backend, device, onnx_path, output, calib, quant))
+        record["artifact_sha256"] = sha256_file(output)
+        record["size_bytes"] = output.stat().st_size
+        record["cpu"] = {"name": artifacts.cpu_name()}
+        record["contract"] = _contract_props(output if output.suffix == ".onnx" else onnx_path, cfg.precision)
+        record["created"] = artifacts.now()
+        record["build_seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(sidecar_path(output), record)
+    return BuildResult(output, record, False, time.perf_counter() - t0)
+
+
+def _quant_options(quant: QuantConfig | None) -> dict | None:
+    if quant is None:
+        return None
+    return {"flavour": quant.flavour, "activation_type": quant.activation_type, "activation_symmetric": quant.activation_symmetric,
+            "per_channel": quant.per_channel, "reduce_range": quant.reduce_range, "keep_float": quant.keep_float,
+            "min_agreement": quant.min_agreement}
+
+
+def _trt_options(t: TrtConfig) -> dict:
+    return {"batch": str(t.batch), "workspace_mib": t.workspace_mib, "plugins": [str(p) for p in t.plugins],
+            "version_compatible": t.version_compatible, "hardware_compat": t.hardware_compat}
+
+
+def _contract_props(onnx_file: Path, precision: str) -> dict[str, str]:
+    from dataclasses import replace
+
+    from tldeploy.export.contract import read_contract
+
+    c = read_contract(onnx_file)
+    return replace(c, precision=precision).to_props()
+
+
+def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path, output: Path, calib, quant) -> dict[str, Any]:
+    """Write the artifact (atomically) and return what the record should add."""
+    import onnx
+
+    from tldeploy.build.fp16 import fp16_model
+    from tldeploy.build.quantize import quantize_model
+    from tldeploy.export.contract import load_onnx
+
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tldeploy-build-") as tmp:
+        source = onnx_path
+        if cfg.precision == "int8":
+            q = quantize_model(onnx_path, calib, quant, artifacts.cache_dir() / "calibration")
+            extra["qdq_flavour"] = quant.flavour
+            extra["quantization"] = q.summary()
+            source = Path(tmp) / "model.int8.onnx"
+            onnx.save(q.model, str(source))
+        elif cfg.precision == "fp16":
+            source = Path(tmp) / "model.fp16.onnx"
+            onnx.save(fp16_model(load_onnx(onnx_path)), str(source))
+        if backend == "ort":
+            with atomic_path(output) as out_tmp:
+                out_tmp.write_bytes(source.read_bytes())
+        else:
+            from tldeploy.build.tensorrt import EngineFromOnnx, default_timing_cache
+
+            needs_plugin = _has_plugin(onnx_path)
+            trt_cfg = cfg.trt if cfg.trt.timing_cache else _with_cache(cfg.trt, default_timing_cache())
+            engine, layers = EngineFromOnnx(source, trt_cfg, needs_plugin=needs_plugin)()
+            with atomic_path(output) as out_tmp:
+                out_tmp.write_bytes(engine)
+            layers_path = output.with_name(output.name + ".layers.json")
+            with atomic_path(layers_path) as lt:
+                lt.write_text(layers)
+            extra["layer_info"] = layers_path.name
+            extra["timing_cache"] = str(trt_cfg.timing_cache)
+        if _has_plugin(onnx_path):
+            extra["check"] = {"skipped": "ChannelAttention plugin nodes: ONNX Runtime cannot run the reference"}
+        else:
+            extra["check"] = _check(output, onnx_path, calib, device)
+    return extra
+
+
+def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
+    from dataclasses import replace
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return replace(t, timing_cache=path)
+
+
+def _has_plugin(onnx_path: Path) -> bool:
+    from tldeploy.export.contract import read_contract
+
+    return read_contract(onnx_path).attention == "plugin"
+
+
+def _check(artifact: Path, onnx_path: Path, calib, device: str) -> dict:
+    """Run the new artifact through its runner against the FP32 ONNX on ONNX Runtime CPU."""
+    from tldeploy.bench.parity import compare_outputs
+    from tldeploy.build.runners import OrtRunner, load_runner, run_batches
+
+    if calib is not None:
+        x = calib.check_images[:64]
+    else:
+        from tldeploy.export.contract import read_contract
+
+        size = read_contract(onnx_path).preprocessing.input_size
+        x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)
+    with OrtRunner(onnx_path) as ref_runner:
+        ref = run_batches(ref_runner, x)
+    with load_runner(artifact, device=device) as runner:
+        out = run_batches(runner, x)
+    report = compare_outputs(ref, out)
+    log.info("check against the FP32 ONNX on %d %s: top-1 agreement %.2f%%, logits max |diff| %.3g",
+             len(x), "held-out calibration-folder images" if calib is not None else "random inputs", 100 * report.top1_agreement, report.logits_max_abs)
+    return {"against": "fp32 onnx on onnxruntime cpu", "inputs": "held-out images" if calib is not None else "random inputs",
+            **report.to_dict()}

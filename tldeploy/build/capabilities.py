@@ -1,0 +1,67 @@
+"""Which backend builds which precision on which device: one typed table drives validation,
+the defaults and `tldeploy build --help`. An impossible request is an error, never a silent
+downgrade (a tool that measures precision must not quietly build something else)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tldeploy.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("tensorrt", "ort")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Capability:
+    backend: str
+    device: str
+    precisions: tuple[str, ...]
+    suffix: str  # the artifact's file suffix
+    extra: str | None  # pip extra that brings the backend's runtime
+    note: str
+
+
+CAPABILITIES: tuple[Capability, ...] = (
+    Capability("tensorrt", "cuda", ("fp32", "fp16", "int8"), ".engine", "tensorrt",
+               "strongly typed engine from the FP32, FP16 or Q/DQ ONNX"),
+    Capability("ort", "cpu", ("fp32", "int8"), ".onnx", None,
+               "CPUExecutionProvider; INT8 as U8S8 Q/DQ (FP16 has no fast CPU kernels)"),
+    # The CUDA provider runs Q/DQ models by dequantizing to float, so INT8 there would not be INT8.
+    Capability("ort", "cuda", ("fp32", "fp16"), ".onnx", "gpu", "CUDAExecutionProvider"),
+)
+
+
+def find_capability(backend: str, device: str) -> Capability | None:
+    return next((c for c in CAPABILITIES if c.backend == backend and c.device == device), None)
+
+
+def default_device(backend: str) -> str:
+    return "cuda" if backend == "tensorrt" else "cpu"
+
+
+def check_target(precision: str, backend: str, device: str) -> Capability:
+    """The capability that builds `precision` with `backend` on `device`, or a ConfigError
+    that lists what is possible instead."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    cap = find_capability(backend, device)
+    if cap is None:
+        devices = [c.device for c in CAPABILITIES if c.backend == backend]
+        raise ConfigError(f"--backend {backend} runs on --device {' or '.join(devices)}, not {device}")
+    if precision not in cap.precisions:
+        able = [f"--backend {c.backend} --device {c.device}" for c in CAPABILITIES if precision in c.precisions]
+        raise ConfigError(
+            f"{backend} on {device} cannot build {precision} (it builds {', '.join(cap.precisions)}); "
+            f"{precision} is built by: {'; '.join(able)}"
+        )
+    return cap
+
+
+def capability_table() -> str:
+    """The table as text, for --help and the README."""
+    rows = [f"{c.backend:<9} {c.device:<5} {','.join(c.precisions):<15} {c.note}" for c in CAPABILITIES]
+    return "\n".join([f"{'backend':<9} {'device':<5} {'precisions':<15} notes", *rows])

@@ -1,0 +1,249 @@
+"""One interface for every backend, like Polygraphy's runners.
+
+`BaseRunner` owns the contract: activate/deactivate (also as a context manager), the input spec,
+and `infer` on a dict of named arrays with names, ranks, fixed dimensions and dtypes checked. A
+backend implements only `_activate`, `_input_spec`, `_infer` and `_deactivate`. Runners never time
+themselves: `bench/` owns clocks and warm-up so every backend is measured the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
+from tldeploy.export.contract import INPUT_NAME, OUTPUT_NAMES, Contract
+from tldeploy.pipeline.preprocessing import Preprocessing
+
+ENGINE_SUFFIXES = (".engine", ".plan")
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int | None, ...]  # None marks a dynamic dimension
+    dtype: np.dtype
+
+
+class BaseRunner:
+    """Subclasses implement the four `_hooks`; everything else is shared."""
+
+    name = "runner"
+
+    def __init__(self) -> None:
+        self.is_active = False
+        self._spec: dict[str, TensorSpec] | None = None
+
+    def activate(self) -> BaseRunner:
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self) -> BaseRunner:
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    def input_spec(self) -> dict[str, TensorSpec]:
+        self._require_active()
+        if self._spec is None:
+            self._spec = self._input_spec()
+        return self._spec
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._require_active()
+        spec = self.input_spec()
+        if set(feed) != set(spec):
+            raise TldeployError(f"{self.name}: expected inputs {sorted(spec)}, got {sorted(feed)}")
+        for key, s in spec.items():
+            a = feed[key]
+            if not isinstance(a, np.ndarray):
+                raise TldeployError(f"{self.name}: input {key!r} must be a numpy array, got {type(a).__name__}")
+            if a.dtype != s.dtype:
+                raise TldeployError(f"{self.name}: input {key!r} must be {s.dtype}, got {a.dtype}")
+            if a.ndim != len(s.shape) or any(d is not None and d != n for d, n in zip(s.shape, a.shape, strict=True)):
+                want = "x".join("N" if d is None else str(d) for d in s.shape)
+                raise TldeployError(f"{self.name}: input {key!r} must have shape {want}, got {'x'.join(map(str, a.shape))}")
+        return self._infer(feed)
+
+    def _require_active(self) -> None:
+        if not self.is_active:
+            raise TldeployError(f"{self.name} is not active; use it as a context manager or call activate() first")
+
+    # hooks
+    def _activate(self) -> None:
+        raise NotImplementedError
+
+    def _input_spec(self) -> dict[str, TensorSpec]:
+        raise NotImplementedError
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        pass
+
+
+class TorchRunner(BaseRunner):
+    """The PyTorch reference: a tldeploy checkpoint, outputs `logits`, `probs`, `cam`."""
+
+    def __init__(self, checkpoint: Path, device: str = "cpu") -> None:
+        super().__init__()
+        self.checkpoint, self.device = Path(checkpoint), device
+        self.name = f"torch[{device}]:{self.checkpoint.name}"
+
+    def _activate(self) -> None:
+        import torch
+
+        from tldeploy.pipeline.checkpoints import load_checkpoint
+
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        model, meta = load_checkpoint(self.checkpoint)
+        self.model = model.to(self.device).eval()
+        self.size = Preprocessing.from_dict(meta["preprocessing"]).input_size
+
+    def _input_spec(self) -> dict[str, TensorSpec]:
+        return {INPUT_NAME: TensorSpec((None, 3, self.size, self.size), np.dtype(np.float32))}
+
+    def _infer(self, feed):
+        import torch
+
+        with torch.no_grad():
+            outs = self.model.forward_with_cam(torch.from_numpy(feed[INPUT_NAME]).to(self.device))
+        return {k: v.float().cpu().numpy() for k, v in zip(OUTPUT_NAMES, outs, strict=True)}
+
+    def _deactivate(self) -> None:
+        del self.model
+
+
+class OrtRunner(BaseRunner):
+    """ONNX Runtime on one execution provider: cpu, cuda or tensorrt."""
+
+    def __init__(self, path: Path, provider: str = "cpu", threads: int | None = None) -> None:
+        super().__init__()
+        if provider not in ORT_PROVIDERS:
+            raise ConfigError(f"ONNX Runtime provider must be one of {', '.join(ORT_PROVIDERS)}, got {provider!r}")
+        self.path, self.provider, self.threads = Path(path), provider, threads
+        self.name = f"ort[{provider}]:{self.path.name}"
+
+    def _activate(self) -> None:
+        from tldeploy.export.contract import load_onnx, read_contract
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingDependencyError("onnxruntime", purpose="running ONNX files") from None
+        model = load_onnx(self.path)
+        if read_contract(model).attention == "plugin":
+            raise ConfigError(f"{self.path} uses ChannelAttention plugin nodes, which only TensorRT runs; use the standard export")
+        wanted = ORT_PROVIDERS[self.provider]
+        available = ort.get_available_providers()
+        if wanted not in available:
+            raise MissingDependencyError(
+                "onnxruntime-gpu" if self.provider != "cpu" else "onnxruntime", extra="gpu",
+                purpose=f"the {wanted} (available providers: {', '.join(available)})",
+            )
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=[wanted])
+
+    def _input_spec(self) -> dict[str, TensorSpec]:
+        types = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+        return {
+            i.name: TensorSpec(tuple(d if isinstance(d, int) else None for d in i.shape), np.dtype(types.get(i.type, np.float32)))
+            for i in self.session.get_inputs()
+        }
+
+    def _infer(self, feed):
+        return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feed), strict=True))
+
+    def _deactivate(self) -> None:
+        del self.session
+
+
+def sidecar_path(artifact: Path) -> Path:
+    return Path(str(artifact) + ".json")
+
+
+def read_sidecar(artifact: Path) -> dict | None:
+    p = sidecar_path(artifact)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise TldeployError(f"build record {p} is unreadable ({type(e).__name__}); rebuild with 'tldeploy build --force'") from None
+    if not isinstance(data, dict) or data.get("format") != "tldeploy.build":
+        raise TldeployError(f"{p} is not a tldeploy build record; rebuild with 'tldeploy build --force'")
+    return data
+
+
+def artifact_contract(path: Path) -> Contract:
+    """The contract of any artifact: ONNX metadata, checkpoint metadata, or an engine's build record."""
+    from tldeploy.export.contract import read_contract
+
+    path = Path(path)
+    if not path.exists():
+        raise TldeployError(f"artifact {path} does not exist")
+    if path.suffix == ".onnx":
+        return read_contract(path)
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        from tldeploy.pipeline.checkpoints import CHECKPOINT_FORMAT, read_torch_file
+
+        meta = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint")["metadata"]
+        return Contract(
+            classes=list(meta["classes"]), preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+            backbone=str(meta["backbone"]["name"]), checkpoint_sha256="", tldeploy_version=str(meta.get("versions", {}).get("tldeploy", "")),
+        )
+    if path.suffix in ENGINE_SUFFIXES:
+        record = read_sidecar(path)
+        if record is None:
+            raise TldeployError(f"{path} has no build record {sidecar_path(path).name} beside it; rebuild it with 'tldeploy build'")
+        return Contract.from_props(record["contract"], str(sidecar_path(path)))
+    raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
+
+
+def load_runner(path: Path, *, device: str = "cpu", provider: str | None = None, threads: int | None = None) -> BaseRunner:
+    """The runner for an artifact, chosen by its suffix (not yet active)."""
+    path = Path(path)
+    if not path.exists():
+        raise TldeployError(f"artifact {path} does not exist; pass a model.pt, an .onnx or an .engine")
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        return TorchRunner(path, device=device)
+    if path.suffix == ".onnx":
+        return OrtRunner(path, provider=provider or ("cuda" if device == "cuda" else "cpu"), threads=threads)
+    if path.suffix in ENGINE_SUFFIXES:
+        from tldeploy.build.trt_runner import TrtRunner
+
+        return TrtRunner(path)
+    raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
+
+
+def run_batches(runner: BaseRunner, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+    """`runner` over `x` in batches (padded to a fixed batch dimension where the artifact has one)."""
+    fixed = runner.input_spec()[INPUT_NAME].shape[0]
+    step = fixed or batch
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+        out = runner.infer({INPUT_NAME: chunk})
+        for k in OUTPUT_NAMES:
+            parts[k].append(out[k][:n])
+    return {k: np.concatenate(v) for k, v in parts.items()}

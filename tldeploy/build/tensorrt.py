@@ -1,0 +1,244 @@
+"""TensorRT engines from ONNX, for TensorRT 10.8+ and 11.x.
+
+Every engine is a strongly typed network: the precision is the ONNX file's (FP32, FP16, or INT8
+Q/DQ), never a builder flag. TensorRT 11 removed the FP16/INT8 flags and the calibrators and
+10.12 deprecated them, so this one code path serves both versions. `tensorrt` is imported only
+inside these functions; importing this module never needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+log = logging.getLogger(__name__)
+
+MIN_VERSION = (10, 8)
+HARDWARE_COMPAT = ("none", "ampere+", "same-compute-capability")
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ConfigError(f"--batch must be MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {self.min},{self.opt},{self.max}")
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        try:
+            parts = [int(p) for p in text.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) == 1:
+            return cls(parts[0], parts[0], parts[0])
+        if len(parts) != 3:
+            raise ConfigError(f"--batch must be MIN,OPT,MAX (or one size), got {text!r}")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.min},{self.opt},{self.max}"
+
+
+@dataclass(frozen=True)
+class TrtConfig:
+    batch: BatchProfile = BatchProfile()
+    workspace_mib: int = 4096
+    timing_cache: Path | None = None
+    plugins: tuple[Path, ...] = ()
+    version_compatible: bool = False
+    hardware_compat: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.workspace_mib < 1:
+            raise ConfigError(f"--workspace must be at least 1 MiB, got {self.workspace_mib}")
+        if self.hardware_compat not in HARDWARE_COMPAT:
+            raise ConfigError(f"--hardware-compat must be one of {', '.join(HARDWARE_COMPAT)}, got {self.hardware_compat!r}")
+
+
+def require_tensorrt() -> None:
+    """Raise a MissingDependencyError naming the extra unless TensorRT >= 10.8 imports."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingDependencyError("tensorrt", extra="tensorrt", purpose="TensorRT engines") from None
+    version = tuple(int(p) for p in tensorrt.__version__.split(".")[:2])
+    if version < MIN_VERSION:
+        raise MissingDependencyError(
+            f"tensorrt>={MIN_VERSION[0]}.{MIN_VERSION[1]} (found {tensorrt.__version__})", extra="tensorrt",
+            purpose="strongly typed engines",
+        )
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT engines cannot be built here, or None when they can."""
+    try:
+        require_tensorrt()
+    except MissingDependencyError as e:
+        return str(e)
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    except ImportError:
+        return "PyTorch is needed to find the GPU"
+    return None
+
+
+def gpu_info() -> dict[str, str]:
+    """GPU name, compute capability and CUDA version, as far as PyTorch can tell."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        major, minor = torch.cuda.get_device_capability()
+        return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}", "cuda": str(torch.version.cuda)}
+    except Exception:  # no driver, broken install: the record just says less
+        return {}
+
+
+def create_logger() -> trt.ILogger:
+    """A TensorRT logger that forwards to Python logging."""
+    import tensorrt as trt
+
+    class Forward(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            level = {
+                trt.ILogger.Severity.INTERNAL_ERROR: logging.ERROR,
+                trt.ILogger.Severity.ERROR: logging.ERROR,
+                trt.ILogger.Severity.WARNING: logging.WARNING,
+            }.get(severity, logging.DEBUG)
+            log.log(level, "TensorRT: %s", msg)
+
+    return Forward()
+
+
+def dims_tuple(dims: trt.Dims) -> tuple[int, ...]:
+    """TensorRT Dims behave like tuples at run time; this says so to the type checker too."""
+    return tuple(dims[i] for i in range(len(dims)))
+
+
+def load_plugins(plugins: tuple[Path, ...]) -> None:
+    import tensorrt as trt
+
+    registry = trt.get_plugin_registry()
+    for lib in plugins:
+        if not Path(lib).is_file():
+            raise ConfigError(f"--plugins {lib} does not exist; build it with 'tldeploy plugins build' (cpp_plugins/)")
+        if registry.load_library(str(lib)) is None:
+            raise TldeployError(f"TensorRT could not load the plugin library {lib}; was it built for this TensorRT version?")
+
+
+class EngineFromOnnx:
+    """A lazy build step: nothing runs until it is called. Returns (serialized engine, layer info JSON)."""
+
+    def __init__(self, onnx_path: Path, config: TrtConfig, needs_plugin: bool = False) -> None:
+        self.onnx_path, self.config, self.needs_plugin = Path(onnx_path), config, needs_plugin
+
+    def __call__(self) -> tuple[bytes, str]:
+        require_tensorrt()
+        import tensorrt as trt
+
+        cfg = self.config
+        if self.needs_plugin and not cfg.plugins:
+            raise ConfigError(
+                f"{self.onnx_path} has ChannelAttention plugin nodes; pass --plugins PATH to the library from "
+                "cpp_plugins/ ('tldeploy plugins build'), or build the standard export"
+            )
+        logger = create_logger()
+        load_plugins(cfg.plugins)
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(self.onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise TldeployError(f"TensorRT could not parse {self.onnx_path}: {errors}")
+
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer information for the inspector
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            shape = dims_tuple(tensor.shape)
+            if shape[0] == -1:
+                b = cfg.batch
+                profile.set_shape(tensor.name, *(trt.Dims([n, *shape[1:]]) for n in (b.min, b.opt, b.max)))
+            elif (cfg.batch.min, cfg.batch.max) != (shape[0], shape[0]):
+                log.info("%s has a fixed batch of %d; --batch does not apply", self.onnx_path, shape[0])
+        config.add_optimization_profile(profile)
+        if cfg.version_compatible:
+            config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+            if cfg.plugins:
+                config.plugins_to_serialize = [str(p) for p in cfg.plugins]
+        config.hardware_compatibility_level = {
+            "none": trt.HardwareCompatibilityLevel.NONE,
+            "ampere+": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
+            "same-compute-capability": trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY,
+        }[cfg.hardware_compat]
+        cache = None
+        if cfg.timing_cache is not None:
+            blob = cfg.timing_cache.read_bytes() if cfg.timing_cache.is_file() else b""
+            cache = config.create_timing_cache(blob)
+            config.set_timing_cache(cache, ignore_mismatch=False)
+
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise TldeployError(f"TensorRT failed to build an engine from {self.onnx_path}; see the TensorRT messages above")
+        engine_bytes = bytes(memoryview(serialized))
+        if cache is not None and cfg.timing_cache is not None:
+            _save_timing_cache(cfg.timing_cache, config.get_timing_cache())
+        return engine_bytes, inspect_engine(logger, engine_bytes)
+
+
+def _save_timing_cache(path: Path, cache: trt.ITimingCache) -> None:
+    from tldeploy._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(bytes(memoryview(cache.serialize())))
+
+
+def inspect_engine(logger: trt.ILogger, engine_bytes: bytes) -> str:
+    """The engine inspector's per-layer information (JSON text)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise TldeployError("TensorRT could not deserialize the engine it just built")
+    inspector = engine.create_engine_inspector()
+    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+def trt_version() -> str | None:
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except ImportError:
+        return None
+
+
+def default_timing_cache() -> Path:
+    """One timing cache per TensorRT version and GPU, reused across builds (a cache from another
+    version or GPU would be rejected anyway)."""
+    from tldeploy.build.artifacts import cache_dir
+
+    info = gpu_info()
+    tag = f"trt{trt_version()}-sm{info.get('compute_capability', 'x').replace('.', '')}"
+    return cache_dir() / "tensorrt" / f"timing-{tag}.cache"
