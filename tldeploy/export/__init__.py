@@ -1,1 +1,1 @@
-"""The export stage (ONNX with the CAM head and the preprocessing contract): not built yet, see issue 3."""
+"""The export stage: ONNX with the CAM head and the preprocessing contract in its metadata."""
