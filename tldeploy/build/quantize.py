@@ -277,7 +277,13 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
     import onnx
 
     ort = _require_ort()
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from tldeploy.export.contract import read_contract, write_contract

@@ -4,6 +4,7 @@ buffers that are PyTorch CUDA tensors (PyTorch is a dependency already; no pycud
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 
 from tldeploy.build.runners import BaseRunner, TensorSpec, read_sidecar
