@@ -26,3 +26,18 @@ def make_blob_images(root: Path, n_per_class: int, size: int = 32, seed: int = 0
             Image.fromarray(img).save(p)
             where[p] = (int(top), int(left), side)
     return where
+
+
+def train_tiny(root: Path, n_train: int = 24, n_val: int = 8) -> tuple[Path, Path]:
+    """A few seconds of fine-tuning the registered `tiny_cnn` on blob images.
+
+    Returns (checkpoint, data folder with train/ and val/)."""
+    from tldeploy.pipeline.preprocessing import AugmentConfig
+    from tldeploy.pipeline.training import TrainConfig, train
+
+    data = Path(root) / "data"
+    make_blob_images(data / "train", n_train, seed=0)
+    make_blob_images(data / "val", n_val, seed=1)
+    cfg = TrainConfig(data=data, out_dir=Path(root) / "run", backbone="tiny_cnn", mode="finetune", epochs=3,
+                      warmup_epochs=1, batch_size=8, lr=1e-2, quiet=True, augment=AugmentConfig.off())
+    return train(cfg).checkpoint, data

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _images import make_blob_images
+from _images import train_tiny
 
 from tldeploy.bench.parity import compare_outputs
 from tldeploy.build.builder import BuildConfig, build
@@ -20,8 +20,6 @@ from tldeploy.cli import main
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.export.contract import read_contract
 from tldeploy.export.onnx_export import ExportConfig, export_onnx, parity_inputs
-from tldeploy.pipeline.preprocessing import AugmentConfig
-from tldeploy.pipeline.training import TrainConfig, train
 from tldeploy.predict import predict
 
 
@@ -33,13 +31,8 @@ def _cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tinybuild")
-    make_blob_images(root / "data" / "train", 40, seed=0)
-    make_blob_images(root / "data" / "val", 8, seed=1)
-    cfg = TrainConfig(data=root / "data", out_dir=root / "run", backbone="tiny_cnn", mode="finetune", epochs=3,
-                      warmup_epochs=1, batch_size=8, lr=1e-2, quiet=True, augment=AugmentConfig.off())
-    ckpt = train(cfg).checkpoint
-    onnx_path = export_onnx(ExportConfig(ckpt, root / "tiny.onnx")).path
-    return ckpt, onnx_path, root / "data"
+    ckpt, data = train_tiny(root, n_train=40)
+    return ckpt, export_onnx(ExportConfig(ckpt, root / "tiny.onnx")).path, data
 
 
 @pytest.fixture

@@ -5,25 +5,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from _images import make_blob_images
+from _images import train_tiny
 
 from tldeploy.errors import OutputExistsError, TldeployError
 from tldeploy.export.contract import ContractError, load_onnx, read_contract
 from tldeploy.export.onnx_export import ExportConfig, export_onnx, run_batched, sha256_file
 from tldeploy.pipeline.checkpoints import load_checkpoint
-from tldeploy.pipeline.preprocessing import AugmentConfig
-from tldeploy.pipeline.training import TrainConfig, train
 from tldeploy.predict import predict
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    make_blob_images(root / "data" / "train", 24, seed=0)
-    make_blob_images(root / "data" / "val", 8, seed=1)
-    cfg = TrainConfig(data=root / "data", out_dir=root / "run", backbone="tiny_cnn", mode="finetune", epochs=3,
-                      warmup_epochs=1, batch_size=8, lr=1e-2, quiet=True, augment=AugmentConfig.off())
-    return train(cfg).checkpoint, root / "data" / "val"
+    ckpt, data = train_tiny(tmp_path_factory.mktemp("tiny"))
+    return ckpt, data / "val"
 
 
 def test_fp32_export_contract_and_parity(tiny, tmp_path):
