@@ -144,6 +144,11 @@ def test_fp32_build_record_reuse_and_force(model_copy):
     first.path.write_bytes(first.path.read_bytes() + b"\0")
     with pytest.raises(OutputExistsError):
         build(BuildConfig(onnx=other, backend="ort", output=first.path))
+    # A broken record is named; --force rebuilds over it.
+    Path(str(first.path) + ".json").write_text("{not json")
+    with pytest.raises(TldeployError, match="unreadable.*--force"):
+        build(BuildConfig(onnx=other, backend="ort", output=first.path))
+    assert not build(BuildConfig(onnx=other, backend="ort", output=first.path, force=True)).reused
 
 
 def _zero_points(model, weights: bool):

@@ -154,7 +154,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     record["cache_key"] = artifacts.cache_key(record)
 
     with artifacts.build_lock(output):
-        old = read_sidecar(output) if output.exists() else None
+        old = read_sidecar(output) if output.exists() and not cfg.force else None  # --force ignores even a broken record
         if old is not None and old.get("cache_key") == record["cache_key"] and old.get("artifact_sha256") == sha256_file(output) and not cfg.force:
             log.info("%s is up to date (same inputs, options and tools); pass --force to rebuild", output)
             return BuildResult(output, old, True, time.perf_counter() - t0)
