@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +163,12 @@ def build(cfg: BuildConfig) -> BuildResult:
                    if old else "it has no matching build record")
             raise OutputExistsError(f"{output} already exists and {why}; pass --force to rebuild it")
         log.info("building %s %s on %s: %s -> %s (%s)", backend, cfg.precision, device, onnx_path, output, cap.note)
-        record.update(_build_artifact(cfg, backend, device, onnx_path, output, calib, quant))
+        record.update(_build_artifact(cfg, backend, device, onnx_path, contract, output, calib, quant))
         record["artifact_sha256"] = sha256_file(output)
         record["size_bytes"] = output.stat().st_size
         record["cpu"] = {"name": artifacts.cpu_name()}
-        record["contract"] = _contract_props(output if output.suffix == ".onnx" else onnx_path, cfg.precision)
+        # An ONNX artifact carries its own (updated) contract; an engine's record carries the input's.
+        record["contract"] = (read_contract(output) if output.suffix == ".onnx" else replace(contract, precision=cfg.precision)).to_props()
         record["created"] = artifacts.now()
         record["build_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(sidecar_path(output), record)
@@ -187,16 +188,7 @@ def _trt_options(t: TrtConfig) -> dict:
             "version_compatible": t.version_compatible, "hardware_compat": t.hardware_compat}
 
 
-def _contract_props(onnx_file: Path, precision: str) -> dict[str, str]:
-    from dataclasses import replace
-
-    from tldeploy.export.contract import read_contract
-
-    c = read_contract(onnx_file)
-    return replace(c, precision=precision).to_props()
-
-
-def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path, output: Path, calib, quant) -> dict[str, Any]:
+def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path, contract, output: Path, calib, quant) -> dict[str, Any]:
     """Write the artifact (atomically) and return what the record should add."""
     import onnx
 
@@ -222,7 +214,7 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
         else:
             from tldeploy.build.tensorrt import EngineFromOnnx, default_timing_cache
 
-            needs_plugin = _has_plugin(onnx_path)
+            needs_plugin = contract.attention == "plugin"
             trt_cfg = cfg.trt if cfg.trt.timing_cache else _with_cache(cfg.trt, default_timing_cache())
             engine, layers = EngineFromOnnx(source, trt_cfg, needs_plugin=needs_plugin)()
             with atomic_path(output) as out_tmp:
@@ -232,10 +224,10 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
                 lt.write_text(layers)
             extra["layer_info"] = layers_path.name
             extra["timing_cache"] = str(trt_cfg.timing_cache)
-        if _has_plugin(onnx_path):
+        if contract.attention == "plugin":
             extra["check"] = {"skipped": "ChannelAttention plugin nodes: ONNX Runtime cannot run the reference"}
         else:
-            extra["check"] = _check(output, onnx_path, calib, device)
+            extra["check"] = _check(output, onnx_path, contract.preprocessing.input_size, calib, device)
     return extra
 
 
@@ -246,13 +238,7 @@ def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
     return replace(t, timing_cache=path)
 
 
-def _has_plugin(onnx_path: Path) -> bool:
-    from tldeploy.export.contract import read_contract
-
-    return read_contract(onnx_path).attention == "plugin"
-
-
-def _check(artifact: Path, onnx_path: Path, calib, device: str) -> dict:
+def _check(artifact: Path, onnx_path: Path, size: int, calib, device: str) -> dict:
     """Run the new artifact through its runner against the FP32 ONNX on ONNX Runtime CPU."""
     from tldeploy.bench.parity import compare_outputs
     from tldeploy.build.runners import OrtRunner, load_runner, run_batches
@@ -260,9 +246,6 @@ def _check(artifact: Path, onnx_path: Path, calib, device: str) -> dict:
     if calib is not None:
         x = calib.check_images[:64]
     else:
-        from tldeploy.export.contract import read_contract
-
-        size = read_contract(onnx_path).preprocessing.input_size
         x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)
     with OrtRunner(onnx_path) as ref_runner:
         ref = run_batches(ref_runner, x)

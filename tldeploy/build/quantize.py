@@ -19,7 +19,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +163,7 @@ class QuantResult:
     agreement: float
     history: list[tuple[int, float]]  # (leading convolutions in float, top-1 agreement)
     seconds: float
-    stats: QdqStats = field(default=None)  # type: ignore[assignment]
+    stats: QdqStats
 
     def summary(self) -> dict:
         return {
@@ -177,7 +177,7 @@ class QuantResult:
             "keep_float_convs": self.keep_float,
             "check_top1_agreement": self.agreement,
             "search": [{"keep_float_convs": k, "top1_agreement": a} for k, a in self.history],
-            "qdq": self.stats.to_dict() if self.stats else None,
+            "qdq": self.stats.to_dict(),
         }
 
 
@@ -367,9 +367,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
             model, agree = quantize(keep)
             history = [(keep, agree)]
     write_contract(model, _with_precision(contract, "int8", cfg))
-    result = QuantResult(model, cfg, calib, keep, agree, history, time.perf_counter() - t0)
-    result.stats = qdq_stats(model)
-    return result
+    return QuantResult(model, cfg, calib, keep, agree, history, time.perf_counter() - t0, qdq_stats(model))
 
 
 def _with_precision(contract, precision: str, cfg: QuantConfig):
