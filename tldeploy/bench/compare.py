@@ -4,9 +4,11 @@ A single mean cannot tell a slowdown from noise. A regression is flagged only wh
 - the ratio of medians (current / baseline) exceeds 1 + `max_slowdown`, and
 - the lower end of its confidence interval is above 1 (the slowdown is real).
 
-The interval comes from a moving-block bootstrap: consecutive latency samples are not independent
-(a busy neighbour slows a stretch of them), and resampling single samples would make the interval
-too narrow and flag noise. Blocks of about sqrt(n) consecutive samples keep that correlation.
+The interval comes from a bootstrap that resamples whole rounds (see `tldeploy.bench.latency`),
+not single samples: consecutive samples are not independent (a machine runs slow for seconds at a
+time), and resampling single samples makes the interval far too narrow and flags drift. With
+fewer than `MIN_ROUNDS` rounds on a side, blocks of about sqrt(n) consecutive samples are
+resampled instead (a moving-block bootstrap), which catches short bursts but not slow drift.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+MIN_ROUNDS = 4
 
 
 @dataclass
@@ -23,6 +27,8 @@ class LatencyVerdict:
     ratio: float  # current median / baseline median
     ci_low: float
     ci_high: float
+    confidence: float
+    resampled: str  # "rounds" or "blocks"
     max_slowdown: float
     regression: bool
 
@@ -35,29 +41,45 @@ class LatencyVerdict:
                 f"[{self.ci_low:.3f}, {self.ci_high:.3f}], limit +{self.max_slowdown:.0%}")
 
 
+def _round_medians(x: np.ndarray, sizes: list[int], n_boot: int, rng) -> np.ndarray:
+    """Medians of `n_boot` resamples that draw whole rounds with replacement."""
+    k, width = len(sizes), max(sizes)
+    table = np.full((k, width), np.nan)
+    for i, (start, n) in enumerate(zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)):
+        table[i, :n] = x[start : start + n]
+    pick = rng.integers(0, k, size=(n_boot, k))
+    return np.nanmedian(table[pick].reshape(n_boot, -1), axis=1)
+
+
 def _block_medians(x: np.ndarray, n_boot: int, rng) -> np.ndarray:
-    """Medians of `n_boot` moving-block bootstrap resamples of the series `x`."""
+    """Medians of `n_boot` moving-block resamples (blocks of ~sqrt(n) consecutive samples)."""
     block = max(1, int(round(np.sqrt(x.size))))
     starts = rng.integers(0, x.size - block + 1, size=(n_boot, -(-x.size // block)))
     idx = (starts[..., None] + np.arange(block)).reshape(n_boot, -1)[:, : x.size]
     return np.median(x[idx], axis=1)
 
 
-def bootstrap_median_ratio(base: np.ndarray, cur: np.ndarray, n_boot: int, confidence: float, rng) -> tuple[float, float]:
-    b = _block_medians(base, n_boot, rng)
-    c = _block_medians(cur, n_boot, rng)
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(c / b, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
 def compare_latency(
-    baseline_ms, current_ms, *, max_slowdown: float = 0.10, confidence: float = 0.99, n_boot: int = 2000, seed: int = 0,
+    baseline_ms, current_ms, *, baseline_rounds: list[int] | None = None, current_rounds: list[int] | None = None,
+    max_slowdown: float = 0.10, confidence: float = 0.99, n_boot: int = 2000, seed: int = 0,
 ) -> LatencyVerdict:
+    """The regression verdict for two series of latency samples (ms) and their round sizes."""
     base, cur = np.asarray(baseline_ms, np.float64), np.asarray(current_ms, np.float64)
     if base.size < 5 or cur.size < 5:
         raise ValueError(f"need at least 5 samples on each side, got {base.size} and {cur.size}")
-    ratio = float(np.median(cur) / np.median(base))
-    lo, hi = bootstrap_median_ratio(base, cur, n_boot, confidence, np.random.default_rng(seed))
-    regression = ratio > 1 + max_slowdown and lo > 1.0
-    return LatencyVerdict(float(np.median(base)), float(np.median(cur)), ratio, lo, hi, max_slowdown, regression)
+    for x, sizes in ((base, baseline_rounds), (cur, current_rounds)):
+        if sizes is not None and sum(sizes) != x.size:
+            raise ValueError(f"round sizes add up to {sum(sizes)}, but there are {x.size} samples")
+    rng = np.random.default_rng(seed)
+    by_rounds = all(s is not None and sum(1 for n in s if n) >= MIN_ROUNDS for s in (baseline_rounds, current_rounds))
+    if by_rounds:
+        b_boot = _round_medians(base, [n for n in baseline_rounds if n], n_boot, rng)  # type: ignore[union-attr]
+        c_boot = _round_medians(cur, [n for n in current_rounds if n], n_boot, rng)  # type: ignore[union-attr]
+    else:
+        b_boot, c_boot = _block_medians(base, n_boot, rng), _block_medians(cur, n_boot, rng)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = (float(v) for v in np.percentile(c_boot / b_boot, [tail, 100 - tail]))
+    b50, c50 = float(np.median(base)), float(np.median(cur))
+    ratio = c50 / b50
+    return LatencyVerdict(b50, c50, ratio, lo, hi, confidence, "rounds" if by_rounds else "blocks", max_slowdown,
+                          ratio > 1 + max_slowdown and lo > 1.0)

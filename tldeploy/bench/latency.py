@@ -1,13 +1,24 @@
-"""Latency of a runner: warm-up, then timed iterations, with every raw sample kept.
+"""Latency of runners: warm-up, then timed iterations in rounds, with every raw sample kept.
 
 Runners never time themselves; this module owns the clock so every backend is measured the same
-way. Each `infer` returns host arrays, so GPU runners have synchronised before the clock stops.
+way. Host runners are timed with `time.perf_counter` around `infer`, which returns host arrays.
+Runners that expose device stages (TensorRT, PyTorch on CUDA) are timed with CUDA events on their
+stream: host-to-device copy, compute and device-to-host copy separately, the sample being the sum.
+
+Timing runs in rounds, and several runners are timed in turns within each round. Shared and
+virtual machines change speed by 5-20% for seconds at a time (measured on the 2-core VM this was
+written on: 1-second medians of one model varied with a 6.6% coefficient of variation and did
+not average out over 3-second windows). Taking turns exposes every runner to the same slow
+stretches, and the spread between rounds is what `tldeploy.bench.compare` uses to judge whether a
+difference is more than that drift.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +31,9 @@ PERCENTILES = (50, 90, 95, 99)
 class LatencyConfig:
     warmup: int = 10  # iterations, or
     warmup_s: float | None = None  # seconds of warm-up (whichever is given)
-    iters: int = 100  # timed iterations, or
-    duration_s: float | None = None  # seconds of timing
+    iters: int = 100  # timed iterations in all, or
+    duration_s: float | None = None  # seconds of timing in all
+    rounds: int = 5  # the timing is split into this many rounds, runners taking turns
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or (self.warmup_s is not None and self.warmup_s < 0):
@@ -30,12 +42,17 @@ class LatencyConfig:
             raise ConfigError(f"--iters must be at least 1, got {self.iters}")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ConfigError(f"--duration must be positive, got {self.duration_s}")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be at least 1, got {self.rounds}")
+        if self.duration_s is None and self.iters < self.rounds:
+            raise ConfigError(f"--iters {self.iters} is fewer than --rounds {self.rounds}; each round needs an iteration")
 
 
 @dataclass
 class LatencyStats:
     batch: int
     samples_ms: list[float] = field(repr=False)
+    round_sizes: list[int] = field(repr=False)  # samples of each round, in order
     mean: float = 0.0
     std: float = 0.0
     min: float = 0.0
@@ -45,33 +62,122 @@ class LatencyStats:
     p99: float = 0.0
     max: float = 0.0
     throughput: float = 0.0  # images per second, from the mean
+    clock: str = "perf_counter"  # or "cuda_events"
+    stages: dict[str, dict[str, float]] | None = None  # h2d / compute / d2h summaries (device runners)
 
     @classmethod
-    def from_samples(cls, batch: int, samples_ms: list[float]) -> LatencyStats:
+    def from_samples(cls, batch: int, samples_ms: list[float], round_sizes: list[int] | None = None, **extra) -> LatencyStats:
         a = np.asarray(samples_ms, dtype=np.float64)
         if a.size == 0:
             raise ValueError("no latency samples")
+        sizes = list(round_sizes) if round_sizes is not None else [int(a.size)]
+        if sum(sizes) != a.size:
+            raise ValueError(f"round sizes add up to {sum(sizes)}, but there are {a.size} samples")
         p = np.percentile(a, PERCENTILES)
-        return cls(batch, [float(s) for s in a], float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0,
-                   float(a.min()), *(float(v) for v in p), float(a.max()), float(batch * 1000.0 / a.mean()))
+        return cls(batch, [float(s) for s in a], sizes, float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0,
+                   float(a.min()), *(float(v) for v in p), float(a.max()), float(batch * 1000.0 / a.mean()), **extra)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def measure_latency(runner, feed: dict[str, np.ndarray], cfg: LatencyConfig = LatencyConfig()) -> LatencyStats:
+def summarise(samples_ms) -> dict[str, float]:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {"mean": float(a.mean()), "p50": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
+
+
+@dataclass
+class DeviceStages:
+    """What a device runner exposes to be timed stage by stage, all enqueued on `stream` (a
+    `torch.cuda.Stream`): `upload` copies the inputs to the device, `compute` runs the network,
+    `download` copies the outputs back; `outputs` returns them once the stream has finished."""
+
+    stream: Any
+    upload: Callable[[], Any]
+    compute: Callable[[], Any]
+    download: Callable[[], Any]
+    outputs: Callable[[], dict[str, np.ndarray]]
+
+
+class _Timer:
+    """Times one runner on one feed: host clock, or CUDA events on the runner's device stages."""
+
+    STAGES = ("h2d", "compute", "d2h")
+
+    def __init__(self, runner, feed: dict[str, np.ndarray]) -> None:
+        self.runner, self.feed = runner, feed
+        self.batch = len(next(iter(feed.values())))
+        self.device = runner.device_stages(feed) if hasattr(runner, "device_stages") else None
+        self.samples: list[float] = []
+        self.round_sizes: list[int] = []
+        self.parts: dict[str, list[float]] = {k: [] for k in self.STAGES}
+
+    def run(self, timed: bool) -> None:
+        if self.device is None:
+            t0 = time.perf_counter()
+            self.runner.infer(self.feed)
+            if timed:
+                self.samples.append((time.perf_counter() - t0) * 1000.0)
+            return
+        import torch
+
+        st = self.device
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if timed else None
+        with torch.cuda.stream(st.stream):
+            for i, fn in enumerate((st.upload, st.compute, st.download)):
+                if events:
+                    events[i].record(st.stream)
+                fn()
+            if events:
+                events[3].record(st.stream)
+        st.stream.synchronize()
+        if events:
+            times = [events[i].elapsed_time(events[i + 1]) for i in range(3)]
+            for key, t in zip(self.STAGES, times, strict=True):
+                self.parts[key].append(t)
+            self.samples.append(sum(times))
+
+    def stats(self) -> LatencyStats:
+        if self.device is None:
+            return LatencyStats.from_samples(self.batch, self.samples, self.round_sizes)
+        return LatencyStats.from_samples(self.batch, self.samples, self.round_sizes, clock="cuda_events",
+                                         stages={k: summarise(v) for k, v in self.parts.items()})
+
+
+def _repeat(step: Callable[[], Any], n: int, seconds: float | None) -> None:
+    """Call `step` n times, or for `seconds` when given."""
+    start, done = time.perf_counter(), 0
+    while done < n if seconds is None else time.perf_counter() - start < seconds:
+        step()
+        done += 1
+
+
+def measure_interleaved(items: list[tuple[Any, dict[str, np.ndarray]]], cfg: LatencyConfig = LatencyConfig(),
+                        progress: Callable[[int], None] | None = None) -> list[LatencyStats]:
+    """Time each (active runner, feed) pair: each warms up, then in every round each takes its
+    turn of iters/rounds iterations (or duration/rounds seconds), after one untimed iteration that
+    refills caches another runner's turn has emptied. `progress(n)` is told of timed iterations."""
+    timers = [_Timer(r, f) for r, f in items]
+    for t in timers:
+        _repeat(lambda t=t: t.run(False), cfg.warmup, cfg.warmup_s)
+    seconds = None if cfg.duration_s is None else cfg.duration_s / cfg.rounds
+    for r in range(cfg.rounds):
+        n = cfg.iters // cfg.rounds + (1 if r < cfg.iters % cfg.rounds else 0)
+        for t in timers:
+            t.run(False)
+            before = len(t.samples)
+
+            def step(t=t) -> None:
+                t.run(True)
+                if progress:
+                    progress(1)
+
+            _repeat(step, n, seconds)
+            t.round_sizes.append(len(t.samples) - before)
+    return [t.stats() for t in timers]
+
+
+def measure_latency(runner, feed: dict[str, np.ndarray], cfg: LatencyConfig = LatencyConfig(),
+                    progress: Callable[[int], None] | None = None) -> LatencyStats:
     """Time `runner.infer(feed)` (the runner must be active) after a warm-up."""
-    batch = len(next(iter(feed.values())))
-    clock = time.perf_counter
-    start = clock()
-    n = 0
-    while n < cfg.warmup if cfg.warmup_s is None else clock() - start < cfg.warmup_s:
-        runner.infer(feed)
-        n += 1
-    samples: list[float] = []
-    start = clock()
-    while len(samples) < cfg.iters if cfg.duration_s is None else clock() - start < cfg.duration_s:
-        t0 = clock()
-        runner.infer(feed)
-        samples.append((clock() - t0) * 1000.0)
-    return LatencyStats.from_samples(batch, samples)
+    return measure_interleaved([(runner, feed)], cfg, progress)[0]

@@ -62,6 +62,17 @@ class BaseRunner:
         return self._spec
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._check_feed(feed)
+        return self._infer(feed)
+
+    def device_stages(self, feed: dict[str, np.ndarray]):
+        """For runners on a GPU: the copy-in, compute and copy-out steps of `infer(feed)`, enqueued on
+        one CUDA stream, so that `bench` can time each with CUDA events (a `DeviceStages`); None
+        for host runners."""
+        self._check_feed(feed)
+        return self._device_stages(feed)
+
+    def _check_feed(self, feed: dict[str, np.ndarray]) -> None:
         self._require_active()
         spec = self.input_spec()
         if set(feed) != set(spec):
@@ -75,7 +86,6 @@ class BaseRunner:
             if a.ndim != len(s.shape) or any(d is not None and d != n for d, n in zip(s.shape, a.shape, strict=True)):
                 want = "x".join("N" if d is None else str(d) for d in s.shape)
                 raise TldeployError(f"{self.name}: input {key!r} must have shape {want}, got {'x'.join(map(str, a.shape))}")
-        return self._infer(feed)
 
     def _require_active(self) -> None:
         if not self.is_active:
@@ -90,6 +100,9 @@ class BaseRunner:
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _device_stages(self, feed: dict[str, np.ndarray]):
+        return None
 
     def _deactivate(self) -> None:
         pass
@@ -123,6 +136,27 @@ class TorchRunner(BaseRunner):
         with torch.no_grad():
             outs = self.model.forward_with_cam(torch.from_numpy(feed[INPUT_NAME]).to(self.device))
         return {k: v.float().cpu().numpy() for k, v in zip(OUTPUT_NAMES, outs, strict=True)}
+
+    def _device_stages(self, feed):
+        if not self.device.startswith("cuda"):
+            return None
+        import torch
+
+        from tldeploy.bench.latency import DeviceStages
+
+        host = torch.from_numpy(feed[INPUT_NAME]).pin_memory()
+        dev = torch.empty_like(host, device=self.device)
+        state: dict[str, tuple] = {}
+
+        def compute() -> None:
+            with torch.no_grad():
+                state["dev"] = self.model.forward_with_cam(dev)
+
+        def download() -> None:
+            state["host"] = tuple(t.float().to("cpu", non_blocking=True) for t in state["dev"])
+
+        return DeviceStages(torch.cuda.Stream(self.device), lambda: dev.copy_(host, non_blocking=True), compute, download,
+                            lambda: {k: v.numpy() for k, v in zip(OUTPUT_NAMES, state["host"], strict=True)})
 
     def _deactivate(self) -> None:
         del self.model

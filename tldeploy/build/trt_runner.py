@@ -59,25 +59,49 @@ class TrtRunner(BaseRunner):
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        st = self._device_stages(feed)
+        with torch.cuda.stream(self.stream):
+            st.upload()
+            st.compute()
+            st.download()
+        self.stream.synchronize()
+        return {k: v.copy() for k, v in st.outputs().items()}
+
+    def _device_stages(self, feed: dict[str, np.ndarray]):
+        """Pinned host buffers and device buffers for `feed`, bound to the context; copies and
+        `execute_async_v3` are enqueued on the runner's stream by the returned steps."""
+        import torch
+
+        from tldeploy.bench.latency import DeviceStages
         from tldeploy.build.tensorrt import dims_tuple
 
-        with torch.cuda.stream(self.stream):
-            keep = []
-            for name in self.inputs:
-                t = torch.from_numpy(np.ascontiguousarray(feed[name])).cuda(non_blocking=True)
-                keep.append(t)
-                if not self.context.set_input_shape(name, tuple(t.shape)):
-                    raise TldeployError(f"{self.name}: batch {t.shape[0]} is outside the engine's profile; rebuild with a wider --batch")
-                self.context.set_tensor_address(name, t.data_ptr())
-            outs = {}
-            for name in self.outputs:
-                shape = dims_tuple(self.context.get_tensor_shape(name))
-                outs[name] = torch.empty(shape, dtype=getattr(torch, self._dtypes[name].name), device="cuda")
-                self.context.set_tensor_address(name, outs[name].data_ptr())
+        host_in = {n: torch.from_numpy(np.ascontiguousarray(feed[n])).pin_memory() for n in self.inputs}
+        dev_in = {n: torch.empty_like(t, device="cuda") for n, t in host_in.items()}
+        for name, t in dev_in.items():
+            if not self.context.set_input_shape(name, tuple(t.shape)):
+                raise TldeployError(f"{self.name}: batch {t.shape[0]} is outside the engine's profile; rebuild with a wider --batch")
+            self.context.set_tensor_address(name, t.data_ptr())
+        dev_out, host_out = {}, {}
+        for name in self.outputs:
+            shape = dims_tuple(self.context.get_tensor_shape(name))
+            dtype = getattr(torch, self._dtypes[name].name)
+            dev_out[name] = torch.empty(shape, dtype=dtype, device="cuda")
+            host_out[name] = torch.empty(shape, dtype=dtype, pin_memory=True)
+            self.context.set_tensor_address(name, dev_out[name].data_ptr())
+
+        def upload() -> None:
+            for n, t in dev_in.items():
+                t.copy_(host_in[n], non_blocking=True)
+
+        def compute() -> None:
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise TldeployError(f"{self.name}: TensorRT execution failed")
-        self.stream.synchronize()
-        return {k: v.cpu().numpy() for k, v in outs.items()}
+
+        def download() -> None:
+            for n, t in host_out.items():
+                t.copy_(dev_out[n], non_blocking=True)
+
+        return DeviceStages(self.stream, upload, compute, download, lambda: {n: t.numpy() for n, t in host_out.items()})
 
     def _deactivate(self) -> None:
         del self.context, self.engine, self._runtime

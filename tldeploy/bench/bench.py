@@ -1,0 +1,358 @@
+"""`tldeploy bench`: latency and parity of deployed artifacts against the PyTorch reference.
+
+    tldeploy bench digits.fp32.ort.onnx digits.int8.ort.onnx --reference runs/digits/model.pt \
+        --data data/digits/val -o bench.json
+
+Every artifact (and the reference) runs on the same images, preprocessed once by the reference's
+contract; every artifact's contract must agree with it. Latency is measured per batch size with
+all artifacts taking turns in rounds (`tldeploy.bench.latency`). The result is one JSON document
+(`bench.schema.json`, `BENCH_FORMAT` version `BENCH_VERSION`), a Markdown report and plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tldeploy._io import check_writable, write_json
+from tldeploy.bench.latency import LatencyConfig, measure_interleaved
+from tldeploy.bench.parity import ParityReport, compare_outputs
+from tldeploy.errors import ConfigError, DataError, TldeployError
+
+log = logging.getLogger(__name__)
+
+BENCH_FORMAT = "tldeploy.bench"
+BENCH_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("bench.schema.json")
+
+
+@dataclass(frozen=True)
+class Gates:
+    """CI gates: a violated one makes `tldeploy bench` exit non-zero."""
+
+    max_top1_drop: float | None = None  # accuracy points (0-100) below the reference
+    min_top1_agreement: float | None = None  # share of images (0-1) with the reference's top-1
+    min_cosine: float | None = None  # mean cosine similarity of the logits
+
+    def __post_init__(self) -> None:
+        if self.max_top1_drop is not None and self.max_top1_drop < 0:
+            raise ConfigError(f"--max-top1-drop is in accuracy points and must not be negative, got {self.max_top1_drop}")
+        if self.min_top1_agreement is not None and not 0 <= self.min_top1_agreement <= 1:
+            raise ConfigError(f"--min-top1-agreement is a share in [0, 1], got {self.min_top1_agreement}")
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise ConfigError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.max_top1_drop, self.min_top1_agreement, self.min_cosine))
+
+    def check(self, parity: ParityReport) -> list[dict[str, Any]]:
+        results = []
+        if self.max_top1_drop is not None and parity.accuracy_delta is not None:
+            drop = -parity.accuracy_delta * 100
+            results.append({"gate": "max_top1_drop", "limit": self.max_top1_drop, "value": drop, "passed": drop <= self.max_top1_drop})
+        if self.min_top1_agreement is not None:
+            results.append({"gate": "min_top1_agreement", "limit": self.min_top1_agreement, "value": parity.top1_agreement,
+                            "passed": parity.top1_agreement >= self.min_top1_agreement})
+        if self.min_cosine is not None:
+            results.append({"gate": "min_cosine", "limit": self.min_cosine, "value": parity.cosine, "passed": parity.cosine >= self.min_cosine})
+        return results
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    artifacts: tuple[Path, ...]
+    output: Path
+    reference: Path | None = None  # a tldeploy checkpoint (.pt)
+    data: Path | None = None  # images: class folders (labelled) or a flat folder
+    limit: int | None = None  # at most this many images for parity and accuracy
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    latency: LatencyConfig = LatencyConfig()
+    threads: int | None = None
+    device: str = "cpu"  # where the PyTorch reference and plain ONNX files run
+    time_reference: bool = True
+    gates: Gates = Gates()
+    report: Path | None = None  # default: OUTPUT with .md
+    plots: Path | None = None  # default: OUTPUT's stem + "_plots"
+    force: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.artifacts:
+            raise ConfigError("no artifacts given; pass one or more .onnx, .engine or .pt files to benchmark")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"--batch-sizes must be positive integers, got {','.join(map(str, self.batch_sizes))}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.reference is not None and self.reference.suffix not in (".pt", ".pth"):
+            raise ConfigError(f"--reference {self.reference} must be a tldeploy checkpoint (.pt) from 'tldeploy train'")
+        if self.gates.any() and self.reference is None:
+            raise ConfigError("the --max-top1-drop / --min-top1-agreement / --min-cosine gates compare with the reference; pass --reference RUN_DIR/model.pt")
+        if self.gates.any() and self.data is None:
+            raise ConfigError("the gates need real images; pass --data VAL_DIR")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"--device must be cpu or cuda, got {self.device!r}")
+
+    @property
+    def report_path(self) -> Path:
+        return self.report or self.output.with_suffix(".md")
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.plots or self.output.with_name(self.output.stem + "_plots")
+
+
+@dataclass
+class BenchResult:
+    document: dict[str, Any]
+    path: Path
+    report: Path
+    plots: list[Path] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        return self.document["gates"]["failures"]
+
+
+@dataclass
+class _Entry:
+    name: str
+    path: Path
+    role: str  # "reference" or "artifact"
+    kind: str  # "checkpoint", "onnx", "engine"
+    backend: str
+    device: str
+    precision: str
+    runner: Any = None
+
+
+def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry:
+    from tldeploy.build.runners import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, TorchRunner, load_runner, read_sidecar
+
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        return _Entry(path.name, path, role, "checkpoint", "torch", device, "fp32", TorchRunner(path, device=device))
+    record = read_sidecar(path) or {}
+    if path.suffix in ENGINE_SUFFIXES:
+        return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", record.get("precision", "unknown"), load_runner(path))
+    if path.suffix == ".onnx":
+        from tldeploy.export.contract import read_contract
+
+        dev = record.get("device", device)
+        precision = record.get("precision") or read_contract(path).precision
+        return _Entry(path.name, path, role, "onnx", "onnxruntime", dev, precision, load_runner(path, device=dev, threads=threads))
+    raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
+
+
+def _load_images(data: Path, classes: list[str], prep, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
+    """Preprocessed images and their labels (None for a flat, unlabelled folder)."""
+    from tldeploy.pipeline.data import find_images, load_image, scan_image_folder
+
+    data = Path(data)
+    if not data.is_dir():
+        raise DataError(f"--data {data} is not an existing folder; pass a folder of images (class sub-folders give accuracy)")
+    subdirs = [p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    labels: np.ndarray | None = None
+    if subdirs and set(subdirs) <= set(classes):
+        listing = scan_image_folder(data, classes=classes)
+        paths, labels = listing.paths, np.asarray(listing.labels)
+    elif subdirs and not set(subdirs) & set(classes):
+        paths = find_images(data, flag="--data")  # folders that are not classes: unlabelled images
+    elif subdirs:
+        extra = sorted(set(subdirs) - set(classes))
+        raise DataError(f"--data {data} has folders that are not the model's classes: {', '.join(extra)}; "
+                        "use class folders named like the training set, or a folder without class folders")
+    else:
+        paths = find_images(data, flag="--data")
+    if limit is not None and len(paths) > limit:  # an even spread, so every class keeps its share
+        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+        paths = [paths[i] for i in keep]
+        labels = labels[keep] if labels is not None else None
+    tf = prep.eval_transform()
+    x = np.stack([tf(load_image(p)).numpy() for p in paths]).astype(np.float32)
+    return x, labels, list(paths)
+
+
+def _feed(x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    from tldeploy.export.contract import INPUT_NAME
+
+    reps = -(-batch // len(x))
+    return {INPUT_NAME: np.ascontiguousarray(np.concatenate([x] * reps)[:batch])}
+
+
+def _check_outputs(cfg: BenchConfig) -> None:
+    for p in (cfg.output, cfg.report_path):
+        check_writable(p, force=cfg.force)
+    if cfg.plots_dir.exists() and any(cfg.plots_dir.iterdir()) and not cfg.force:
+        raise TldeployError(f"{cfg.plots_dir} already holds files; pass --force to overwrite them")
+
+
+def run_bench(cfg: BenchConfig) -> BenchResult:
+    from tldeploy.bench.environment import collect_environment
+    from tldeploy.build.runners import artifact_contract, run_batches
+    from tldeploy.export.onnx_export import sha256_file
+
+    _check_outputs(cfg)
+    for p in (*cfg.artifacts, *((cfg.reference,) if cfg.reference else ())):
+        if not Path(p).exists():
+            raise TldeployError(f"{p} does not exist; pass artifacts from 'tldeploy build' / 'tldeploy export' and the run's model.pt")
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    entries = [_describe(Path(p), "artifact", cfg.device, cfg.threads) for p in cfg.artifacts]
+    names: dict[str, int] = {}
+    for e in entries:  # the same file twice gets a second name
+        names[e.name] = names.get(e.name, 0) + 1
+        if names[e.name] > 1:
+            e.name = f"{e.name}#{names[e.name]}"
+    contracts = {e.name: artifact_contract(e.path) for e in entries}
+    ref = _describe(Path(cfg.reference), "reference", cfg.device, cfg.threads) if cfg.reference else None
+    base = artifact_contract(ref.path) if ref else next(iter(contracts.values()))
+    for name, c in contracts.items():
+        if c.preprocessing != base.preprocessing or c.classes != base.classes:
+            what = "classes" if c.classes != base.classes else "preprocessing"
+            raise ConfigError(f"{name} has other {what} than {'the reference' if ref else entries[0].name}; "
+                              "benchmark artifacts built from the same model")
+
+    labels = None
+    paths: list[Path] = []
+    if cfg.data is not None:
+        x, labels, paths = _load_images(cfg.data, base.classes, base.preprocessing, cfg.limit)
+        log.info("%d images from %s (%s)", len(x), cfg.data, "labelled" if labels is not None else "unlabelled")
+    else:
+        size = base.preprocessing.input_size
+        x = np.random.default_rng(0).standard_normal((max(cfg.batch_sizes), 3, size, size)).astype(np.float32)
+        log.info("no --data: timing on random inputs; no parity or accuracy")
+
+    timed = ([ref] if ref and cfg.time_reference else []) + entries
+    all_entries = ([ref] if ref else []) + entries
+    results: dict[str, dict[str, Any]] = {}
+    gate_failures: list[str] = []
+    for e in all_entries:
+        e.runner.activate()
+    try:
+        ref_out = run_batches(ref.runner, x) if ref and cfg.data is not None else None
+        for e in all_entries:
+            results[e.name] = {
+                "name": e.name, "path": str(e.path), "sha256": sha256_file(e.path), "role": e.role, "kind": e.kind,
+                "backend": e.backend, "device": e.device, "precision": e.precision,
+                "accuracy": None, "parity": None, "gates": [], "latency": [], "skipped_batches": [],
+            }
+            if cfg.data is None:
+                continue
+            out = ref_out if e is ref else run_batches(e.runner, x)
+            if labels is not None:
+                results[e.name]["accuracy"] = float(np.mean(out["logits"].argmax(1) == labels))
+            if ref_out is not None and e is not ref:
+                parity = compare_outputs(ref_out, out, labels=labels)
+                results[e.name]["parity"] = parity.to_dict()
+                results[e.name]["gates"] = cfg.gates.check(parity)
+                for g in results[e.name]["gates"]:
+                    if not g["passed"]:
+                        gate_failures.append(_gate_line(e.name, g))
+                log.info("%s: top-1 agreement %.2f%%, cosine %.6f, logits max |diff| %.3g%s", e.name, parity.top1_agreement * 100,
+                         parity.cosine, parity.logits_max_abs,
+                         f", accuracy {parity.accuracy:.4f} ({parity.accuracy_delta * 100:+.2f} points)" if parity.accuracy is not None else "")
+        _time_all(timed, x, cfg, results)
+    finally:
+        for e in all_entries:
+            e.runner.deactivate()
+
+    doc = {
+        "format": BENCH_FORMAT,
+        "schema_version": BENCH_VERSION,
+        "created": _now(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "environment": collect_environment(cfg.threads),
+        "config": {
+            "batch_sizes": list(cfg.batch_sizes), "warmup": cfg.latency.warmup, "warmup_s": cfg.latency.warmup_s,
+            "iters": cfg.latency.iters, "duration_s": cfg.latency.duration_s, "rounds": cfg.latency.rounds,
+            "threads": cfg.threads, "device": cfg.device,
+            "gates": {"max_top1_drop": cfg.gates.max_top1_drop, "min_top1_agreement": cfg.gates.min_top1_agreement,
+                      "min_cosine": cfg.gates.min_cosine},
+        },
+        "data": None if cfg.data is None else {
+            "path": str(cfg.data), "images": len(x), "labelled": labels is not None, "sha256": _paths_hash(paths),
+        },
+        "reference": None if ref is None else {"name": ref.name, "path": str(ref.path)},
+        "results": [results[e.name] for e in all_entries],
+        "gates": {"passed": not gate_failures, "failures": gate_failures},
+    }
+    from tldeploy.bench.report import write_plots, write_report
+
+    write_json(cfg.output, doc)
+    plots = write_plots(doc, cfg.plots_dir)
+    write_report(doc, cfg.report_path, plots)
+    return BenchResult(doc, cfg.output, cfg.report_path, plots)
+
+
+def _time_all(entries: list[_Entry], x: np.ndarray, cfg: BenchConfig, results: dict[str, dict[str, Any]]) -> None:
+    from tqdm.auto import tqdm
+
+    from tldeploy.export.contract import INPUT_NAME
+
+    for b in cfg.batch_sizes:
+        items = []
+        for e in entries:
+            fixed = e.runner.input_spec()[INPUT_NAME].shape[0]
+            if fixed is not None and fixed != b:
+                results[e.name]["skipped_batches"].append({"batch": b, "why": f"the artifact's batch is fixed at {fixed}"})
+                continue
+            items.append((e, _feed(x, b)))
+        if not items:
+            continue
+        total = cfg.latency.iters * len(items) if cfg.latency.duration_s is None else None
+        with tqdm(total=total, desc=f"latency, batch {b}", unit="it", leave=False, disable=cfg.quiet, dynamic_ncols=True) as bar:
+            stats = measure_interleaved([(e.runner, f) for e, f in items], cfg.latency, progress=bar.update)
+        for (e, _), s in zip(items, stats, strict=True):
+            results[e.name]["latency"].append(s.to_dict())
+            log.info("%s, batch %d: p50 %.3f ms, p90 %.3f ms, %.1f images/s", e.name, b, s.p50, s.p90, s.throughput)
+
+
+def _gate_line(name: str, g: dict[str, Any]) -> str:
+    if g["gate"] == "max_top1_drop":
+        return f"{name}: top-1 accuracy dropped {g['value']:.2f} points, more than --max-top1-drop {g['limit']:g} (by {g['value'] - g['limit']:.2f})"
+    flag = "--" + g["gate"].replace("_", "-")
+    return f"{name}: {g['gate'].replace('_', ' ').removeprefix('min ')} {g['value']:.6g} is below {flag} {g['limit']:g} (by {g['limit'] - g['value']:.3g})"
+
+
+def _paths_hash(paths: list[Path]) -> str:
+    """What images were used: a hash over their file names and contents, in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _now() -> str:
+    from tldeploy.build.artifacts import now
+
+    return now()
+
+
+def load_bench(path: Path) -> dict[str, Any]:
+    """A bench document, checked for its format and version."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise TldeployError(f"{path} does not exist; pass a bench.json from 'tldeploy bench'")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TldeployError(f"{path} is not readable JSON ({type(e).__name__}); rerun 'tldeploy bench'") from None
+    if not isinstance(doc, dict) or doc.get("format") != BENCH_FORMAT:
+        raise TldeployError(f"{path} is not a tldeploy bench result (no \"format\": \"{BENCH_FORMAT}\")")
+    if doc.get("schema_version") != BENCH_VERSION:
+        raise TldeployError(f"{path} has bench schema version {doc.get('schema_version')}; this tldeploy reads version {BENCH_VERSION}")
+    return doc

@@ -1,0 +1,151 @@
+"""The bench report: Markdown tables and PNG plots from a bench document (never from live runs,
+so a report can be redrawn from any bench.json)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tldeploy._io import atomic_path
+
+LATENCY_COLUMNS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
+
+
+def _fmt(v: float | None, spec: str = ".4f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def summary_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per entry: name, backend/precision, accuracy, delta, agreement, p50 per batch."""
+    rows = []
+    for r in doc["results"]:
+        p = r["parity"] or {}
+        delta = p.get("accuracy_delta")
+        lat = {s["batch"]: s["p50"] for s in r["latency"]}
+        rows.append([
+            r["name"] + (" (reference)" if r["role"] == "reference" else ""), f"{r['backend']} {r['precision']} ({r['device']})",
+            _fmt(r["accuracy"]), "" if delta is None else f"{delta * 100:+.2f}",
+            "" if not p else f"{p['top1_agreement']:.2%}",
+            *(_fmt(lat.get(b), ".3f") for b in doc["config"]["batch_sizes"]),
+        ])
+    return rows
+
+
+def summary_header(doc: dict[str, Any]) -> list[str]:
+    return ["artifact", "runs on", "accuracy", "Δ points", "top-1 agreement", *(f"p50 ms (batch {b})" for b in doc["config"]["batch_sizes"])]
+
+
+def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
+    env, cfg = doc["environment"], doc["config"]
+    gpu = env.get("gpu") or {}
+    lines = [f"# tldeploy bench, {doc['created']}", ""]
+    lines += [
+        f"- CPU: {env['cpu']['model']}, {env['cpu']['logical_cores']} logical cores; threads: {cfg['threads'] or 'backend default'}",
+        f"- GPU: {gpu.get('name', 'none')}" + (f", driver {gpu.get('driver')}" if gpu else ""),
+        *([f"- Jetson: {env['jetson']['l4t']}, power mode {env['jetson'].get('power_mode')}"] if env.get("jetson") else []),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        f"- environment fingerprint: `{env['fingerprint']}`",
+    ]
+    data = doc["data"]
+    lines.append(f"- data: {data['path']}, {data['images']} images, {'labelled' if data['labelled'] else 'unlabelled'}" if data
+                 else "- data: none (random inputs; no parity)")
+    timing = f"{cfg['iters']} iterations" if cfg["duration_s"] is None else f"{cfg['duration_s']} s"
+    warm = f"{cfg['warmup']} iterations" if cfg["warmup_s"] is None else f"{cfg['warmup_s']} s"
+    lines += [f"- timing: {timing} per artifact and batch in {cfg['rounds']} rounds (artifacts take turns), after {warm} of warm-up", ""]
+    lines += ["## Summary", "", *_table(summary_header(doc), summary_rows(doc)), ""]
+    if doc["gates"]["failures"]:
+        lines += ["**Gates failed:**", "", *(f"- {f}" for f in doc["gates"]["failures"]), ""]
+    for r in doc["results"]:
+        lines += [f"## {r['name']}", "", f"`{r['path']}` ({r['kind']}, {r['backend']} {r['precision']} on {r['device']}), sha256 `{r['sha256'][:16]}`", ""]
+        if r["latency"]:
+            stages = any(s.get("stages") for s in r["latency"])
+            header = ["batch", *(f"{c} ms" for c in LATENCY_COLUMNS), "images/s", "samples"]
+            header += ["h2d p50 ms", "compute p50 ms", "d2h p50 ms"] if stages else []
+            rows = []
+            for s in r["latency"]:
+                row = [str(s["batch"]), *(f"{s[c]:.3f}" for c in LATENCY_COLUMNS), f"{s['throughput']:.1f}", str(len(s["samples_ms"]))]
+                if stages:
+                    row += [f"{s['stages'][k]['p50']:.3f}" if s.get("stages") else "" for k in ("h2d", "compute", "d2h")]
+                rows.append(row)
+            lines += _table(header, rows) + [""]
+        for skip in r["skipped_batches"]:
+            lines.append(f"- batch {skip['batch']} not timed: {skip['why']}")
+        p = r["parity"]
+        if p:
+            rows = [
+                ["logits max / mean abs diff", f"{p['logits_max_abs']:.3g} / {p['logits_mean_abs']:.3g}"],
+                ["probs max / mean abs diff", f"{p['probs_max_abs']:.3g} / {p['probs_mean_abs']:.3g}"],
+                ["cosine similarity (logits)", f"{p['cosine']:.6f}"],
+                ["top-1 agreement", f"{p['top1_agreement']:.2%}"],
+                ["KL divergence (probs)", f"{p['kl_divergence']:.3g}"],
+                ["CAM correlation / top-20% IoU", f"{p['cam_correlation']:.4f} / {p['cam_iou_top20']:.4f}"],
+            ]
+            if p["accuracy"] is not None:
+                rows.append(["accuracy (reference, delta)", f"{p['accuracy']:.4f} ({p['reference_accuracy']:.4f}, {p['accuracy_delta'] * 100:+.2f} points)"])
+            lines += ["", *_table(["parity vs the reference", "value"], rows)]
+        for g in r["gates"]:
+            lines.append(f"- gate {g['gate']} {g['limit']:g}: {'passed' if g['passed'] else 'FAILED'} ({g['value']:.6g})")
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({os.path.relpath(p, base)})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def write_report(doc: dict[str, Any], path: Path, plots: list[Path]) -> None:
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(render_report(doc, plots, Path(path).parent))
+
+
+def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
+    """latency.png (distribution per artifact, one panel per batch size) and, with labelled data,
+    accuracy_vs_latency.png (accuracy against p50 latency at the smallest batch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    batches = doc["config"]["batch_sizes"]
+    timed = [r for r in doc["results"] if r["latency"]]
+    if timed:
+        fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 4.2), squeeze=False)
+        for ax, b in zip(axes[0], batches, strict=True):
+            series = [(r["name"], s["samples_ms"]) for r in timed for s in r["latency"] if s["batch"] == b]
+            if series:
+                ax.boxplot([s for _, s in series], vert=False, whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
+                ax.set_yticks(range(1, len(series) + 1), [n for n, _ in series], fontsize=8)
+            ax.set_xscale("log")
+            ax.set_xlabel("latency (ms), whiskers p1-p99")
+            ax.set_title(f"batch {b}")
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / "latency.png"))
+    points = [(r, next((s for s in r["latency"] if s["batch"] == min(batches)), None)) for r in doc["results"] if r["accuracy"] is not None]
+    points = [(r, s) for r, s in points if s is not None]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for r, s in points:
+            ax.scatter(s["p50"], r["accuracy"] * 100, marker="*" if r["role"] == "reference" else "o", s=80)
+            ax.annotate(r["name"], (s["p50"], r["accuracy"] * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"p50 latency (ms), batch {min(batches)}")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / "accuracy_vs_latency.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
