@@ -14,10 +14,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/tldeploy data digits $(WORK)/digits --force
-	$(BIN)/tldeploy train $(WORK)/digits -o $(WORK)/run --force --epochs 10
-	$(BIN)/tldeploy export $(WORK)/run/model.pt -o $(WORK)/digits.onnx --data $(WORK)/digits/val --force
-	$(BIN)/tldeploy predict $(WORK)/digits.onnx $(WORK)/digits/val/3/$$(ls $(WORK)/digits/val/3 | head -1) --top-k 3 --cam-out $(WORK)/cams --force
+	$(BIN)/tldeploy demo --workdir $(WORK) --force
 
 # TensorRT cannot be installed here, so its code is type-checked against tensorrt-stubs, installed
 # without its dependencies (which would fetch TensorRT) and fixed up to parse (tools/fix_trt_stubs.py).

@@ -83,3 +83,147 @@ def compare_latency(
     ratio = c50 / b50
     return LatencyVerdict(b50, c50, ratio, lo, hi, confidence, "rounds" if by_rounds else "blocks", max_slowdown,
                           ratio > 1 + max_slowdown and lo > 1.0)
+
+
+# ------------------------------------------------------------------ bench documents
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    max_slowdown: float = 0.10  # latency: ratio of medians above 1 + this (and significant) fails
+    confidence: float = 0.99
+    max_accuracy_drop: float = 0.5  # accuracy points lost against the baseline's same artifact
+    max_agreement_drop: float = 0.5  # top-1 agreement with the reference, points lost
+    allow_env_mismatch: bool = False
+
+    def __post_init__(self) -> None:
+        from tldeploy.errors import ConfigError
+
+        if self.max_slowdown < 0:
+            raise ConfigError(f"--max-slowdown is a share (0.10 = 10%) and must not be negative, got {self.max_slowdown}")
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"--confidence must be in [0.5, 1), got {self.confidence}")
+        if self.max_accuracy_drop < 0 or self.max_agreement_drop < 0:
+            raise ConfigError("--max-accuracy-drop and --max-agreement-drop are accuracy points and must not be negative")
+
+
+@dataclass
+class Check:
+    """One comparison: latency of an entry at a batch size, or its accuracy or agreement."""
+
+    name: str  # "base_entry -> current_entry" or the shared entry name
+    what: str  # "latency b1", "accuracy", "top-1 agreement"
+    baseline: float | None
+    current: float | None
+    detail: str
+    regression: bool
+    verdict: LatencyVerdict | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["verdict"] = self.verdict.to_dict() if self.verdict else None
+        return d
+
+
+@dataclass
+class CompareResult:
+    checks: list[Check]
+    environment_differences: list[str]
+    unmatched: list[str]
+    notes: list[str]
+
+    @property
+    def regressions(self) -> list[Check]:
+        return [c for c in self.checks if c.regression]
+
+    def to_dict(self) -> dict:
+        return {"regression": bool(self.regressions), "checks": [c.to_dict() for c in self.checks],
+                "environment_differences": self.environment_differences, "unmatched": self.unmatched, "notes": self.notes}
+
+    def table(self) -> str:
+        rows = [("entry", "check", "baseline", "current", "result")]
+        for c in self.checks:
+            rows.append((c.name, c.what, _num(c.baseline), _num(c.current), ("REGRESSION: " if c.regression else "ok: ") + c.detail))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r[:4], widths, strict=False)) + "  " + r[4] for r in rows]
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(f"{len(self.regressions)} regression(s) in {len(self.checks)} check(s)")
+        return "\n".join(lines)
+
+    def junit(self) -> str:
+        from xml.sax.saxutils import quoteattr
+
+        cases = []
+        for c in self.checks:
+            body = f"<failure message={quoteattr(c.detail)}/>" if c.regression else ""
+            cases.append(f'  <testcase classname="tldeploy.compare" name={quoteattr(f"{c.name}: {c.what}")}>{body}</testcase>')
+        return ('<?xml version="1.0" encoding="utf-8"?>\n'
+                f'<testsuite name="tldeploy compare" tests="{len(self.checks)}" failures="{len(self.regressions)}">\n'
+                + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.4g}"
+
+
+def _pairs(base: dict, cur: dict, base_pick: str | None, cur_pick: str | None) -> tuple[list[tuple[dict, dict]], list[str]]:
+    """Matching (baseline entry, current entry) pairs: the picked entries, or all shared names."""
+    from tldeploy.errors import ConfigError
+
+    b_by, c_by = {r["name"]: r for r in base["results"]}, {r["name"]: r for r in cur["results"]}
+    for pick, by, side in ((base_pick, b_by, "baseline"), (cur_pick, c_by, "current")):
+        if pick is not None and pick not in by:
+            raise ConfigError(f"the {side} has no entry {pick!r}; it has {', '.join(by)}")
+    if base_pick or cur_pick:
+        if not (base_pick and cur_pick):
+            raise ConfigError("name an entry on both sides (FILE.json#NAME) or on neither")
+        return [(b_by[base_pick], c_by[cur_pick])], []
+    shared = [n for n in b_by if n in c_by]
+    if not shared:
+        raise ConfigError(f"the two bench results share no entry names (baseline: {', '.join(b_by)}; current: {', '.join(c_by)}); "
+                          "pick entries with FILE.json#NAME")
+    unmatched = [f"only in baseline: {n}" for n in b_by if n not in c_by] + [f"only in current: {n}" for n in c_by if n not in b_by]
+    return [(b_by[n], c_by[n]) for n in shared], unmatched
+
+
+def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
+                  base_pick: str | None = None, cur_pick: str | None = None) -> CompareResult:
+    """Compare two bench documents (or two entries, picked by name, possibly of one document)."""
+    from tldeploy.bench.environment import environment_differences
+    from tldeploy.errors import TldeployError
+
+    env_diff = environment_differences(base["environment"], cur["environment"])
+    if env_diff and not cfg.allow_env_mismatch:
+        raise TldeployError("the two bench results come from different environments (" + "; ".join(env_diff)
+                            + "); latencies are not comparable. Rerun both on one machine, or pass --allow-env-mismatch")
+    pairs, unmatched = _pairs(base, cur, base_pick, cur_pick)
+    notes: list[str] = []
+    same_data = (base.get("data") or {}).get("sha256") == (cur.get("data") or {}).get("sha256")
+    if not same_data:
+        notes.append("the two results used different images; accuracy and agreement are not compared")
+    checks: list[Check] = []
+    for b, c in pairs:
+        name = b["name"] if b["name"] == c["name"] else f"{b['name']} -> {c['name']}"
+        c_lat = {s["batch"]: s for s in c["latency"]}
+        for bs in b["latency"]:
+            cs = c_lat.get(bs["batch"])
+            if cs is None:
+                notes.append(f"{name}: batch {bs['batch']} was not timed in the current result")
+                continue
+            v = compare_latency(bs["samples_ms"], cs["samples_ms"], baseline_rounds=bs["round_sizes"], current_rounds=cs["round_sizes"],
+                                max_slowdown=cfg.max_slowdown, confidence=cfg.confidence)
+            detail = (f"ratio {v.ratio:.3f}, {cfg.confidence:.0%} interval [{v.ci_low:.3f}, {v.ci_high:.3f}] "
+                      f"(resampling {v.resampled}), limit +{cfg.max_slowdown:.0%}")
+            checks.append(Check(name, f"p50 ms, batch {bs['batch']}", v.baseline_p50, v.current_p50, detail, v.regression, v))
+        if not same_data:
+            continue
+        if b["accuracy"] is not None and c["accuracy"] is not None:
+            drop = (b["accuracy"] - c["accuracy"]) * 100
+            checks.append(Check(name, "accuracy", b["accuracy"], c["accuracy"],
+                                f"{-drop:+.2f} points, limit -{cfg.max_accuracy_drop:g}", drop > cfg.max_accuracy_drop))
+        if b["parity"] and c["parity"]:
+            ba, ca = b["parity"]["top1_agreement"], c["parity"]["top1_agreement"]
+            drop = (ba - ca) * 100
+            checks.append(Check(name, "top-1 agreement", ba, ca, f"{-drop:+.2f} points, limit -{cfg.max_agreement_drop:g}",
+                                drop > cfg.max_agreement_drop))
+    return CompareResult(checks, env_diff, unmatched, notes)

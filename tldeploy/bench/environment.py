@@ -74,9 +74,9 @@ def _jetson() -> dict[str, Any] | None:
 
 
 def collect_environment(threads: int | None) -> dict[str, Any]:
-    from tldeploy.build.artifacts import cpu_name, tool_versions
-
     import numpy as np
+
+    from tldeploy.build.artifacts import cpu_name, tool_versions
 
     try:
         usable = len(os.sched_getaffinity(0))

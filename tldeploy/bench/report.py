@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tldeploy._io import atomic_path
+from tldeploy._io import atomic_path, write_text
 
 LATENCY_COLUMNS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
 
@@ -38,6 +38,13 @@ def summary_rows(doc: dict[str, Any]) -> list[list[str]]:
 
 def summary_header(doc: dict[str, Any]) -> list[str]:
     return ["artifact", "runs on", "accuracy", "Δ points", "top-1 agreement", *(f"p50 ms (batch {b})" for b in doc["config"]["batch_sizes"])]
+
+
+def summary_text(doc: dict[str, Any]) -> str:
+    """The summary as aligned plain text, for the terminal."""
+    rows = [summary_header(doc), *summary_rows(doc)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
@@ -97,8 +104,7 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
 
 
 def write_report(doc: dict[str, Any], path: Path, plots: list[Path]) -> None:
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text(render_report(doc, plots, Path(path).parent))
+    write_text(Path(path), render_report(doc, plots, Path(path).parent))
 
 
 def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -1,0 +1,90 @@
+"""`tldeploy demo`: the whole pipeline, offline, on built-in data.
+
+digits -> train (efficientnet_lite0, feature-extract) -> export -> build (ONNX Runtime FP32 and
+INT8 on CPU; TensorRT FP16 and INT8 where TensorRT and a GPU exist) -> bench -> report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tldeploy.errors import OutputExistsError
+
+log = logging.getLogger(__name__)
+
+DEMO_MARKER = ".tldeploy-demo"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workdir: Path = Path("demo-run")
+    epochs: int = 10
+    batch_sizes: tuple[int, ...] = (1, 8)
+    iters: int = 50
+    force: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class DemoResult:
+    bench: object  # BenchResult
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def run_demo(cfg: DemoConfig) -> DemoResult:
+    from tldeploy.bench.bench import BenchConfig, run_bench
+    from tldeploy.bench.latency import LatencyConfig
+    from tldeploy.build.builder import BuildConfig, build
+    from tldeploy.build.tensorrt import tensorrt_unavailable
+    from tldeploy.export.onnx_export import ExportConfig, export_onnx
+    from tldeploy.pipeline.data import write_digits
+    from tldeploy.pipeline.training import TrainConfig, train
+
+    work = Path(cfg.workdir)
+    if work.exists() and any(work.iterdir()) and not cfg.force:
+        what = "a previous demo" if (work / DEMO_MARKER).exists() else "files"
+        raise OutputExistsError(f"--workdir {work} already holds {what}; pass --force to replace the demo's outputs there, or choose another --workdir")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / DEMO_MARKER).touch()
+    seconds: dict[str, float] = {}
+    skipped: list[str] = []
+
+    def stage(name: str):
+        seconds[name] = time.perf_counter()
+        log.info("== %s", name)
+
+    def done(name: str) -> None:
+        seconds[name] = round(time.perf_counter() - seconds[name], 1)
+
+    stage("data")
+    data = work / "digits"
+    write_digits(data, size=64, force=True)
+    done("data")
+    stage("train")
+    run = train(TrainConfig(data=data, out_dir=work / "run", epochs=cfg.epochs, force=True, quiet=cfg.quiet))
+    log.info("validation accuracy %.4f", run.metrics["accuracy"])
+    done("train")
+    stage("export")
+    onnx = export_onnx(ExportConfig(run.checkpoint, work / "digits.onnx", data=data / "val", force=True)).path
+    done("export")
+    stage("build")
+    artifacts = [build(BuildConfig(onnx, "fp32", backend="ort", force=True)).path,
+                 build(BuildConfig(onnx, "int8", backend="ort", calib_data=data / "train", force=True)).path]
+    why_not = tensorrt_unavailable()
+    if why_not is None:
+        artifacts += [build(BuildConfig(onnx, "fp16", backend="tensorrt", force=True)).path,
+                      build(BuildConfig(onnx, "int8", backend="tensorrt", calib_data=data / "train", force=True)).path]
+    else:
+        skipped.append(f"TensorRT FP16 and INT8 engines: {why_not}")
+    done("build")
+    stage("bench")
+    result = run_bench(BenchConfig(
+        artifacts=tuple(artifacts), output=work / "bench.json", reference=run.checkpoint, data=data / "val",
+        batch_sizes=cfg.batch_sizes, latency=LatencyConfig(warmup=5, iters=cfg.iters), force=True, quiet=cfg.quiet,
+    ))
+    done("bench")
+    return DemoResult(result, seconds, skipped)
