@@ -314,7 +314,7 @@ def _int_list(value: str, flag: str) -> tuple[int, ...]:
 @click.option("--warmup-s", type=float, help="Warm-up seconds instead of iterations.")
 @click.option("--iters", default=100, show_default=True, type=int, help="Timed iterations per artifact and batch size.")
 @click.option("--duration", type=float, help="Timed seconds per artifact and batch size instead of iterations.")
-@click.option("--rounds", default=5, show_default=True, type=int, help="Rounds the timing is split into; artifacts take turns in each.")
+@click.option("--rounds", default=10, show_default=True, type=int, help="Rounds the timing is split into; artifacts take turns in each.")
 @click.option("--threads", type=int, help="CPU threads for ONNX Runtime and PyTorch [default: theirs].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the reference and plain ONNX files run.")
 @click.option("--limit", type=int, help="Use at most N images for parity and accuracy.")
@@ -489,7 +489,9 @@ def predict_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, cam_out: P
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one line on stderr and a non-zero exit."""
     try:
-        cli.main(args=argv, prog_name="tldeploy", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="tldeploy", standalone_mode=False)
+        if isinstance(rc, int):  # a command's click.exceptions.Exit(n), returned as n without standalone mode
+            return rc
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.Abort:

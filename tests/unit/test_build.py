@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _images import train_tiny
 
 from tldeploy.bench.parity import compare_outputs
 from tldeploy.build.builder import BuildConfig, build
@@ -19,20 +18,13 @@ from tldeploy.build.runners import OrtRunner, TorchRunner, load_runner, run_batc
 from tldeploy.cli import main
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.export.contract import read_contract
-from tldeploy.export.onnx_export import ExportConfig, export_onnx, parity_inputs
+from tldeploy.export.onnx_export import parity_inputs
 from tldeploy.predict import predict
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TLDEPLOY_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tinybuild")
-    ckpt, data = train_tiny(root, n_train=40)
-    return ckpt, export_onnx(ExportConfig(ckpt, root / "tiny.onnx")).path, data
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ class LatencyVerdict:
     ci_low: float
     ci_high: float
     confidence: float
-    resampled: str  # "rounds" or "blocks"
+    resampled: str  # "paired rounds", "rounds" or "blocks"
     max_slowdown: float
     regression: bool
 
@@ -41,14 +41,17 @@ class LatencyVerdict:
                 f"[{self.ci_low:.3f}, {self.ci_high:.3f}], limit +{self.max_slowdown:.0%}")
 
 
-def _round_medians(x: np.ndarray, sizes: list[int], n_boot: int, rng) -> np.ndarray:
-    """Medians of `n_boot` resamples that draw whole rounds with replacement."""
+def _round_medians(x: np.ndarray, sizes: list[int], pick: np.ndarray) -> np.ndarray:
+    """Medians of resamples that draw whole rounds: row i of `pick` lists the rounds of resample i."""
     k, width = len(sizes), max(sizes)
     table = np.full((k, width), np.nan)
     for i, (start, n) in enumerate(zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)):
         table[i, :n] = x[start : start + n]
-    pick = rng.integers(0, k, size=(n_boot, k))
-    return np.nanmedian(table[pick].reshape(n_boot, -1), axis=1)
+    return np.nanmedian(table[pick].reshape(len(pick), -1), axis=1)
+
+
+def _per_round_medians(x: np.ndarray, sizes: list[int]) -> np.ndarray:
+    return np.array([np.median(x[a : a + n]) for a, n in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)])
 
 
 def _block_medians(x: np.ndarray, n_boot: int, rng) -> np.ndarray:
@@ -61,9 +64,13 @@ def _block_medians(x: np.ndarray, n_boot: int, rng) -> np.ndarray:
 
 def compare_latency(
     baseline_ms, current_ms, *, baseline_rounds: list[int] | None = None, current_rounds: list[int] | None = None,
-    max_slowdown: float = 0.10, confidence: float = 0.99, n_boot: int = 2000, seed: int = 0,
+    paired: bool = False, max_slowdown: float = 0.10, confidence: float = 0.99, n_boot: int = 2000, seed: int = 0,
 ) -> LatencyVerdict:
-    """The regression verdict for two series of latency samples (ms) and their round sizes."""
+    """The regression verdict for two series of latency samples (ms) and their round sizes.
+
+    `paired`: the two were timed in turns in the same rounds (one `bench` run), so round i of one
+    met the same machine state as round i of the other; resamples then draw the same rounds for
+    both, and drift common to both cancels out."""
     base, cur = np.asarray(baseline_ms, np.float64), np.asarray(current_ms, np.float64)
     if base.size < 5 or cur.size < 5:
         raise ValueError(f"need at least 5 samples on each side, got {base.size} and {cur.size}")
@@ -71,17 +78,25 @@ def compare_latency(
         if sizes is not None and sum(sizes) != x.size:
             raise ValueError(f"round sizes add up to {sum(sizes)}, but there are {x.size} samples")
     rng = np.random.default_rng(seed)
-    by_rounds = all(s is not None and sum(1 for n in s if n) >= MIN_ROUNDS for s in (baseline_rounds, current_rounds))
-    if by_rounds:
-        b_boot = _round_medians(base, [n for n in baseline_rounds if n], n_boot, rng)  # type: ignore[union-attr]
-        c_boot = _round_medians(cur, [n for n in current_rounds if n], n_boot, rng)  # type: ignore[union-attr]
-    else:
-        b_boot, c_boot = _block_medians(base, n_boot, rng), _block_medians(cur, n_boot, rng)
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = (float(v) for v in np.percentile(c_boot / b_boot, [tail, 100 - tail]))
+    by_rounds = all(s is not None and min(s) > 0 and len(s) >= MIN_ROUNDS for s in (baseline_rounds, current_rounds))
+    if paired and not (by_rounds and len(baseline_rounds) == len(current_rounds)):  # type: ignore[arg-type]
+        raise ValueError("paired comparison needs the same number (at least 4) of non-empty rounds on both sides")
     b50, c50 = float(np.median(base)), float(np.median(cur))
     ratio = c50 / b50
-    return LatencyVerdict(b50, c50, ratio, lo, hi, confidence, "rounds" if by_rounds else "blocks", max_slowdown,
+    if paired:  # the median of per-round ratios, robust to a round the machine spoilt for one side
+        per_round = _per_round_medians(cur, current_rounds) / _per_round_medians(base, baseline_rounds)  # type: ignore[arg-type]
+        ratio = float(np.median(per_round))
+        boot = np.median(per_round[rng.integers(0, per_round.size, size=(n_boot, per_round.size))], axis=1)
+    elif by_rounds:
+        b_boot = _round_medians(base, baseline_rounds, rng.integers(0, len(baseline_rounds), size=(n_boot, len(baseline_rounds))))  # type: ignore[arg-type]
+        c_boot = _round_medians(cur, current_rounds, rng.integers(0, len(current_rounds), size=(n_boot, len(current_rounds))))  # type: ignore[arg-type]
+        boot = c_boot / b_boot
+    else:
+        boot = _block_medians(cur, n_boot, rng) / _block_medians(base, n_boot, rng)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
+    how = ("paired rounds" if paired else "rounds") if by_rounds else "blocks"
+    return LatencyVerdict(b50, c50, ratio, lo, hi, confidence, how, max_slowdown,
                           ratio > 1 + max_slowdown and lo > 1.0)
 
 
@@ -188,7 +203,7 @@ def _pairs(base: dict, cur: dict, base_pick: str | None, cur_pick: str | None) -
 
 def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
                   base_pick: str | None = None, cur_pick: str | None = None) -> CompareResult:
-    """Compare two bench documents (or two entries, picked by name, possibly of one document)."""
+    """Compare two bench documents, or two entries picked by name (possibly of one document)."""
     from tldeploy.bench.environment import environment_differences
     from tldeploy.errors import TldeployError
 
@@ -197,6 +212,8 @@ def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
         raise TldeployError("the two bench results come from different environments (" + "; ".join(env_diff)
                             + "); latencies are not comparable. Rerun both on one machine, or pass --allow-env-mismatch")
     pairs, unmatched = _pairs(base, cur, base_pick, cur_pick)
+    # Two entries of one bench run took turns in the same rounds: compare them round by round.
+    paired = base is cur or (base.get("created"), base["environment"]) == (cur.get("created"), cur["environment"])
     notes: list[str] = []
     same_data = (base.get("data") or {}).get("sha256") == (cur.get("data") or {}).get("sha256")
     if not same_data:
@@ -211,7 +228,7 @@ def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
                 notes.append(f"{name}: batch {bs['batch']} was not timed in the current result")
                 continue
             v = compare_latency(bs["samples_ms"], cs["samples_ms"], baseline_rounds=bs["round_sizes"], current_rounds=cs["round_sizes"],
-                                max_slowdown=cfg.max_slowdown, confidence=cfg.confidence)
+                                paired=paired and len(bs["round_sizes"]) == len(cs["round_sizes"]) >= MIN_ROUNDS, max_slowdown=cfg.max_slowdown, confidence=cfg.confidence)
             detail = (f"ratio {v.ratio:.3f}, {cfg.confidence:.0%} interval [{v.ci_low:.3f}, {v.ci_high:.3f}] "
                       f"(resampling {v.resampled}), limit +{cfg.max_slowdown:.0%}")
             checks.append(Check(name, f"p50 ms, batch {bs['batch']}", v.baseline_p50, v.current_p50, detail, v.regression, v))

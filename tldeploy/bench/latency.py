@@ -33,7 +33,7 @@ class LatencyConfig:
     warmup_s: float | None = None  # seconds of warm-up (whichever is given)
     iters: int = 100  # timed iterations in all, or
     duration_s: float | None = None  # seconds of timing in all
-    rounds: int = 5  # the timing is split into this many rounds, runners taking turns
+    rounds: int = 10  # the timing is split into this many rounds, runners taking turns
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or (self.warmup_s is not None and self.warmup_s < 0):
@@ -156,14 +156,16 @@ def measure_interleaved(items: list[tuple[Any, dict[str, np.ndarray]]], cfg: Lat
                         progress: Callable[[int], None] | None = None) -> list[LatencyStats]:
     """Time each (active runner, feed) pair: each warms up, then in every round each takes its
     turn of iters/rounds iterations (or duration/rounds seconds), after one untimed iteration that
-    refills caches another runner's turn has emptied. `progress(n)` is told of timed iterations."""
+    refills caches another runner's turn has emptied; the order of turns rotates from round to
+    round. `progress(n)` is told of timed iterations."""
     timers = [_Timer(r, f) for r, f in items]
     for t in timers:
         _repeat(lambda t=t: t.run(False), cfg.warmup, cfg.warmup_s)
     seconds = None if cfg.duration_s is None else cfg.duration_s / cfg.rounds
     for r in range(cfg.rounds):
         n = cfg.iters // cfg.rounds + (1 if r < cfg.iters % cfg.rounds else 0)
-        for t in timers:
+        shift = r % len(timers)  # rotate who goes first, so no runner always follows the same one
+        for t in timers[shift:] + timers[:shift]:
             t.run(False)
             before = len(t.samples)
 
