@@ -1,6 +1,6 @@
-"""Build acceptance on the real model: the digits EfficientNet-Lite0 (224 px) from the train stage."""
+"""Build and bench acceptance on the real model: the digits EfficientNet-Lite0 (224 px) from the train stage."""
 
-import time
+import json
 
 import numpy as np
 import pytest
@@ -39,18 +39,26 @@ def _accuracy(artifact, x, y):
     return float(np.mean(out["logits"].argmax(1) == y)), out
 
 
-def test_ort_int8_keeps_accuracy_within_one_point(exported, digits, labelled_val, fe_run):
+@pytest.fixture(scope="module")
+def ort_builds(exported, digits, tmp_path_factory):
+    """The demo's builds: ONNX Runtime FP32 and INT8 (calibrated on the training images)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLDEPLOY_CACHE", str(tmp_path_factory.mktemp("cache")))
+        fp32 = build(BuildConfig(onnx=exported, backend="ort"))
+        int8 = build(BuildConfig(onnx=exported, precision="int8", backend="ort", calib_data=digits / "train"))
+    return fp32, int8
+
+
+def test_ort_int8_keeps_accuracy_within_one_point(ort_builds, labelled_val, fe_run):
     x, y = labelled_val
     assert len(x) == 359
-    fp32 = build(BuildConfig(onnx=exported, backend="ort"))
-    t0 = time.perf_counter()
-    int8 = build(BuildConfig(onnx=exported, precision="int8", backend="ort", calib_data=digits / "train"))
+    fp32, int8 = ort_builds
     q = int8.record["quantization"]
     acc32, out32 = _accuracy(fp32.path, x, y)
     acc8, out8 = _accuracy(int8.path, x, y)
     with TorchRunner(fe_run.checkpoint) as ref_runner:
         ref = run_batches(ref_runner, x)
-    print(f"\nINT8 build {time.perf_counter() - t0:.0f} s, {q['keep_float_convs']} leading conv(s) float; "
+    print(f"\nINT8 build {int8.seconds:.0f} s, {q['keep_float_convs']} leading conv(s) float; "
           f"top-1 FP32 {acc32:.4f} INT8 {acc8:.4f} (drop {100 * (acc32 - acc8):.2f} points); "
           f"INT8 vs PyTorch agreement {compare_outputs(ref, out8).top1_agreement:.4f}")
     assert compare_outputs(ref, out32, max_logit_diff=1e-4, min_top1_agreement=1.0)
@@ -58,6 +66,28 @@ def test_ort_int8_keeps_accuracy_within_one_point(exported, digits, labelled_val
     stats = q["qdq"]
     assert stats["activation_zero_point_types"] == ["uint8"] and stats["weight_zero_point_types"] == ["int8"]
     assert stats["per_channel_weights"] == 49 - q["keep_float_convs"]  # every other conv of the backbone
+
+
+def test_demo_bench_on_the_real_model_validates_against_the_schema(ort_builds, fe_run, digits, tmp_path, capsys):
+    """The demo's bench stage (`tldeploy bench` with the demo's artifacts and data), fewer iterations."""
+    import jsonschema
+
+    from tldeploy.bench.bench import SCHEMA_PATH
+    from tldeploy.cli import main
+
+    fp32, int8 = ort_builds
+    out = tmp_path / "bench.json"
+    rc = main(["bench", str(fp32.path), str(int8.path), "--reference", str(fe_run.checkpoint), "--data", str(digits / "val"),
+               "-o", str(out), "--batch-sizes", "1,8", "--iters", "20", "--rounds", "4", "-q",
+               "--max-top1-drop", "1", "--min-top1-agreement", "0.98"])
+    print("\n" + capsys.readouterr().out)
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text())).validate(doc)
+    ref, a32, a8 = doc["results"]
+    assert doc["data"]["images"] == 359 and a32["parity"]["top1_agreement"] == 1.0 and a32["accuracy"] == ref["accuracy"]
+    assert a8["parity"]["accuracy_delta"] >= -0.01 and all(g["passed"] for g in a8["gates"])
+    assert (out.parent / "bench_plots" / "latency.png").is_file() and "## digits.int8.ort.onnx" in out.with_suffix(".md").read_text()
 
 
 @pytest.mark.trt

@@ -318,9 +318,9 @@ def _time_all(entries: list[_Entry], x: np.ndarray, cfg: BenchConfig, results: d
 
 def _gate_line(name: str, g: dict[str, Any]) -> str:
     if g["gate"] == "max_top1_drop":
-        return f"{name}: top-1 accuracy dropped {g['value']:.2f} points, more than --max-top1-drop {g['limit']:g} (by {g['value'] - g['limit']:.2f})"
+        return f"{name}: top-1 accuracy dropped {g['value']:.2f} points, more than --max-top1-drop {g['limit']} (by {g['value'] - g['limit']:.2f})"
     flag = "--" + g["gate"].replace("_", "-")
-    return f"{name}: {g['gate'].replace('_', ' ').removeprefix('min ')} {g['value']:.6g} is below {flag} {g['limit']:g} (by {g['limit'] - g['value']:.3g})"
+    return f"{name}: {g['gate'].replace('_', ' ').removeprefix('min ')} {g['value']:.10g} is below {flag} {g['limit']} (by {g['limit'] - g['value']:.3g})"
 
 
 def _paths_hash(paths: list[Path]) -> str:

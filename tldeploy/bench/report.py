@@ -125,7 +125,7 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         for ax, b in zip(axes[0], batches, strict=True):
             series = [(r["name"], s["samples_ms"]) for r in timed for s in r["latency"] if s["batch"] == b]
             if series:
-                ax.boxplot([s for _, s in series], vert=False, whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
+                ax.boxplot([s for _, s in series], orientation="horizontal", whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
                 ax.set_yticks(range(1, len(series) + 1), [n for n, _ in series], fontsize=8)
             ax.set_xscale("log")
             ax.set_xlabel("latency (ms), whiskers p1-p99")

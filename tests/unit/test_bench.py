@@ -1,0 +1,227 @@
+"""`tldeploy bench` and `tldeploy compare` on the tiny model: the document and its schema, the
+report and plots, parity metrics, gates, comparisons and bad input."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tldeploy.bench.bench import SCHEMA_PATH, BenchConfig, Gates, load_bench, run_bench
+from tldeploy.bench.compare import CompareConfig, compare_bench
+from tldeploy.bench.latency import LatencyConfig
+from tldeploy.bench.parity import cam_correlation, cam_top_iou, compare_outputs, kl_divergence
+from tldeploy.build.builder import BuildConfig, build
+from tldeploy.cli import main
+from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
+
+FAST = LatencyConfig(warmup=2, iters=20, rounds=4)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLDEPLOY_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny, tmp_path_factory):
+    """FP32 and INT8 ONNX Runtime builds of the tiny model, with their records."""
+    ckpt, onnx, data = tiny
+    out = tmp_path_factory.mktemp("benchart")
+    fp32 = build(BuildConfig(onnx, "fp32", backend="ort", output=out / "tiny.fp32.ort.onnx")).path
+    int8 = build(BuildConfig(onnx, "int8", backend="ort", calib_data=data / "train", output=out / "tiny.int8.ort.onnx")).path
+    return ckpt, fp32, int8, data
+
+
+def validate(doc):
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(doc)
+
+
+@pytest.fixture(scope="module")
+def bench_doc(artifacts, tmp_path_factory):
+    ckpt, fp32, int8, data = artifacts
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    return run_bench(BenchConfig((fp32, int8), out, reference=ckpt, data=data / "val", batch_sizes=(1, 4), latency=FAST, quiet=True))
+
+
+# ------------------------------------------------------------ parity metrics
+
+
+def test_parity_metrics_against_hand_computed_values():
+    p, q = np.array([[0.5, 0.5], [1.0, 0.0]]), np.array([[0.9, 0.1], [1.0, 0.0]])
+    assert kl_divergence(p, q) == pytest.approx((0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1)) / 2)
+    cam = np.random.default_rng(0).random((3, 5, 5))
+    assert cam_correlation(cam, 2 * cam + 1) == pytest.approx(1.0) and cam_correlation(cam, -cam) == pytest.approx(-1.0)
+    assert cam_correlation(np.zeros((1, 2, 2)), np.zeros((1, 2, 2))) == 1.0 and cam_correlation(np.zeros((1, 2, 2)), cam[:1, :2, :2]) == 0.0
+    a = np.zeros((1, 10))
+    a[0, :2] = 1  # top 20% = cells 0, 1
+    b = np.zeros((1, 10))
+    b[0, 1:3] = 1  # top 20% = cells 1, 2
+    assert cam_top_iou(a, b) == pytest.approx(1 / 3) and cam_top_iou(cam, cam) == 1.0
+    ref = {"logits": np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]), "probs": np.full((3, 2), 0.5), "cam": cam}
+    test = {"logits": np.array([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0]]), "probs": np.full((3, 2), 0.5), "cam": cam}
+    r = compare_outputs(ref, test, labels=np.array([0, 1, 1]))
+    assert r.top1_agreement == pytest.approx(2 / 3) and r.reference_accuracy == pytest.approx(2 / 3)
+    assert r.accuracy == pytest.approx(1 / 3) and r.accuracy_delta == pytest.approx(-1 / 3)
+
+
+# ------------------------------------------------------------ bench
+
+
+def test_bench_document_validates_and_holds_every_measurement(bench_doc, artifacts):
+    doc = bench_doc.document
+    validate(doc)
+    assert load_bench(bench_doc.path) == doc
+    names = [r["name"] for r in doc["results"]]
+    assert names == ["model.pt", "tiny.fp32.ort.onnx", "tiny.int8.ort.onnx"]
+    ref, fp32, int8 = doc["results"]
+    assert (ref["role"], ref["parity"], fp32["precision"], int8["precision"]) == ("reference", None, "fp32", "int8")
+    for r in doc["results"]:
+        assert [s["batch"] for s in r["latency"]] == [1, 4]
+        for s in r["latency"]:
+            assert len(s["samples_ms"]) == 20 and s["round_sizes"] == [5, 5, 5, 5] and s["min"] <= s["p50"] <= s["p99"] <= s["max"]
+    assert fp32["parity"]["logits_max_abs"] < 1e-4 and fp32["parity"]["top1_agreement"] == 1.0
+    assert fp32["parity"]["cam_correlation"] > 0.999 and fp32["parity"]["cam_iou_top20"] > 0.95
+    assert int8["parity"]["kl_divergence"] > fp32["parity"]["kl_divergence"]
+    assert doc["data"]["images"] == 16 and doc["data"]["labelled"] and ref["accuracy"] == fp32["accuracy"]
+    assert doc["environment"]["cpu"]["logical_cores"] >= 1 and doc["environment"]["versions"]["onnxruntime"]
+
+
+def test_report_has_a_table_per_artifact_and_readable_plots(bench_doc):
+    text = bench_doc.report.read_text()
+    for name in ("model.pt", "tiny.fp32.ort.onnx", "tiny.int8.ort.onnx"):
+        assert f"## {name}" in text
+    assert text.count("| batch | mean ms |") == 3 and "CAM correlation" in text and "## Summary" in text
+    assert sorted(p.name for p in bench_doc.plots) == ["accuracy_vs_latency.png", "latency.png"]
+    for p in bench_doc.plots:
+        assert f"]({bench_doc.plots[0].parent.name}/{p.name})" in text
+        with Image.open(p) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+
+
+def test_gates_fail_after_writing_with_a_line_each(artifacts, tmp_path, capsys):
+    ckpt, fp32, int8, data = artifacts
+    out = tmp_path / "gated.json"
+    rc = main(["bench", str(fp32), str(int8), "--reference", str(ckpt), "--data", str(data / "val"), "-o", str(out),
+               "--batch-sizes", "1", "--iters", "10", "--rounds", "2", "-q", "--min-cosine", "0.99999999", "--max-top1-drop", "100"])
+    err = capsys.readouterr().err
+    assert rc == 1 and out.is_file() and out.with_suffix(".md").is_file()
+    failed = [line for line in err.splitlines() if line.startswith("gate failed:")]
+    assert len(failed) == 1 and "tiny.int8.ort.onnx: cosine" in failed[0] and "--min-cosine 0.99999999" in failed[0]
+    doc = json.loads(out.read_text())
+    validate(doc)
+    assert not doc["gates"]["passed"] and [g["passed"] for g in doc["results"][2]["gates"]] == [True, False]
+
+
+def test_unlabelled_folder_gives_parity_without_accuracy(artifacts, tmp_path):
+    ckpt, fp32, _, data = artifacts
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted((data / "val").rglob("*.png"))[:6]:
+        (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    res = run_bench(BenchConfig((fp32,), tmp_path / "b.json", reference=ckpt, data=flat, batch_sizes=(2,), latency=FAST,
+                                time_reference=False, quiet=True))
+    validate(res.document)
+    ref, art = res.document["results"]
+    assert art["accuracy"] is None and art["parity"]["accuracy"] is None and art["parity"]["n"] == 6
+    assert ref["latency"] == [] and not res.document["data"]["labelled"]
+
+
+def test_bench_bad_input(artifacts, tmp_path, capsys):
+    ckpt, fp32, int8, data = artifacts
+    out = tmp_path / "b.json"
+    with pytest.raises(TldeployError, match="does not exist"):
+        run_bench(BenchConfig((tmp_path / "missing.onnx",), out))
+    with pytest.raises(ConfigError, match="--reference .* must be a tldeploy checkpoint"):
+        BenchConfig((fp32,), out, reference=fp32)
+    with pytest.raises(ConfigError, match="pass --reference"):
+        BenchConfig((fp32,), out, gates=Gates(min_cosine=0.9))
+    with pytest.raises(ConfigError, match="--min-top1-agreement"):
+        Gates(min_top1_agreement=99)
+    foreign = tmp_path / "foreign"
+    (foreign / "cat").mkdir(parents=True)
+    (foreign / "red").mkdir()
+    with pytest.raises(DataError, match="not the model's classes: cat"):
+        run_bench(BenchConfig((fp32,), out, reference=ckpt, data=foreign, latency=FAST))
+    out.write_text("{}")
+    with pytest.raises(OutputExistsError, match="--force"):
+        run_bench(BenchConfig((fp32,), out, latency=FAST))
+    # one line, no traceback, from the command line
+    for argv, needle in (
+        (["bench", str(fp32), "-o", str(tmp_path / "x.json"), "--batch-sizes", "1,a"], "--batch-sizes"),
+        (["bench", str(fp32), "-o", str(tmp_path / "x.json"), "--iters", "3", "--rounds", "5"], "--rounds"),
+        (["compare", str(out), str(out)], "not a tldeploy bench result"),
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------ compare
+
+
+def _slowed(doc, factor):
+    other = copy.deepcopy(doc)
+    for r in other["results"]:
+        for s in r["latency"]:
+            s["samples_ms"] = [v * factor for v in s["samples_ms"]]
+            s["p50"] *= factor
+    return other
+
+
+def test_compare_flags_slowdown_accuracy_and_agreement(bench_doc):
+    doc = bench_doc.document
+    same = compare_bench(doc, copy.deepcopy(doc))
+    assert not same.regressions and len(same.checks) == 3 * 2 + 3 + 2  # latency x batch, accuracy x3, agreement x2
+    slow = compare_bench(doc, _slowed(doc, 1.5))
+    assert {c.what for c in slow.regressions} == {"p50 ms, batch 1", "p50 ms, batch 4"} and len(slow.regressions) == 6
+    assert all(c.verdict.ratio == pytest.approx(1.5) for c in slow.regressions)
+    assert not compare_bench(doc, _slowed(doc, 1.05)).regressions  # below the 10% limit
+    worse = copy.deepcopy(doc)
+    worse["results"][2]["accuracy"] -= 0.0625
+    worse["results"][2]["parity"]["top1_agreement"] -= 0.0625
+    found = {(c.name, c.what) for c in compare_bench(doc, worse).regressions}
+    assert found == {("tiny.int8.ort.onnx", "accuracy"), ("tiny.int8.ort.onnx", "top-1 agreement")}
+
+
+def test_compare_refuses_other_environments_and_other_data(bench_doc):
+    doc = bench_doc.document
+    moved = copy.deepcopy(doc)
+    moved["environment"]["cpu"]["model"] = "Other CPU"
+    with pytest.raises(TldeployError, match=r"different environments \(cpu.model: .* -> Other CPU\).*--allow-env-mismatch"):
+        compare_bench(doc, moved)
+    assert compare_bench(doc, moved, CompareConfig(allow_env_mismatch=True)).environment_differences
+    other_data = copy.deepcopy(doc)
+    other_data["data"]["sha256"] = "0" * 64
+    result = compare_bench(doc, other_data)
+    assert all(c.what.startswith("p50") for c in result.checks) and "different images" in result.notes[0]
+
+
+def test_compare_cli_table_json_junit_and_picked_entries(bench_doc, tmp_path, capsys):
+    base = bench_doc.path
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(_slowed(bench_doc.document, 1.5)))
+    junit = tmp_path / "compare.xml"
+    assert main(["compare", str(base), str(slow), "--junit", str(junit)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION: ratio 1.500" in out and "6 regression(s) in 11 check(s)" in out
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "11" and suite.get("failures") == "6" and len(suite.findall("testcase/failure")) == 6
+    assert main(["compare", str(base), str(base), "--json"]) == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert parsed["regression"] is False and len(parsed["checks"]) == 11
+    # two entries of one run are compared round by round
+    assert main(["compare", f"{base}#tiny.fp32.ort.onnx", f"{base}#tiny.int8.ort.onnx", "--json", "--max-slowdown", "10"]) == 0
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    assert checks[0]["name"] == "tiny.fp32.ort.onnx -> tiny.int8.ort.onnx" and checks[0]["verdict"]["resampled"] == "paired rounds"
+    assert main(["compare", f"{base}#nope", str(base)]) == 1
+    assert "has no entry 'nope'" in capsys.readouterr().err
+    assert not Path(tmp_path / "x.xml").exists()
