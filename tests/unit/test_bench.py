@@ -43,6 +43,15 @@ def validate(doc):
     jsonschema.Draft202012Validator(schema).validate(doc)
 
 
+def test_a_document_off_the_schema_is_refused_with_the_field(bench_doc, tmp_path):
+    doc = copy.deepcopy(bench_doc.document)
+    doc["results"][1]["latency"][0]["samples_ms"] = "fast"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(TldeployError, match=r"bad.json does not follow the bench schema at results/1/latency/0/samples_ms"):
+        load_bench(bad)
+
+
 @pytest.fixture(scope="module")
 def bench_doc(artifacts, tmp_path_factory):
     ckpt, fp32, int8, data = artifacts
@@ -166,22 +175,32 @@ def test_bench_bad_input(artifacts, tmp_path, capsys):
 # ------------------------------------------------------------ compare
 
 
-def _slowed(doc, factor):
+def _synthetic(doc, factor, run_id):
+    """`doc` with every latency series replaced by a fixed one (1 ms, 2% noise) times `factor`,
+    as if benched in the run `run_id`: comparisons of these test the plumbing; the statistics
+    on real measurements are tested in test_bench_latency.py."""
     other = copy.deepcopy(doc)
+    other["run_id"] = run_id
+    series = 1.0 + 0.02 * np.random.default_rng(0).standard_normal(20)
     for r in other["results"]:
         for s in r["latency"]:
-            s["samples_ms"] = [v * factor for v in s["samples_ms"]]
-            s["p50"] *= factor
+            s["samples_ms"] = [float(v) * factor for v in series]
+            s["round_sizes"] = [5, 5, 5, 5]
+            s["p50"] = float(np.median(series)) * factor
     return other
 
 
+def _slowed(doc, factor):
+    return _synthetic(doc, factor, "f" * 32)
+
+
 def test_compare_flags_slowdown_accuracy_and_agreement(bench_doc):
-    doc = bench_doc.document
+    doc = _synthetic(bench_doc.document, 1.0, "e" * 32)
     same = compare_bench(doc, copy.deepcopy(doc))
     assert not same.regressions and len(same.checks) == 3 * 2 + 3 + 2  # latency x batch, accuracy x3, agreement x2
     slow = compare_bench(doc, _slowed(doc, 1.5))
     assert {c.what for c in slow.regressions} == {"p50 ms, batch 1", "p50 ms, batch 4"} and len(slow.regressions) == 6
-    assert all(c.verdict.ratio == pytest.approx(1.5) for c in slow.regressions)
+    assert all(c.verdict.ratio == pytest.approx(1.5) and c.verdict.resampled == "rounds" for c in slow.regressions)
     assert not compare_bench(doc, _slowed(doc, 1.05)).regressions  # below the 10% limit
     worse = copy.deepcopy(doc)
     worse["results"][2]["accuracy"] -= 0.0625
@@ -204,7 +223,8 @@ def test_compare_refuses_other_environments_and_other_data(bench_doc):
 
 
 def test_compare_cli_table_json_junit_and_picked_entries(bench_doc, tmp_path, capsys):
-    base = bench_doc.path
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_synthetic(bench_doc.document, 1.0, "e" * 32)))
     slow = tmp_path / "slow.json"
     slow.write_text(json.dumps(_slowed(bench_doc.document, 1.5)))
     junit = tmp_path / "compare.xml"
@@ -225,3 +245,20 @@ def test_compare_cli_table_json_junit_and_picked_entries(bench_doc, tmp_path, ca
     assert main(["compare", f"{base}#nope", str(base)]) == 1
     assert "has no entry 'nope'" in capsys.readouterr().err
     assert not Path(tmp_path / "x.xml").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_runner_is_timed_with_events_stage_by_stage(tiny, tmp_path):
+    """PyTorch on CUDA exposes its copy-in, compute and copy-out steps; bench times each with CUDA
+    events and their sum is the sample."""
+    ckpt, _, data = tiny
+    res = run_bench(BenchConfig((ckpt,), tmp_path / "gpu.json", reference=ckpt, data=data / "val", batch_sizes=(1, 16),
+                                latency=LatencyConfig(warmup=5, iters=40, rounds=4), device="cuda", quiet=True))
+    validate(res.document)
+    ref, art = res.document["results"]
+    assert art["device"] == "cuda" and art["parity"]["top1_agreement"] == 1.0 and art["parity"]["logits_max_abs"] < 1e-4
+    for s in ref["latency"] + art["latency"]:
+        assert s["clock"] == "cuda_events" and set(s["stages"]) == {"h2d", "compute", "d2h"}
+        assert all(s["stages"][k]["min"] > 0 for k in ("h2d", "compute", "d2h"))
+        assert sum(s["stages"][k]["mean"] for k in ("h2d", "compute", "d2h")) == pytest.approx(s["mean"], rel=1e-6)
+    assert res.document["environment"]["gpu"]["name"]

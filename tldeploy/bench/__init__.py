@@ -1,1 +1,2 @@
-"""The bench stage (latency, parity, compare): not built yet, see issue 5."""
+"""The bench stage: latency (`latency`), parity (`parity`), the bench run and its document
+(`bench`, `report`, `environment`) and the regression gate (`compare`)."""

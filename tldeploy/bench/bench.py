@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,11 @@ class BenchConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("output", "reference", "data", "report", "plots"):  # str paths from library callers
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        object.__setattr__(self, "artifacts", tuple(Path(a) for a in self.artifacts))
+        object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
         if not self.artifacts:
             raise ConfigError("no artifacts given; pass one or more .onnx, .engine or .pt files to benchmark")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -206,14 +212,14 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    entries = [_describe(Path(p), "artifact", cfg.device, cfg.threads) for p in cfg.artifacts]
+    ref = _describe(cfg.reference, "reference", cfg.device, cfg.threads) if cfg.reference else None
+    entries = [_describe(p, "artifact", cfg.device, cfg.threads) for p in cfg.artifacts]
     names: dict[str, int] = {}
-    for e in entries:  # the same file twice gets a second name
+    for e in ([ref] if ref else []) + entries:  # the same file twice gets a second name
         names[e.name] = names.get(e.name, 0) + 1
         if names[e.name] > 1:
             e.name = f"{e.name}#{names[e.name]}"
     contracts = {e.name: artifact_contract(e.path) for e in entries}
-    ref = _describe(Path(cfg.reference), "reference", cfg.device, cfg.threads) if cfg.reference else None
     base = artifact_contract(ref.path) if ref else next(iter(contracts.values()))
     for name, c in contracts.items():
         if c.preprocessing != base.preprocessing or c.classes != base.classes:
@@ -268,6 +274,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     doc = {
         "format": BENCH_FORMAT,
         "schema_version": BENCH_VERSION,
+        "run_id": uuid.uuid4().hex,  # entries of one run took turns and compare as pairs
         "created": _now(),
         "seconds": round(time.perf_counter() - started, 3),
         "environment": collect_environment(cfg.threads),
@@ -287,6 +294,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     }
     from tldeploy.bench.report import write_plots, write_report
 
+    validate_bench(doc, "the new bench result")  # what compare will read must follow the schema
     write_json(cfg.output, doc)
     plots = write_plots(doc, cfg.plots_dir)
     write_report(doc, cfg.report_path, plots)
@@ -355,4 +363,18 @@ def load_bench(path: Path) -> dict[str, Any]:
         raise TldeployError(f"{path} is not a tldeploy bench result (no \"format\": \"{BENCH_FORMAT}\")")
     if doc.get("schema_version") != BENCH_VERSION:
         raise TldeployError(f"{path} has bench schema version {doc.get('schema_version')}; this tldeploy reads version {BENCH_VERSION}")
+    validate_bench(doc, str(path))
     return doc
+
+
+def validate_bench(doc: dict[str, Any], source: str = "bench result") -> None:
+    """Check `doc` against bench.schema.json; the error names the first offending field."""
+    import json
+
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "the top level"
+        raise TldeployError(f"{source} does not follow the bench schema at {where}: {error.message}; rerun 'tldeploy bench'")

@@ -6,9 +6,12 @@ A single mean cannot tell a slowdown from noise. A regression is flagged only wh
 
 The interval comes from a bootstrap that resamples whole rounds (see `tldeploy.bench.latency`),
 not single samples: consecutive samples are not independent (a machine runs slow for seconds at a
-time), and resampling single samples makes the interval far too narrow and flags drift. With
-fewer than `MIN_ROUNDS` rounds on a side, blocks of about sqrt(n) consecutive samples are
-resampled instead (a moving-block bootstrap), which catches short bursts but not slow drift.
+time), and resampling single samples makes the interval far too narrow and flags drift.
+- Two entries of one bench run took turns in the same rounds: the comparison is paired, the
+  ratio is the median of the per-round ratios and the rounds are resampled together.
+- Two separate runs: each side's rounds are resampled independently.
+- With fewer than `MIN_ROUNDS` rounds, blocks of about sqrt(n) consecutive samples are resampled
+  instead (a moving-block bootstrap), which catches short bursts but not slow drift.
 """
 
 from __future__ import annotations
@@ -213,7 +216,7 @@ def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
                             + "); latencies are not comparable. Rerun both on one machine, or pass --allow-env-mismatch")
     pairs, unmatched = _pairs(base, cur, base_pick, cur_pick)
     # Two entries of one bench run took turns in the same rounds: compare them round by round.
-    paired = base is cur or (base.get("created"), base["environment"]) == (cur.get("created"), cur["environment"])
+    paired = base["run_id"] == cur["run_id"]
     notes: list[str] = []
     same_data = (base.get("data") or {}).get("sha256") == (cur.get("data") or {}).get("sha256")
     if not same_data:
