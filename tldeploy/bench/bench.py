@@ -241,9 +241,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     all_entries = ([ref] if ref else []) + entries
     results: dict[str, dict[str, Any]] = {}
     gate_failures: list[str] = []
-    for e in all_entries:
-        e.runner.activate()
     try:
+        for e in all_entries:
+            e.runner.activate()
         ref_out = run_batches(ref.runner, x) if ref and cfg.data is not None else None
         for e in all_entries:
             results[e.name] = {

@@ -9,6 +9,7 @@ from typing import Any
 
 from tldeploy._io import atomic_path, write_text
 
+PLOTS = ("latency.png", "accuracy_vs_latency.png")
 LATENCY_COLUMNS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
 
 
@@ -117,6 +118,8 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in PLOTS:  # a plot this run does not draw must not survive from an earlier one
+        (out_dir / name).unlink(missing_ok=True)
     written = []
     batches = doc["config"]["batch_sizes"]
     timed = [r for r in doc["results"] if r["latency"]]
@@ -131,7 +134,7 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.set_xlabel("latency (ms), whiskers p1-p99")
             ax.set_title(f"batch {b}")
         fig.tight_layout()
-        written.append(_save(fig, out_dir / "latency.png"))
+        written.append(_save(fig, out_dir / PLOTS[0]))
     points = [(r, next((s for s in r["latency"] if s["batch"] == min(batches)), None)) for r in doc["results"] if r["accuracy"] is not None]
     points = [(r, s) for r, s in points if s is not None]
     if points:
@@ -144,7 +147,7 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        written.append(_save(fig, out_dir / "accuracy_vs_latency.png"))
+        written.append(_save(fig, out_dir / PLOTS[1]))
     return written
 
 
