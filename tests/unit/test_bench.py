@@ -3,6 +3,7 @@ report and plots, parity metrics, gates, comparisons and bad input."""
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,10 @@ def test_report_has_a_table_per_artifact_and_readable_plots(bench_doc):
         assert f"## {name}" in text
     assert text.count("| batch | mean ms |") == 3 and "CAM correlation" in text and "## Summary" in text
     assert sorted(p.name for p in bench_doc.plots) == ["accuracy_vs_latency.png", "latency.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [bench_doc.path, bench_doc.report, *bench_doc.plots]:  # written atomically, with the usual permissions
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask
     for p in bench_doc.plots:
         assert f"]({bench_doc.plots[0].parent.name}/{p.name})" in text
         with Image.open(p) as im:

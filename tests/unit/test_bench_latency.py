@@ -113,7 +113,7 @@ def test_same_artifact_twice_is_not_flagged_and_a_slower_one_is(tiny):
     8. With 30 rounds: 0 of 48 identical pairs flagged (ratios 0.95-1.05) and 24 of 24 slower ones
     (ratios 1.18-1.41), with 1 and with 2 ONNX Runtime threads."""
     onnx = tiny[1]
-    cfg = LatencyConfig(warmup_s=0.2, duration_s=1.5, rounds=30)
+    cfg = LatencyConfig(warmup_s=0.2, duration_s=1.5, rounds=30, settle_s=0)  # measured so, without pauses
     with OrtRunner(onnx) as a, OrtRunner(onnx) as a2, OrtRunner(onnx) as a3, Heavier(a3) as slow:
         size = a.input_spec()["images"].shape[-1]
         feed = {"images": np.random.default_rng(0).standard_normal((64, 3, size, size)).astype(np.float32)}

@@ -281,6 +281,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         "config": {
             "batch_sizes": list(cfg.batch_sizes), "warmup": cfg.latency.warmup, "warmup_s": cfg.latency.warmup_s,
             "iters": cfg.latency.iters, "duration_s": cfg.latency.duration_s, "rounds": cfg.latency.rounds,
+            "settle_s": cfg.latency.settle_s,
             "threads": cfg.threads, "device": cfg.device,
             "gates": {"max_top1_drop": cfg.gates.max_top1_drop, "min_top1_agreement": cfg.gates.min_top1_agreement,
                       "min_cosine": cfg.gates.min_cosine},
