@@ -130,7 +130,7 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             if series:
                 ax.boxplot([s for _, s in series], orientation="horizontal", whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
                 ax.set_yticks(range(1, len(series) + 1), [n for n, _ in series], fontsize=8)
-            ax.set_xscale("log")
+            _log_axis(ax.xaxis, ax.set_xscale)
             ax.set_xlabel("latency (ms), whiskers p1-p99")
             ax.set_title(f"batch {b}")
         fig.tight_layout()
@@ -142,13 +142,23 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         for r, s in points:
             ax.scatter(s["p50"], r["accuracy"] * 100, marker="*" if r["role"] == "reference" else "o", s=80)
             ax.annotate(r["name"], (s["p50"], r["accuracy"] * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        ax.set_xscale("log")
+        _log_axis(ax.xaxis, ax.set_xscale)
         ax.set_xlabel(f"p50 latency (ms), batch {min(batches)}")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(_save(fig, out_dir / PLOTS[1]))
     return written
+
+
+def _log_axis(axis, set_scale) -> None:
+    """A log axis labelled 1, 2, 5, 10, 20, ... in plain numbers (latencies span a decade or two)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    set_scale("log")
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig, path: Path) -> Path:
