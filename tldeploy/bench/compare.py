@@ -221,6 +221,9 @@ def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
     same_data = (base.get("data") or {}).get("sha256") == (cur.get("data") or {}).get("sha256")
     if not same_data:
         notes.append("the two results used different images; accuracy and agreement are not compared")
+    if not paired:
+        notes.append("separate bench runs: a shift of the whole machine's speed between them looks like a change; "
+                     "on shared machines bench both artifacts in one run and compare FILE.json#A FILE.json#B")
     checks: list[Check] = []
     for b, c in pairs:
         name = b["name"] if b["name"] == c["name"] else f"{b['name']} -> {c['name']}"
