@@ -244,7 +244,7 @@ def _build_help() -> str:
 @click.option("--batch", default="1,8,32", show_default=True, help="TensorRT: optimisation profile MIN,OPT,MAX for the dynamic batch.")
 @click.option("--workspace", default=4096, show_default=True, type=int, help="TensorRT: workspace limit in MiB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT: timing cache file [default: one per TensorRT version and GPU in the cache].")
-@click.option("--plugins", multiple=True, type=click.Path(path_type=Path), help="TensorRT: plugin library (cpp_plugins/) to load; needed for ChannelAttention nodes.")
+@click.option("--plugins", multiple=True, type=click.Path(path_type=Path), help="TensorRT: plugin library to load, or auto (the one 'tldeploy plugins build' made); needed for ChannelAttention nodes.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: an engine later TensorRT versions can run (lean runtime).")
 @click.option("--hardware-compat", type=click.Choice(["none", "ampere+", "same-compute-capability"]), default="none", show_default=True, help="TensorRT: run on other GPU architectures.")
 @click.option("--force", is_flag=True, help="Rebuild even if an artifact is there (up to date or not).")
@@ -266,6 +266,10 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
             raise ConfigError(f"--int8-keep-float must be 'auto' or a number, got {keep_float!r}") from None
     else:
         keep = "auto"
+    if any(str(p) == "auto" for p in plugins):
+        from tldeploy.build.plugins import find_plugin_library
+
+        plugins = tuple(find_plugin_library() if str(p) == "auto" else p for p in plugins)
     trt = TrtConfig(batch=BatchProfile.parse(batch), workspace_mib=workspace, timing_cache=timing_cache,
                     plugins=tuple(plugins), version_compatible=version_compatible, hardware_compat=hardware_compat)
     result = build(BuildConfig(onnx=onnx_file, keep_float=keep, trt=trt, **kw))
@@ -285,6 +289,45 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
         click.echo(f"int8 {q['flavour']}: {q['activations']} activations, {q['weights']} weights; "
                    f"{q['keep_float_convs']} leading conv(s) kept in float; {q['qdq']['quantize']} Q / {q['qdq']['dequantize']} DQ nodes")
     click.echo(f"wrote {result.path} ({r['size_bytes'] / 1e6:.1f} MB) and its record {result.path}.json in {result.seconds:.1f} s")
+
+
+# ---------------------------------------------------------------- plugins
+
+
+@cli.group("plugins", context_settings=CONTEXT)
+def plugins_group() -> None:
+    """The cpp_plugins libraries: fused channel-attention kernels and the TensorRT plugin.
+
+    \b
+    Example:
+      tldeploy plugins build --tensorrt-root /opt/TensorRT
+    """
+
+
+@plugins_group.command("build", context_settings=CONTEXT)
+@click.option("--build-dir", type=click.Path(path_type=Path), help="CMake build folder [default: $TLDEPLOY_CACHE/plugins, where --plugins auto looks].")
+@click.option("--cuda", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="Build the CUDA kernels (auto: where nvcc is found).")
+@click.option("--tensorrt", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="Build the TensorRT plugin (auto: where TensorRT's headers are found).")
+@click.option("--tensorrt-root", type=click.Path(path_type=Path), help="TensorRT's folder, holding include/NvInferRuntime.h [default: $TENSORRT_ROOT].")
+@click.option("--cuda-archs", default="87;90", show_default=True, help="GPU architectures to compile for (87 Jetson Orin, 90 Hopper).")
+@click.option("--jobs", default=2, show_default=True, type=click.IntRange(1), help="Parallel compile jobs.")
+def plugins_build_cmd(build_dir: Path | None, cuda: str, tensorrt: str, tensorrt_root: Path | None, cuda_archs: str, jobs: int) -> None:
+    """Build cpp_plugins with CMake into a known place and print the libraries' paths.
+
+    \b
+    Examples:
+      tldeploy plugins build
+      tldeploy plugins build --tensorrt-root /usr/src/tensorrt --cuda-archs "87"
+      tldeploy build digits_trt.onnx --precision fp16 --plugins auto
+    """
+    from tldeploy.build.plugins import PluginBuildConfig, build_plugins
+
+    result = build_plugins(PluginBuildConfig(build_dir=build_dir, cuda=cuda, tensorrt=tensorrt, tensorrt_root=tensorrt_root,
+                                             cuda_archs=cuda_archs, jobs=jobs))
+    for line in result.summary:
+        click.echo(line)
+    click.echo(f"C ABI library:   {result.ca_library}")
+    click.echo(f"TensorRT plugin: {result.plugin_library or 'not built (see above)'}")
 
 
 # ---------------------------------------------------------------- bench
