@@ -24,23 +24,10 @@ import numpy as np
 from tldeploy.bench.compare import compare_latency
 from tldeploy.bench.environment import collect_environment
 from tldeploy.bench.latency import LatencyConfig, measure_interleaved
-from tldeploy.build.runners import BaseRunner, OrtRunner
+from tldeploy.build.runners import OrtRunner
 
-
-class Heavier(BaseRunner):
-    def __init__(self, inner: BaseRunner, share: float) -> None:
-        super().__init__()
-        self.inner, self.share, self.name = inner, share, f"heavier:{inner.name}"
-
-    def _activate(self) -> None:
-        pass
-
-    def _input_spec(self):
-        return self.inner.input_spec()
-
-    def _infer(self, feed):
-        x = feed["images"]
-        return self.inner.infer({"images": np.concatenate([x, x[: max(1, round(len(x) * self.share))]])})
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _runners import Heavier  # noqa: E402  (the test suite's slowed runner)
 
 
 def summary(verdicts) -> dict:

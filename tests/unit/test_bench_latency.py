@@ -5,6 +5,7 @@ The last test measures real runners on this machine: it is the acceptance test o
 
 import numpy as np
 import pytest
+from _runners import Heavier
 
 from tldeploy.bench.compare import compare_latency
 from tldeploy.bench.latency import LatencyConfig, LatencyStats, measure_interleaved, measure_latency
@@ -81,25 +82,6 @@ def test_compare_resamples_rounds_so_a_drifting_round_is_not_significant():
     by_blocks = compare_latency(base, cur)
     assert by_rounds.resampled == "rounds" and by_rounds.ratio > 1.1 and by_rounds.ci_low <= 1 and not by_rounds.regression
     assert by_blocks.resampled == "blocks" and by_blocks.regression
-
-
-class Heavier(BaseRunner):
-    """A runner slowed by ~20%: it runs `inner` on its feed plus a copy of the first `share` of it,
-    in one call, so the extra work is the same kind of work."""
-
-    def __init__(self, inner: BaseRunner, share: float = 0.14) -> None:
-        super().__init__()
-        self.inner, self.share, self.name = inner, share, f"heavier:{inner.name}"
-
-    def _activate(self) -> None:
-        pass
-
-    def _input_spec(self):
-        return self.inner.input_spec()
-
-    def _infer(self, feed):
-        x = feed["images"]
-        return self.inner.infer({"images": np.concatenate([x, x[: max(1, round(len(x) * self.share))]])})
 
 
 def test_same_artifact_twice_is_not_flagged_and_a_slower_one_is(tiny):
