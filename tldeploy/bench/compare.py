@@ -81,18 +81,19 @@ def compare_latency(
         if sizes is not None and sum(sizes) != x.size:
             raise ValueError(f"round sizes add up to {sum(sizes)}, but there are {x.size} samples")
     rng = np.random.default_rng(seed)
-    by_rounds = all(s is not None and min(s) > 0 and len(s) >= MIN_ROUNDS for s in (baseline_rounds, current_rounds))
-    if paired and not (by_rounds and len(baseline_rounds) == len(current_rounds)):  # type: ignore[arg-type]
+    b_rounds, c_rounds = list(baseline_rounds or []), list(current_rounds or [])
+    by_rounds = all(len(s) >= MIN_ROUNDS and min(s) > 0 for s in (b_rounds, c_rounds))
+    if paired and not (by_rounds and len(b_rounds) == len(c_rounds)):
         raise ValueError("paired comparison needs the same number (at least 4) of non-empty rounds on both sides")
     b50, c50 = float(np.median(base)), float(np.median(cur))
     ratio = c50 / b50
     if paired:  # the median of per-round ratios, robust to a round the machine spoilt for one side
-        per_round = _per_round_medians(cur, current_rounds) / _per_round_medians(base, baseline_rounds)  # type: ignore[arg-type]
+        per_round = _per_round_medians(cur, c_rounds) / _per_round_medians(base, b_rounds)
         ratio = float(np.median(per_round))
         boot = np.median(per_round[rng.integers(0, per_round.size, size=(n_boot, per_round.size))], axis=1)
     elif by_rounds:
-        b_boot = _round_medians(base, baseline_rounds, rng.integers(0, len(baseline_rounds), size=(n_boot, len(baseline_rounds))))  # type: ignore[arg-type]
-        c_boot = _round_medians(cur, current_rounds, rng.integers(0, len(current_rounds), size=(n_boot, len(current_rounds))))  # type: ignore[arg-type]
+        b_boot = _round_medians(base, b_rounds, rng.integers(0, len(b_rounds), size=(n_boot, len(b_rounds))))
+        c_boot = _round_medians(cur, c_rounds, rng.integers(0, len(c_rounds), size=(n_boot, len(c_rounds))))
         boot = c_boot / b_boot
     else:
         boot = _block_medians(cur, n_boot, rng) / _block_medians(base, n_boot, rng)
