@@ -10,8 +10,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tldeploy.errors import OutputExistsError
+
+if TYPE_CHECKING:
+    from tldeploy.bench.bench import BenchResult
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
-    bench: object  # BenchResult
+    bench: BenchResult
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 

@@ -200,6 +200,7 @@ def _check_outputs(cfg: BenchConfig) -> None:
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
     from tldeploy.bench.environment import collect_environment
+    from tldeploy.build.artifacts import now
     from tldeploy.build.runners import artifact_contract, run_batches
     from tldeploy.export.onnx_export import sha256_file
 
@@ -275,7 +276,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         "format": BENCH_FORMAT,
         "schema_version": BENCH_VERSION,
         "run_id": uuid.uuid4().hex,  # entries of one run took turns and compare as pairs
-        "created": _now(),
+        "created": now(),
         "seconds": round(time.perf_counter() - started, 3),
         "environment": collect_environment(cfg.threads),
         "config": {
@@ -341,12 +342,6 @@ def _paths_hash(paths: list[Path]) -> str:
         h.update(p.name.encode())
         h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
-
-
-def _now() -> str:
-    from tldeploy.build.artifacts import now
-
-    return now()
 
 
 def load_bench(path: Path) -> dict[str, Any]:
