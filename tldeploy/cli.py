@@ -34,6 +34,10 @@ def cli() -> None:
     Example, the whole train stage offline:
       tldeploy data digits data/digits
       tldeploy train data/digits -o runs/digits
+    \b
+    Audio through the same image backbone:
+      tldeploy data tones data/tones
+      tldeploy train data/tones -o runs/tones --modality audio --mode finetune
     """
 
 
@@ -45,8 +49,9 @@ def data() -> None:
     """Built-in offline data sets.
 
     \b
-    Example:
+    Examples:
       tldeploy data digits data/digits --size 64
+      tldeploy data tones data/tones --per-class 60
     """
 
 
@@ -67,6 +72,29 @@ def data_digits(out_dir: Path, size: int, val_fraction: float, seed: int, force:
 
     n = write_digits(out_dir, size=size, val_fraction=val_fraction, seed=seed, force=force)
     click.echo(f"wrote {n['train']} training and {n['val']} validation images ({size} px) to {out_dir}")
+
+
+@data.command("tones", context_settings=CONTEXT)
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--per-class", default=60, show_default=True, type=click.IntRange(2, 10_000), help="Clips per class, validation included.")
+@click.option("--val-fraction", default=0.25, show_default=True, type=click.FloatRange(0.01, 0.99), help="Validation share of each class.")
+@click.option("--sample-rate", default=16_000, show_default=True, type=click.IntRange(4000, 192_000), help="Rate of most files (every third is at 22,050 Hz).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sounds.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it holds files.")
+def data_tones(out_dir: Path, per_class: int, val_fraction: float, sample_rate: int, seed: int, force: bool) -> None:
+    """Write a synthetic audio set as WAV files under OUT_DIR/train and OUT_DIR/val.
+
+    Seven classes (tone, chirp_up, chirp_down, am_tone, fm_tone, noise_band, clicks) with random
+    pitch, length (0.6-1.4 s), onset, level and background noise; some files stereo or at 22,050 Hz.
+
+    \b
+    Example:
+      tldeploy data tones data/tones --per-class 60
+    """
+    from tldeploy.pipeline.audio import write_tones
+
+    n = write_tones(out_dir, per_class=per_class, val_fraction=val_fraction, sample_rate=sample_rate, seed=seed, force=force)
+    click.echo(f"wrote {n['train']} training and {n['val']} validation clips to {out_dir}")
 
 
 # ---------------------------------------------------------------- backbones
@@ -95,6 +123,7 @@ def backbones_cmd(pattern: str) -> None:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder (model.pt, metrics.json, plots/).")
 @click.option("--val", type=click.Path(path_type=Path), help="Validation folder; default DATA/val, else a stratified split.")
 @click.option("--val-fraction", default=0.2, show_default=True, type=float, help="Share held out when there is no validation folder.")
+@click.option("--modality", type=click.Choice(["image", "audio"]), default="image", show_default=True, help="audio: class folders of WAV/FLAC/OGG files, seen as log-mel spectrograms.")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registered name, timm:NAME or a torchvision model.")
 @click.option("--weights", default="default", show_default=True, help="default, none, a torchvision weights name, or a state-dict file.")
 @click.option("--mode", type=click.Choice(["feature-extract", "finetune"]), default="feature-extract", show_default=True)
@@ -115,6 +144,23 @@ def backbones_cmd(pattern: str) -> None:
 @click.option("--hflip/--no-hflip", default=True, show_default=True, help="Random horizontal flips.")
 @click.option("--color-jitter", default=0.2, show_default=True, type=float, help="Brightness/contrast/saturation jitter (0 = off).")
 @click.option("--image-size", type=click.IntRange(8, 2048), help="Input size in px [default: the backbone's].")
+@click.option("--in-channels", type=click.Choice(["1", "3"]), default="1", show_default=True, help="audio: 1 = the stem's RGB filters summed (same function, a third of the stem's input work); 3 = the spectrogram repeated.")
+@click.option("--sample-rate", default=16_000, show_default=True, type=int, help="audio: clips are resampled to this rate.")
+@click.option("--clip-s", default=1.0, show_default=True, type=float, help="audio: clip length in seconds (pad or crop).")
+@click.option("--n-fft", default=512, show_default=True, type=int, help="audio: window and FFT length.")
+@click.option("--hop", default=160, show_default=True, type=int, help="audio: samples between frames.")
+@click.option("--n-mels", default=128, show_default=True, type=int, help="audio: mel bands (the spectrogram's height).")
+@click.option("--fmin", default=20.0, show_default=True, type=float, help="audio: lowest mel frequency (Hz).")
+@click.option("--fmax", type=float, help="audio: highest mel frequency (Hz) [default: sample rate / 2].")
+@click.option("--log-offset", default=1e-6, show_default=True, type=float, help="audio: log(mel + offset).")
+@click.option("--time-shift", default=0.1, show_default=True, type=float, help="audio augmentation: largest shift, share of the clip.")
+@click.option("--gain-db", default=6.0, show_default=True, type=float, help="audio augmentation: random gain within +-dB.")
+@click.option("--noise-prob", default=0.5, show_default=True, type=float, help="audio augmentation: share of clips given white noise.")
+@click.option("--noise-snr-db", nargs=2, default=(10.0, 40.0), show_default=True, type=float, help="audio augmentation: SNR range MIN MAX of that noise.")
+@click.option("--time-masks", default=2, show_default=True, type=int, help="audio augmentation (SpecAugment): time masks per clip.")
+@click.option("--time-mask-frames", default=10, show_default=True, type=int, help="audio augmentation: widest time mask in frames.")
+@click.option("--freq-masks", default=2, show_default=True, type=int, help="audio augmentation (SpecAugment): frequency masks per clip.")
+@click.option("--freq-mask-bins", default=8, show_default=True, type=int, help="audio augmentation: widest frequency mask in mel bands.")
 @click.option("--limit-per-class", type=click.IntRange(1), help="Train on at most N images per class (few-shot).")
 @click.option("--balance", type=click.Choice(["none", "weights", "sampler"]), default="none", show_default=True, help="Class-imbalance handling.")
 @click.option("--unlabeled", type=click.Path(path_type=Path), help="Folder of unlabelled images for pseudo-labels.")
@@ -130,22 +176,43 @@ def backbones_cmd(pattern: str) -> None:
 @click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; plain log lines only.")
 def train_cmd(data_dir: Path, out_dir: Path, augment: bool | None, crop_scale: float, hflip: bool, color_jitter: float, **kw) -> None:
-    """Adapt a pretrained backbone to the images in DATA (one folder per class).
+    """Adapt a pretrained backbone to the images (or, with --modality audio, the sound clips) in
+    DATA (one folder per class).
 
     \b
     Examples:
       tldeploy train data/digits -o runs/fe                       # frozen backbone, cached features
       tldeploy train data/digits -o runs/ft --mode finetune --epochs 12 --image-size 64
       tldeploy train data/pets -o runs/pets --backbone resnet50 --weights ResNet50_Weights.IMAGENET1K_V2
+      tldeploy train data/tones -o runs/tones --modality audio --mode finetune --epochs 8
       torchrun --nproc_per_node 2 -m tldeploy train data/digits -o runs/ddp
     """
+    from tldeploy.pipeline.audio import AudioAugmentConfig, LogMelConfig
     from tldeploy.pipeline.preprocessing import AugmentConfig
     from tldeploy.pipeline.training import TrainConfig, train
 
     _setup_logging(kw["quiet"])
-    aug = None
-    if augment is not None:
-        aug = AugmentConfig(enabled=augment, crop_scale=crop_scale, hflip=hflip, color_jitter=color_jitter)
+    audio_keys = ("sample_rate", "clip_s", "n_fft", "hop", "n_mels", "fmin", "fmax", "log_offset")
+    aug_keys = ("time_shift", "gain_db", "noise_prob", "noise_snr_db", "time_masks", "time_mask_frames", "freq_masks", "freq_mask_bins")
+    audio = {k: kw.pop(k) for k in audio_keys}
+    audio_aug = {k: kw.pop(k) for k in aug_keys}
+    kw["in_channels"] = int(kw["in_channels"])
+    ctx = click.get_current_context()
+    given = [k for k in (*audio_keys, *aug_keys, "in_channels") if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+    aug: AugmentConfig | AudioAugmentConfig | None = None
+    if kw["modality"] == "audio":
+        image_only = [k for k in ("crop_scale", "hflip", "color_jitter") if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+        if image_only:
+            raise TldeployError(f"--{image_only[0].replace('_', '-')} is image augmentation; audio has --time-shift, --gain-db, --noise-prob, --time-masks and --freq-masks")
+        kw["logmel"] = LogMelConfig(**audio)
+        if augment is not None or any(k in aug_keys for k in given):
+            on = augment if augment is not None else kw["mode"] == "finetune"
+            aug = AudioAugmentConfig(enabled=on, **audio_aug)
+    else:
+        if given:
+            raise TldeployError(f"--{given[0].replace('_', '-')} applies to --modality audio only")
+        if augment is not None:
+            aug = AugmentConfig(enabled=augment, crop_scale=crop_scale, hflip=hflip, color_jitter=color_jitter)
     cfg = TrainConfig(data=data_dir, out_dir=out_dir, augment=aug, **kw)
     result = train(cfg)
     m = result.metrics
@@ -463,27 +530,31 @@ def compare_cmd(baseline: str, current: str, as_json: bool, junit: Path | None, 
 
 @cli.command("demo", context_settings=CONTEXT)
 @click.option("--workdir", default=Path("demo-run"), show_default=True, type=click.Path(path_type=Path), help="Where everything is written and kept.")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1), help="Training epochs.")
+@click.option("--modality", type=click.Choice(["image", "audio"]), default="image", show_default=True, help="audio: synthetic tones through the same image backbone.")
+@click.option("--epochs", type=click.IntRange(1), help="Training epochs [default: 10 for images, 8 for audio].")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes the bench times.")
 @click.option("--iters", default=50, show_default=True, type=click.IntRange(5), help="Timed iterations per artifact and batch size.")
 @click.option("--force", is_flag=True, help="Replace the outputs of an earlier demo in --workdir.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; warnings only.")
-def demo_cmd(workdir: Path, epochs: int, batch_sizes: str, iters: int, force: bool, quiet: bool) -> None:
+def demo_cmd(workdir: Path, modality: str, epochs: int | None, batch_sizes: str, iters: int, force: bool, quiet: bool) -> None:
     """The whole pipeline offline on built-in data, in a few minutes on a laptop CPU.
 
     scikit-learn's handwritten digits -> train EfficientNet-Lite0 (ImageNet weights, feature
     extractor) -> export to ONNX -> build ONNX Runtime FP32 and INT8 (and TensorRT FP16 and INT8
     where TensorRT and a GPU exist) -> bench against the PyTorch model -> report and plots.
+    With --modality audio: synthetic tones (tldeploy data tones) -> EfficientNet-Lite0 fine-tuned
+    on log-mel spectrograms -> the same stages, plus CAM overlays of one clip per class.
 
     \b
-    Example:
+    Examples:
       tldeploy demo --workdir demo-run
+      tldeploy demo --modality audio --workdir demo-audio
     """
     from tldeploy.bench.report import summary_text
     from tldeploy.demo import DemoConfig, run_demo
 
     _setup_logging(quiet)
-    result = run_demo(DemoConfig(workdir=workdir, epochs=epochs, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+    result = run_demo(DemoConfig(workdir=workdir, modality=modality, epochs=epochs, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
                                  iters=iters, force=force, quiet=quiet))
     click.echo("\n" + summary_text(result.bench.document))
     for line in result.skipped:
@@ -492,6 +563,8 @@ def demo_cmd(workdir: Path, epochs: int, batch_sizes: str, iters: int, force: bo
     click.echo(f"report: {result.bench.report}")
     click.echo(f"plots:  {', '.join(str(p) for p in result.bench.plots)}")
     click.echo(f"bench:  {result.bench.path}")
+    if result.cams:
+        click.echo(f"CAMs:   {result.cams[0].parent}/ ({len(result.cams)} spectrograms)")
 
 
 # ---------------------------------------------------------------- predict

@@ -2,6 +2,8 @@
 
 digits -> train (efficientnet_lite0, feature-extract) -> export -> build (ONNX Runtime FP32 and
 INT8 on CPU; TensorRT FP16 and INT8 where TensorRT and a GPU exist) -> bench -> report.
+With `modality="audio"`: synthetic tones -> train (efficientnet_lite0 through the log-mel front
+end, staged fine-tuning) -> the same stages, plus CAM overlays of a few validation clips.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tldeploy.errors import OutputExistsError
+from tldeploy.errors import ConfigError, OutputExistsError
 
 if TYPE_CHECKING:
     from tldeploy.bench.bench import BenchResult
@@ -20,16 +22,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMO_MARKER = ".tldeploy-demo"
+AUDIO_PER_CLASS = 60  # of which 15 validation: 45 training clips per class
+AUDIO_EPOCHS = 8
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     workdir: Path = Path("demo-run")
-    epochs: int = 10
+    modality: str = "image"
+    epochs: int | None = None  # default: 10 for images (feature-extract), AUDIO_EPOCHS for audio (finetune)
     batch_sizes: tuple[int, ...] = (1, 8)
     iters: int = 50
     force: bool = False
     quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("image", "audio"):
+            raise ConfigError(f"--modality must be image or audio, got {self.modality!r}")
 
 
 @dataclass
@@ -37,6 +46,7 @@ class DemoResult:
     bench: BenchResult
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    cams: list[Path] = field(default_factory=list)
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
@@ -45,8 +55,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     from tldeploy.build.builder import BuildConfig, build
     from tldeploy.build.tensorrt import tensorrt_unavailable
     from tldeploy.export.onnx_export import ExportConfig, export_onnx
+    from tldeploy.pipeline.audio import write_tones
     from tldeploy.pipeline.data import write_digits
     from tldeploy.pipeline.training import TrainConfig, train
+    from tldeploy.predict import predict
 
     work = Path(cfg.workdir)
     if work.exists() and any(work.iterdir()) and not cfg.force:
@@ -64,16 +76,26 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     def done(name: str) -> None:
         seconds[name] = round(time.perf_counter() - seconds[name], 1)
 
+    audio = cfg.modality == "audio"
+    name = "tones" if audio else "digits"
     stage("data")
-    data = work / "digits"
-    write_digits(data, size=64, force=True)
+    data = work / name
+    if audio:
+        write_tones(data, per_class=AUDIO_PER_CLASS, force=True)
+    else:
+        write_digits(data, size=64, force=True)
     done("data")
     stage("train")
-    run = train(TrainConfig(data=data, out_dir=work / "run", epochs=cfg.epochs, force=True, quiet=cfg.quiet))
+    if audio:
+        train_cfg = TrainConfig(data=data, out_dir=work / "run", modality="audio", mode="finetune", epochs=cfg.epochs or AUDIO_EPOCHS,
+                                warmup_epochs=2, force=True, quiet=cfg.quiet)
+    else:
+        train_cfg = TrainConfig(data=data, out_dir=work / "run", epochs=cfg.epochs or 10, force=True, quiet=cfg.quiet)
+    run = train(train_cfg)
     log.info("validation accuracy %.4f", run.metrics["accuracy"])
     done("train")
     stage("export")
-    onnx = export_onnx(ExportConfig(run.checkpoint, work / "digits.onnx", data=data / "val", force=True)).path
+    onnx = export_onnx(ExportConfig(run.checkpoint, work / f"{name}.onnx", data=data / "val", force=True)).path
     done("export")
     stage("build")
     artifacts = [build(BuildConfig(onnx, "fp32", backend="ort", force=True)).path,
@@ -91,4 +113,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         batch_sizes=cfg.batch_sizes, latency=LatencyConfig(warmup=5, iters=cfg.iters), force=True, quiet=cfg.quiet,
     ))
     done("bench")
-    return DemoResult(result, seconds, skipped)
+    cams: list[Path] = []
+    if audio:  # one validation clip per class, its CAM drawn over its spectrogram
+        clips = sorted(next(iter(sorted(d.glob("*.wav")))) for d in (data / "val").iterdir() if d.is_dir())
+        cams = [Path(p.cam_png) for p in predict(artifacts[0], clips, cam_out=work / "cams", force=True) if p.cam_png]
+    return DemoResult(result, seconds, skipped, cams)

@@ -1,5 +1,8 @@
 """`tldeploy predict`: top-k classes and CAM overlays from a checkpoint, an ONNX file or an engine.
 
+Images get the CAM blended over the image as the network saw it; audio clips get it drawn over
+their log-mel spectrogram (a time-frequency map: mel bands up, time across).
+
 Preprocessing always comes from the artifact itself (checkpoint metadata, ONNX contract, or an
 engine's build record); inference goes through the common runner interface.
 """
@@ -14,6 +17,7 @@ import numpy as np
 
 from tldeploy._io import atomic_path
 from tldeploy.errors import ConfigError, DataError, TldeployError
+from tldeploy.pipeline.audio import AudioPreprocessing
 from tldeploy.pipeline.preprocessing import Preprocessing
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -30,7 +34,7 @@ class Prediction:
         return {"image": self.image, "top": self.top, "cam_png": self.cam_png}
 
 
-def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preprocessing, Runner]:
+def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preprocessing | AudioPreprocessing, Runner]:
     """(classes, preprocessing, run) for any artifact: checkpoint, ONNX file or TensorRT engine."""
     from tldeploy.build.runners import artifact_contract, load_runner, run_batches
     from tldeploy.export.contract import OUTPUT_NAMES
@@ -53,21 +57,30 @@ def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | 
     from tldeploy.pipeline.data import load_image
 
     if not images:
-        raise ConfigError("no images given; pass one or more image files after the artifact")
+        raise ConfigError("no inputs given; pass one or more image or audio files after the artifact")
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     classes, prep, run = load_artifact(artifact)
-    pil = []
+    sources = []  # what the overlays are drawn on: PIL images, or fitted clips
     for p in images:
         p = Path(p)
         if not p.is_file():
-            raise DataError(f"image {p} does not exist")
+            raise DataError(f"input {p} does not exist")
+        if isinstance(prep, AudioPreprocessing):
+            why = prep.media.check(p)
+            if why:
+                raise DataError(f"cannot use {p} as a clip ({why}); this is an audio model: pass WAV, FLAC or OGG files")
+            sources.append(prep.load(p))
+            continue
         try:
-            pil.append(load_image(p))
+            sources.append(load_image(p))
         except Exception as e:
             raise DataError(f"cannot decode image {p} ({type(e).__name__}); pass a PNG, JPEG or other Pillow-readable file") from None
-    tf = prep.eval_transform()
-    x = np.stack([tf(im).numpy() for im in pil]).astype(np.float32)
+    if isinstance(prep, AudioPreprocessing):
+        x = np.stack(sources).astype(np.float32)
+    else:
+        tf = prep.eval_transform()
+        x = np.stack([tf(im).numpy() for im in sources]).astype(np.float32)
     _, probs, cam = run(x)
     results = []
     for i, p in enumerate(images):
@@ -75,11 +88,11 @@ def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | 
         top = [{"class": classes[j], "index": int(j), "prob": float(probs[i, j])} for j in order]
         results.append(Prediction(str(p), top, cam=cam[i]))
     if cam_out is not None:
-        _write_overlays(Path(cam_out), images, pil, results, prep, force)
+        _write_overlays(Path(cam_out), images, sources, results, prep, force)
     return results
 
 
-def _write_overlays(out: Path, paths, pil, results: list[Prediction], prep: Preprocessing, force: bool) -> None:
+def _write_overlays(out: Path, paths, sources, results: list[Prediction], prep: Preprocessing | AudioPreprocessing, force: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,17 +101,45 @@ def _write_overlays(out: Path, paths, pil, results: list[Prediction], prep: Prep
 
     out.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
-    for path, im, r in zip(paths, pil, results, strict=True):
+    targets = []
+    for path in paths:
         stem = Path(path).stem
         seen[stem] = seen.get(stem, 0) + 1
-        name = f"{stem}_cam.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_cam.png"
-        target = out / name
+        target = out / (f"{stem}_cam.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}_cam.png")
         if target.exists() and not force:
             raise TldeployError(f"{target} already exists; pass --force to overwrite it")
-        seen_img = prep.geometry()(im)
+        targets.append(target)
+    for target, src, r in zip(targets, sources, results, strict=True):
+        if isinstance(prep, AudioPreprocessing):
+            _write_spectrogram_overlay(target, src, r, prep)
+            continue
+        seen_img = prep.geometry()(src)
         cam = Image.fromarray((np.clip(r.cam, 0, 1) * 255).astype(np.uint8)).resize(seen_img.size, Image.Resampling.BILINEAR)
         heat = (colormaps["jet"](np.asarray(cam) / 255.0)[..., :3] * 255).astype(np.uint8)
         blend = Image.blend(seen_img.convert("RGB"), Image.fromarray(heat), alpha=0.45)
         with atomic_path(target) as tmp:
             blend.save(tmp, format="PNG")
         r.cam_png = str(target)
+
+
+def _write_spectrogram_overlay(target: Path, clip: np.ndarray, r: Prediction, prep: AudioPreprocessing) -> None:
+    """The clip's log-mel spectrogram (grey) with the CAM over it (jet, half transparent)."""
+    from matplotlib.figure import Figure
+
+    from tldeploy.pipeline.frontend import log_mel
+
+    c = prep.logmel
+    spec = log_mel(clip[None, :], c)[0].numpy()
+    extent = (0.0, c.num_samples / c.sample_rate, 0, c.n_mels)
+    fig = Figure(figsize=(6, 3.2), dpi=120)
+    ax = fig.add_subplot()
+    ax.imshow(spec, origin="lower", aspect="auto", cmap="gray", extent=extent)
+    ax.imshow(np.clip(r.cam, 0, 1), origin="lower", aspect="auto", cmap="jet", alpha=0.45, extent=extent, interpolation="bilinear")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel(f"mel band ({c.fmin:g}-{c.top_hz:g} Hz)")
+    best = r.top[0]
+    ax.set_title(f"{Path(r.image).name}: {best['class']} ({best['prob']:.2f})", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
+    r.cam_png = str(target)

@@ -156,39 +156,37 @@ def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry
 
 
 def _load_images(data: Path, classes: list[str], prep, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
-    """Preprocessed images and their labels (None for a flat, unlabelled folder)."""
-    from tldeploy.pipeline.data import find_images, load_image, scan_image_folder
+    """Preprocessed inputs (images or clips, by the contract) and their labels (None for a flat, unlabelled folder)."""
+    from tldeploy.pipeline.data import find_images, scan_image_folder
 
     data = Path(data)
+    media = prep.media
     if not data.is_dir():
-        raise DataError(f"--data {data} is not an existing folder; pass a folder of images (class sub-folders give accuracy)")
+        raise DataError(f"--data {data} is not an existing folder; pass a folder of {media.noun} (class sub-folders give accuracy)")
     subdirs = [p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")]
     labels: np.ndarray | None = None
     if subdirs and set(subdirs) <= set(classes):
-        listing = scan_image_folder(data, classes=classes)
+        listing = scan_image_folder(data, classes=classes, media=media)
         paths, labels = listing.paths, np.asarray(listing.labels)
     elif subdirs and not set(subdirs) & set(classes):
-        paths = find_images(data, flag="--data")  # folders that are not classes: unlabelled images
+        paths = find_images(data, flag="--data", media=media)  # folders that are not classes: unlabelled inputs
     elif subdirs:
         extra = sorted(set(subdirs) - set(classes))
         raise DataError(f"--data {data} has folders that are not the model's classes: {', '.join(extra)}; "
                         "use class folders named like the training set, or a folder without class folders")
     else:
-        paths = find_images(data, flag="--data")
+        paths = find_images(data, flag="--data", media=media)
     if limit is not None and len(paths) > limit:  # an even spread, so every class keeps its share
         keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
         paths = [paths[i] for i in keep]
         labels = labels[keep] if labels is not None else None
-    tf = prep.eval_transform()
-    x = np.stack([tf(load_image(p)).numpy() for p in paths]).astype(np.float32)
+    x = np.stack([prep.load(p) for p in paths]).astype(np.float32)
     return x, labels, list(paths)
 
 
-def _feed(x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    from tldeploy.export.contract import INPUT_NAME
-
+def _feed(runner, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
     reps = -(-batch // len(x))
-    return {INPUT_NAME: np.ascontiguousarray(np.concatenate([x] * reps)[:batch])}
+    return {next(iter(runner.input_spec())): np.ascontiguousarray(np.concatenate([x] * reps)[:batch])}
 
 
 def _check_outputs(cfg: BenchConfig) -> None:
@@ -232,10 +230,11 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     paths: list[Path] = []
     if cfg.data is not None:
         x, labels, paths = _load_images(cfg.data, base.classes, base.preprocessing, cfg.limit)
-        log.info("%d images from %s (%s)", len(x), cfg.data, "labelled" if labels is not None else "unlabelled")
+        log.info("%d %s from %s (%s)", len(x), base.preprocessing.media.noun, cfg.data, "labelled" if labels is not None else "unlabelled")
     else:
-        size = base.preprocessing.input_size
-        x = np.random.default_rng(0).standard_normal((max(cfg.batch_sizes), 3, size, size)).astype(np.float32)
+        from tldeploy.export.onnx_export import parity_inputs
+
+        x = parity_inputs(base.preprocessing, None, max(cfg.batch_sizes))
         log.info("no --data: timing on random inputs; no parity or accuracy")
 
     timed = ([ref] if ref and cfg.time_reference else []) + entries
@@ -306,16 +305,14 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 def _time_all(entries: list[_Entry], x: np.ndarray, cfg: BenchConfig, results: dict[str, dict[str, Any]]) -> None:
     from tqdm.auto import tqdm
 
-    from tldeploy.export.contract import INPUT_NAME
-
     for b in cfg.batch_sizes:
         items = []
         for e in entries:
-            fixed = e.runner.input_spec()[INPUT_NAME].shape[0]
+            fixed = next(iter(e.runner.input_spec().values())).shape[0]
             if fixed is not None and fixed != b:
                 results[e.name]["skipped_batches"].append({"batch": b, "why": f"the artifact's batch is fixed at {fixed}"})
                 continue
-            items.append((e, _feed(x, b)))
+            items.append((e, _feed(e.runner, x, b)))
         if not items:
             continue
         total = cfg.latency.iters * len(items) if cfg.latency.duration_s is None else None

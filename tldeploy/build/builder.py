@@ -18,8 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tldeploy._io import atomic_path, write_json
 from tldeploy.build import artifacts
 from tldeploy.build.capabilities import PRECISIONS, check_target, default_device
@@ -227,7 +225,7 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
         if contract.attention == "plugin":
             extra["check"] = {"skipped": "ChannelAttention plugin nodes: ONNX Runtime cannot run the reference"}
         else:
-            extra["check"] = _check(output, onnx_path, contract.preprocessing.input_size, calib, device)
+            extra["check"] = _check(output, onnx_path, contract.preprocessing, calib, device)
     return extra
 
 
@@ -238,7 +236,7 @@ def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
     return replace(t, timing_cache=path)
 
 
-def _check(artifact: Path, onnx_path: Path, size: int, calib, device: str) -> dict:
+def _check(artifact: Path, onnx_path: Path, prep, calib, device: str) -> dict:
     """Run the new artifact through its runner against the FP32 ONNX on ONNX Runtime CPU."""
     from tldeploy.bench.parity import compare_outputs
     from tldeploy.build.runners import OrtRunner, load_runner, run_batches
@@ -246,7 +244,9 @@ def _check(artifact: Path, onnx_path: Path, size: int, calib, device: str) -> di
     if calib is not None:
         x = calib.check_images[:64]
     else:
-        x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)
+        from tldeploy.export.onnx_export import parity_inputs
+
+        x = parity_inputs(prep, None, 8)
     with OrtRunner(onnx_path) as ref_runner:
         ref = run_batches(ref_runner, x)
     with load_runner(artifact, device=device) as runner:

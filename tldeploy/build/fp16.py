@@ -1,7 +1,8 @@
 """FP16 ONNX from an FP32 export, for builders that need the precision in the graph (TensorRT's
 strongly typed networks, ONNX Runtime CUDA). Same split as `tldeploy export --fp16`: the network
 runs in half precision, inputs and outputs stay float32, and whatever only feeds `probs` and `cam`
-(the softmax and the CAM normalisation) stays float32."""
+(the softmax and the CAM normalisation) stays float32, and so does an audio model's log-mel front
+end (a full-scale tone's power spectrum overflows half precision)."""
 
 from __future__ import annotations
 
@@ -23,15 +24,25 @@ def fp16_model(model):
         raise ConfigError(f"cannot make FP16 from a {contract.precision} export; export FP32 or FP16 instead")
     feeds_logits = _ancestors(model, "logits")
     tail = [n.name for n in model.graph.node if n.name not in feeds_logits]
-    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=tail)
+    front = sorted(frontend_nodes(model, contract))
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=tail + front)
     write_contract(converted, replace(contract, precision="fp16"))
     return converted
 
 
-def _ancestors(model, tensor: str) -> set[str]:
+def frontend_nodes(model, contract) -> set[str]:
+    """An audio graph's log-mel front end: the Log node and every node before it (none for images).
+    FP16 and INT8 leave these in float32."""
+    if contract.preprocessing.modality != "audio":
+        return set()
+    logs = [n for n in model.graph.node if n.op_type == "Log"]
+    return {n.name for n in logs} | _ancestors(model, *(o for n in logs for o in n.input))
+
+
+def _ancestors(model, *tensors: str) -> set[str]:
     producers = {o: n for n in model.graph.node for o in n.output}
     seen: set[str] = set()
-    stack = [tensor]
+    stack = list(tensors)
     while stack:
         n = producers.get(stack.pop())
         if n is not None and n.name not in seen:

@@ -99,7 +99,7 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    images: np.ndarray  # N x 3 x H x W, preprocessed by the contract: the ranges come from these
+    images: np.ndarray  # N x input shape, preprocessed by the contract: the ranges come from these
     holdout: np.ndarray  # other images from the same folder, for the agreement check (may be empty)
     source: str
     sha256: str  # of both tensors: changes with the files, their order and the preprocessing
@@ -108,14 +108,14 @@ class CalibrationSet:
     def from_folder(cls, folder: Path, prep, samples: int) -> CalibrationSet:
         """Up to `samples` images, evenly spaced over the sorted files (so every class folder is
         represented), and up to as many others held out to check the quantized model on."""
-        from tldeploy.pipeline.data import find_images, load_image
+        from tldeploy.pipeline.data import find_images
 
         folder = Path(folder)
         if not folder.is_dir():
-            raise DataError(f"--calib-data {folder} is not a folder; pass a folder of real images (the training images work)")
+            raise DataError(f"--calib-data {folder} is not a folder; pass a folder of real {prep.media.noun} (the training set works)")
         if samples < 1:
             raise ConfigError(f"--calib-samples must be at least 1, got {samples}")
-        paths = find_images(folder, flag="--calib-data")
+        paths = find_images(folder, flag="--calib-data", media=prep.media)
         step = max(1, len(paths) // samples)
         chosen = paths[::step][:samples]
         taken = set(chosen)
@@ -126,10 +126,8 @@ class CalibrationSet:
                 "calibrating on only %d images from %s; ranges from fewer than %d images may not cover "
                 "what the model meets (add images or raise --calib-samples)", len(chosen), folder, MIN_CALIB_IMAGES,
             )
-        tf = prep.eval_transform()
-
         def load(ps):
-            return np.stack([tf(load_image(p)).numpy() for p in ps]).astype(np.float32) if ps else np.zeros((0, 3, prep.input_size, prep.input_size), np.float32)
+            return np.stack([prep.load(p) for p in ps]).astype(np.float32) if ps else np.zeros((0, *prep.input_shape), np.float32)
 
         images, holdout = load(chosen), load(held)
         digest = hashlib.sha256(images.tobytes() + holdout.tobytes()).hexdigest()
@@ -190,13 +188,14 @@ def _require_ort():
     return onnxruntime
 
 
-def split_backbone_head(model) -> tuple[list[str], list[str]]:
-    """(convolutions of the backbone in graph order, names of head nodes).
+def split_backbone_head(model, frontend: frozenset[str] | set[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """(convolutions of the backbone in graph order, names of head nodes); `frontend` nodes (an
+    audio model's log-mel) belong to neither.
 
     The head is every node that does not feed the last convolution, except the activation right
     after it (so that convolution stays fused with its activation)."""
     nodes = list(model.graph.node)
-    conv_idx = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    conv_idx = [i for i, n in enumerate(nodes) if n.op_type == "Conv" and n.name not in frontend]
     if not conv_idx:
         raise TldeployError("the ONNX graph has no Conv node; INT8 here quantizes convolutional backbones")
     producers = {o: n for n in nodes for o in n.output}
@@ -212,7 +211,7 @@ def split_backbone_head(model) -> tuple[list[str], list[str]]:
     if len(consumers) == 1 and consumers[0].op_type in ("Clip", "Relu"):
         keep.add(consumers[0].name)
     convs = [nodes[i].name for i in conv_idx]
-    return convs, [n.name for n in nodes if n.name not in keep]
+    return convs, [n.name for n in nodes if n.name not in keep and n.name not in frontend]
 
 
 def qdq_stats(model) -> QdqStats:
@@ -308,7 +307,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
             if self.i >= len(images):
                 return None
             self.i += CALIB_BATCH
-            return {"images": images[self.i - CALIB_BATCH : self.i]}
+            return {contract.input_name: images[self.i - CALIB_BATCH : self.i]}
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"calib-{_cache_key(sha256_file(onnx_path), calib, cfg, ort.__version__)}.json"
@@ -319,7 +318,10 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
         with _quiet_root_logger():
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
         float_model = onnx.load(str(pre))
-        convs, head = split_backbone_head(float_model)
+        from tldeploy.build.fp16 import frontend_nodes
+
+        front = frontend_nodes(float_model, contract)  # the log-mel stays float: power spectra span ~20 decades
+        convs, head = split_backbone_head(float_model, front)
         simulate = cfg.flavour == "tensorrt"  # TensorRT's INT8 cannot run here; evaluate the Q/DQ arithmetic
         check = calib.check_images
         if check is calib.images:
@@ -335,7 +337,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
                         str(pre), str(out), None if hit else Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                    nodes_to_exclude=head + convs[:keep], calibrate_method=method, calibration_cache_path=str(target),
+                    nodes_to_exclude=head + sorted(front) + convs[:keep], calibrate_method=method, calibration_cache_path=str(target),
                     extra_options={"ActivationSymmetric": cfg.activation_symmetric, "WeightSymmetric": True},
                 )
             if not hit:  # publish the ranges only once complete: a cache is never half-written

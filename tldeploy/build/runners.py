@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
-from tldeploy.export.contract import INPUT_NAME, OUTPUT_NAMES, Contract
-from tldeploy.pipeline.preprocessing import Preprocessing
+from tldeploy.export.contract import OUTPUT_NAMES, Contract
+from tldeploy.pipeline.preprocessing import preprocessing_from_dict
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -125,16 +125,16 @@ class TorchRunner(BaseRunner):
             raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
         model, meta = load_checkpoint(self.checkpoint)
         self.model = model.to(self.device).eval()
-        self.size = Preprocessing.from_dict(meta["preprocessing"]).input_size
+        self.prep = preprocessing_from_dict(meta["preprocessing"])
 
     def _input_spec(self) -> dict[str, TensorSpec]:
-        return {INPUT_NAME: TensorSpec((None, 3, self.size, self.size), np.dtype(np.float32))}
+        return {self.prep.input_name: TensorSpec((None, *self.prep.input_shape), np.dtype(np.float32))}
 
     def _infer(self, feed):
         import torch
 
         with torch.no_grad():
-            outs = self.model.forward_with_cam(torch.from_numpy(feed[INPUT_NAME]).to(self.device))
+            outs = self.model.forward_with_cam(torch.from_numpy(feed[self.prep.input_name]).to(self.device))
         return {k: v.float().cpu().numpy() for k, v in zip(OUTPUT_NAMES, outs, strict=True)}
 
     def _device_stages(self, feed):
@@ -144,7 +144,7 @@ class TorchRunner(BaseRunner):
 
         from tldeploy.bench.latency import DeviceStages
 
-        host = torch.from_numpy(feed[INPUT_NAME]).pin_memory()
+        host = torch.from_numpy(feed[self.prep.input_name]).pin_memory()
         dev = torch.empty_like(host, device=self.device)
         state: dict[str, tuple] = {}
 
@@ -240,7 +240,7 @@ def artifact_contract(path: Path) -> Contract:
 
         meta = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint")["metadata"]
         return Contract(
-            classes=list(meta["classes"]), preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+            classes=list(meta["classes"]), preprocessing=preprocessing_from_dict(meta["preprocessing"]),
             backbone=str(meta["backbone"]["name"]), checkpoint_sha256="", tldeploy_version=str(meta.get("versions", {}).get("tldeploy", "")),
         )
     if path.suffix in ENGINE_SUFFIXES:
@@ -269,7 +269,8 @@ def load_runner(path: Path, *, device: str = "cpu", provider: str | None = None,
 
 def run_batches(runner: BaseRunner, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
     """`runner` over `x` in batches (padded to a fixed batch dimension where the artifact has one)."""
-    fixed = runner.input_spec()[INPUT_NAME].shape[0]
+    name, spec = next(iter(runner.input_spec().items()))  # every tldeploy artifact has one input
+    fixed = spec.shape[0]
     step = fixed or batch
     parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
     for i in range(0, len(x), step):
@@ -277,7 +278,7 @@ def run_batches(runner: BaseRunner, x: np.ndarray, batch: int = 16) -> dict[str,
         n = len(chunk)
         if fixed and n < fixed:
             chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-        out = runner.infer({INPUT_NAME: chunk})
+        out = runner.infer({name: chunk})
         for k in OUTPUT_NAMES:
             parts[k].append(out[k][:n])
     return {k: np.concatenate(v) for k, v in parts.items()}

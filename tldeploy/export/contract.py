@@ -6,7 +6,9 @@ predict) read preprocessing and class names from here, so an ONNX file alone is 
 
 Tensor names are public and stable:
 
-- input  `images`: float32, N x 3 x H x W, RGB, normalised as the contract says
+- input  `images`: float32, N x 3 x H x W, RGB, normalised as the contract says (image models)
+- input  `audio`:  float32, N x samples, mono at the contract's sample rate, fitted to its clip
+  length (audio models: the log-mel front end is inside the graph)
 - output `logits`: float32, N x K
 - output `probs`:  float32, N x K, softmax of the logits
 - output `cam`:    float32, N x h x w, the predicted class's activation map, each in [0, 1]
@@ -20,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from tldeploy.errors import TldeployError
+from tldeploy.pipeline.audio import AudioPreprocessing
 from tldeploy.pipeline.preprocessing import Preprocessing
 
 CONTRACT_VERSION = "1"
-INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probs", "cam")
 PREFIX = "tldeploy."
 
@@ -35,7 +37,7 @@ class ContractError(TldeployError):
 @dataclass(frozen=True)
 class Contract:
     classes: list[str]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | AudioPreprocessing
     backbone: str
     checkpoint_sha256: str
     tldeploy_version: str
@@ -43,23 +45,33 @@ class Contract:
     attention: str = "standard"  # "standard" ops, or "plugin" (ChannelAttention custom nodes)
     extra: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def input_name(self) -> str:
+        return self.preprocessing.input_name
+
     def to_props(self) -> dict[str, str]:
         p = self.preprocessing
+        if isinstance(p, AudioPreprocessing):
+            own = {"preprocessing": json.dumps(p.to_dict()), "preprocessing_rule": p.describe()}
+        else:
+            own = {
+                "input_size": str(p.input_size),
+                "resize_size": str(p.resize_size),
+                "mean": json.dumps(list(p.mean)),
+                "std": json.dumps(list(p.std)),
+                "interpolation": p.interpolation,
+                "crop": p.crop,
+                "resize_rule": p.describe(),
+                "color": p.color,
+                "layout": p.layout,
+            }
         props = {
             "contract_version": CONTRACT_VERSION,
             "classes": json.dumps(self.classes),
-            "input_name": INPUT_NAME,
+            "modality": p.modality,
+            "input_name": p.input_name,
             "output_names": json.dumps(list(OUTPUT_NAMES)),
-            "input_size": str(p.input_size),
-            "resize_size": str(p.resize_size),
-            "mean": json.dumps(list(p.mean)),
-            "std": json.dumps(list(p.std)),
-            "interpolation": p.interpolation,
-            "crop": p.crop,
-            "resize_rule": f"resize the shorter side to {p.resize_size} px ({p.interpolation}), "
-            f"then centre-crop {p.input_size}x{p.input_size}; scale to [0, 1]; (x - mean) / std",
-            "color": p.color,
-            "layout": p.layout,
+            **own,
             "backbone": self.backbone,
             "checkpoint_sha256": self.checkpoint_sha256,
             "tldeploy_version": self.tldeploy_version,
@@ -83,23 +95,27 @@ class Contract:
                     f"{source} has contract version {own['contract_version']}, this tldeploy reads {CONTRACT_VERSION}; "
                     "re-export it or upgrade tldeploy"
                 )
-            prep = Preprocessing(
-                input_size=int(own["input_size"]),
-                resize_size=int(own["resize_size"]),
-                mean=tuple(json.loads(own["mean"])),
-                std=tuple(json.loads(own["std"])),
-                interpolation=own["interpolation"],
-                crop=own["crop"],
-                color=own["color"],
-                layout=own["layout"],
-            )
+            prep: Preprocessing | AudioPreprocessing
+            if own.get("modality", "image") == "audio":
+                prep = AudioPreprocessing.from_dict(json.loads(own["preprocessing"]))
+            else:
+                prep = Preprocessing(
+                    input_size=int(own["input_size"]),
+                    resize_size=int(own["resize_size"]),
+                    mean=tuple(json.loads(own["mean"])),
+                    std=tuple(json.loads(own["std"])),
+                    interpolation=own["interpolation"],
+                    crop=own["crop"],
+                    color=own["color"],
+                    layout=own["layout"],
+                )
             classes = json.loads(own["classes"])
             if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
                 raise ValueError("classes must be a list of strings")
             known = {
                 "contract_version", "classes", "input_name", "output_names", "input_size", "resize_size", "mean",
                 "std", "interpolation", "crop", "resize_rule", "color", "layout", "backbone", "checkpoint_sha256",
-                "tldeploy_version", "precision", "attention",
+                "tldeploy_version", "precision", "attention", "modality", "preprocessing", "preprocessing_rule",
             }
             return cls(
                 classes=classes,
@@ -113,7 +129,7 @@ class Contract:
             )
         except ContractError:
             raise
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, TldeployError) as e:
             raise ContractError(f"{source} has a broken tldeploy contract ({type(e).__name__}: {e}); re-export it") from None
 
 

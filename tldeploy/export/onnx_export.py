@@ -1,6 +1,7 @@
 """`tldeploy export`: checkpoint -> ONNX with the CAM head and the preprocessing contract.
 
-The exported graph maps `images` to `logits`, `probs` and `cam` (see `contract.py`). It is built
+The exported graph maps `images` (or `audio`, with the log-mel front end inside) to `logits`,
+`probs` and `cam` (see `contract.py`). It is built
 in memory, checked (onnx.checker full check, shape inference), optionally simplified (onnxslim),
 compared with the PyTorch checkpoint on ONNX Runtime, and only then written (temporary file, then
 rename), so a failed export leaves nothing behind.
@@ -25,9 +26,10 @@ import tldeploy
 from tldeploy._io import atomic_path, check_writable
 from tldeploy.bench.parity import ParityReport, compare_outputs
 from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
-from tldeploy.export.contract import INPUT_NAME, OUTPUT_NAMES, Contract, write_contract
+from tldeploy.export.contract import OUTPUT_NAMES, Contract, write_contract
+from tldeploy.pipeline.audio import AudioPreprocessing
 from tldeploy.pipeline.heads import AdaptedModel, ChannelAttention, normalise_cam
-from tldeploy.pipeline.preprocessing import Preprocessing
+from tldeploy.pipeline.preprocessing import Preprocessing, preprocessing_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +72,20 @@ class ExportResult:
 
 
 class _CamGraph(nn.Module):
-    """images -> (logits, probs, cam); with fp16 the network runs in half precision and the
-    softmax and the CAM normalisation run in float32 on float32 inputs and outputs."""
+    """input -> (logits, probs, cam); with fp16 the network runs in half precision and the
+    softmax and the CAM normalisation run in float32 on float32 inputs and outputs. An audio front
+    end stays float32: a full-scale tone's power spectrum overflows half precision."""
 
     def __init__(self, model: AdaptedModel, fp16: bool) -> None:
         super().__init__()
         self.model = copy.deepcopy(model).half() if fp16 else model
+        if fp16:
+            self.model.frontend.float()
         self.fp16 = fp16
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = images.half() if self.fp16 else images
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.model.frontend(inputs)
+        x = x.half() if self.fp16 else x
         logits, raw = self.model.head.logits_and_raw_cam(self.model.backbone(x))
         logits, raw = logits.float(), raw.float()
         return logits, torch.softmax(logits, dim=1), normalise_cam(raw)
@@ -103,7 +109,7 @@ def export_onnx(cfg: ExportConfig) -> ExportResult:
     out = Path(cfg.output)
     check_writable(out, force=cfg.force)
     model, meta = load_checkpoint(cfg.checkpoint)
-    prep = Preprocessing.from_dict(meta["preprocessing"])
+    prep = preprocessing_from_dict(meta["preprocessing"])
     contract = Contract(
         classes=list(meta["classes"]),
         preprocessing=prep,
@@ -146,11 +152,11 @@ def _require(module: str):
         raise MissingDependencyError(module, purpose="ONNX export") from None
 
 
-def _export_proto(model: AdaptedModel, prep: Preprocessing, cfg: ExportConfig):
+def _export_proto(model: AdaptedModel, prep: Preprocessing | AudioPreprocessing, cfg: ExportConfig):
     graph = _CamGraph(model, cfg.fp16).eval()
     batch = cfg.static_batch or 2
-    example = torch.randn(batch, 3, prep.input_size, prep.input_size)
-    dynamic = None if cfg.static_batch else {"images": {0: torch.export.Dim("batch", min=1, max=65536)}}
+    example = torch.randn(batch, *prep.input_shape)
+    dynamic = None if cfg.static_batch else {"inputs": {0: torch.export.Dim("batch", min=1, max=65536)}}
     kwargs = {}
     if cfg.attention_plugin:
         from tldeploy.export.plugin import onnx_translation_table
@@ -161,7 +167,7 @@ def _export_proto(model: AdaptedModel, prep: Preprocessing, cfg: ExportConfig):
             program = torch.onnx.export(
                 graph,
                 (example,),
-                input_names=[INPUT_NAME],
+                input_names=[prep.input_name],
                 output_names=list(OUTPUT_NAMES),
                 opset_version=cfg.opset,
                 dynamo=True,
@@ -174,7 +180,7 @@ def _export_proto(model: AdaptedModel, prep: Preprocessing, cfg: ExportConfig):
             raise TldeployError(f"torch.onnx.export failed for {cfg.checkpoint}: {first}") from e
     proto = program.model_proto
     proto.producer_name, proto.producer_version = "tldeploy", tldeploy.__version__
-    proto.doc_string = "tldeploy export: images -> logits, probs, cam"
+    proto.doc_string = f"tldeploy export: {prep.input_name} -> logits, probs, cam"
     return proto
 
 
@@ -228,19 +234,20 @@ def _simplify(proto):
         return onnxslim.slim(proto)
 
 
-def parity_inputs(prep: Preprocessing, data: Path | None, n: int, seed: int = 0) -> np.ndarray:
-    """Up to `n` preprocessed real images from `data` (any depth), or `n` random inputs."""
+def parity_inputs(prep: Preprocessing | AudioPreprocessing, data: Path | None, n: int, seed: int = 0) -> np.ndarray:
+    """Up to `n` preprocessed real inputs from `data` (any depth), or `n` random inputs (audio:
+    white noise at -20 dBFS, images: standard normal)."""
     if data is None:
-        return np.random.default_rng(seed).standard_normal((n, 3, prep.input_size, prep.input_size)).astype(np.float32)
-    from tldeploy.pipeline.data import find_images, load_image
+        scale = 0.1 if prep.modality == "audio" else 1.0
+        return (scale * np.random.default_rng(seed).standard_normal((n, *prep.input_shape))).astype(np.float32)
+    from tldeploy.pipeline.data import find_images
 
-    paths = find_images(Path(data))
+    paths = find_images(Path(data), media=prep.media)
     step = max(1, len(paths) // n)
-    tf = prep.eval_transform()
-    return np.stack([tf(load_image(p)).numpy() for p in paths[::step][:n]])
+    return np.stack([prep.load(p) for p in paths[::step][:n]]).astype(np.float32)
 
 
-def _parity(proto, model: AdaptedModel, prep: Preprocessing, cfg: ExportConfig) -> list[tuple[int, ParityReport]]:
+def _parity(proto, model: AdaptedModel, prep: Preprocessing | AudioPreprocessing, cfg: ExportConfig) -> list[tuple[int, ParityReport]]:
     ort = _require("onnxruntime")
     x = parity_inputs(prep, cfg.data, cfg.parity_samples)
     with torch.no_grad():
@@ -267,6 +274,6 @@ def run_batched(sess, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
         fixed = sess.get_inputs()[0].shape[0]
         if isinstance(fixed, int) and n < fixed:
             chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-        for k, v in zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {INPUT_NAME: chunk}), strict=True):
+        for k, v in zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {sess.get_inputs()[0].name: chunk}), strict=True):
             parts[k].append(v[:n])
     return {k: np.concatenate(v) for k, v in parts.items()}

@@ -1,23 +1,39 @@
-"""The audio front end: waveform -> log-mel spectrogram, the image an image backbone sees.
+"""Audio through an image backbone: files -> waveform -> log-mel spectrogram -> the network.
 
-First step of cross-modal transfer (issue 7): the transform and its parameters. Every parameter
-is in `LogMelConfig`, which goes into the preprocessing contract so that training, export,
-calibration, bench and predict apply exactly the same transform.
+The split, recorded in the preprocessing contract (`AudioPreprocessing`) so that training, export,
+calibration, bench and predict all apply the same transform:
 
-The STFT is not centred (frames start at sample 0, no padding): ONNX's STFT operator (opset 17)
-frames the same way, so the front end can move into an exported graph without a padding rule of
-its own. Power spectrum, HTK mel scale, triangular filters with unit peak, natural log of
-(mel energy + `log_offset`).
+- on the host: decode (soundfile), mix down to mono, resample to the contract's rate (polyphase,
+  scipy), pad or crop to the clip length (random crop in training, centre otherwise);
+- in the network (`LogMelFrontEnd`, exported inside the ONNX graph): log-mel spectrogram,
+  normalisation by the training set's mean and std, one channel (or three repeats of it).
+
+The spectrogram is written with ordinary operators (a strided convolution whose kernels are the
+Hann-windowed DFT basis, a MatMul with the mel filters, Log) rather than ONNX's STFT operator
+(opset 17): every backend runs these, while TensorRT's ONNX parser does not take STFT or DFT. So
+one exported graph serves ONNX Runtime and TensorRT alike, no backend needs a preprocessing step
+of its own, and parity checks cover the front end wherever the model runs. FP16 and INT8 builds
+leave the front end in float32 (`build.fp16.frontend_nodes`).
+
+The STFT is not centred (frames start at sample 0, no padding). Power spectrum, HTK mel scale,
+triangular filters with unit peak, natural log of (mel energy + `log_offset`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field
+from math import gcd
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tldeploy.errors import ConfigError
+from tldeploy.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 
 
 @dataclass(frozen=True)
@@ -26,7 +42,7 @@ class LogMelConfig:
     clip_s: float = 1.0  # shorter clips are padded, longer ones cropped
     n_fft: int = 512  # window length (periodic Hann) and FFT size
     hop: int = 160  # samples between frames (10 ms at 16 kHz)
-    n_mels: int = 64
+    n_mels: int = 128  # 128 x 97 at the defaults; on the tones 0.895 against 0.81 with 64 bands (20 clips/class)
     fmin: float = 20.0
     fmax: float | None = None  # default: sample_rate / 2
     log_offset: float = 1e-6  # log(mel + offset): silence maps to log(offset), not -inf
@@ -63,6 +79,104 @@ class LogMelConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+@dataclass(frozen=True)
+class AudioAugmentConfig:
+    """Training augmentation for audio. Waveform: time shift, gain, additive noise (in the data
+    loader); spectrogram: SpecAugment time and frequency masks (in the front end, training only)."""
+
+    enabled: bool = True
+    time_shift: float = 0.1  # fraction of the clip a clip may move left or right (zeros fill in)
+    gain_db: float = 6.0  # uniform gain in [-gain_db, +gain_db]
+    noise_prob: float = 0.5  # share of clips that get white noise
+    noise_snr_db: tuple[float, float] = (10.0, 40.0)  # signal-to-noise ratio drawn uniformly from this range
+    time_masks: int = 2  # SpecAugment: number of time masks per clip
+    time_mask_frames: int = 10  # each up to this many frames wide
+    freq_masks: int = 2
+    freq_mask_bins: int = 8  # each up to this many mel bands wide
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise_snr_db", tuple(float(v) for v in self.noise_snr_db))
+        if not 0.0 <= self.time_shift < 1.0:
+            raise ConfigError(f"--time-shift must be in [0, 1), got {self.time_shift}")
+        if self.gain_db < 0 or not 0.0 <= self.noise_prob <= 1.0:
+            raise ConfigError(f"--gain-db must be >= 0 and --noise-prob in [0, 1], got {self.gain_db} and {self.noise_prob}")
+        lo, hi = self.noise_snr_db
+        if not lo <= hi:
+            raise ConfigError(f"--noise-snr-db needs MIN <= MAX, got {lo} {hi}")
+        if min(self.time_masks, self.time_mask_frames, self.freq_masks, self.freq_mask_bins) < 0:
+            raise ConfigError("SpecAugment mask counts and widths must be 0 or more")
+
+    @classmethod
+    def off(cls) -> AudioAugmentConfig:
+        return cls(enabled=False)
+
+    @property
+    def masks(self) -> bool:
+        return self.enabled and (self.time_masks * self.time_mask_frames + self.freq_masks * self.freq_mask_bins) > 0
+
+
+@dataclass(frozen=True)
+class AudioPreprocessing:
+    """The audio contract: the host fits clips to `logmel`'s rate and length; the network's front end
+    computes the log-mel spectrogram, normalises it with `mean`/`std` (the training set's) and
+    feeds `in_channels` channels to the backbone."""
+
+    logmel: LogMelConfig = field(default_factory=LogMelConfig)
+    mean: float = 0.0
+    std: float = 1.0
+    in_channels: int = 1  # 1: the stem's RGB filters summed; 3: the spectrogram repeated
+
+    modality = "audio"
+    input_name = "audio"  # N x samples, float32 in [-1, 1]
+
+    def __post_init__(self) -> None:
+        if self.in_channels not in (1, 3):
+            raise ConfigError(f"--in-channels must be 1 or 3, got {self.in_channels}")
+        if not self.std > 0:
+            raise ConfigError(f"the spectrogram's std must be positive, got {self.std}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.logmel.num_samples,)
+
+    @property
+    def media(self):
+        from tldeploy.pipeline.data import AUDIO
+
+        return AUDIO
+
+    def describe(self) -> str:
+        c = self.logmel
+        return (
+            f"decode, mix to mono, resample to {c.sample_rate} Hz, pad (zeros at the end) or centre-crop to "
+            f"{c.num_samples} samples; in the graph: log-mel (periodic Hann {c.n_fft}, hop {c.hop}, no centring, "
+            f"{c.n_mels} HTK mel bands {c.fmin:g}-{c.top_hz:g} Hz, log(mel + {c.log_offset:g})), "
+            f"(x - {self.mean:.6g}) / {self.std:.6g}, {self.in_channels} channel(s)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modality": "audio", "logmel": self.logmel.to_dict(), "mean": self.mean, "std": self.std, "in_channels": self.in_channels}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AudioPreprocessing:
+        try:
+            return cls(LogMelConfig.from_dict(d["logmel"]), float(d["mean"]), float(d["std"]), int(d["in_channels"]))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"audio preprocessing metadata is incomplete ({type(e).__name__}: {e})") from None
+
+    def load(self, path: Path) -> np.ndarray:
+        """The network's input for one file: a mono clip at the contract's rate and length."""
+        return fit_clip(read_audio(path, self.logmel.sample_rate), self.logmel.num_samples)
+
+    def dataset(self, paths: list[Path], labels: list[int], augment: AudioAugmentConfig | None = None):
+        return AudioDataset(paths, labels, self, augment if augment is not None and augment.enabled else None)
+
+    def frontend(self):
+        from tldeploy.pipeline.frontend import LogMelFrontEnd
+
+        return LogMelFrontEnd(self)
+
+
 def hz_to_mel(f):
     return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
 
@@ -81,20 +195,13 @@ def mel_filterbank(cfg: LogMelConfig) -> np.ndarray:
     return np.maximum(0.0, np.minimum(rising, falling))
 
 
-def log_mel(waveform, cfg: LogMelConfig):
-    """Log-mel spectrogram of float waveforms (N, samples) as a torch tensor (N, n_mels, frames),
-    computed in the input's precision (float64 stays float64; anything else becomes float32)."""
-    import torch
-
-    x = torch.as_tensor(waveform)
-    x = x if x.dtype == torch.float64 else x.to(torch.float32)
-    if x.dim() != 2 or x.shape[1] < cfg.n_fft:
-        raise ConfigError(f"log_mel takes waveforms of shape (N, samples >= {cfg.n_fft}), got {tuple(x.shape)}")
-    window = torch.hann_window(cfg.n_fft, periodic=True, dtype=x.dtype, device=x.device)
-    spec = torch.stft(x, cfg.n_fft, hop_length=cfg.hop, win_length=cfg.n_fft, window=window, center=False, return_complex=True)
-    power = spec.real**2 + spec.imag**2
-    fb = torch.from_numpy(mel_filterbank(cfg)).to(device=x.device, dtype=x.dtype)
-    return torch.log(torch.matmul(fb, power) + cfg.log_offset)
+def dft_basis(n_fft: int) -> np.ndarray:
+    """(2 * bins, 1, n_fft) float64 convolution kernels: Hann-windowed cosines, then negated sines."""
+    n = np.arange(n_fft)
+    k = np.arange(n_fft // 2 + 1)[:, None]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # periodic Hann
+    angle = 2 * np.pi * k * n / n_fft
+    return np.concatenate([window * np.cos(angle), -window * np.sin(angle)])[:, None, :]
 
 
 def fit_clip(wave: np.ndarray, num_samples: int, *, random_crop: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -107,3 +214,171 @@ def fit_clip(wave: np.ndarray, num_samples: int, *, random_crop: bool = False, r
     extra = len(wave) - num_samples
     start = int((rng or np.random.default_rng()).integers(0, extra + 1)) if random_crop else extra // 2
     return wave[start : start + num_samples]
+
+
+def _soundfile():
+    try:
+        import soundfile
+    except ImportError:
+        from tldeploy.errors import MissingDependencyError
+
+        raise MissingDependencyError("soundfile", purpose="reading audio files") from None
+    return soundfile
+
+
+def check_audio(path: Path) -> str | None:
+    """Why `path` cannot be used as a clip, or None: unreadable, not audio, or zero-length."""
+    sf = _soundfile()
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        return f"not readable audio ({type(e).__name__})"
+    if info.frames == 0:
+        return "zero-length clip"
+    return None
+
+
+def read_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """A file as a mono float32 clip at `sample_rate` (channels averaged, polyphase resampling)."""
+    from scipy.signal import resample_poly
+
+    sf = _soundfile()
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise DataError(f"cannot decode audio file {path} ({type(e).__name__}); pass a WAV, FLAC or OGG file") from None
+    if data.shape[0] == 0:
+        raise DataError(f"audio file {path} holds a zero-length clip; remove it")
+    wave = data.mean(axis=1)
+    if rate != sample_rate:
+        g = gcd(int(rate), int(sample_rate))
+        wave = resample_poly(wave, sample_rate // g, int(rate) // g).astype(np.float32)
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+class AudioDataset:
+    """torch Dataset over (path, label) pairs: fitted clips, with waveform augmentation in training."""
+
+    def __init__(self, paths: list[Path], labels: list[int], prep: AudioPreprocessing, augment: AudioAugmentConfig | None) -> None:
+        self.paths, self.labels, self.prep, self.augment = paths, labels, prep, augment
+        self.rng = np.random.default_rng()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        c = self.prep.logmel
+        wave = read_audio(self.paths[i], c.sample_rate)
+        if self.augment is None:
+            return torch.from_numpy(fit_clip(wave, c.num_samples)), self.labels[i]
+        # Random draws from torch's generator, which the training loop seeds (workers included).
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+        return torch.from_numpy(augment_waveform(fit_clip(wave, c.num_samples, random_crop=True, rng=rng), self.augment, rng)), self.labels[i]
+
+
+def augment_waveform(wave: np.ndarray, aug: AudioAugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Time shift (zeros fill in), gain, and white noise at a random SNR."""
+    n = len(wave)
+    out = wave.copy()
+    limit = int(aug.time_shift * n)
+    if limit:
+        s = int(rng.integers(-limit, limit + 1))
+        out = np.roll(out, s)
+        if s > 0:
+            out[:s] = 0
+        elif s < 0:
+            out[s:] = 0
+    if aug.gain_db:
+        out *= np.float32(10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20))
+    if aug.noise_prob and rng.random() < aug.noise_prob:
+        power = float(np.mean(out**2))
+        if power > 0:
+            snr = rng.uniform(*aug.noise_snr_db)
+            out += rng.standard_normal(n).astype(np.float32) * np.float32(np.sqrt(power / 10 ** (snr / 10)))
+    return out.astype(np.float32)
+
+
+TONE_CLASSES = ("tone", "chirp_up", "chirp_down", "am_tone", "fm_tone", "noise_band", "clicks")
+
+
+def synth_clip(kind: str, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+    """One synthetic clip of `kind` (see TONE_CLASSES): random pitch, length, onset, level and
+    background noise, so that classes overlap in pitch and loudness and differ in shape only."""
+    length = rng.uniform(0.6, 1.4)  # clips shorter and longer than a second: padded or cropped later
+    n = int(length * sample_rate)
+    t = np.arange(n) / sample_rate
+    dur = rng.uniform(0.25, 0.8)
+    onset = rng.uniform(0.0, max(0.0, length - dur))
+    f0 = float(np.exp(rng.uniform(np.log(200.0), np.log(2500.0))))
+    local = np.clip(t - onset, 0.0, dur)
+    if kind in ("tone", "am_tone", "fm_tone"):
+        phase_f = f0 * local
+        if kind == "fm_tone":
+            rate, depth = rng.uniform(4, 12), rng.uniform(0.03, 0.1)
+            phase_f = f0 * (local - depth / (2 * np.pi * rate) * np.cos(2 * np.pi * rate * local))
+        sig = sum(rng.uniform(0.2, 1.0) / h * np.sin(2 * np.pi * h * phase_f) for h in range(1, int(rng.integers(1, 4)) + 1))
+        if kind == "am_tone":
+            sig = sig * (1 - rng.uniform(0.5, 1.0) * (0.5 + 0.5 * np.cos(2 * np.pi * rng.uniform(4, 16) * local)))
+    elif kind in ("chirp_up", "chirp_down"):
+        ratio = rng.uniform(1.4, 4.0) ** (1 if kind == "chirp_up" else -1)
+        k = np.log(ratio) / dur  # exponential sweep f(t) = f0 * exp(k t)
+        sig = np.sin(2 * np.pi * f0 * (np.exp(k * local) - 1) / k)
+    elif kind == "noise_band":
+        from scipy.signal import butter, sosfilt
+
+        bw = rng.uniform(0.1, 0.5) * f0
+        sos = butter(4, [max(20.0, f0 - bw / 2), min(sample_rate / 2 - 50, f0 + bw / 2)], btype="band", fs=sample_rate, output="sos")
+        sig = sosfilt(sos, rng.standard_normal(n))
+        sig = sig / (np.abs(sig).max() + 1e-9)
+    elif kind == "clicks":
+        rate = rng.uniform(5, 30)
+        pulses = np.zeros(n)
+        idx = ((onset + np.arange(0, dur, 1 / rate)) * sample_rate).astype(int)
+        pulses[idx[idx < n]] = 1.0
+        ring = np.exp(-np.arange(int(0.01 * sample_rate)) / (0.002 * sample_rate)) * np.sin(2 * np.pi * f0 * np.arange(int(0.01 * sample_rate)) / sample_rate)
+        sig = np.convolve(pulses, ring)[:n]
+    else:
+        raise ConfigError(f"unknown synthetic sound {kind!r}; one of {', '.join(TONE_CLASSES)}")
+    gate = ((t >= onset) & (t <= onset + dur)).astype(np.float64)
+    edge = int(0.005 * sample_rate)  # 5 ms fades: no clicks at the ends of tones
+    ramp = np.convolve(gate, np.ones(edge) / edge, mode="same") if kind != "clicks" else 1.0
+    sig = sig * ramp
+    sig = sig / (np.abs(sig).max() + 1e-9) * 10 ** (rng.uniform(-20, -3) / 20)
+    noise_db = rng.uniform(5, 30)  # background at 5-30 dB below the sound's power
+    power = float(np.mean(sig[gate > 0] ** 2)) if gate.any() else 1e-6
+    sig = sig + rng.standard_normal(n) * np.sqrt(power / 10 ** (noise_db / 10))
+    return np.clip(sig, -1.0, 1.0).astype(np.float32)
+
+
+def write_tones(out_dir: Path, per_class: int = 60, val_fraction: float = 0.25, sample_rate: int = 16_000, seed: int = 0,
+                force: bool = False) -> dict[str, int]:
+    """A built-in offline audio set: `per_class` synthetic clips of each TONE_CLASSES kind as WAV files
+    under train/ and val/. Files vary as real ones do: every third at 22,050 Hz instead of
+    `sample_rate`, every fourth stereo, lengths 0.6-1.4 s. Returns the number of files per split."""
+    from tldeploy._io import atomic_dir
+
+    sf = _soundfile()
+    if per_class < 2:
+        raise ConfigError(f"--per-class must be at least 2, got {per_class}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise DataError(f"{out_dir} exists and is not empty; choose another folder or pass --force")
+    n_val = max(1, round(per_class * val_fraction))
+    written = {"train": 0, "val": 0}
+    with atomic_dir(out_dir, force=True) as tmp:
+        for c, kind in enumerate(TONE_CLASSES):
+            for i in range(per_class):
+                rng = np.random.default_rng([seed, c, i])
+                rate = 22_050 if i % 3 == 2 else sample_rate
+                clip = synth_clip(kind, rng, rate)
+                data = np.stack([clip, clip * rng.uniform(0.6, 1.0)], axis=1) if i % 4 == 3 else clip
+                split = "val" if i < n_val else "train"
+                folder = tmp / split / kind
+                folder.mkdir(parents=True, exist_ok=True)
+                sf.write(str(folder / f"{kind}_{i:03d}.wav"), data, rate, subtype="PCM_16")
+                written[split] += 1
+    return written

@@ -113,6 +113,23 @@ def create_backbone(name: str, weights: str = "default", *, with_imagenet_head: 
     return bb
 
 
+def adapt_stem(backbone: Backbone, in_channels: int) -> Backbone:
+    """Make the first convolution take `in_channels` (1 or 3) inputs, in place.
+
+    One channel: the RGB filters are summed, so a grey input gives exactly what the pretrained
+    network gives for that input repeated three times (timm's `adapt_input_conv` does the same)."""
+    if in_channels == 3:
+        return backbone
+    if in_channels != 1:
+        raise ConfigError(f"--in-channels must be 1 or 3, got {in_channels}")
+    stem = next((m for m in backbone.features.modules() if isinstance(m, nn.Conv2d)), None)
+    if stem is None or stem.in_channels != 3 or stem.groups != 1:
+        raise ConfigError(f"{backbone.spec.name}: no 3-channel first convolution to adapt; use --in-channels 3")
+    stem.weight = nn.Parameter(stem.weight.detach().sum(dim=1, keepdim=True))
+    stem.in_channels = 1
+    return backbone
+
+
 # ---------------------------------------------------------------- generic helpers
 
 

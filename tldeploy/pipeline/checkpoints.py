@@ -13,7 +13,7 @@ import torch
 
 import tldeploy
 from tldeploy._io import atomic_path
-from tldeploy.errors import CheckpointError
+from tldeploy.errors import CheckpointError, ConfigError
 
 CHECKPOINT_FORMAT = "tldeploy.checkpoint"
 TRAIN_STATE_FORMAT = "tldeploy.train-state"
@@ -92,9 +92,9 @@ def read_torch_file(
 
 def load_checkpoint(path: Path):
     """Rebuild the adapted model from a checkpoint. Returns (model in eval mode, metadata)."""
-    from tldeploy.pipeline.backbones import create_backbone
+    from tldeploy.pipeline.backbones import adapt_stem, create_backbone
     from tldeploy.pipeline.heads import AdaptedModel, AttentionHead, HeadConfig
-    from tldeploy.pipeline.preprocessing import Preprocessing
+    from tldeploy.pipeline.preprocessing import preprocessing_from_dict
 
     obj = read_torch_file(
         path, CHECKPOINT_FORMAT, "checkpoint", hint="pass a model.pt written by 'tldeploy train' (foreign weights go to --weights)"
@@ -103,10 +103,14 @@ def load_checkpoint(path: Path):
     try:
         backbone = create_backbone(meta["backbone"]["name"], "none")
         head = AttentionHead(HeadConfig(**meta["head"]))
-        Preprocessing.from_dict(meta["preprocessing"])
-        model = AdaptedModel(backbone, head)
+        prep = preprocessing_from_dict(meta["preprocessing"])
+        frontend = None
+        if prep.modality == "audio":
+            adapt_stem(backbone, prep.in_channels)
+            frontend = prep.frontend()
+        model = AdaptedModel(backbone, head, frontend)
         model.load_state_dict(obj["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as e:
+    except (KeyError, TypeError, RuntimeError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {path} is incomplete or does not match its metadata ({type(e).__name__}: {str(e)[:200]})") from None
     model.eval()
     return model, meta

@@ -1,5 +1,6 @@
-"""Image data on disk: ImageFolder scanning with checks, robust image loading, splits, digits.
+"""Data on disk: class-folder scanning with checks, robust image loading, splits, digits, tones.
 
+Images and audio files (`Media`) go through the same scanning, skipping and splitting rules.
 Layout: one folder per class. A folder holding `train/` (and optionally `val/`) is read as a
 train/validation pair, which is what `tldeploy data digits` writes.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,8 +72,33 @@ def _check_image(path: Path) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
-def scan_image_folder(root: Path, *, strict: bool = False, classes: list[str] | None = None) -> ImageList:
-    """List class folders under `root`; unreadable images are skipped (or fatal with strict)."""
+def _check_audio(path: Path) -> str | None:
+    from tldeploy.pipeline.audio import check_audio
+
+    return check_audio(path)
+
+
+@dataclass(frozen=True)
+class Media:
+    """What a data folder holds: the files taken and how each is checked (None: usable)."""
+
+    noun: str
+    extensions: tuple[str, ...]
+    check: Callable[[Path], str | None]
+
+
+def _audio_extensions() -> tuple[str, ...]:
+    from tldeploy.pipeline.audio import AUDIO_EXTENSIONS
+
+    return AUDIO_EXTENSIONS
+
+
+IMAGES = Media("images", IMAGE_EXTENSIONS, _check_image)
+AUDIO = Media("audio files", _audio_extensions(), _check_audio)
+
+
+def scan_image_folder(root: Path, *, strict: bool = False, classes: list[str] | None = None, media: Media = IMAGES) -> ImageList:
+    """List class folders under `root`; unreadable files are skipped (or fatal with strict)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass a folder with one sub-folder per class")
@@ -85,19 +112,25 @@ def scan_image_folder(root: Path, *, strict: bool = False, classes: list[str] | 
         if extra:
             raise DataError(f"{root} has classes not in the training set: {', '.join(extra)}; use the same class folders")
     if not classes:
-        raise DataError(f"{root} has no class folders; put images into one sub-folder per class")
+        raise DataError(f"{root} has no class folders; put {media.noun} into one sub-folder per class")
     paths: list[Path] = []
     labels: list[int] = []
     skipped: list[tuple[Path, str]] = []
     for label, name in enumerate(classes):
         if (root / name).is_dir():
-            found_paths, bad = _readable_images(root / name)
+            found_paths, bad = _readable_files(root / name, media)
             paths += found_paths
             labels += [label] * len(found_paths)
             skipped += bad
     _report_skipped(skipped, root, strict)
     if not paths:
-        raise DataError(f"{root} holds no readable images; supported extensions: {' '.join(IMAGE_EXTENSIONS)}")
+        raise DataError(f"{root} holds no readable {media.noun}; supported extensions: {' '.join(media.extensions)}")
+    empty = [name for label, name in enumerate(classes) if (root / name).is_dir() and label not in set(labels)]
+    if empty:
+        raise DataError(
+            f"class folder(s) {', '.join(str(root / n) for n in empty)} hold no readable {media.noun}; "
+            "add some or remove the folder"
+        )
     return ImageList(paths, labels, list(classes), skipped)
 
 
@@ -143,6 +176,7 @@ def resolve_train_val(
     val_fraction: float,
     seed: int,
     strict: bool,
+    media: Media = IMAGES,
 ) -> tuple[ImageList, ImageList]:
     """Training and validation lists: `data/train` + `data/val`, an explicit `val`, or a split."""
     data = Path(data)
@@ -150,23 +184,23 @@ def resolve_train_val(
         if (data / "val").is_dir():
             val = data / "val"
         data = data / "train"
-    train = scan_image_folder(data, strict=strict)
+    train = scan_image_folder(data, strict=strict, media=media)
     if len(train.classes) < 2:
         raise DataError(f"{data} has a single class ({train.classes[0]}); a classifier needs at least two class folders")
     if val is None:
         return stratified_split(train, val_fraction, seed)
-    valset = scan_image_folder(val, strict=strict, classes=train.classes)
+    valset = scan_image_folder(val, strict=strict, classes=train.classes, media=media)
     return train, valset
 
 
-def _readable_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Images under `folder` at any depth that Pillow can read, and the files skipped with why."""
+def _readable_files(folder: Path, media: Media) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files of `media` under `folder` at any depth that pass its check, and the files skipped with why."""
     paths: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for p in sorted(folder.rglob("*")):
         if p.is_dir() or p.name.startswith("."):
             continue
-        err = "not an image file extension" if p.suffix.lower() not in IMAGE_EXTENSIONS else _check_image(p)
+        err = f"not one of the {media.noun} extensions" if p.suffix.lower() not in media.extensions else media.check(p)
         if err:
             skipped.append((p, err))
         else:
@@ -184,15 +218,15 @@ def _report_skipped(skipped: list[tuple[Path, str]], root: Path, strict: bool) -
     log.warning("skipped %d unreadable file(s) under %s: %s%s", len(skipped), root, listing, more)
 
 
-def find_images(root: Path, *, strict: bool = False, flag: str = "--data") -> list[Path]:
-    """All readable images under `root`, any depth (unlabelled sets, calibration, parity)."""
+def find_images(root: Path, *, strict: bool = False, flag: str = "--data", media: Media = IMAGES) -> list[Path]:
+    """All readable files of `media` under `root`, any depth (unlabelled sets, calibration, parity)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{flag} {root} is not an existing folder; pass a folder of images")
-    paths, skipped = _readable_images(root)
+        raise DataError(f"{flag} {root} is not an existing folder; pass a folder of {media.noun}")
+    paths, skipped = _readable_files(root, media)
     _report_skipped(skipped, root, strict)
     if not paths:
-        raise DataError(f"{flag} {root} holds no readable images; supported extensions: {' '.join(IMAGE_EXTENSIONS)}")
+        raise DataError(f"{flag} {root} holds no readable {media.noun}; supported extensions: {' '.join(media.extensions)}")
     return paths
 
 

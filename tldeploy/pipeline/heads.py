@@ -95,19 +95,29 @@ def normalise_cam(raw: torch.Tensor) -> torch.Tensor:
 
 
 class AdaptedModel(nn.Module):
-    def __init__(self, backbone: Backbone, head: AttentionHead) -> None:
+    """[front end ->] backbone -> head. The front end (audio: waveform -> log-mel) has no saved
+    state; images have none."""
+
+    def __init__(self, backbone: Backbone, head: AttentionHead, frontend: nn.Module | None = None) -> None:
         super().__init__()
+        self.frontend = frontend if frontend is not None else nn.Identity()
         self.backbone = backbone
         self.head = head
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map the head sees."""
+        return self.backbone(self.frontend(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.embed(x))
 
     @torch.no_grad()
     def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.head.forward_with_cam(self.backbone(x))
+        return self.head.forward_with_cam(self.embed(x))
 
 
-def create_model(backbone: Backbone, num_classes: int, reduction: int = 16, dropout: float = 0.2) -> AdaptedModel:
+def create_model(
+    backbone: Backbone, num_classes: int, reduction: int = 16, dropout: float = 0.2, frontend: nn.Module | None = None
+) -> AdaptedModel:
     cfg = HeadConfig(num_classes=num_classes, in_channels=backbone.num_features, reduction=reduction, dropout=dropout)
-    return AdaptedModel(backbone, AttentionHead(cfg))
+    return AdaptedModel(backbone, AttentionHead(cfg), frontend)

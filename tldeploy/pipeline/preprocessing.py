@@ -1,14 +1,19 @@
 """The preprocessing contract: how an image becomes the network's input tensor.
 
 Every stage (training, calibration, export metadata, bench, predict) builds its transforms from a
-`Preprocessing`, which travels inside checkpoints and ONNX files. Nobody retypes mean/std.
+`Preprocessing`, which travels inside checkpoints and ONNX files. Nobody retypes mean/std. Audio
+has its own contract with the same small interface (`audio.AudioPreprocessing`: modality,
+input_name, input_shape, media, describe, load, dataset); `preprocessing_from_dict` reads either.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tldeploy.errors import ConfigError
 
@@ -43,6 +48,34 @@ class Preprocessing:
             raise ConfigError(f"mean and std need three values with std > 0, got {self.mean}, {self.std}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    modality = "image"
+    input_name = "images"  # N x 3 x H x W, float32, normalised
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.input_size, self.input_size)
+
+    @property
+    def media(self):
+        from tldeploy.pipeline.data import IMAGES
+
+        return IMAGES
+
+    def describe(self) -> str:
+        return (f"resize the shorter side to {self.resize_size} px ({self.interpolation}), then centre-crop "
+                f"{self.input_size}x{self.input_size}; scale to [0, 1]; (x - mean) / std")
+
+    def load(self, path: Path) -> np.ndarray:
+        """The network's input for one file (the eval transform)."""
+        from tldeploy.pipeline.data import load_image
+
+        return self.eval_transform()(load_image(path)).numpy()
+
+    def dataset(self, paths: list[Path], labels: list[int], augment: AugmentConfig | None = None):
+        from tldeploy.pipeline.data import ImageDataset
+
+        return ImageDataset(paths, labels, self.train_transform(augment) if augment is not None else self.eval_transform())
 
     @property
     def crop_pct(self) -> float:
@@ -121,3 +154,12 @@ def _interp(name: str):
     from torchvision.transforms import InterpolationMode
 
     return InterpolationMode(name)
+
+
+def preprocessing_from_dict(d: dict[str, Any]):
+    """The contract stored in a checkpoint or build record: `Preprocessing` or `AudioPreprocessing`."""
+    if d.get("modality", "image") == "audio":
+        from tldeploy.pipeline.audio import AudioPreprocessing
+
+        return AudioPreprocessing.from_dict(d)
+    return Preprocessing.from_dict(d)
