@@ -149,7 +149,7 @@ def backbones_cmd(pattern: str) -> None:
 @click.option("--clip-s", default=1.0, show_default=True, type=float, help="audio: clip length in seconds (pad or crop).")
 @click.option("--n-fft", default=512, show_default=True, type=int, help="audio: window and FFT length.")
 @click.option("--hop", default=160, show_default=True, type=int, help="audio: samples between frames.")
-@click.option("--n-mels", default=128, show_default=True, type=int, help="audio: mel bands (the spectrogram's height).")
+@click.option("--n-mels", default=96, show_default=True, type=int, help="audio: mel bands (the spectrogram's height).")
 @click.option("--fmin", default=20.0, show_default=True, type=float, help="audio: lowest mel frequency (Hz).")
 @click.option("--fmax", type=float, help="audio: highest mel frequency (Hz) [default: sample rate / 2].")
 @click.option("--log-offset", default=1e-6, show_default=True, type=float, help="audio: log(mel + offset).")
@@ -233,15 +233,16 @@ def train_cmd(data_dir: Path, out_dir: Path, augment: bool | None, crop_scale: f
 @click.option("--simplify", is_flag=True, help="Run onnxslim on the exported graph.")
 @click.option("--fp16", is_flag=True, help="FP16 network with float32 inputs and outputs; the softmax and the CAM normalisation stay float32.")
 @click.option("--attention-plugin", is_flag=True, help="Emit each channel-attention block as one trt.plugins::ChannelAttention node (TensorRT with cpp_plugins only).")
-@click.option("--data", type=click.Path(path_type=Path), help="Images for the parity check [default: random inputs].")
+@click.option("--data", type=click.Path(path_type=Path), help="Images (or clips, for an audio model) for the parity check [default: random inputs].")
 @click.option("--parity-samples", default=32, show_default=True, type=int, help="Inputs in the parity check.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export_cmd(checkpoint: Path, output: Path, as_json: bool, **kw) -> None:
-    """Export a checkpoint to ONNX: input `images`, outputs `logits`, `probs` and `cam`.
+    """Export a checkpoint to ONNX: input `images` (audio models: `audio`, N x samples, with the
+    log-mel front end in the graph), outputs `logits`, `probs` and `cam`.
 
     The preprocessing contract (classes, input size, mean/std, resize and crop rule, colour order,
-    layout, checkpoint SHA-256) goes into the file's metadata. After writing in memory the graph is
+    layout, or an audio model's log-mel parameters; checkpoint SHA-256) goes into the file's metadata. After writing in memory the graph is
     checked with onnx.checker and compared with the checkpoint on ONNX Runtime at batch 1 and 7;
     an FP32 export beyond 1e-4 on the logits is an error and nothing is written.
 
@@ -302,7 +303,7 @@ def _build_help() -> str:
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "ort"]), default="auto", show_default=True, help="auto: TensorRT where it and a GPU exist (always for fp16), else ONNX Runtime.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda for TensorRT, cpu for ONNX Runtime]")
 @click.option("-o", "--out", "output", type=click.Path(path_type=Path), help="Artifact path [default: beside the ONNX, e.g. model.int8.ort.onnx, model.fp16.engine].")
-@click.option("--calib-data", type=click.Path(path_type=Path), help="int8: folder of real images to calibrate on.")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="int8: folder of real images (or clips, for an audio model) to calibrate on.")
 @click.option("--calib-samples", default=256, show_default=True, type=int, help="int8: images used (all if fewer).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--int8-keep-float", "keep_float", default="auto", show_default=True, help="int8: leading convolutions kept in float, a number or auto (as few as reach --int8-min-agreement).")
@@ -415,7 +416,7 @@ def _int_list(value: str, flag: str) -> tuple[int, ...]:
 @cli.command("bench", context_settings=CONTEXT)
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--reference", type=click.Path(path_type=Path), help="The PyTorch reference: RUN_DIR/model.pt from 'tldeploy train'.")
-@click.option("--data", type=click.Path(path_type=Path), help="Images for parity and accuracy: class folders (labelled) or a flat folder.")
+@click.option("--data", type=click.Path(path_type=Path), help="Images (or clips) for parity and accuracy: class folders (labelled) or a flat folder.")
 @click.option("-o", "--out", "output", type=click.Path(path_type=Path), required=True, help="The bench.json to write.")
 @click.option("--report", type=click.Path(path_type=Path), help="Markdown report [default: OUT with .md].")
 @click.option("--plots", type=click.Path(path_type=Path), help="Folder for the PNG plots [default: OUT's name + _plots].")
@@ -572,18 +573,20 @@ def demo_cmd(workdir: Path, modality: str, epochs: int | None, batch_sizes: str,
 
 @cli.command("predict", context_settings=CONTEXT)
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("images", metavar="FILES", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-k", "--top-k", default=5, show_default=True, type=int)
-@click.option("--cam-out", type=click.Path(path_type=Path), help="Write each image with its CAM overlaid, as PNG, here.")
+@click.option("--cam-out", type=click.Path(path_type=Path), help="Write each image with its CAM overlaid (audio: the clip's spectrogram with its CAM), as PNG, here.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @click.option("--force", is_flag=True, help="Overwrite existing CAM images.")
 def predict_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, cam_out: Path | None, as_json: bool, force: bool) -> None:
-    """Top-k classes for IMAGES from a checkpoint (.pt) or an ONNX file, with its own preprocessing.
+    """Top-k classes for FILES (images, or audio clips for an audio model) from a checkpoint (.pt),
+    an ONNX file or an engine, with the artifact's own preprocessing.
 
     \b
     Examples:
       tldeploy predict runs/digits/model.pt data/digits/val/3/0012.png
       tldeploy predict digits.onnx img1.png img2.png --top-k 3 --cam-out cams/ --json
+      tldeploy predict tones.onnx data/tones/val/chirp_up/chirp_up_000.wav --cam-out cams/
     """
     import json
 

@@ -67,3 +67,9 @@ def test_bad_parameters_name_the_flag():
         LogMelConfig(fmax=9000.0)
     with pytest.raises(ConfigError, match="--n-mels"):
         LogMelConfig(n_mels=0)
+
+
+def test_mel_bands_without_an_fft_bin_are_refused():
+    with pytest.raises(ConfigError, match="--n-mels 128 with --n-fft 512 at 16000 Hz leaves 1 mel band"):
+        LogMelConfig(n_mels=128)
+    assert LogMelConfig(n_mels=128, n_fft=1024).n_mels == 128  # finer bins: every band has one

@@ -81,7 +81,7 @@ def test_front_end_normalises_repeats_and_masks_only_in_training():
     front = LogMelFrontEnd(prep)
     x = torch.randn(2, prep.logmel.num_samples) * 0.1
     z = front(x)
-    assert z.shape == (2, 3, 128, prep.logmel.num_frames) and torch.equal(z[:, 0], z[:, 2])
+    assert z.shape == (2, 3, 96, prep.logmel.num_frames) and torch.equal(z[:, 0], z[:, 2])
     assert torch.allclose(z[:, 0], (log_mel(x, prep.logmel) + 5.0) / 2.0)
     front.augment = AudioAugmentConfig(time_masks=2, time_mask_frames=20, freq_masks=2, freq_mask_bins=10)
     assert torch.equal(front.eval()(x), z)  # eval: no masks
@@ -123,7 +123,7 @@ def test_audio_export_contract_and_graph(tiny_audio):
     ops = {n.op_type for n in model.graph.node}
     assert "Log" in ops and not ops & {"STFT", "DFT", "MelWeightMatrix"}  # a front end every backend takes
     props = {p.key: p.value for p in model.metadata_props}
-    assert json.loads(props["tldeploy.preprocessing"])["logmel"]["n_mels"] == 128
+    assert json.loads(props["tldeploy.preprocessing"])["logmel"]["n_mels"] == 96
     assert "resample to 16000 Hz" in props["tldeploy.preprocessing_rule"]
 
 
@@ -161,7 +161,7 @@ def test_audio_bench_and_predict_with_spectrogram_cams(tiny_audio, tones, tmp_pa
     assert len(preds) == 2 and all(len(p.top) == 3 for p in preds)
     png = tmp_path / "cams" / f"{clips[0].stem}_cam.png"
     assert preds[0].cam_png == str(png) and png.read_bytes()[:4] == b"\x89PNG"
-    assert preds[0].cam.shape == (32, 25)  # tiny_cnn's stride 4 over 128 mel bands x 97 frames
+    assert preds[0].cam.shape == (24, 25)  # tiny_cnn's stride 4 over 96 mel bands x 97 frames
 
 
 def test_bad_audio_is_skipped_with_a_listing_or_fatal_with_strict(tones, tmp_path, caplog):
@@ -199,3 +199,16 @@ def test_cli_audio_errors_are_one_line(tones, tiny_audio, tmp_path, capsys):
     assert err.count("\n") == 1 and "this is an audio model" in err
     assert main(["data", "tones", str(tones)]) == 1
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_cli_train_passes_the_audio_options_into_the_contract(tones, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", str(tones), "-o", str(run), "--modality", "audio", "--backbone", "tiny_cnn", "--epochs", "1",
+               "--n-mels", "32", "--hop", "320", "--fmax", "6000", "--in-channels", "3", "--augment", "--freq-masks", "1", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    meta = torch.load(run / "model.pt", weights_only=True)["metadata"]
+    prep = AudioPreprocessing.from_dict(meta["preprocessing"])
+    assert (prep.logmel.n_mels, prep.logmel.hop, prep.logmel.fmax, prep.in_channels) == (32, 320, 6000.0, 3)
+    assert meta["train_config"]["augment"]["freq_masks"] == 1 and meta["train_config"]["augment"]["enabled"]
+    assert main(["train", str(tones), "-o", str(tmp_path / "r2"), "--modality", "audio", "--hflip", "-q"]) == 1
+    assert "--hflip is image augmentation" in capsys.readouterr().err

@@ -320,7 +320,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
         float_model = onnx.load(str(pre))
         from tldeploy.build.fp16 import frontend_nodes
 
-        front = frontend_nodes(float_model, contract)  # the log-mel stays float: power spectra span ~20 decades
+        front = frontend_nodes(float_model, contract)  # the log-mel stays float: power spectra span many decades
         convs, head = split_backbone_head(float_model, front)
         simulate = cfg.flavour == "tensorrt"  # TensorRT's INT8 cannot run here; evaluate the Q/DQ arithmetic
         check = calib.check_images

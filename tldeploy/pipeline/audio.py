@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from tldeploy._io import atomic_dir
 from tldeploy.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ class LogMelConfig:
     clip_s: float = 1.0  # shorter clips are padded, longer ones cropped
     n_fft: int = 512  # window length (periodic Hann) and FFT size
     hop: int = 160  # samples between frames (10 ms at 16 kHz)
-    n_mels: int = 128  # 128 x 97 at the defaults; on the tones 0.895 against 0.81 with 64 bands (20 clips/class)
+    # 96 x 97 at the defaults. The most bands (in steps of 32) that leave none without an FFT bin at
+    # n_fft 512; on the tones (20 clips/class, 8 epochs) 0.857 validation accuracy against 0.81 with 64.
+    n_mels: int = 96
     fmin: float = 20.0
     fmax: float | None = None  # default: sample_rate / 2
     log_offset: float = 1e-6  # log(mel + offset): silence maps to log(offset), not -inf
@@ -58,6 +61,13 @@ class LogMelConfig:
             raise ConfigError(f"need 0 <= --fmin < --fmax <= sample_rate / 2, got {self.fmin}, {self.top_hz}, {self.sample_rate / 2}")
         if self.n_mels < 1 or self.log_offset <= 0:
             raise ConfigError(f"--n-mels must be at least 1 and --log-offset positive, got {self.n_mels} and {self.log_offset}")
+        empty = np.flatnonzero(mel_filterbank(self).max(axis=1) == 0)
+        if len(empty):  # narrower than the FFT's bin spacing: a band that is always log(offset)
+            raise ConfigError(
+                f"--n-mels {self.n_mels} with --n-fft {self.n_fft} at {self.sample_rate} Hz leaves {len(empty)} mel band(s) "
+                f"without an FFT bin (bins are {self.sample_rate / self.n_fft:.1f} Hz apart); "
+                "use fewer --n-mels, a larger --n-fft or a higher --fmin"
+            )
 
     @property
     def top_hz(self) -> float:
@@ -357,8 +367,6 @@ def write_tones(out_dir: Path, per_class: int = 60, val_fraction: float = 0.25, 
     """A built-in offline audio set: `per_class` synthetic clips of each TONE_CLASSES kind as WAV files
     under train/ and val/. Files vary as real ones do: every third at 22,050 Hz instead of
     `sample_rate`, every fourth stereo, lengths 0.6-1.4 s. Returns the number of files per split."""
-    from tldeploy._io import atomic_dir
-
     sf = _soundfile()
     if per_class < 2:
         raise ConfigError(f"--per-class must be at least 2, got {per_class}")

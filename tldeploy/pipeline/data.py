@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tldeploy._io import atomic_dir
 from tldeploy.errors import ConfigError, DataError
+from tldeploy.pipeline.audio import AUDIO_EXTENSIONS, check_audio
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,6 @@ def _check_image(path: Path) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
-def _check_audio(path: Path) -> str | None:
-    from tldeploy.pipeline.audio import check_audio
-
-    return check_audio(path)
-
-
 @dataclass(frozen=True)
 class Media:
     """What a data folder holds: the files taken and how each is checked (None: usable)."""
@@ -87,14 +82,8 @@ class Media:
     check: Callable[[Path], str | None]
 
 
-def _audio_extensions() -> tuple[str, ...]:
-    from tldeploy.pipeline.audio import AUDIO_EXTENSIONS
-
-    return AUDIO_EXTENSIONS
-
-
 IMAGES = Media("images", IMAGE_EXTENSIONS, _check_image)
-AUDIO = Media("audio files", _audio_extensions(), _check_audio)
+AUDIO = Media("audio files", AUDIO_EXTENSIONS, check_audio)
 
 
 def scan_image_folder(root: Path, *, strict: bool = False, classes: list[str] | None = None, media: Media = IMAGES) -> ImageList:

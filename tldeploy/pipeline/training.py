@@ -342,7 +342,7 @@ class _Trainer:
         return torch.stack([self.cache[p] for p in paths])
 
     def _loader(self, paths, labels, *, augment: bool, shuffle: bool, sampler=None, infer: bool = False) -> DataLoader:
-        ds: Dataset = self.prep.dataset(paths, labels, self.augment if augment else None)  # type: ignore[arg-type]
+        ds: Dataset = self.prep.dataset(paths, labels, self.augment if augment else None)
         return self._make_loader(ds, shuffle=shuffle, sampler=sampler, infer=infer)
 
     def _make_loader(self, ds: Dataset, *, shuffle: bool, sampler=None, infer: bool = False) -> DataLoader:
@@ -533,7 +533,8 @@ class _Trainer:
         self._info(
             "training %s (%d blocks, weights %s) on %d %s of %d classes, validating on %d; input %s; mode %s",
             self.backbone_spec.name, len(self.blocks), self.backbone_spec.weights, len(self.train_set),
-            self.prep.media.noun, len(self.classes), len(self.val_set), "x".join(map(str, self.prep.input_shape)), cfg.mode,
+            self.prep.media.noun, len(self.classes), len(self.val_set),
+            "x".join(map(str, self.prep.input_shape)) + (" samples" if self.prep.modality == "audio" else ""), cfg.mode,
         )
         if self.dist.enabled:
             self._info("distributed over %d processes (rank 0 writes)", self.dist.world)
