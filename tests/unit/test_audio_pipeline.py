@@ -13,7 +13,8 @@ import torch
 from tldeploy.bench.bench import BenchConfig, run_bench
 from tldeploy.bench.latency import LatencyConfig
 from tldeploy.build.builder import BuildConfig, build
-from tldeploy.build.fp16 import fp16_model, frontend_nodes
+from tldeploy.build.fp16 import fp16_model
+from tldeploy.build.graph import frontend_nodes
 from tldeploy.build.runners import OrtRunner, TorchRunner, run_batches
 from tldeploy.cli import main
 from tldeploy.errors import ConfigError, DataError

@@ -6,6 +6,7 @@ end (a full-scale tone's power spectrum overflows half precision)."""
 
 from __future__ import annotations
 
+from tldeploy.build.graph import ancestors, frontend_nodes
 from tldeploy.errors import ConfigError
 
 
@@ -22,30 +23,9 @@ def fp16_model(model):
         return model
     if contract.precision != "fp32":
         raise ConfigError(f"cannot make FP16 from a {contract.precision} export; export FP32 or FP16 instead")
-    feeds_logits = _ancestors(model, "logits")
+    feeds_logits = ancestors(model, "logits")
     tail = [n.name for n in model.graph.node if n.name not in feeds_logits]
     front = sorted(frontend_nodes(model, contract))
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=tail + front)
     write_contract(converted, replace(contract, precision="fp16"))
     return converted
-
-
-def frontend_nodes(model, contract) -> set[str]:
-    """An audio graph's log-mel front end: the Log node and every node before it (none for images).
-    FP16 and INT8 leave these in float32."""
-    if contract.preprocessing.modality != "audio":
-        return set()
-    logs = [n for n in model.graph.node if n.op_type == "Log"]
-    return {n.name for n in logs} | _ancestors(model, *(o for n in logs for o in n.input))
-
-
-def _ancestors(model, *tensors: str) -> set[str]:
-    producers = {o: n for n in model.graph.node for o in n.output}
-    seen: set[str] = set()
-    stack = list(tensors)
-    while stack:
-        n = producers.get(stack.pop())
-        if n is not None and n.name not in seen:
-            seen.add(n.name)
-            stack.extend(n.input)
-    return seen

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tldeploy.build.graph import frontend_nodes
 from tldeploy.errors import ConfigError, DataError, MissingDependencyError, TldeployError
 
 log = logging.getLogger(__name__)
@@ -318,8 +319,6 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
         with _quiet_root_logger():
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
         float_model = onnx.load(str(pre))
-        from tldeploy.build.fp16 import frontend_nodes
-
         front = frontend_nodes(float_model, contract)  # the log-mel stays float: power spectra span many decades
         convs, head = split_backbone_head(float_model, front)
         simulate = cfg.flavour == "tensorrt"  # TensorRT's INT8 cannot run here; evaluate the Q/DQ arithmetic

@@ -114,7 +114,8 @@ def scan_image_folder(root: Path, *, strict: bool = False, classes: list[str] | 
     _report_skipped(skipped, root, strict)
     if not paths:
         raise DataError(f"{root} holds no readable {media.noun}; supported extensions: {' '.join(media.extensions)}")
-    empty = [name for label, name in enumerate(classes) if (root / name).is_dir() and label not in set(labels)]
+    present = set(labels)
+    empty = [name for label, name in enumerate(classes) if (root / name).is_dir() and label not in present]
     if empty:
         raise DataError(
             f"class folder(s) {', '.join(str(root / n) for n in empty)} hold no readable {media.noun}; "
