@@ -22,7 +22,7 @@ from tldeploy.build.builder import BuildConfig, build
 from tldeploy.build.runners import load_runner, run_batches
 from tldeploy.export.contract import read_contract
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.pipeline.data import find_images, load_image, write_digits
+from tldeploy.pipeline.data import find_files, load_image, write_digits
 from tldeploy.pipeline.training import TrainConfig, train
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     artifacts = {"fp32": fp32, "int8": int8_result.path}
 
     contract = read_contract(onnx_path)
-    paths = find_images(data / "val")
+    paths = find_files(data / "val")
     tf = contract.preprocessing.eval_transform()
     x = np.stack([tf(load_image(p)).numpy() for p in paths])
     y = np.array([contract.classes.index(p.parent.name) for p in paths])

@@ -10,7 +10,7 @@ from tldeploy.build.builder import BuildConfig, build
 from tldeploy.build.runners import TorchRunner, load_runner, run_batches
 from tldeploy.export.contract import read_contract
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.pipeline.data import find_images, load_image
+from tldeploy.pipeline.data import find_files, load_image
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def exported(fe_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def labelled_val(exported, digits):
     contract = read_contract(exported)
-    paths = find_images(digits / "val")
+    paths = find_files(digits / "val")
     tf = contract.preprocessing.eval_transform()
     x = np.stack([tf(load_image(p)).numpy() for p in paths])
     y = np.array([contract.classes.index(p.parent.name) for p in paths])

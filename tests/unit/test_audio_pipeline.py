@@ -30,7 +30,7 @@ from tldeploy.pipeline.audio import (
     write_tones,
 )
 from tldeploy.pipeline.backbones import adapt_stem, create_backbone
-from tldeploy.pipeline.data import AUDIO, scan_image_folder
+from tldeploy.pipeline.data import AUDIO, scan_class_folders
 from tldeploy.pipeline.frontend import LogMelFrontEnd, log_mel
 from tldeploy.pipeline.training import TrainConfig, train
 from tldeploy.predict import predict
@@ -70,7 +70,7 @@ def test_read_audio_mixes_down_and_resamples(tmp_path):
 
 
 def test_tones_set_has_every_class_and_varied_files(tones):
-    listing = scan_image_folder(tones / "train", media=AUDIO)
+    listing = scan_class_folders(tones / "train", media=AUDIO)
     assert listing.classes == sorted(TONE_CLASSES) and len(listing) == 7 * 6
     infos = [sf.info(str(p)) for p in listing.paths]
     assert {i.samplerate for i in infos} == {16_000, 22_050} and {i.channels for i in infos} == {1, 2}
@@ -174,16 +174,16 @@ def test_bad_audio_is_skipped_with_a_listing_or_fatal_with_strict(tones, tmp_pat
     (data / "a" / "notes.txt").write_text("not audio")
     (data / "a" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
     sf.write(data / "b" / "empty.wav", np.zeros(0, np.float32), 16_000)
-    listing = scan_image_folder(data, media=AUDIO)
+    listing = scan_class_folders(data, media=AUDIO)
     assert len(listing) == 6
     text = caplog.text
     assert "skipped 3" in text and "notes.txt" in text and "broken.wav (not readable audio" in text and "empty.wav (zero-length clip)" in text
     with pytest.raises(DataError, match="3 unreadable file.*--strict"):
-        scan_image_folder(data, media=AUDIO, strict=True)
+        scan_class_folders(data, media=AUDIO, strict=True)
     (data / "c").mkdir()
     (data / "c" / "x.txt").write_text("no sound here")
     with pytest.raises(DataError, match=r"class folder\(s\) .*c hold no readable audio files"):
-        scan_image_folder(data, media=AUDIO)
+        scan_class_folders(data, media=AUDIO)
 
 
 def test_cli_audio_errors_are_one_line(tones, tiny_audio, tmp_path, capsys):

@@ -9,7 +9,7 @@ from tldeploy.pipeline.data import (
     limit_per_class,
     load_image,
     resolve_train_val,
-    scan_image_folder,
+    scan_class_folders,
     stratified_split,
     write_digits,
 )
@@ -42,11 +42,11 @@ def test_corrupt_files_are_skipped_with_a_warning_or_fatal_when_strict(tmp_path,
     (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (root / "b" / "notes.txt").write_text("hello")
     with caplog.at_level(logging.WARNING):
-        images = scan_image_folder(root)
+        images = scan_class_folders(root)
     assert len(images) == 6 and len(images.skipped) == 2
     assert "broken.png" in caplog.text and "notes.txt" in caplog.text
     with pytest.raises(DataError, match="--strict"):
-        scan_image_folder(root, strict=True)
+        scan_class_folders(root, strict=True)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_unusable_folders_are_clear_errors(tmp_path, layout, message):
 
 def test_missing_path(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        scan_image_folder(tmp_path / "nope")
+        scan_class_folders(tmp_path / "nope")
 
 
 def test_val_folder_with_foreign_class(tmp_path):
@@ -73,7 +73,7 @@ def test_val_folder_with_foreign_class(tmp_path):
 
 
 def test_stratified_split_and_limit(tmp_path):
-    images = scan_image_folder(_folder(tmp_path / "d", {"a": 10, "b": 30}))
+    images = scan_class_folders(_folder(tmp_path / "d", {"a": 10, "b": 30}))
     tr, va = stratified_split(images, 0.25, seed=3)
     assert va.counts() == {"a": 2, "b": 8} or va.counts() == {"a": 3, "b": 7}
     assert not set(tr.paths) & set(va.paths) and len(tr) + len(va) == 40
@@ -86,7 +86,7 @@ def test_write_digits(tmp_path):
     out = tmp_path / "digits"
     n = write_digits(out, size=16, val_fraction=0.2, seed=0)
     assert n["train"] + n["val"] == 1797 and n["val"] == 359
-    train = scan_image_folder(out / "train")
+    train = scan_class_folders(out / "train")
     assert train.classes == [str(d) for d in range(10)]
     assert min(train.counts().values()) >= 135
     assert Image.open(next((out / "val" / "3").iterdir())).size == (16, 16)
@@ -95,14 +95,14 @@ def test_write_digits(tmp_path):
         write_digits(out)
 
 
-def test_find_images_names_the_flag(tmp_path):
-    from tldeploy.pipeline.data import find_images
+def test_find_files_names_the_flag(tmp_path):
+    from tldeploy.pipeline.data import find_files
 
     with pytest.raises(DataError, match="--unlabeled .* is not an existing folder"):
-        find_images(tmp_path / "missing", flag="--unlabeled")
+        find_files(tmp_path / "missing", flag="--unlabeled")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="--data .* holds no readable images"):
-        find_images(tmp_path / "empty")
+        find_files(tmp_path / "empty")
     _folder(tmp_path / "d", {"a": 2})
     (tmp_path / "d" / "a" / "x.png").write_bytes(b"broken")
-    assert len(find_images(tmp_path / "d")) == 2
+    assert len(find_files(tmp_path / "d")) == 2

@@ -157,7 +157,7 @@ def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry
 
 def _load_images(data: Path, classes: list[str], prep, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
     """Preprocessed inputs (images or clips, by the contract) and their labels (None for a flat, unlabelled folder)."""
-    from tldeploy.pipeline.data import find_images, scan_image_folder
+    from tldeploy.pipeline.data import find_files, scan_class_folders
 
     data = Path(data)
     media = prep.media
@@ -166,16 +166,16 @@ def _load_images(data: Path, classes: list[str], prep, limit: int | None) -> tup
     subdirs = [p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")]
     labels: np.ndarray | None = None
     if subdirs and set(subdirs) <= set(classes):
-        listing = scan_image_folder(data, classes=classes, media=media)
+        listing = scan_class_folders(data, classes=classes, media=media)
         paths, labels = listing.paths, np.asarray(listing.labels)
     elif subdirs and not set(subdirs) & set(classes):
-        paths = find_images(data, flag="--data", media=media)  # folders that are not classes: unlabelled inputs
+        paths = find_files(data, flag="--data", media=media)  # folders that are not classes: unlabelled inputs
     elif subdirs:
         extra = sorted(set(subdirs) - set(classes))
         raise DataError(f"--data {data} has folders that are not the model's classes: {', '.join(extra)}; "
                         "use class folders named like the training set, or a folder without class folders")
     else:
-        paths = find_images(data, flag="--data", media=media)
+        paths = find_files(data, flag="--data", media=media)
     if limit is not None and len(paths) > limit:  # an even spread, so every class keeps its share
         keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
         paths = [paths[i] for i in keep]

@@ -109,14 +109,14 @@ class CalibrationSet:
     def from_folder(cls, folder: Path, prep, samples: int) -> CalibrationSet:
         """Up to `samples` images, evenly spaced over the sorted files (so every class folder is
         represented), and up to as many others held out to check the quantized model on."""
-        from tldeploy.pipeline.data import find_images
+        from tldeploy.pipeline.data import find_files
 
         folder = Path(folder)
         if not folder.is_dir():
             raise DataError(f"--calib-data {folder} is not a folder; pass a folder of real {prep.media.noun} (the training set works)")
         if samples < 1:
             raise ConfigError(f"--calib-samples must be at least 1, got {samples}")
-        paths = find_images(folder, flag="--calib-data", media=prep.media)
+        paths = find_files(folder, flag="--calib-data", media=prep.media)
         step = max(1, len(paths) // samples)
         chosen = paths[::step][:samples]
         taken = set(chosen)

@@ -240,9 +240,9 @@ def parity_inputs(prep: Preprocessing | AudioPreprocessing, data: Path | None, n
     if data is None:
         scale = 0.1 if prep.modality == "audio" else 1.0
         return (scale * np.random.default_rng(seed).standard_normal((n, *prep.input_shape))).astype(np.float32)
-    from tldeploy.pipeline.data import find_images
+    from tldeploy.pipeline.data import find_files
 
-    paths = find_images(Path(data), media=prep.media)
+    paths = find_files(Path(data), media=prep.media)
     step = max(1, len(paths) // n)
     return np.stack([prep.load(p) for p in paths[::step][:n]]).astype(np.float32)
 

@@ -27,8 +27,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 @dataclass
-class ImageList:
-    """Labelled image paths with their class names; what every loader and split works on."""
+class FileList:
+    """Labelled file paths (images or clips) with their class names; what every loader and split works on."""
 
     paths: list[Path]
     labels: list[int]
@@ -42,8 +42,8 @@ class ImageList:
         c = Counter(self.labels)
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
-    def subset(self, idx: list[int]) -> ImageList:
-        return ImageList([self.paths[i] for i in idx], [self.labels[i] for i in idx], self.classes)
+    def subset(self, idx: list[int]) -> FileList:
+        return FileList([self.paths[i] for i in idx], [self.labels[i] for i in idx], self.classes)
 
 
 def load_image(path: Path) -> Image.Image:
@@ -86,7 +86,7 @@ IMAGES = Media("images", IMAGE_EXTENSIONS, _check_image)
 AUDIO = Media("audio files", AUDIO_EXTENSIONS, check_audio)
 
 
-def scan_image_folder(root: Path, *, strict: bool = False, classes: list[str] | None = None, media: Media = IMAGES) -> ImageList:
+def scan_class_folders(root: Path, *, strict: bool = False, classes: list[str] | None = None, media: Media = IMAGES) -> FileList:
     """List class folders under `root`; unreadable files are skipped (or fatal with strict)."""
     root = Path(root)
     if not root.exists():
@@ -121,10 +121,10 @@ def scan_image_folder(root: Path, *, strict: bool = False, classes: list[str] | 
             f"class folder(s) {', '.join(str(root / n) for n in empty)} hold no readable {media.noun}; "
             "add some or remove the folder"
         )
-    return ImageList(paths, labels, list(classes), skipped)
+    return FileList(paths, labels, list(classes), skipped)
 
 
-def stratified_split(images: ImageList, val_fraction: float, seed: int) -> tuple[ImageList, ImageList]:
+def stratified_split(images: FileList, val_fraction: float, seed: int) -> tuple[FileList, FileList]:
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < val_fraction < 1.0:
@@ -144,7 +144,7 @@ def stratified_split(images: ImageList, val_fraction: float, seed: int) -> tuple
     return images.subset(sorted(tr)), images.subset(sorted(va))
 
 
-def limit_per_class(images: ImageList, n: int, seed: int) -> ImageList:
+def limit_per_class(images: FileList, n: int, seed: int) -> FileList:
     """At most `n` images per class, chosen with `seed` (few-shot runs)."""
     if n < 1:
         raise ConfigError(f"--limit-per-class must be at least 1, got {n}")
@@ -167,19 +167,19 @@ def resolve_train_val(
     seed: int,
     strict: bool,
     media: Media = IMAGES,
-) -> tuple[ImageList, ImageList]:
+) -> tuple[FileList, FileList]:
     """Training and validation lists: `data/train` + `data/val`, an explicit `val`, or a split."""
     data = Path(data)
     if val is None and (data / "train").is_dir():
         if (data / "val").is_dir():
             val = data / "val"
         data = data / "train"
-    train = scan_image_folder(data, strict=strict, media=media)
+    train = scan_class_folders(data, strict=strict, media=media)
     if len(train.classes) < 2:
         raise DataError(f"{data} has a single class ({train.classes[0]}); a classifier needs at least two class folders")
     if val is None:
         return stratified_split(train, val_fraction, seed)
-    valset = scan_image_folder(val, strict=strict, classes=train.classes, media=media)
+    valset = scan_class_folders(val, strict=strict, classes=train.classes, media=media)
     return train, valset
 
 
@@ -208,7 +208,7 @@ def _report_skipped(skipped: list[tuple[Path, str]], root: Path, strict: bool) -
     log.warning("skipped %d unreadable file(s) under %s: %s%s", len(skipped), root, listing, more)
 
 
-def find_images(root: Path, *, strict: bool = False, flag: str = "--data", media: Media = IMAGES) -> list[Path]:
+def find_files(root: Path, *, strict: bool = False, flag: str = "--data", media: Media = IMAGES) -> list[Path]:
     """All readable files of `media` under `root`, any depth (unlabelled sets, calibration, parity)."""
     root = Path(root)
     if not root.is_dir():
@@ -248,7 +248,7 @@ def write_digits(out_dir: Path, size: int = 64, val_fraction: float = 0.2, seed:
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     labels = [int(y) for y in digits.target]
-    all_ = ImageList([Path(str(i)) for i in range(len(labels))], labels, [str(d) for d in range(10)])
+    all_ = FileList([Path(str(i)) for i in range(len(labels))], labels, [str(d) for d in range(10)])
     train, val = stratified_split(all_, val_fraction, seed)
     written = {}
     with atomic_dir(out_dir, force=True) as tmp:

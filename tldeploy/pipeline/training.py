@@ -32,7 +32,7 @@ from tldeploy.errors import ConfigError, OutputExistsError
 from tldeploy.pipeline.audio import AudioAugmentConfig, AudioPreprocessing, LogMelConfig
 from tldeploy.pipeline.backbones import adapt_stem, create_backbone
 from tldeploy.pipeline.checkpoints import load_train_state, plain, save_checkpoint, save_train_state
-from tldeploy.pipeline.data import AUDIO, IMAGES, find_images, limit_per_class, resolve_train_val
+from tldeploy.pipeline.data import AUDIO, IMAGES, find_files, limit_per_class, resolve_train_val
 from tldeploy.pipeline.heads import AdaptedModel, create_model
 from tldeploy.pipeline.metrics import classification_metrics, write_plots
 from tldeploy.pipeline.preprocessing import AugmentConfig, Preprocessing
@@ -221,7 +221,7 @@ class _Trainer:
         if cfg.limit_per_class:
             self.train_set = limit_per_class(self.train_set, cfg.limit_per_class, cfg.seed)
         self.classes = self.train_set.classes
-        self.unlabeled = find_images(cfg.unlabeled, strict=cfg.strict, flag="--unlabeled", media=media) if cfg.unlabeled else []
+        self.unlabeled = find_files(cfg.unlabeled, strict=cfg.strict, flag="--unlabeled", media=media) if cfg.unlabeled else []
 
         backbone = create_backbone(cfg.backbone, cfg.weights)
         self.prep: Preprocessing | AudioPreprocessing
