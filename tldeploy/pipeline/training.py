@@ -507,7 +507,9 @@ class _Trainer:
 
         state = load_train_state(self.state_path)
         old, new = state["config"], self.cfg.to_dict()
-        changed = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
+        # A state from before a key existed holds that key's default (modality, logmel, in_channels).
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        changed = [k for k in _RESUME_KEYS if old.get(k, defaults.get(k)) != new.get(k)]
         if changed:
             raise ConfigError(
                 f"--resume: {', '.join(f'--{k.replace(chr(95), chr(45))} was {old.get(k)!r}' for k in changed)} "
