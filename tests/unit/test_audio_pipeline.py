@@ -200,6 +200,8 @@ def test_cli_audio_errors_are_one_line(tones, tiny_audio, tmp_path, capsys):
     assert err.count("\n") == 1 and "this is an audio model" in err
     assert main(["data", "tones", str(tones)]) == 1
     assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["data", "tones", str(tmp_path / "t"), "--per-class", "2", "--val-fraction", "0.9"]) == 1
+    assert "leaves no training clips" in capsys.readouterr().err and not (tmp_path / "t").exists()
 
 
 def test_cli_train_passes_the_audio_options_into_the_contract(tones, tmp_path, capsys):

@@ -376,6 +376,8 @@ def write_tones(out_dir: Path, per_class: int = 60, val_fraction: float = 0.25, 
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise DataError(f"{out_dir} exists and is not empty; choose another folder or pass --force")
     n_val = max(1, round(per_class * val_fraction))
+    if n_val >= per_class:
+        raise ConfigError(f"--val-fraction {val_fraction} of --per-class {per_class} leaves no training clips; lower it or raise --per-class")
     written = {"train": 0, "val": 0}
     with atomic_dir(out_dir, force=True) as tmp:
         for c, kind in enumerate(TONE_CLASSES):
