@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tldeploy._io import atomic_dir
-from tldeploy.errors import ConfigError, DataError
+from tldeploy.errors import ConfigError, DataError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,6 @@ def _soundfile():
     try:
         import soundfile
     except ImportError:
-        from tldeploy.errors import MissingDependencyError
-
         raise MissingDependencyError("soundfile", purpose="reading audio files") from None
     return soundfile
 
@@ -271,7 +269,6 @@ class AudioDataset:
 
     def __init__(self, paths: list[Path], labels: list[int], prep: AudioPreprocessing, augment: AudioAugmentConfig | None) -> None:
         self.paths, self.labels, self.prep, self.augment = paths, labels, prep, augment
-        self.rng = np.random.default_rng()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -279,13 +276,13 @@ class AudioDataset:
     def __getitem__(self, i: int):
         import torch
 
-        c = self.prep.logmel
-        wave = read_audio(self.paths[i], c.sample_rate)
         if self.augment is None:
-            return torch.from_numpy(fit_clip(wave, c.num_samples)), self.labels[i]
+            return torch.from_numpy(self.prep.load(self.paths[i])), self.labels[i]
+        c = self.prep.logmel
         # Random draws from torch's generator, which the training loop seeds (workers included).
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
-        return torch.from_numpy(augment_waveform(fit_clip(wave, c.num_samples, random_crop=True, rng=rng), self.augment, rng)), self.labels[i]
+        clip = fit_clip(read_audio(self.paths[i], c.sample_rate), c.num_samples, random_crop=True, rng=rng)
+        return torch.from_numpy(augment_waveform(clip, self.augment, rng)), self.labels[i]
 
 
 def augment_waveform(wave: np.ndarray, aug: AudioAugmentConfig, rng: np.random.Generator) -> np.ndarray:
