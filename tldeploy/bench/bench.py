@@ -135,24 +135,31 @@ class _Entry:
     backend: str
     device: str
     precision: str
+    contract: Any  # tldeploy.export.contract.Contract
     runner: Any = None
 
 
 def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry:
-    from tldeploy.build.runners import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, TorchRunner, load_runner, read_sidecar
+    from tldeploy.build.runners import (
+        CHECKPOINT_SUFFIXES,
+        ENGINE_SUFFIXES,
+        TorchRunner,
+        artifact_contract,
+        load_runner,
+        read_sidecar,
+    )
 
+    if path.suffix not in (*CHECKPOINT_SUFFIXES, *ENGINE_SUFFIXES, ".onnx"):
+        raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
+    contract = artifact_contract(path)
     if path.suffix in CHECKPOINT_SUFFIXES:
-        return _Entry(path.name, path, role, "checkpoint", "torch", device, "fp32", TorchRunner(path, device=device))
+        return _Entry(path.name, path, role, "checkpoint", "torch", device, "fp32", contract, TorchRunner(path, device=device))
     record = read_sidecar(path) or {}
     if path.suffix in ENGINE_SUFFIXES:
-        return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", record.get("precision", "unknown"), load_runner(path))
-    if path.suffix == ".onnx":
-        from tldeploy.export.contract import read_contract
-
-        dev = record.get("device", device)
-        precision = record.get("precision") or read_contract(path).precision
-        return _Entry(path.name, path, role, "onnx", "onnxruntime", dev, precision, load_runner(path, device=dev, threads=threads))
-    raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
+        return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", record.get("precision", "unknown"), contract, load_runner(path))
+    dev = record.get("device", device)
+    precision = record.get("precision") or contract.precision
+    return _Entry(path.name, path, role, "onnx", "onnxruntime", dev, precision, contract, load_runner(path, device=dev, threads=threads))
 
 
 def _load_images(data: Path, classes: list[str], prep, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
@@ -199,7 +206,7 @@ def _check_outputs(cfg: BenchConfig) -> None:
 def run_bench(cfg: BenchConfig) -> BenchResult:
     from tldeploy.bench.environment import collect_environment
     from tldeploy.build.artifacts import now
-    from tldeploy.build.runners import artifact_contract, run_batches
+    from tldeploy.build.runners import run_batches
     from tldeploy.export.onnx_export import sha256_file
 
     _check_outputs(cfg)
@@ -218,8 +225,8 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         names[e.name] = names.get(e.name, 0) + 1
         if names[e.name] > 1:
             e.name = f"{e.name}#{names[e.name]}"
-    contracts = {e.name: artifact_contract(e.path) for e in entries}
-    base = artifact_contract(ref.path) if ref else next(iter(contracts.values()))
+    contracts = {e.name: e.contract for e in entries}
+    base = ref.contract if ref else entries[0].contract
     for name, c in contracts.items():
         if c.preprocessing != base.preprocessing or c.classes != base.classes:
             what = "classes" if c.classes != base.classes else "preprocessing"
