@@ -1,4 +1,5 @@
-"""Markers: `slow` runs only with --runslow or TLDEPLOY_SLOW=1; `gpu` and `trt` skip without them."""
+"""Markers: `slow` runs only with --runslow or TLDEPLOY_SLOW=1; `gpu` and `trt` skip without them.
+Every test gets its own TLDEPLOY_CACHE."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "trt" in item.keywords and not has_trt:
             item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install 'tldeploy[tensorrt]')"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    """Builds, calibration ranges and plugins go to a per-test cache, never the user's."""
+    monkeypatch.setenv("TLDEPLOY_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture

@@ -19,11 +19,6 @@ from tldeploy.pipeline.training import TrainConfig, train
 FEW = 20  # clips per class in training (the issue allows up to 50)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TLDEPLOY_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def tones(tmp_path_factory):
     root = tmp_path_factory.mktemp("tones") / "tones"

@@ -28,11 +28,6 @@ def labelled_val(exported, digits):
     return x, y
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TLDEPLOY_CACHE", str(tmp_path / "cache"))
-
-
 def _accuracy(artifact, x, y):
     with load_runner(artifact) as r:
         out = run_batches(r, x)

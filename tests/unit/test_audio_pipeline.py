@@ -36,11 +36,6 @@ from tldeploy.pipeline.training import TrainConfig, train
 from tldeploy.predict import predict
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TLDEPLOY_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="session")
 def tones(tmp_path_factory):
     root = tmp_path_factory.mktemp("tones") / "tones"

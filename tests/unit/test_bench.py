@@ -21,11 +21,6 @@ from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployE
 FAST = LatencyConfig(warmup=2, iters=20, rounds=4)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TLDEPLOY_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def artifacts(tiny, tmp_path_factory):
     """FP32 and INT8 ONNX Runtime builds of the tiny model, with their records."""

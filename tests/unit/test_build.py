@@ -22,11 +22,6 @@ from tldeploy.export.onnx_export import parity_inputs
 from tldeploy.predict import predict
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TLDEPLOY_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def model_copy(tiny, tmp_path):
     """The tiny ONNX in a fresh folder, so default outputs land there."""
