@@ -137,6 +137,7 @@ class _Entry:
     precision: str
     contract: Any  # tldeploy.export.contract.Contract
     runner: Any = None
+    record: dict[str, Any] | None = None  # the build record beside the artifact, if any
 
 
 def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry:
@@ -156,10 +157,26 @@ def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry
         return _Entry(path.name, path, role, "checkpoint", "torch", device, "fp32", contract, TorchRunner(path, device=device))
     record = read_sidecar(path) or {}
     if path.suffix in ENGINE_SUFFIXES:
-        return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", record.get("precision", "unknown"), contract, load_runner(path))
+        return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", record.get("precision", "unknown"), contract, load_runner(path), record)
     dev = record.get("device", device)
     precision = record.get("precision") or contract.precision
-    return _Entry(path.name, path, role, "onnx", "onnxruntime", dev, precision, contract, load_runner(path, device=dev, threads=threads))
+    return _Entry(path.name, path, role, "onnx", "onnxruntime", dev, precision, contract, load_runner(path, device=dev, threads=threads), record or None)
+
+
+def build_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a build record says about precision: the units kept in higher precision and the
+    agreement/KL its check measured, on which images."""
+    if not record:
+        return None
+    q = record.get("quantization") or {}
+    units = q.get("float_units") if q else record.get("fp32_units")
+    check = record.get("check") or {}
+    return {
+        "kept_high_precision": [u.get("short") or u.get("module") or u.get("name") for u in units or []],
+        "precision_plan": (record.get("precision_plan") or {}).get("path"),
+        "check": {k: check.get(k) for k in ("top1_agreement", "kl", "n", "images")} if "top1_agreement" in check else None,
+    }
+
 
 
 def _load_images(data: Path, classes: list[str], prep, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
@@ -257,6 +274,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
                 "name": e.name, "path": str(e.path), "sha256": sha256_file(e.path), "role": e.role, "kind": e.kind,
                 "backend": e.backend, "device": e.device, "precision": e.precision,
                 "accuracy": None, "parity": None, "gates": [], "latency": [], "skipped_batches": [],
+                "build": build_summary(e.record),
             }
             if cfg.data is None:
                 continue

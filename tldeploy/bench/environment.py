@@ -19,7 +19,7 @@ from typing import Any
 
 # Dotted paths into the environment dict.
 FINGERPRINT_FIELDS = (
-    "cpu.model", "cpu.logical_cores", "threads", "gpu.name", "gpu.driver", "jetson.power_mode",
+    "cpu.model", "cpu.class", "cpu.features", "cpu.logical_cores", "threads", "gpu.name", "gpu.driver", "jetson.power_mode",
     "versions.onnxruntime", "versions.tensorrt", "versions.torch", "versions.cuda",
 )
 
@@ -76,14 +76,15 @@ def _jetson() -> dict[str, Any] | None:
 def collect_environment(threads: int | None) -> dict[str, Any]:
     import numpy as np
 
-    from tldeploy.build.artifacts import cpu_name, tool_versions
+    from tldeploy.build.artifacts import cpu_info, tool_versions
 
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = os.cpu_count()
     env: dict[str, Any] = {
-        "cpu": {"model": cpu_name(), "logical_cores": os.cpu_count(), "usable_cores": usable},
+        "cpu": {"model": (cpu := cpu_info())["name"], "class": cpu["class"], "features": cpu["features"],
+                "logical_cores": os.cpu_count(), "usable_cores": usable},
         "threads": threads,
         "gpu": _gpu(),
         "jetson": _jetson(),

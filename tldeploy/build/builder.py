@@ -40,7 +40,10 @@ class BuildConfig:
     calib_samples: int = 256
     calib_method: str = "minmax"
     keep_float: int | str = "auto"
-    min_agreement: float = 1.0
+    min_agreement: float | None = None  # None: 0.99 on --check-data images, 1.0 on held-out calibration images
+    max_kl: float | None = None  # None: none on --check-data images, a margin on held-out calibration images
+    check_data: Path | None = None  # images the model was not trained on (validation), to hold INT8 to
+    precision_plan: Path | None = None  # units to keep in higher precision, from `tldeploy diagnose`
     reduce_range: bool | None = None  # ONNX Runtime INT8: None = on for CPUs without VNNI
     trt: TrtConfig = field(default_factory=TrtConfig)
     force: bool = False
@@ -52,6 +55,8 @@ class BuildConfig:
             raise ConfigError("--precision int8 needs --calib-data DIR: real images to calibrate on (the training folder works)")
         if self.precision != "int8" and self.calib_data is not None:
             raise ConfigError(f"--calib-data is for --precision int8; {self.precision} needs no calibration")
+        if self.precision == "fp32" and self.precision_plan is not None:
+            raise ConfigError("--precision-plan is for --precision int8 or fp16; an FP32 build keeps everything in float")
 
 
 @dataclass
@@ -110,6 +115,12 @@ def build(cfg: BuildConfig) -> BuildResult:
     t0 = time.perf_counter()
     onnx_path = Path(cfg.onnx)
     contract = read_contract(load_onnx(onnx_path, load_external_data=False) if onnx_path.is_file() else onnx_path)
+    plan = None
+    if cfg.precision_plan is not None:
+        from tldeploy.build.plan import load_plan
+
+        plan = load_plan(cfg.precision_plan)
+        plan.check_applies(cfg.precision_plan, sha256_file(onnx_path), cfg.precision, onnx_path)
     backend = resolve_backend(cfg.precision, cfg.backend)
     device = cfg.device or default_device(backend)
     cap = check_target(cfg.precision, backend, device)
@@ -125,12 +136,16 @@ def build(cfg: BuildConfig) -> BuildResult:
     if contract.attention == "plugin" and backend != "tensorrt":
         raise ConfigError(f"{onnx_path} has ChannelAttention plugin nodes, which only TensorRT runs; use --backend tensorrt or the standard export")
 
-    calib = quant = None
+    calib = quant = check = None
+    if cfg.check_data is not None:
+        from tldeploy.build.quantize import ImageSet
+
+        check = ImageSet.from_folder(cfg.check_data, contract.preprocessing, contract.classes)
     if cfg.precision == "int8":
         assert cfg.calib_data is not None  # checked in BuildConfig
         calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
         quant = QuantConfig.for_backend(backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
-                                        keep_float=cfg.keep_float, min_agreement=cfg.min_agreement,
+                                        keep_float=cfg.keep_float, min_agreement=cfg.min_agreement, max_kl=cfg.max_kl,
                                         **({"reduce_range": cfg.reduce_range} if backend == "ort" else {}))
     from tldeploy.build.tensorrt import gpu_info
 
@@ -145,6 +160,8 @@ def build(cfg: BuildConfig) -> BuildResult:
         "device": device,
         "calibration": {"sha256": calib.sha256, "images": len(calib.images), "held_out": len(calib.holdout), "method": cfg.calib_method} if calib else None,
         "quantization_options": _quant_options(quant),
+        "check_data": {"source": check.source, "images": len(check.images), "sha256": check.sha256} if check else None,
+        "precision_plan": {"path": str(cfg.precision_plan), "sha256": sha256_file(Path(cfg.precision_plan))} if plan else None,
         "tools": artifacts.tool_versions(),
         "gpu": gpu_info() if device == "cuda" else None,
         "options": _trt_options(cfg.trt) if backend == "tensorrt" else None,
@@ -160,11 +177,11 @@ def build(cfg: BuildConfig) -> BuildResult:
             why = (f"it was built from other inputs or tools (differs in: {', '.join(artifacts.key_differences(old, record))})"
                    if old else "it has no matching build record")
             raise OutputExistsError(f"{output} already exists and {why}; pass --force to rebuild it")
-        log.info("building %s %s on %s: %s -> %s (%s)", backend, cfg.precision, device, onnx_path, output, cap.note)
-        record.update(_build_artifact(cfg, backend, device, onnx_path, contract, output, calib, quant))
+        log.info("building %s %s on %s: %s -> %s (%s)", backend, cfg.precision, device, onnx_path, output, cap.describe(cfg.precision))
+        record.update(_build_artifact(cfg, backend, device, onnx_path, contract, output, calib, quant, check, plan))
         record["artifact_sha256"] = sha256_file(output)
         record["size_bytes"] = output.stat().st_size
-        record["cpu"] = {"name": artifacts.cpu_name()}
+        record["cpu"] = artifacts.cpu_info()
         # An ONNX artifact carries its own (updated) contract; an engine's record carries the input's.
         record["contract"] = (read_contract(output) if output.suffix == ".onnx" else replace(contract, precision=cfg.precision)).to_props()
         record["created"] = artifacts.now()
@@ -178,7 +195,7 @@ def _quant_options(quant: QuantConfig | None) -> dict | None:
         return None
     return {"flavour": quant.flavour, "activation_type": quant.activation_type, "activation_symmetric": quant.activation_symmetric,
             "per_channel": quant.per_channel, "reduce_range": quant.reduce_range, "keep_float": quant.keep_float,
-            "min_agreement": quant.min_agreement}
+            "min_agreement": quant.min_agreement, "max_kl": quant.max_kl}
 
 
 def _trt_options(t: TrtConfig) -> dict:
@@ -186,7 +203,8 @@ def _trt_options(t: TrtConfig) -> dict:
             "version_compatible": t.version_compatible, "hardware_compat": t.hardware_compat}
 
 
-def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path, contract, output: Path, calib, quant) -> dict[str, Any]:
+def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path, contract, output: Path, calib, quant,
+                    check, plan) -> dict[str, Any]:
     """Write the artifact (atomically) and return what the record should add."""
     import onnx
 
@@ -198,14 +216,17 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
     with tempfile.TemporaryDirectory(prefix="tldeploy-build-") as tmp:
         source = onnx_path
         if cfg.precision == "int8":
-            q = quantize_model(onnx_path, calib, quant, artifacts.cache_dir() / "calibration")
+            q = quantize_model(onnx_path, calib, quant, artifacts.cache_dir() / "calibration", check=check, plan=plan,
+                               plan_path=cfg.precision_plan)
             extra["qdq_flavour"] = quant.flavour
             extra["quantization"] = q.summary()
             source = Path(tmp) / "model.int8.onnx"
             onnx.save(q.model, str(source))
         elif cfg.precision == "fp16":
             source = Path(tmp) / "model.fp16.onnx"
-            onnx.save(fp16_model(load_onnx(onnx_path)), str(source))
+            onnx.save(fp16_model(load_onnx(onnx_path), keep_fp32=plan.nodes if plan else ()), str(source))
+            if plan is not None:
+                extra["fp32_units"] = [{k: u.get(k) for k in ("name", "module", "short", "op", "nodes")} for u in plan.units]
         if backend == "ort":
             with atomic_path(output) as out_tmp:
                 out_tmp.write_bytes(source.read_bytes())
@@ -224,8 +245,10 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
             extra["timing_cache"] = str(trt_cfg.timing_cache)
         if contract.attention == "plugin":
             extra["check"] = {"skipped": "ChannelAttention plugin nodes: ONNX Runtime cannot run the reference"}
+        elif cfg.precision == "int8":
+            extra["check"] = extra["quantization"]["check"]  # the guard measured the artifact's graph already
         else:
-            extra["check"] = _check(output, onnx_path, contract.preprocessing, calib, device)
+            extra["check"] = _check(output, onnx_path, contract.preprocessing, check, device)
     return extra
 
 
@@ -236,23 +259,23 @@ def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
     return replace(t, timing_cache=path)
 
 
-def _check(artifact: Path, onnx_path: Path, prep, calib, device: str) -> dict:
-    """Run the new artifact through its runner against the FP32 ONNX on ONNX Runtime CPU."""
+def _check(artifact: Path, onnx_path: Path, prep, check, device: str) -> dict:
+    """Run the new artifact through its runner against the FP32 ONNX on ONNX Runtime CPU, on the
+    --check-data images (up to 64) or on random inputs."""
     from tldeploy.bench.parity import compare_outputs
     from tldeploy.build.runners import OrtRunner, load_runner, run_batches
 
-    if calib is not None:
-        x = calib.check_images[:64]
+    if check is not None:
+        x = check.images[:64]
+        what = f"--check-data images from {check.source}"
     else:
         from tldeploy.export.onnx_export import parity_inputs
 
         x = parity_inputs(prep, None, 8)
+        what = "random inputs"
     with OrtRunner(onnx_path) as ref_runner:
         ref = run_batches(ref_runner, x)
     with load_runner(artifact, device=device) as runner:
         out = run_batches(runner, x)
     report = compare_outputs(ref, out)
-    log.info("check against the FP32 ONNX on %d %s: top-1 agreement %.2f%%, logits max |diff| %.3g",
-             len(x), "held-out calibration-folder images" if calib is not None else "random inputs", 100 * report.top1_agreement, report.logits_max_abs)
-    return {"against": "fp32 onnx on onnxruntime cpu", "inputs": "held-out images" if calib is not None else "random inputs",
-            **report.to_dict()}
+    return {"against": "fp32 onnx on onnxruntime cpu", "images": what, **report.to_dict()}

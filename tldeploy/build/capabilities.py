@@ -21,13 +21,19 @@ class Capability:
     suffix: str  # the artifact's file suffix
     extra: str | None  # pip extra that brings the backend's runtime
     note: str
+    precision_notes: tuple[tuple[str, str], ...] = ()  # (precision, how it is built), where it needs saying
+
+    def describe(self, precision: str) -> str:
+        """What a build of `precision` makes, for the build log."""
+        return dict(self.precision_notes).get(precision, self.note)
 
 
 CAPABILITIES: tuple[Capability, ...] = (
     Capability("tensorrt", "cuda", ("fp32", "fp16", "int8"), ".engine", "tensorrt",
                "strongly typed engine from the FP32, FP16 or Q/DQ ONNX"),
     Capability("ort", "cpu", ("fp32", "int8"), ".onnx", None,
-               "CPUExecutionProvider; INT8 as U8S8 Q/DQ (FP16 has no fast CPU kernels)"),
+               "CPUExecutionProvider; INT8 as U8S8 Q/DQ (FP16 has no fast CPU kernels)",
+               (("fp32", "CPUExecutionProvider, float32"), ("int8", "CPUExecutionProvider, INT8 as U8S8 Q/DQ"))),
     # The CUDA provider runs Q/DQ models by dequantizing to float, so INT8 there would not be INT8.
     Capability("ort", "cuda", ("fp32", "fp16"), ".onnx", "gpu", "CUDAExecutionProvider"),
 )

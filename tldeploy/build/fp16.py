@@ -10,8 +10,16 @@ from tldeploy.build.graph import ancestors, frontend_nodes
 from tldeploy.errors import ConfigError
 
 
-def fp16_model(model):
-    """A converted copy of an FP32 tldeploy ModelProto (an FP16 one is returned as it is)."""
+def fp16_exclusions(model, contract) -> set[str]:
+    """Nodes every FP16 build keeps in float32: whatever only feeds `probs` and `cam`, and an
+    audio model's log-mel front end."""
+    feeds_logits = ancestors(model, "logits")
+    return {n.name for n in model.graph.node if n.name not in feeds_logits} | frontend_nodes(model, contract)
+
+
+def fp16_model(model, keep_fp32: list[str] | tuple[str, ...] = ()):
+    """A converted copy of an FP32 tldeploy ModelProto (an FP16 one is returned as it is), with
+    `keep_fp32` nodes (a precision plan's) also left in float32."""
     from dataclasses import replace
 
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -23,9 +31,12 @@ def fp16_model(model):
         return model
     if contract.precision != "fp32":
         raise ConfigError(f"cannot make FP16 from a {contract.precision} export; export FP32 or FP16 instead")
-    feeds_logits = ancestors(model, "logits")
-    tail = [n.name for n in model.graph.node if n.name not in feeds_logits]
-    front = sorted(frontend_nodes(model, contract))
-    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=tail + front)
+    known = {n.name for n in model.graph.node}
+    missing = [n for n in keep_fp32 if n not in known]
+    if missing:
+        raise ConfigError(f"the precision plan names nodes {', '.join(missing[:3])} that this ONNX does not have; "
+                          "make the plan from this ONNX with tldeploy diagnose")
+    block = sorted(fp16_exclusions(model, contract) | set(keep_fp32))
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
     write_contract(converted, replace(contract, precision="fp16"))
     return converted

@@ -230,8 +230,12 @@ def _simplify(proto):
         import onnxslim
     except ImportError:
         raise MissingDependencyError("onnxslim", purpose="--simplify") from None
+    from tldeploy.export.scopes import keep_name_scopes
+
     with _quiet_exporter():
-        return onnxslim.slim(proto)
+        slim = onnxslim.slim(proto)
+    keep_name_scopes(proto, slim)  # onnxslim drops node metadata; diagnose names layers by it
+    return slim
 
 
 def parity_inputs(prep: Preprocessing | AudioPreprocessing, data: Path | None, n: int, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,297 @@
+"""`tldeploy diagnose` and precision plans on tiny models with planted faults: an INT8-hostile
+layer (an outlier channel in its input) and a layer whose activations overflow FP16 (a large
+scale before a normalisation). Each must be ranked first and named by its module path."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from _images import make_blob_images
+from torch import nn
+
+from tldeploy.build.builder import BuildConfig, build
+from tldeploy.build.diagnose import DiagnoseConfig, diagnose
+from tldeploy.build.plan import load_plan
+from tldeploy.build.quantize import CalibrationSet, ImageSet, QuantConfig, Quantizer, quantize_model
+from tldeploy.build.sensitivity import Evaluator, fp16_emulated, mixed_int8, task_metrics
+from tldeploy.cli import main
+from tldeploy.errors import ConfigError
+from tldeploy.export.contract import read_contract
+from tldeploy.export.onnx_export import ExportConfig, export_onnx
+from tldeploy.export.scopes import module_paths, short_names
+from tldeploy.pipeline.backbones import Backbone, BackboneSpec, register_backbone
+from tldeploy.pipeline.preprocessing import AugmentConfig, Preprocessing
+from tldeploy.pipeline.training import TrainConfig, train
+
+HOSTILE = "backbone.features.stages.2.0"  # reads the outlier channel planted in stage 1's output
+
+
+@pytest.fixture(scope="module")
+def outlier_onnx(tiny, tmp_path_factory):
+    """The tiny CNN with one channel of stage 1's output scaled 1000x (BatchNorm weight and bias,
+    before the ReLU) and stage 2's weights for it scaled back: the same function in float, but
+    stage 2's per-tensor input range is wrecked for every other channel."""
+    ckpt, _, data = tiny
+    root = tmp_path_factory.mktemp("outlier")
+    doc = torch.load(ckpt, weights_only=True)
+    sd = doc["state_dict"]
+    sd["backbone.features.stages.1.1.weight"][3] *= 1000
+    sd["backbone.features.stages.1.1.bias"][3] *= 1000
+    sd["backbone.features.stages.2.0.weight"][:, 3] /= 1000
+    torch.save(doc, root / "outlier.pt")
+    return export_onnx(ExportConfig(root / "outlier.pt", root / "outlier.onnx")).path, data
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.register_buffer("factor", torch.tensor(factor))
+
+    def forward(self, x):
+        return x * self.factor
+
+
+class _TrapCNN(nn.Module):
+    """conv -> ReLU -> x60000 -> GroupNorm -> ReLU -> conv: fine in float32, while FP16 (max
+    65504) overflows right after the scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU())
+        self.scale = _Scale(6e4)
+        self.norm = nn.GroupNorm(4, 16)
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1), nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.norm(self.scale(self.stem(x))))
+
+
+@register_backbone("test_fp16_trap", "tiny CNN with a scale that overflows FP16 before a GroupNorm (tests only)")
+def _fp16_trap(weights: str) -> Backbone:
+    prep = Preprocessing(input_size=32, resize_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return Backbone(_TrapCNN(), BackboneSpec("test_fp16_trap", prep, "", "none", "fp16 trap"), 16)
+
+
+@pytest.fixture(scope="module")
+def trap_onnx(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trap")
+    data = root / "data"
+    make_blob_images(data / "train", 24, seed=0)
+    make_blob_images(data / "val", 16, seed=1)
+    run = train(TrainConfig(data=data, out_dir=root / "run", backbone="test_fp16_trap", mode="finetune", epochs=2,
+                            warmup_epochs=1, batch_size=8, lr=1e-2, quiet=True, augment=AugmentConfig.off()))
+    return export_onnx(ExportConfig(run.checkpoint, root / "trap.onnx")).path, data
+
+
+# ------------------------------------------------------------ names
+
+
+def test_units_are_named_by_their_pytorch_module(tiny):
+    model = onnx.load(str(tiny[1]))
+    paths = module_paths(model)
+    convs = [paths[n.name] for n in model.graph.node if n.op_type == "Conv"]
+    # A convolution with its BatchNorm folded in still names the convolution.
+    assert convs == ["backbone.features.stages.0.0", "backbone.features.stages.1.0", "backbone.features.stages.2.0"]
+    gemms = {paths[n.name] for n in model.graph.node if n.op_type == "Gemm"}
+    assert gemms == {"head.attention.fc1", "head.attention.fc2", "head.classifier"}
+    short = short_names(["backbone.features.model.blocks.1.0.conv_pw", "backbone.features.model.conv_stem", "head.classifier"])
+    assert short == {"backbone.features.model.blocks.1.0.conv_pw": "blocks.1.0.conv_pw",
+                     "backbone.features.model.conv_stem": "conv_stem", "head.classifier": "head.classifier"}
+    assert short_names(convs)[convs[2]] == "stages.2.0"  # never a bare index
+
+
+def test_simplified_export_keeps_the_module_names(tiny, tmp_path):
+    path = export_onnx(ExportConfig(tiny[0], tmp_path / "slim.onnx", simplify=True)).path
+    paths = module_paths(onnx.load(str(path)))
+    assert sorted(p for p in paths.values() if p.startswith("backbone.features.stages") and p.endswith(".0"))[:3] == [
+        "backbone.features.stages.0.0", "backbone.features.stages.1.0", "backbone.features.stages.2.0"]
+
+
+# ------------------------------------------------------------ the mixing machinery
+
+
+def test_mixed_int8_models_span_float_to_fully_quantized(tiny, tmp_path):
+    onnx_path, data = tiny[1], tiny[2]
+    contract = read_contract(onnx_path)
+    calib = CalibrationSet.from_folder(data / "train", contract.preprocessing, 32)
+    val = ImageSet.from_folder(data / "val", contract.preprocessing, contract.classes)
+    with Quantizer(onnx_path, calib, QuantConfig.ort_x86(reduce_range=True), tmp_path / "c") as q:
+        ev = Evaluator(val.images, contract.input_name, q.float_model, as_written=True)
+        full = q.full()
+        every = [n for u in q.units() for n in u.nodes]
+        assert [u.module for u in q.units() if u.op.startswith("Conv")] == [
+            "backbone.features.stages.0.0", "backbone.features.stages.1.0", "backbone.features.stages.2.0"]
+        none = mixed_int8(q.float_model, full, [])
+        assert not any(n.op_type == "DequantizeLinear" for n in none.graph.node)
+        assert ev.metrics(none).kl < 1e-10
+        all_ = mixed_int8(q.float_model, full, every)
+        onnx.checker.check_model(all_)
+        np.testing.assert_allclose(ev.outputs(all_, ["logits"])["logits"], ev.outputs(full, ["logits"])["logits"], atol=1e-5)
+        # One unit quantized: exactly its weight (and bias) and input activation get Q/DQ.
+        conv = q.units()[1]
+        one = mixed_int8(q.float_model, full, conv.nodes)
+        assert sum(n.op_type == "QuantizeLinear" for n in one.graph.node) == 1
+        assert sum(n.op_type == "DequantizeLinear" for n in one.graph.node) == 3
+
+
+def test_fp16_emulation_rounds_and_overflows_like_half_precision(trap_onnx):
+    model = onnx.load(str(trap_onnx[0]))
+    contract = read_contract(trap_onnx[0])
+    x = np.random.default_rng(0).standard_normal((4, *contract.preprocessing.input_shape)).astype(np.float32)
+    ev = Evaluator(x, contract.input_name, model, as_written=False)
+    scale = next(n for n in model.graph.node if n.op_type == "Mul" and module_paths(model)[n.name] == "backbone.features.scale")
+    out = ev.outputs(fp16_emulated(model, [scale.name], probe=scale.name), ["logits", scale.output[0], scale.output[0] + "__ref"])
+    ref = out[scale.output[0] + "__ref"]
+    assert np.abs(ref).max() > 65504  # the planted overflow is real in float32 ...
+    low = out[scale.output[0]]
+    assert np.isinf(low).any()  # ... and becomes inf in FP16, not silently kept by the runtime
+    fin = np.isfinite(low)
+    np.testing.assert_array_equal(low[fin], low[fin].astype(np.float16).astype(np.float32))  # values FP16 can hold
+    # Input and output each rounded once (2^-11 relative): within 2^-10 of float32, and not exact.
+    np.testing.assert_allclose(low[fin], ref[fin], rtol=2**-10 * 1.001, atol=1e-6)
+    assert not np.array_equal(low[fin], ref[fin])
+
+
+# ------------------------------------------------------------ planted faults
+
+
+def test_int8_diagnose_ranks_the_hostile_layer_first(outlier_onnx, tmp_path):
+    onnx_path, data = outlier_onnx
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="int8", calib_data=data / "train", data=data / "val",
+                                     output=tmp_path / "report", calib_samples=32, reduce_range=True))
+    first = result.ranking[0]
+    assert first["module"] == HOSTILE and first["op"] == "Conv+Relu", result.ranking[:3]
+    second = result.ranking[1]
+    # Alone in INT8, the hostile layer does far more damage than any other unit.
+    assert first["alone_low"]["kl"] > 10 * second["alone_low"]["kl"]
+    assert first["alone_float"]["kl"] < result.document["all_low"]["kl"]
+    doc = json.loads((tmp_path / "report" / "diagnose.json").read_text())
+    assert doc["format"] == "tldeploy.diagnose" and doc["format_version"] == 1 and doc["images"]["n"] == 16
+    assert [u["index"] for u in doc["units"]] == sorted(u["index"] for u in doc["units"])  # graph order
+    md = (tmp_path / "report" / "diagnose.md").read_text()
+    assert "`stages.2.0`" in md.split("\n| 1 |")[1].splitlines()[0]
+    assert (tmp_path / "report" / "sensitivity.png").stat().st_size > 1000
+    plan = load_plan(tmp_path / "report" / "plan.json")
+    assert plan.units[0]["module"] == HOSTILE and plan.precision == "int8"
+
+
+def test_fp16_diagnose_ranks_the_overflowing_layer_first(trap_onnx, tmp_path):
+    onnx_path, data = trap_onnx
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="fp16", data=data / "val", output=tmp_path / "r16"))
+    first = result.ranking[0]
+    assert first["module"] == "backbone.features.scale" and first["op"] == "Mul", result.ranking[:3]
+    assert first["node"]["overflows_fp16"] and first["node"]["nonfinite_share"] > 0
+    assert first["alone_low"]["nonfinite_rows"] > 0
+    assert not any(u["node"]["overflows_fp16"] for u in result.ranking[1:] if u["module"].startswith("backbone.features.stem"))
+    plan = result.document["plan"]
+    assert plan["passed"] and result.ranking[0]["name"] in plan["units"]
+
+
+# ------------------------------------------------------------ plans applied by build
+
+
+def test_int8_guard_keeps_the_hostile_layer_in_float(outlier_onnx, tmp_path):
+    onnx_path, data = outlier_onnx
+    contract = read_contract(onnx_path)
+    calib = CalibrationSet.from_folder(data / "train", contract.preprocessing, 32)
+    check = ImageSet.from_folder(data / "val", contract.preprocessing, contract.classes)
+    result = quantize_model(onnx_path, calib, QuantConfig.ort_x86(reduce_range=True), tmp_path / "c", check=check)
+    assert result.history[0][1] == 0 and not result.acceptance.accepts(result.history[0][2])  # all-INT8 fails the bar
+    assert result.passed and [u.module for u in result.float_units] == [HOSTILE]
+    assert result.metrics.top1_agreement >= 0.99
+    # The hostile conv reads float activations; the other two convs are quantized.
+    producers = {o: n for n in result.model.graph.node for o in n.output}
+    conv_inputs = {n.name: producers.get(n.input[0]) for n in result.model.graph.node if n.op_type == "Conv"}
+    assert sum(p is not None and p.op_type == "DequantizeLinear" for p in conv_inputs.values()) == 2
+
+
+def test_plan_round_trip_through_build(outlier_onnx, tmp_path, capsys):
+    onnx_path, data = outlier_onnx
+    rc = main(["diagnose", str(onnx_path), "--precision", "int8", "--calib-data", str(data / "train"), "--data", str(data / "val"),
+               "-o", str(tmp_path / "d"), "--calib-samples", "32", "--reduce-range", "-q"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "stages.2.0" in out.splitlines()[0] and "wrote" in out
+    plan = json.loads((tmp_path / "d" / "plan.json").read_text())
+    artifact = tmp_path / "planned.int8.ort.onnx"
+    rc = main(["build", str(onnx_path), "--precision", "int8", "--backend", "ort", "--calib-data", str(data / "train"),
+               "--calib-samples", "32", "--reduce-range", "--precision-plan", str(tmp_path / "d" / "plan.json"),
+               "--check-data", str(data / "val"), "-o", str(artifact), "-q"])
+    assert rc == 0
+    record = json.loads(artifact.with_name(artifact.name + ".json").read_text())
+    q = record["quantization"]
+    assert [u["name"] for u in q["float_units"]] == [u["name"] for u in plan["units"]]
+    assert q["plan"] and record["precision_plan"]["path"].endswith("plan.json")
+    # The build on the same images reaches what the plan promised (same calibration, same graph).
+    assert record["check"]["top1_agreement"] >= plan["promised"]["top1_agreement"]
+    assert record["check"]["kl"] == pytest.approx(plan["promised"]["kl"], rel=1e-6, abs=1e-9)
+
+
+def test_fp16_plan_keeps_its_nodes_in_fp32(trap_onnx, tmp_path):
+    from tldeploy.build.fp16 import fp16_model
+
+    onnx_path, data = trap_onnx
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="fp16", data=data / "val", output=tmp_path / "r"))
+    plan = load_plan(result.plan_path)
+    converted = fp16_model(onnx.load(str(onnx_path)), keep_fp32=plan.nodes)
+    inits = {i.name: i.data_type for i in converted.graph.initializer}
+    for n in converted.graph.node:
+        if n.name in plan.nodes:  # kept nodes read float32 weights
+            assert all(inits.get(t, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for t in n.input[1:] if t in inits)
+    assert any(t == onnx.TensorProto.FLOAT16 for t in inits.values())  # the rest is FP16
+
+
+def test_a_plan_for_another_onnx_is_refused(outlier_onnx, tiny, tmp_path, capsys):
+    onnx_path, data = outlier_onnx
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="int8", calib_data=data / "train", data=data / "val",
+                                     output=tmp_path / "d", calib_samples=32, reduce_range=True))
+    other = tmp_path / "other.onnx"
+    other.write_bytes(tiny[1].read_bytes())
+    with pytest.raises(ConfigError, match="was made for another ONNX"):
+        build(BuildConfig(onnx=other, precision="int8", backend="ort", calib_data=data / "train", precision_plan=result.plan_path))
+    with pytest.raises(ConfigError, match="is a int8 plan"):
+        build(BuildConfig(onnx=onnx_path, precision="fp16", backend="tensorrt", precision_plan=result.plan_path))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    rc = main(["build", str(onnx_path), "--precision", "int8", "--backend", "ort", "--calib-data", str(data / "train"),
+               "--precision-plan", str(bad)])
+    err = capsys.readouterr().err
+    assert rc != 0 and "bad.json is not a JSON precision plan" in err and "Traceback" not in err
+    assert not (tmp_path / "outlier.int8.ort.onnx").exists()
+
+
+def test_diagnose_bad_input(tiny, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="needs --calib-data"):
+        DiagnoseConfig(onnx=tiny[1], precision="int8", data=tiny[2] / "val")
+    rc = main(["diagnose", str(tmp_path / "missing.onnx"), "--precision", "fp16", "--data", str(tiny[2] / "val")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "missing.onnx" in err and "Traceback" not in err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "keep.txt").write_text("x")
+    rc = main(["diagnose", str(tiny[1]), "--precision", "fp16", "--data", str(tiny[2] / "val"), "-o", str(tmp_path / "r")])
+    assert rc != 0 and "--force" in capsys.readouterr().err and (tmp_path / "r" / "keep.txt").exists()
+
+
+# ------------------------------------------------------------ both CPU classes' numerics
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_eight_bit_weights_are_checked_as_the_target_computes(vnni, monkeypatch):
+    """reduce_range off computes exactly on a VNNI CPU; without VNNI ORT's kernels saturate, so the
+    guard evaluates the Q/DQ graph as written. The switch, not the machine, decides."""
+    import tldeploy.build.quantize as qmod
+
+    monkeypatch.setattr(qmod, "cpu_has_vnni", lambda: vnni)
+    assert QuantConfig.ort_x86().reduce_range is (not vnni)
+    assert QuantConfig.ort_x86(reduce_range=False).evaluated_as_written is (not vnni)
+    assert QuantConfig.ort_x86(reduce_range=True).evaluated_as_written is False
+    assert QuantConfig.tensorrt().evaluated_as_written is True
+
+
+def test_task_metrics_count_nonfinite_rows_as_disagreements():
+    ref = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+    out = np.array([[2.0, 0.0], [np.nan, 1.0], [0.0, 1.0]])
+    m = task_metrics(ref, out)
+    assert m.nonfinite == 1 and m.top1_agreement == pytest.approx(1 / 3) and np.isfinite(m.kl) and m.kl > 9

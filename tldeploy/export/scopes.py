@@ -1,0 +1,71 @@
+"""Which PyTorch module each ONNX node came from.
+
+The dynamo exporter leaves `pkg.torch.onnx.name_scopes` on every node, e.g.
+`['', 'model.backbone', ..., 'model.backbone.features.model.blocks.1.0.bn1', '_native_batch_norm...']`:
+the module path from the exported wrapper down, then the op. Reports name a layer by that path
+relative to the adapted model (`backbone.features.model.blocks.1.0.conv_pw`), which
+`model.get_submodule(path)` accepts. Simplification (onnxslim) drops node metadata and ONNX
+Runtime's quantizer keeps it; `keep_name_scopes` copies it back by node name.
+
+The scope list is read as quoted strings with a regular expression: metadata is never evaluated.
+"""
+
+from __future__ import annotations
+
+import re
+
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+# The exported wrapper holds the adapted model as `model` (see onnx_export._CamGraph).
+_ROOT = "model."
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
+
+
+def _scopes(node) -> list[str]:
+    for p in node.metadata_props:
+        if p.key == SCOPES_KEY:
+            return [a or b for a, b in _QUOTED.findall(p.value)]
+    return []
+
+
+def module_path(node, initializers: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    """The module `node` belongs to, relative to the adapted model ("" when none is recorded).
+
+    A weight named like a parameter wins over the scope: a convolution with a folded BatchNorm
+    carries the BatchNorm's scope, but its weight is still `model.<conv path>.weight`."""
+    for name in node.input[1:]:
+        if name in initializers and name.startswith(_ROOT) and name.endswith(".weight"):
+            return name[len(_ROOT) : -len(".weight")]
+    modules = [s for s in _scopes(node)[:-1] if s.startswith(_ROOT)]  # the last entry is the op
+    return modules[-1][len(_ROOT) :] if modules else ""
+
+
+def module_paths(model) -> dict[str, str]:
+    """{node name: module path} for every node of `model`."""
+    inits = {i.name for i in model.graph.initializer}
+    return {n.name: module_path(n, inits) for n in model.graph.node}
+
+
+def short_names(paths: list[str]) -> dict[str, str]:
+    """Paths without the dotted prefix that every backbone path shares (`backbone.features.model.`
+    for a timm backbone), so a report can say `blocks.1.0.conv_pw`; other paths stay whole."""
+    inside = [p.split(".") for p in paths if p.startswith("backbone.")]
+    common: list[str] = []
+    if len(inside) > 1:
+        for parts in zip(*inside):
+            if len(set(parts)) != 1:
+                break
+            common.append(parts[0])
+    cut = len(common)
+    while cut and any(len(parts) > cut and parts[cut].isdigit() for parts in inside):
+        cut -= 1  # `stages.2.0`, not `2.0`: a bare index names nothing
+    return {p: (".".join(p.split(".")[cut:]) or p) if p.startswith("backbone.") and cut else p for p in paths}
+
+
+def keep_name_scopes(source, target) -> None:
+    """Copy the name scopes of `source`'s nodes onto `target`'s nodes of the same name, where
+    `target` (a simplified or rewritten copy) lost them."""
+    scopes = {n.name: p.value for n in source.graph.node for p in n.metadata_props if p.key == SCOPES_KEY}
+    for n in target.graph.node:
+        if n.name in scopes and not any(p.key == SCOPES_KEY for p in n.metadata_props):
+            entry = n.metadata_props.add()
+            entry.key, entry.value = SCOPES_KEY, scopes[n.name]
