@@ -45,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     data, onnx_path = prepare(args.workdir)
     fp32 = build(BuildConfig(onnx=onnx_path, backend="ort")).path
-    int8_result = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train"))
+    int8_result = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train", check_data=data / "val"))
     artifacts = {"fp32": fp32, "int8": int8_result.path}
 
     contract = read_contract(onnx_path)

@@ -99,11 +99,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     done("export")
     stage("build")
     artifacts = [build(BuildConfig(onnx, "fp32", backend="ort", force=True)).path,
-                 build(BuildConfig(onnx, "int8", backend="ort", calib_data=data / "train", force=True)).path]
+                 build(BuildConfig(onnx, "int8", backend="ort", calib_data=data / "train", check_data=data / "val", force=True)).path]
     why_not = tensorrt_unavailable()
     if why_not is None:
         artifacts += [build(BuildConfig(onnx, "fp16", backend="tensorrt", force=True)).path,
-                      build(BuildConfig(onnx, "int8", backend="tensorrt", calib_data=data / "train", force=True)).path]
+                      build(BuildConfig(onnx, "int8", backend="tensorrt", calib_data=data / "train", check_data=data / "val", force=True)).path]
     else:
         skipped.append(f"TensorRT FP16 and INT8 engines: {why_not}")
     done("build")

@@ -53,7 +53,8 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
     gpu = env.get("gpu") or {}
     lines = [f"# tldeploy bench, {doc['created']}", ""]
     lines += [
-        f"- CPU: {env['cpu']['model']}, {env['cpu']['logical_cores']} logical cores; threads: {cfg['threads'] or 'backend default'}",
+        f"- CPU: {env['cpu']['model']}, {env['cpu']['logical_cores']} logical cores; threads: {cfg['threads'] or 'backend default'}"
+        + (f"; class {env['cpu']['class']} ({', '.join(env['cpu'].get('features') or []) or 'no listed features'})" if env["cpu"].get("class") else ""),
         f"- GPU: {gpu.get('name', 'none')}" + (f", driver {gpu.get('driver')}" if gpu else ""),
         *([f"- Jetson: {env['jetson']['l4t']}, power mode {env['jetson'].get('power_mode')}"] if env.get("jetson") else []),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
@@ -83,6 +84,14 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
             lines += _table(header, rows) + [""]
         for skip in r["skipped_batches"]:
             lines.append(f"- batch {skip['batch']} not timed: {skip['why']}")
+        b = r.get("build")
+        if b:
+            kept = ", ".join(f"`{k}`" for k in b["kept_high_precision"]) or "none"
+            lines.append(f"- kept in higher precision by the build: {kept}" + (f" (plan {b['precision_plan']})" if b["precision_plan"] else ""))
+            if b["check"]:
+                c = b["check"]
+                kl = f", KL {c['kl']:.3g}" if c.get("kl") is not None else ""
+                lines.append(f"- the build's own check: top-1 agreement {c['top1_agreement']:.2%}{kl} on {c['images']}")
         p = r["parity"]
         if p:
             rows = [
