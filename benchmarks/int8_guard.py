@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ort_int8_latency import prepare  # noqa: E402
+from ort_int8_latency import interleaved_p50, prepare  # noqa: E402
 
 from tldeploy.build.artifacts import cpu_info  # noqa: E402
 from tldeploy.build.builder import BuildConfig, build  # noqa: E402
@@ -102,21 +102,9 @@ def main() -> None:
 
     fp32 = build(BuildConfig(onnx=onnx_path, backend="ort")).path
     runners = {"fp32": load_runner(fp32).activate(), "int8": load_runner(builds[QuantConfig.ort_x86().reduce_range]).activate()}
-    one = {contract.input_name: val.images[:1]}
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for r in runners.values():
-        for _ in range(20):
-            r.infer(one)
-    for _ in range(args.rounds):
-        for k, r in runners.items():
-            time.sleep(0.05)
-            for _ in range(args.iters):
-                t0 = time.perf_counter()
-                r.infer(one)
-                samples[k].append(time.perf_counter() - t0)
+    p50 = interleaved_p50(runners, {contract.input_name: val.images[:1]}, args.rounds, args.iters, settle_s=0.05)
     for r in runners.values():
         r.deactivate()
-    p50 = {k: float(np.median(v) * 1e3) for k, v in samples.items()}
     result["latency_batch1"] = {"p50_ms": p50, "ratio_int8_to_fp32": p50["int8"] / p50["fp32"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -36,6 +36,23 @@ def prepare(workdir: Path) -> tuple[Path, Path]:
     return data, onnx_path
 
 
+def interleaved_p50(runners: dict, feed: dict, rounds: int, iters: int, settle_s: float = 0.0) -> dict[str, float]:
+    """p50 ms of `runners` (activated) on `feed`, timed in alternating rounds so that drifts of a
+    shared machine hit all alike; `settle_s` pauses before each turn."""
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for r in runners.values():
+        for _ in range(20):
+            r.infer(feed)
+    for _ in range(rounds):
+        for k, r in runners.items():
+            time.sleep(settle_s)
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                r.infer(feed)
+                samples[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v) * 1e3) for k, v in samples.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("int8-bench"))
@@ -56,18 +73,7 @@ def main() -> None:
     runners = {k: load_runner(p).activate() for k, p in artifacts.items()}
     accuracy = {k: float(np.mean(run_batches(r, x)["logits"].argmax(1) == y)) for k, r in runners.items()}
 
-    one = {"images": x[:1]}
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for r in runners.values():
-        for _ in range(20):
-            r.infer(one)
-    for _ in range(args.rounds):
-        for k, r in runners.items():
-            for _ in range(args.iters):
-                t0 = time.perf_counter()
-                r.infer(one)
-                samples[k].append(time.perf_counter() - t0)
-    p50 = {k: float(np.median(v) * 1e3) for k, v in samples.items()}
+    p50 = interleaved_p50(runners, {"images": x[:1]}, args.rounds, args.iters)
     result = {
         "cpu": cpu_name(), "machine": platform.machine(), "batch": 1, "input": "224x224",
         "validation_images": len(x),

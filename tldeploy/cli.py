@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -276,8 +277,8 @@ def export_cmd(checkpoint: Path, output: Path, as_json: bool, **kw) -> None:
 def _build_help() -> str:
     from tldeploy.build.capabilities import capability_table
 
-    table = "\n".join("  " + line for line in capability_table().splitlines())
-    return f"""Build a deployable artifact from an exported ONNX file.
+    table = "\n".join("      " + line for line in capability_table().splitlines())
+    return inspect.cleandoc(f"""Build a deployable artifact from an exported ONNX file.
 
     TensorRT engines are strongly typed networks made from the FP32, FP16 or Q/DQ (INT8) ONNX;
     ONNX Runtime artifacts are ONNX files (INT8: Q/DQ with U8 activations and S8 weights). INT8
@@ -307,7 +308,7 @@ def _build_help() -> str:
       tldeploy build digits.onnx --precision fp16
       tldeploy build digits.onnx --precision int8 --backend ort --calib-data data/digits/train
       tldeploy build digits.onnx --precision int8 --calib-data data/digits/train --batch 1,8,32
-    """
+    """)
 
 
 @cli.command("build", context_settings=CONTEXT, help=_build_help())

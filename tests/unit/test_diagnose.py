@@ -154,6 +154,29 @@ def test_fp16_emulation_rounds_and_overflows_like_half_precision(trap_onnx):
     assert not np.array_equal(low[fin], ref[fin])
 
 
+def test_the_search_prefers_fewer_float_regions(tiny):
+    """A pass in two pieces (two float/INT8 boundaries) loses to a contiguous pass with one unit more."""
+    from tldeploy.build.sensitivity import Acceptance, TaskMetrics, choose, float_regions, group_units
+
+    model = onnx.load(str(tiny[1]))
+    convs = group_units(model, [n.name for n in model.graph.node if n.op_type == "Conv"])
+    assert float_regions(model, [convs[0], convs[2]]) == 2 and float_regions(model, convs[:2]) == 1
+
+    def metrics(units):  # {conv0, conv2} passes, and so does {conv0, conv1, conv2}; nothing smaller
+        names = {u.name for u in units}
+        ok = {convs[0].name, convs[2].name} <= names
+        return TaskMetrics(10, 1.0 if ok else 0.5, 0.0 if ok else 1.0, 1.0, 0)
+
+    accept = Acceptance(0.99, None, "test")
+    ranked, graph = [convs[2], convs[0], convs[1]], list(convs)
+    units, _, history, passed = choose({"ranked": ranked, "graph order": graph}, metrics, accept, 3,
+                                       regions=lambda us: float_regions(model, us))
+    assert passed and [u.name for u in units] == [c.name for c in convs]  # contiguous, 3 units
+    assert ("ranked", 2) in [(o, k) for o, k, _ in history]  # the 2-unit pass was seen and set aside
+    units, *_ = choose({"ranked": ranked, "graph order": graph}, metrics, accept, 3)  # without the region count
+    assert len(units) == 2
+
+
 # ------------------------------------------------------------ planted faults
 
 

@@ -153,7 +153,7 @@ def _accuracy(labels, logits) -> float | None:
 def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[str, Any]:
     from tldeploy.build import artifacts
     from tldeploy.build.quantize import CalibrationSet, QuantConfig, Quantizer, _spread, rank_int8
-    from tldeploy.build.sensitivity import Acceptance, choose
+    from tldeploy.build.sensitivity import Acceptance, choose, float_regions
 
     assert cfg.calib_data is not None
     calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
@@ -169,7 +169,8 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[
         log.info("all quantized: top-1 agreement %.2f%%, KL %.2e on %d images", 100 * full.top1_agreement, full.kl, full.n)
         order = [e.unit for e in ranked]
         orders = {"ranked": order, "graph order": sorted(order, key=lambda u: u.index)}
-        chosen, m, history, passed = choose(orders, lambda us: ev.metrics(q.mix([n for u in us for n in u.nodes])), accept, cfg.max_units)
+        chosen, m, history, passed = choose(orders, lambda us: ev.metrics(q.mix([n for u in us for n in u.nodes])), accept, cfg.max_units,
+                                            regions=lambda us: float_regions(q.float_model, us))
         plan_logits = ev.outputs(q.mix([n for u in chosen for n in u.nodes]), ["logits"])["logits"]
         units_in_order = sorted(order, key=lambda u: u.index)
     return {

@@ -221,6 +221,7 @@ class QuantResult:
     seconds: float
     stats: QdqStats
     plan: str | None = None  # the precision plan applied, if any
+    float_regions: int = 0  # connected pieces the float units form (each costs a float/INT8 boundary)
 
     def summary(self) -> dict:
         m = self.metrics
@@ -234,6 +235,7 @@ class QuantResult:
             "float_units": [{"name": u.name, "module": u.module, "short": u.short, "op": u.op, "nodes": list(u.nodes)}
                             for u in self.float_units],
             "plan": self.plan,
+            "float_regions": self.float_regions,
             "check": {**m.to_dict(), "images": self.acceptance.images, "criterion": self.acceptance.to_dict(), "passed": self.passed,
                       "evaluated": "Q/DQ graph as written" if self.config.evaluated_as_written else "onnxruntime CPU kernels"},
             "search": [{"order": o, "float_units": k, "top1_agreement": h.top1_agreement, "kl": h.kl} for o, k, h in self.history],
@@ -461,7 +463,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
                    check: ImageSet | None = None, plan=None, plan_path: Path | None = None) -> QuantResult:
     """The Q/DQ ModelProto of the float ONNX at `onnx_path`, calibrated on `calib`, with the units
     the plan names, or the guard chooses, left in float (see the module docstring)."""
-    from tldeploy.build.sensitivity import Acceptance, Unit, choose
+    from tldeploy.build.sensitivity import Acceptance, Unit, choose, float_regions
     from tldeploy.export.contract import write_contract
 
     t0 = time.perf_counter()
@@ -503,7 +505,8 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
                 # Errors of early layers compound, which a one-at-a-time ranking underrates, so
                 # graph order is tried beside it: the guard never needs more units than either.
                 orders = {"ranked": order, "graph order": sorted(order, key=lambda u: u.index)}
-                units, m, history, passed = choose(orders, metrics_for, accept, cfg.max_keep_float)
+                units, m, history, passed = choose(orders, metrics_for, accept, cfg.max_keep_float,
+                                                   regions=lambda us: float_regions(q.float_model, us))
                 if not passed:
                     log.warning("INT8 stayed short of %s (kept the mix with the lowest KL: top-1 agreement %.2f%%, KL %.2e "
                                 "with %d unit(s) in float). Pass --check-data with validation images, try --calib-method percentile, or use --precision fp32",
@@ -514,9 +517,10 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
                 history, passed = [("ranked", len(units), m)], accept.accepts(m)
             model = q.mix([n for u in units for n in u.nodes])
         contract = q.contract
+        regions = float_regions(q.float_model, list(units)) if units else 0
     write_contract(model, _with_precision(contract, "int8", cfg))
     return QuantResult(model, cfg, calib, list(units), m, accept, passed, history, time.perf_counter() - t0, qdq_stats(model),
-                       str(plan_path) if plan_path else None)
+                       str(plan_path) if plan_path else None, regions)
 
 
 def _with_precision(contract, precision: str, cfg: QuantConfig):
