@@ -163,6 +163,7 @@ class ImageSet:
     labels: np.ndarray | None
     source: str
     sha256: str
+    kind: str = "check"  # "check" (given as such), "held-out" or "calibration" (none could be held out)
 
     @classmethod
     def from_folder(cls, folder: Path, prep, classes: list[str], limit: int | None = None, flag: str = "--check-data") -> ImageSet:
@@ -181,10 +182,12 @@ class ImageSet:
 
     @classmethod
     def holdout_of(cls, calib: CalibrationSet) -> ImageSet:
-        return cls(calib.check_images, None, calib.source, hashlib.sha256(calib.check_images.tobytes()).hexdigest())
+        x = calib.check_images
+        return cls(x, None, calib.source, hashlib.sha256(x.tobytes()).hexdigest(), "held-out" if x is calib.holdout else "calibration")
 
-    def describe(self, held_out: bool = False) -> str:
-        return f"{len(self.images)} {'held-out calibration-folder' if held_out else 'check'} images from {self.source}"
+    def describe(self) -> str:
+        what = {"check": "check", "held-out": "held-out calibration-folder", "calibration": "calibration (none held out)"}[self.kind]
+        return f"{len(self.images)} {what} images from {self.source}"
 
 
 # The guard's bar, by the images it checks on. Validation images are what the promise is about.
@@ -475,7 +478,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
                         "(pass --check-data with validation images)", calib.source)
     agree_default, kl_default = CHECK_DEFAULTS["held_out" if held_out else "validation"]
     accept = Acceptance(cfg.min_agreement if cfg.min_agreement is not None else agree_default,
-                        cfg.max_kl if cfg.max_kl is not None else kl_default, check.describe(held_out))
+                        cfg.max_kl if cfg.max_kl is not None else kl_default, check.describe())
     if cfg.evaluated_as_written and cfg.flavour == "ort-x86":
         log.warning("8-bit INT8 weights on a CPU without VNNI: ONNX Runtime's kernels here saturate, so the check evaluates "
                     "the Q/DQ graph as written (what a VNNI CPU computes); run this artifact on a VNNI CPU, or build with --reduce-range")
@@ -499,6 +502,8 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
             log.info("INT8 with the %d unit(s) of %s in float: top-1 agreement %.2f%%, KL %.2e on %s",
                      len(units), plan_path, 100 * m.top1_agreement, m.kl, accept.images)
         else:
+            log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", len(q.units()),
+                     min(cfg.rank_images, len(check.images)), accept.images, accept.describe())
             _, ranked = rank_int8(q, _spread(check.images, cfg.rank_images))
             order = [e.unit for e in ranked]
             if cfg.keep_float == "auto":
