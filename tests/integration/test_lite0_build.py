@@ -35,10 +35,16 @@ def _accuracy(artifact, x, y):
 
 
 @pytest.fixture(scope="module")
-def ort_builds(exported, digits, tmp_path_factory):
+def lite0_cache(tmp_path_factory):
+    """One calibration cache for this module's INT8 builds: the same model and images calibrate once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def ort_builds(exported, digits, lite0_cache):
     """The demo's builds: ONNX Runtime FP32 and INT8 (calibrated on the training images)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLDEPLOY_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("TLDEPLOY_CACHE", str(lite0_cache))
         fp32 = build(BuildConfig(onnx=exported, backend="ort"))
         int8 = build(BuildConfig(onnx=exported, precision="int8", backend="ort", calib_data=digits / "train", check_data=digits / "val"))
     return fp32, int8
@@ -88,7 +94,7 @@ def test_demo_bench_on_the_real_model_validates_against_the_schema(ort_builds, f
     assert (out.parent / "bench_plots" / "latency.png").is_file() and "## digits.int8.ort.onnx" in out.with_suffix(".md").read_text()
 
 
-def test_int8_with_the_other_weight_width_keeps_its_promise(exported, digits, labelled_val, tmp_path):
+def test_int8_with_the_other_weight_width_keeps_its_promise(exported, digits, labelled_val, tmp_path, lite0_cache, monkeypatch):
     """The setting this CPU's preset does not choose (8-bit weights on AVX2, 7-bit on VNNI),
     evaluated as the target computes it: as written where this CPU's kernels would saturate."""
     import onnx
@@ -96,6 +102,7 @@ def test_int8_with_the_other_weight_width_keeps_its_promise(exported, digits, la
     from tldeploy.build.quantize import QuantConfig
     from tldeploy.build.sensitivity import Evaluator, task_metrics
 
+    monkeypatch.setenv("TLDEPLOY_CACHE", str(lite0_cache))
     other = not QuantConfig.ort_x86().reduce_range
     cfg = QuantConfig.ort_x86(reduce_range=other)
     result = build(BuildConfig(onnx=exported, precision="int8", backend="ort", calib_data=digits / "train",
@@ -111,13 +118,14 @@ def test_int8_with_the_other_weight_width_keeps_its_promise(exported, digits, la
     assert m.top1_agreement >= 0.99 and drop <= 0.005
 
 
-def test_diagnose_plan_build_bench_round_trip(exported, digits, fe_run, tmp_path):
+def test_diagnose_plan_build_bench_round_trip(exported, digits, fe_run, tmp_path, lite0_cache, monkeypatch):
     """diagnose -> plan -> build --precision-plan -> bench: the bench sees at least the agreement
     the plan promised on the same images."""
     from tldeploy.bench.bench import BenchConfig, run_bench
     from tldeploy.bench.latency import LatencyConfig
     from tldeploy.build.diagnose import DiagnoseConfig, diagnose
 
+    monkeypatch.setenv("TLDEPLOY_CACHE", str(lite0_cache))
     d = diagnose(DiagnoseConfig(onnx=exported, precision="int8", calib_data=digits / "train", data=digits / "val",
                                 output=tmp_path / "diag", rank_images=32))
     ranking = d.ranking
