@@ -23,7 +23,7 @@ import numpy as np
 from tldeploy._io import check_writable, write_json
 from tldeploy.bench.latency import LatencyConfig, measure_interleaved
 from tldeploy.bench.parity import ParityReport, compare_outputs
-from tldeploy.errors import ConfigError, DataError, TldeployError
+from tldeploy.errors import ConfigError, TldeployError
 
 log = logging.getLogger(__name__)
 
@@ -180,35 +180,6 @@ def build_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 
-def _load_images(data: Path, classes: list[str], prep, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
-    """Preprocessed inputs (images or clips, by the contract) and their labels (None for a flat, unlabelled folder)."""
-    from tldeploy.pipeline.data import find_files, scan_class_folders
-
-    data = Path(data)
-    media = prep.media
-    if not data.is_dir():
-        raise DataError(f"--data {data} is not an existing folder; pass a folder of {media.noun} (class sub-folders give accuracy)")
-    subdirs = [p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    labels: np.ndarray | None = None
-    if subdirs and set(subdirs) <= set(classes):
-        listing = scan_class_folders(data, classes=classes, media=media)
-        paths, labels = listing.paths, np.asarray(listing.labels)
-    elif subdirs and not set(subdirs) & set(classes):
-        paths = find_files(data, flag="--data", media=media)  # folders that are not classes: unlabelled inputs
-    elif subdirs:
-        extra = sorted(set(subdirs) - set(classes))
-        raise DataError(f"--data {data} has folders that are not the model's classes: {', '.join(extra)}; "
-                        "use class folders named like the training set, or a folder without class folders")
-    else:
-        paths = find_files(data, flag="--data", media=media)
-    if limit is not None and len(paths) > limit:  # an even spread, so every class keeps its share
-        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
-        paths = [paths[i] for i in keep]
-        labels = labels[keep] if labels is not None else None
-    x = np.stack([prep.load(p) for p in paths]).astype(np.float32)
-    return x, labels, list(paths)
-
-
 def _feed(runner, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
     reps = -(-batch // len(x))
     return {next(iter(runner.input_spec())): np.ascontiguousarray(np.concatenate([x] * reps)[:batch])}
@@ -226,6 +197,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     from tldeploy.build.artifacts import now
     from tldeploy.build.runners import run_batches
     from tldeploy.export.onnx_export import sha256_file
+    from tldeploy.pipeline.data import load_inputs
 
     _check_outputs(cfg)
     for p in (*cfg.artifacts, *((cfg.reference,) if cfg.reference else ())):
@@ -254,7 +226,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     labels = None
     paths: list[Path] = []
     if cfg.data is not None:
-        x, labels, paths = _load_images(cfg.data, base.classes, base.preprocessing, cfg.limit)
+        x, labels, paths = load_inputs(cfg.data, base.classes, base.preprocessing, cfg.limit)
         log.info("%d %s from %s (%s)", len(x), base.preprocessing.media.noun, cfg.data, "labelled" if labels is not None else "unlabelled")
     else:
         from tldeploy.export.onnx_export import parity_inputs

@@ -39,6 +39,9 @@ def cpu_name() -> str:
 KERNEL_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp")
 
 
+VNNI_FEATURES = ("avx512_vnni", "avx_vnni", "amx_int8")  # an int8 dot product without int16 saturation
+
+
 def cpu_features() -> list[str]:
     """The KERNEL_FEATURES this CPU has (empty where /proc/cpuinfo is missing)."""
     with contextlib.suppress(OSError):
@@ -52,7 +55,7 @@ def cpu_features() -> list[str]:
 def cpu_info() -> dict[str, Any]:
     """Name, kernel-choosing features and class (`avx512-vnni`, `avx2`, ...) of this CPU."""
     feats = cpu_features()
-    vnni = any(f in feats for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    vnni = any(f in feats for f in VNNI_FEATURES)
     cls = ("avx512-vnni" if "avx512f" in feats and vnni else "avx2-vnni" if vnni else "avx512" if "avx512f" in feats
            else "avx2" if "avx2" in feats else "arm64-dotprod" if "asimddp" in feats else platform.machine() or "unknown")
     return {"name": cpu_name(), "features": feats, "class": cls}

@@ -152,7 +152,7 @@ def _accuracy(labels, logits) -> float | None:
 
 def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[str, Any]:
     from tldeploy.build import artifacts
-    from tldeploy.build.quantize import CalibrationSet, QuantConfig, Quantizer, _spread, rank_int8
+    from tldeploy.build.quantize import CalibrationSet, QuantConfig, Quantizer, rank_int8, spread
     from tldeploy.build.sensitivity import Acceptance, choose, float_regions
 
     assert cfg.calib_data is not None
@@ -163,7 +163,7 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[
     with Quantizer(onnx_path, calib, qcfg, artifacts.cache_dir() / "calibration") as q:
         log.info("ranking %d quantized units on %d images (%s)", len(q.units()), min(cfg.rank_images, len(val.images)),
                  "Q/DQ evaluated as written" if qcfg.evaluated_as_written else "ONNX Runtime CPU kernels")
-        full_small, ranked = rank_int8(q, _spread(val.images, cfg.rank_images))
+        full_small, ranked = rank_int8(q, spread(val.images, cfg.rank_images))
         ev = q.evaluator(val.images)
         full = ev.metrics(q.full())
         log.info("all quantized: top-1 agreement %.2f%%, KL %.2e on %d images", 100 * full.top1_agreement, full.kl, full.n)
@@ -189,6 +189,7 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[
 
 def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[str, Any]:
     from tldeploy.build.fp16 import fp16_exclusions
+    from tldeploy.build.quantize import spread
     from tldeploy.build.sensitivity import (
         Acceptance,
         Evaluator,
@@ -205,7 +206,7 @@ def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[
     floats = float_tensors(model)
     units = fp16_units(model, fp16_exclusions(model, contract))
     accept = Acceptance(cfg.min_agreement, cfg.max_kl, f"{len(val.images)} images from {val.source}")
-    small = Evaluator(val.images[:: max(1, len(val.images) // cfg.rank_images)][: cfg.rank_images], contract.input_name, model, as_written=False)
+    small = Evaluator(spread(val.images, cfg.rank_images), contract.input_name, model, as_written=False)
     log.info("ranking %d FP16 units on %d images (FP16 storage, float32 arithmetic)", len(units), len(small.images))
     ranked = rank(sweep_fp16(small, model, units, floats))
     ev = Evaluator(val.images, contract.input_name, model, as_written=False)

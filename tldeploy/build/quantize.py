@@ -41,11 +41,9 @@ CALIB_BATCH = 8
 
 def cpu_has_vnni() -> bool:
     """True when this x86 CPU has a VNNI dot-product instruction (Linux /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    from tldeploy.build.artifacts import VNNI_FEATURES, cpu_features
+
+    return any(f in VNNI_FEATURES for f in cpu_features())
 
 
 @dataclass(frozen=True)
@@ -167,17 +165,10 @@ class ImageSet:
 
     @classmethod
     def from_folder(cls, folder: Path, prep, classes: list[str], limit: int | None = None, flag: str = "--check-data") -> ImageSet:
-        from tldeploy.pipeline.data import find_files
+        """As `bench --data` reads a folder: class folders give labels, a flat folder none."""
+        from tldeploy.pipeline.data import load_inputs
 
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise DataError(f"{flag} {folder} is not a folder; pass a folder of {prep.media.noun} the model has not been trained on (the validation set)")
-        paths = find_files(folder, flag=flag, media=prep.media)
-        if limit is not None and len(paths) > limit:  # evenly spread, so every class keeps its share
-            paths = paths[:: len(paths) // limit][:limit]
-        images = np.stack([prep.load(p) for p in paths]).astype(np.float32)
-        names = [p.parent.name for p in paths]
-        labels = np.array([classes.index(n) for n in names]) if all(n in classes for n in names) else None
+        images, labels, _ = load_inputs(Path(folder), classes, prep, limit, flag=flag)
         return cls(images, labels, str(folder), hashlib.sha256(images.tobytes()).hexdigest())
 
     @classmethod
@@ -458,7 +449,8 @@ def rank_int8(q: Quantizer, images: np.ndarray):
     return full_metrics, rank(sweep_int8(ev, q.float_model, full, q.units(), full_metrics))
 
 
-def _spread(x: np.ndarray, n: int) -> np.ndarray:
+def spread(x: np.ndarray, n: int) -> np.ndarray:
+    """At most `n` rows of `x`, evenly spaced (inputs are sorted by class, so each keeps its share)."""
     return x if len(x) <= n else x[:: len(x) // n][:n]
 
 
@@ -504,7 +496,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
         else:
             log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", len(q.units()),
                      min(cfg.rank_images, len(check.images)), accept.images, accept.describe())
-            _, ranked = rank_int8(q, _spread(check.images, cfg.rank_images))
+            _, ranked = rank_int8(q, spread(check.images, cfg.rank_images))
             order = [e.unit for e in ranked]
             if cfg.keep_float == "auto":
                 # Errors of early layers compound, which a one-at-a-time ranking underrates, so

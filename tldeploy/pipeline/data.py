@@ -261,3 +261,33 @@ def write_digits(out_dir: Path, size: int = 64, val_fraction: float = 0.2, seed:
                 im.save(folder / f"{i:04d}.png")
             written[split] = len(part)
     return written
+
+
+def load_inputs(data: Path, classes: list[str], prep, limit: int | None = None, flag: str = "--data") -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
+    """Preprocessed inputs (images or clips, by the contract `prep`) from DATA and their labels:
+    class folders named like `classes` are labelled, a flat folder (or folders that are not classes)
+    is not. At most `limit` inputs, evenly spread so every class keeps its share."""
+
+    data = Path(data)
+    media = prep.media
+    if not data.is_dir():
+        raise DataError(f"{flag} {data} is not an existing folder; pass a folder of {media.noun} (class sub-folders give accuracy)")
+    subdirs = [p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    labels: np.ndarray | None = None
+    if subdirs and set(subdirs) <= set(classes):
+        listing = scan_class_folders(data, classes=classes, media=media)
+        paths, labels = listing.paths, np.asarray(listing.labels)
+    elif subdirs and not set(subdirs) & set(classes):
+        paths = find_files(data, flag=flag, media=media)  # folders that are not classes: unlabelled inputs
+    elif subdirs:
+        extra = sorted(set(subdirs) - set(classes))
+        raise DataError(f"{flag} {data} has folders that are not the model's classes: {', '.join(extra)}; "
+                        "use class folders named like the training set, or a folder without class folders")
+    else:
+        paths = find_files(data, flag=flag, media=media)
+    if limit is not None and len(paths) > limit:  # an even spread, so every class keeps its share
+        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+        paths = [paths[i] for i in keep]
+        labels = labels[keep] if labels is not None else None
+    x = np.stack([prep.load(p) for p in paths]).astype(np.float32)
+    return x, labels, list(paths)
