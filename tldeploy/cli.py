@@ -372,19 +372,21 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
                    f"{q['qdq']['dequantize']} DQ nodes; {len(kept)} unit(s) in float{': ' + ', '.join(kept) if kept else ''}")
     check = r.get("check", {})
     if "top1_agreement" in check:
-        kl = f", KL {check['kl']:.2e}" if "kl" in check else f", KL {check['kl_divergence']:.2e}" if "kl_divergence" in check else ""
-        click.echo(f"check vs FP32 ONNX on {check['images']}: top-1 agreement {check['top1_agreement']:.2%}{kl}"
+        click.echo(f"check vs FP32 ONNX on {check['images']}: top-1 agreement {check['top1_agreement']:.2%}, KL {check['kl']:.2e}"
                    + ("" if check.get("passed", True) else "  (short of the guard's bar; see the warning above)"))
     click.echo(f"wrote {result.path} ({r['size_bytes'] / 1e6:.1f} MB) and its record {result.path}.json in {result.seconds:.1f} s")
 
 
 # ---------------------------------------------------------------- diagnose
 
+from tldeploy.build.diagnose import BACKENDS as DIAGNOSE_BACKENDS  # noqa: E402  (light: no torch, onnx or runtime)
+from tldeploy.build.diagnose import PRECISIONS as DIAGNOSE_PRECISIONS  # noqa: E402
+
 
 @cli.command("diagnose", context_settings=CONTEXT)
 @click.argument("onnx_file", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["int8", "fp16"]), required=True)
-@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True, help="Whose INT8 Q/DQ flavour to diagnose (tensorrt: symmetric INT8, evaluated as written).")
+@click.option("--precision", type=click.Choice(DIAGNOSE_PRECISIONS), required=True)
+@click.option("--backend", type=click.Choice(DIAGNOSE_BACKENDS), default="ort", show_default=True, help="Whose INT8 Q/DQ flavour to diagnose (tensorrt: symmetric INT8, evaluated as written).")
 @click.option("--calib-data", type=click.Path(path_type=Path), help="int8: folder of real images to calibrate on (the training folder).")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Validation images (class folders give accuracy): what units are ranked and the plan is checked on.")
 @click.option("-o", "--out", "output", type=click.Path(path_type=Path), help="Report folder [default: beside the ONNX, NAME.diagnose-PRECISION/].")

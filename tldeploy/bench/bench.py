@@ -174,8 +174,7 @@ def build_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return {
         "kept_high_precision": [u.get("short") or u.get("module") or u.get("name") for u in units or []],
         "precision_plan": (record.get("precision_plan") or {}).get("path"),
-        "check": {"top1_agreement": check["top1_agreement"], "kl": check.get("kl", check.get("kl_divergence")), "n": check.get("n"),
-                  "images": check.get("images")} if "top1_agreement" in check else None,
+        "check": {k: check.get(k) for k in ("top1_agreement", "kl", "n", "images")} if "top1_agreement" in check else None,
     }
 
 

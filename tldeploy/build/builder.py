@@ -224,7 +224,10 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
             onnx.save(q.model, str(source))
         elif cfg.precision == "fp16":
             source = Path(tmp) / "model.fp16.onnx"
-            onnx.save(fp16_model(load_onnx(onnx_path), keep_fp32=plan.nodes if plan else ()), str(source))
+            fp32_model = load_onnx(onnx_path)
+            if plan is not None:
+                plan.check_nodes(fp32_model, cfg.precision_plan, onnx_path)
+            onnx.save(fp16_model(fp32_model, keep_fp32=plan.nodes if plan else ()), str(source))
             if plan is not None:
                 extra["fp32_units"] = [{k: u.get(k) for k in ("name", "module", "short", "op", "nodes")} for u in plan.units]
         if backend == "ort":
@@ -278,4 +281,5 @@ def _check(artifact: Path, onnx_path: Path, prep, check, device: str) -> dict:
     with load_runner(artifact, device=device) as runner:
         out = run_batches(runner, x)
     report = compare_outputs(ref, out)
-    return {"against": "fp32 onnx on onnxruntime cpu", "images": what, **report.to_dict()}
+    # "kl" as the INT8 guard's check has it, so records read alike whatever the precision.
+    return {"against": "fp32 onnx on onnxruntime cpu", "images": what, **report.to_dict(), "kl": report.kl_divergence}

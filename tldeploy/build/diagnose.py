@@ -23,16 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from tldeploy.build.capabilities import PRECISIONS as CAPABILITY_PRECISIONS
 from tldeploy.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DIAGNOSE_FORMAT = "tldeploy.diagnose"
 DIAGNOSE_VERSION = 1
-PRECISIONS = ("int8", "fp16")
-BACKENDS = ("ort", "tensorrt")
+PRECISIONS = tuple(p for p in CAPABILITY_PRECISIONS if p != "fp32")  # what can lose accuracy
+BACKENDS = ("ort", "tensorrt")  # whose numerics: ONNX Runtime's kernels, or TensorRT's Q/DQ evaluated as written
 
 
 @dataclass(frozen=True)
@@ -105,24 +104,21 @@ def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
     check_writable(out_dir, force=cfg.force)
     val = ImageSet.from_folder(cfg.data, contract.preprocessing, contract.classes, flag="--data")
     onnx_sha = sha256_file(onnx_path)
-    if cfg.precision == "int8":
-        body = _diagnose_int8(cfg, onnx_path, contract, val)
-    else:
-        body = _diagnose_fp16(cfg, onnx_path, contract, val)
+    body, plan = (_diagnose_int8 if cfg.precision == "int8" else _diagnose_fp16)(cfg, onnx_path, contract, val)
     measured_on = {"source": val.source, "n": len(val.images), "sha256": val.sha256, "ranking_images": min(cfg.rank_images, len(val.images))}
     doc: dict[str, Any] = {
         "format": DIAGNOSE_FORMAT, "format_version": DIAGNOSE_VERSION, "created": artifacts.now(),
         "onnx": str(onnx_path), "onnx_sha256": onnx_sha, "precision": cfg.precision, "backend": cfg.backend,
         "cpu": artifacts.cpu_info(), "tools": artifacts.tool_versions(), "images": measured_on, **body,
     }
-    plan = body.pop("_plan")
-    del doc["_plan"]
     from tldeploy.build.plan import PrecisionPlan
 
-    plan_obj = PrecisionPlan(precision=cfg.precision, onnx_sha256=onnx_sha, units=plan["units"], measured_on=measured_on,
-                             promised=plan["metrics"], acceptance=plan["acceptance"], flavour=body.get("quantization", {}).get("flavour"),
-                             reduce_range=body.get("quantization", {}).get("reduce_range"),
-                             extra={"passed": plan["passed"], "onnx": str(onnx_path), "created": doc["created"]})
+    section = body["plan"]
+    quant = body.get("quantization", {})
+    plan_obj = PrecisionPlan(precision=cfg.precision, onnx_sha256=onnx_sha, units=plan, measured_on=measured_on,
+                             promised=section["metrics"], acceptance=section["acceptance"], flavour=quant.get("flavour"),
+                             reduce_range=quant.get("reduce_range"),
+                             extra={"passed": section["passed"], "onnx": str(onnx_path), "created": doc["created"]})
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     with atomic_dir(out_dir, force=cfg.force) as tmp:
         from tldeploy._io import write_json, write_text
@@ -147,10 +143,36 @@ def _plan_units(units, effects) -> list[dict[str, Any]]:
 
 
 def _accuracy(labels, logits) -> float | None:
+    import numpy as np
+
     return None if labels is None else float(np.mean(logits.argmax(1) == labels))
 
 
-def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[str, Any]:
+class _Scored:
+    """`ev.metrics` of the models `make(units)` builds, keeping each mix's logits so the chosen
+    one's accuracy needs no second run."""
+
+    def __init__(self, ev, make) -> None:
+        self.ev, self.make, self.logits = ev, make, {}
+
+    def __call__(self, units):
+        from tldeploy.build.sensitivity import task_metrics
+
+        logits = self.ev.outputs(self.make(units), ["logits"])["logits"]
+        self.logits[tuple(u.name for u in units)] = logits
+        return task_metrics(self.ev.reference, logits)
+
+
+def _plan_section(search: tuple, scored: _Scored, accept, ranked, labels) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the report's `plan`, the plan file's units) from what `choose` returned."""
+    chosen, m, history, passed = search
+    metrics = {**m.to_dict(), "accuracy": _accuracy(labels, scored.logits[tuple(u.name for u in chosen)])}
+    section = {"units": [u.name for u in chosen], "passed": passed, "metrics": metrics,
+               "search": [{"order": o, "float_units": k, **h.to_dict()} for o, k, h in history], "acceptance": accept.to_dict()}
+    return section, _plan_units(chosen, ranked)
+
+
+def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from tldeploy.build import artifacts
     from tldeploy.build.quantize import CalibrationSet, QuantConfig, Quantizer, rank_int8, spread
     from tldeploy.build.sensitivity import Acceptance, choose, float_regions
@@ -169,10 +191,10 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[
         log.info("all quantized: top-1 agreement %.2f%%, KL %.2e on %d images", 100 * full.top1_agreement, full.kl, full.n)
         order = [e.unit for e in ranked]
         orders = {"ranked": order, "graph order": sorted(order, key=lambda u: u.index)}
-        chosen, m, history, passed = choose(orders, lambda us: ev.metrics(q.mix([n for u in us for n in u.nodes])), accept, cfg.max_units,
-                                            regions=lambda us: float_regions(q.float_model, us))
-        plan_logits = ev.outputs(q.mix([n for u in chosen for n in u.nodes]), ["logits"])["logits"]
+        scored = _Scored(ev, lambda us: q.mix([n for u in us for n in u.nodes]))
+        search = choose(orders, scored, accept, cfg.max_units, regions=lambda us: float_regions(q.float_model, us))
         units_in_order = sorted(order, key=lambda u: u.index)
+    section, plan = _plan_section(search, scored, accept, ranked, val.labels)
     return {
         "quantization": {"flavour": qcfg.flavour, "reduce_range": qcfg.reduce_range, "calib_method": qcfg.calib_method,
                          "calibration": {"source": calib.source, "images": len(calib.images), "sha256": calib.sha256},
@@ -180,14 +202,11 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[
         "reference": {"accuracy": _accuracy(val.labels, ev.reference)},
         "all_low": {**full.to_dict(), "ranking_images": full_small.to_dict()},
         "units": _effect_rows(ranked, units_in_order),
-        "_plan": {"units": _plan_units(chosen, ranked), "metrics": {**m.to_dict(), "accuracy": _accuracy(val.labels, plan_logits)},
-                  "acceptance": accept.to_dict(), "passed": passed},
-        "plan": {"units": [u.name for u in chosen], "passed": passed, "metrics": {**m.to_dict(), "accuracy": _accuracy(val.labels, plan_logits)},
-                 "search": [{"order": o, "float_units": k, **h.to_dict()} for o, k, h in history], "acceptance": accept.to_dict()},
-    }
+        "plan": section,
+    }, plan
 
 
-def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[str, Any]:
+def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from tldeploy.build.fp16 import fp16_exclusions
     from tldeploy.build.quantize import spread
     from tldeploy.build.sensitivity import (
@@ -214,24 +233,20 @@ def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> dict[
     full = ev.metrics(fp16_emulated(model, every, floats=floats))
     log.info("all FP16: top-1 agreement %.2f%%, KL %.2e on %d images", 100 * full.top1_agreement, full.kl, full.n)
 
-    def metrics_for(kept) -> Any:
+    def all_but(kept):
         skip = {n for u in kept for n in u.nodes}
-        return ev.metrics(fp16_emulated(model, [n for n in every if n not in skip], floats=floats))
+        return fp16_emulated(model, [n for n in every if n not in skip], floats=floats)
 
-    order = [e.unit for e in ranked]
-    chosen, m, history, passed = choose({"ranked": order}, metrics_for, accept, cfg.max_units)
-    skip = {n for u in chosen for n in u.nodes}
-    plan_logits = ev.outputs(fp16_emulated(model, [n for n in every if n not in skip], floats=floats), ["logits"])["logits"]
-    metrics = {**m.to_dict(), "accuracy": _accuracy(val.labels, plan_logits)}
+    scored = _Scored(ev, all_but)
+    search = choose({"ranked": [e.unit for e in ranked]}, scored, accept, cfg.max_units)
+    section, plan = _plan_section(search, scored, accept, ranked, val.labels)
     return {
         "fp16": {"evaluated": "FP16 storage of each unit's inputs, weights and outputs, float32 arithmetic (ONNX Runtime CPU)"},
         "reference": {"accuracy": _accuracy(val.labels, ev.reference)},
         "all_low": full.to_dict(),
         "units": _effect_rows(ranked, units),
-        "_plan": {"units": _plan_units(chosen, ranked), "metrics": metrics, "acceptance": accept.to_dict(), "passed": passed},
-        "plan": {"units": [u.name for u in chosen], "passed": passed, "metrics": metrics,
-                 "search": [{"order": o, "float_units": k, **h.to_dict()} for o, k, h in history], "acceptance": accept.to_dict()},
-    }
+        "plan": section,
+    }, plan
 
 
 def render_markdown(doc: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ def fp16_exclusions(model, contract) -> set[str]:
 
 def fp16_model(model, keep_fp32: list[str] | tuple[str, ...] = ()):
     """A converted copy of an FP32 tldeploy ModelProto (an FP16 one is returned as it is), with
-    `keep_fp32` nodes (a precision plan's) also left in float32."""
+    `keep_fp32` nodes (a precision plan's, checked by `PrecisionPlan.check_nodes`) also left in float32."""
     from dataclasses import replace
 
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -31,11 +31,6 @@ def fp16_model(model, keep_fp32: list[str] | tuple[str, ...] = ()):
         return model
     if contract.precision != "fp32":
         raise ConfigError(f"cannot make FP16 from a {contract.precision} export; export FP32 or FP16 instead")
-    known = {n.name for n in model.graph.node}
-    missing = [n for n in keep_fp32 if n not in known]
-    if missing:
-        raise ConfigError(f"the precision plan names nodes {', '.join(missing[:3])} that this ONNX does not have; "
-                          "make the plan from this ONNX with tldeploy diagnose")
     block = sorted(fp16_exclusions(model, contract) | set(keep_fp32))
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
     write_contract(converted, replace(contract, precision="fp16"))

@@ -66,6 +66,16 @@ class PrecisionPlan:
                               f"{onnx_path} is {onnx_sha256[:12]}...); run tldeploy diagnose on {onnx_path} for a plan of its own")
 
 
+    def check_nodes(self, model, path: Path | None, onnx_path: Path | str) -> None:
+        """Every node the plan names is in `model` (a plan is edited by hand; a typo must not
+        silently leave a layer at low precision)."""
+        known = {n.name for n in model.graph.node}
+        missing = [n for n in self.nodes if n not in known]
+        if missing:
+            raise ConfigError(f"--precision-plan {path} names nodes {', '.join(missing[:3])} that {onnx_path} does not have; "
+                              "make the plan from this ONNX with tldeploy diagnose")
+
+
 def load_plan(path: Path) -> PrecisionPlan:
     """Read and check a plan file; any problem is one ConfigError naming the file."""
     path = Path(path)

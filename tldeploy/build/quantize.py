@@ -182,10 +182,12 @@ class ImageSet:
 
 
 # The guard's bar, by the images it checks on. Validation images are what the promise is about.
-# Held-out calibration-folder images are easier than validation images (digits: all 103 agree
-# while 2% of the validation set flips), so there every image must agree and the mean KL must
-# stay under a margin that, on the digits EfficientNet-Lite0, left >= 99% validation agreement
-# with 7-bit and with 8-bit weights alike (benchmarks/int8_guard.py records the measurement).
+# Held-out calibration-folder images are easier than validation images (digits: held-out
+# agreement 100% where validation agreement is 98.6%), so there every image must agree and the
+# mean KL must stay under a margin. No held-out bar predicted >= 99% validation agreement for 7-
+# and 8-bit weights alike on the digits model (validation KL at 99% was 0.004 with 8-bit weights,
+# 0.017 with 7-bit), so this one is strict: it was not reached there with either width, and the
+# guard warns the same way on both CPU classes (benchmarks/int8_guard.py).
 CHECK_DEFAULTS = {"validation": (0.99, None), "held_out": (1.0, 2e-3)}
 
 
@@ -350,18 +352,14 @@ class Quantizer:
         _, self.head = split_backbone_head(self.float_model, self.front)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache = self.cache_dir / f"calib-{_cache_key(sha256_file(self.onnx_path), self.calib, self.cfg, ort.__version__)}.json"
-        self._count = 0
         self._full = None
+        self._units: list | None = None
         return self
 
     def __exit__(self, *exc) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-    @property
-    def always_float(self) -> list[str]:
-        return self.head + sorted(self.front)
 
     def full(self):
         """The Q/DQ ModelProto with everything but the head and the front end quantized (made once)."""
@@ -370,9 +368,12 @@ class Quantizer:
         return self._full
 
     def units(self) -> list:
-        from tldeploy.build.sensitivity import int8_units
+        """The units `full()` quantized, in graph order (found once)."""
+        if self._units is None:
+            from tldeploy.build.sensitivity import int8_units
 
-        return int8_units(self.float_model, self.full())
+            self._units = int8_units(self.float_model, self.full())
+        return self._units
 
     def mix(self, keep_float: list[str] | tuple[str, ...] = ()):
         """The Q/DQ ModelProto with `keep_float` nodes also in float.
@@ -415,8 +416,7 @@ class Quantizer:
 
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[cfg.calib_method]
-        self._count += 1
-        out = self.tmp / f"q{self._count}.onnx"
+        out = self.tmp / "full.onnx"
         hit = self.cache.is_file()
         target = self.cache if hit else self.tmp / "calib.json"
         with _quiet_root_logger():
@@ -424,14 +424,12 @@ class Quantizer:
                 str(self.pre), str(out), None if hit else Reader(), quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                nodes_to_exclude=self.always_float, calibrate_method=method, calibration_cache_path=str(target),
+                nodes_to_exclude=self.head + sorted(self.front), calibrate_method=method, calibration_cache_path=str(target),
                 extra_options={"ActivationSymmetric": cfg.activation_symmetric, "WeightSymmetric": True},
             )
         if not hit:  # publish the ranges only once complete: a cache is never half-written
             target.replace(self.cache)
-        model = onnx.load(str(out))
-        out.unlink()
-        return model
+        return onnx.load(str(out))
 
     def evaluator(self, images: np.ndarray):
         from tldeploy.build.sensitivity import Evaluator
@@ -481,13 +479,8 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
             return ev.metrics(q.mix([n for u in units for n in u.nodes]))
 
         if plan is not None:
-            known = {n.name for n in q.float_model.graph.node}
-            missing = [n for n in plan.nodes if n not in known]
-            if missing:
-                raise ConfigError(f"--precision-plan {plan_path} names nodes {', '.join(missing[:3])} that {onnx_path} does not have; "
-                                  "make the plan from this ONNX with tldeploy diagnose")
-            units = [Unit(u.get("name", u["nodes"][0]), tuple(u["nodes"]), str(u.get("op", "")), str(u.get("module", "")),
-                          str(u.get("short", u.get("module", ""))), int(u.get("index", -1))) for u in plan.units]
+            plan.check_nodes(q.float_model, plan_path, onnx_path)
+            units = [Unit.from_dict(u) for u in plan.units]
             model = q.mix(plan.nodes)
             m = ev.metrics(model)
             history, passed = [("plan", len(units), m)], accept.accepts(m)

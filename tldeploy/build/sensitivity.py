@@ -51,6 +51,12 @@ class Unit:
     def to_dict(self) -> dict:
         return {"name": self.name, "nodes": list(self.nodes), "op": self.op, "module": self.module, "short": self.short, "index": self.index}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Unit:
+        """A unit as `to_dict` (or a hand-edited plan) writes it; only `nodes` is required."""
+        return cls(str(d.get("name", d["nodes"][0])), tuple(d["nodes"]), str(d.get("op", "")), str(d.get("module", "")),
+                   str(d.get("short", d.get("module", ""))), int(d.get("index", -1)))
+
 
 @dataclass(frozen=True)
 class TaskMetrics:
