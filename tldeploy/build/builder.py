@@ -115,12 +115,13 @@ def build(cfg: BuildConfig) -> BuildResult:
     t0 = time.perf_counter()
     onnx_path = Path(cfg.onnx)
     contract = read_contract(load_onnx(onnx_path, load_external_data=False) if onnx_path.is_file() else onnx_path)
+    onnx_sha = sha256_file(onnx_path)
     plan = None
     if cfg.precision_plan is not None:
         from tldeploy.build.plan import load_plan
 
         plan = load_plan(cfg.precision_plan)
-        plan.check_applies(cfg.precision_plan, sha256_file(onnx_path), cfg.precision, onnx_path)
+        plan.check_applies(cfg.precision_plan, onnx_sha, cfg.precision, onnx_path)
     backend = resolve_backend(cfg.precision, cfg.backend)
     device = cfg.device or default_device(backend)
     cap = check_target(cfg.precision, backend, device)
@@ -154,7 +155,7 @@ def build(cfg: BuildConfig) -> BuildResult:
         "format_version": artifacts.RECORD_VERSION,
         "artifact": output.name,
         "input_onnx": str(onnx_path),
-        "input_onnx_sha256": sha256_file(onnx_path),
+        "input_onnx_sha256": onnx_sha,
         "precision": cfg.precision,
         "backend": backend,
         "device": device,

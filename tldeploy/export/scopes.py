@@ -27,7 +27,7 @@ def _scopes(node) -> list[str]:
     return []
 
 
-def module_path(node, initializers: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+def module_path(node, initializers: set[str] | frozenset[str] = frozenset()) -> str:
     """The module `node` belongs to, relative to the adapted model ("" when none is recorded).
 
     A weight named like a parameter wins over the scope: a convolution with a folded BatchNorm
