@@ -173,6 +173,15 @@ def float_tensors(model) -> set[str]:
 # ---------------------------------------------------------------- mixed models
 
 
+def _all_nodes(graph):
+    """The graph's nodes and those of its subgraphs (If/Loop bodies), which may read its initializers."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _all_nodes(g)
+
+
 def mixed_int8(float_model, qdq_model, quantized: Iterable[str]):
     """`float_model` with the nodes named in `quantized` reading their inputs through the Q/DQ
     pairs that `qdq_model` gives them; every other node computes in float."""
@@ -225,6 +234,11 @@ def mixed_int8(float_model, qdq_model, quantized: Iterable[str]):
             node.input[i] = emitted[t]
         out.graph.node.append(node)
     out.graph.initializer.extend(new_inits)
+    # a quantized node reads its weight through DequantizeLinear: the float copy is dead weight
+    read = {t for n in _all_nodes(out.graph) for t in n.input} | {o.name for o in out.graph.output}
+    kept = [i for i in out.graph.initializer if i.name in read]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
     return out
 
 
