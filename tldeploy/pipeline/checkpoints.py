@@ -6,6 +6,7 @@ The metadata is plain data (strings, numbers, lists, dicts); nothing in it is ev
 from __future__ import annotations
 
 import datetime as _dt
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,12 @@ def read_torch_file(
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle with code, random bytes...
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            # torch's message advises loading it unsafely (and holds terminal escapes): not ours to print
+            raise CheckpointError(
+                f"refusing to load {what} {path}: it holds Python objects beyond tensors and plain data, which "
+                f"loading would run as code; {hint}"
+            ) from None
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise CheckpointError(
             f"cannot read {what} {path}: it is truncated, corrupt or not a PyTorch file ({reason})"
