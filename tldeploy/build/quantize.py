@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -299,12 +300,15 @@ def qdq_stats(model) -> QdqStats:
 
 @contextlib.contextmanager
 def _quiet_root_logger():
-    """onnxruntime.quantization logs advice and per-channel scale notes on the root logger."""
+    """onnxruntime.quantization logs advice and per-channel scale notes on the root logger, and its
+    histogram calibrators (entropy, percentile) print progress: to stderr, so stdout stays ours
+    (build --json)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         root.setLevel(level)
 
