@@ -19,8 +19,8 @@ from tldeploy.build import builder
 from tldeploy.build.builder import BuildConfig, build
 from tldeploy.build.capabilities import CAPABILITIES, capability_table, check_target
 from tldeploy.build.quantize import CalibrationSet, QuantConfig, qdq_stats, quantize_model, split_backbone_head
-from tldeploy.build.sensitivity import Acceptance
 from tldeploy.build.runners import OrtRunner, TorchRunner, load_runner, run_batches
+from tldeploy.build.sensitivity import Acceptance
 from tldeploy.cli import main
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.export.contract import read_contract
