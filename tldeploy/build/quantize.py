@@ -424,6 +424,8 @@ class Quantizer:
         hit = self.cache.is_file()
         target = self.cache if hit else self.tmp / "calib.json"
         with _quiet_root_logger():
+            if not hit and cfg.calib_method == "entropy":
+                self._entropy_ranges(Reader(), target)
             quantize_static(
                 str(self.pre), str(out), None if hit else Reader(), quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8,
@@ -434,6 +436,21 @@ class Quantizer:
         if not hit:  # publish the ranges only once complete: a cache is never half-written
             target.replace(self.cache)
         return onnx.load(str(out))
+
+    def _entropy_ranges(self, reader, target: Path) -> None:
+        """quantize_static builds its entropy calibrator with 128 histogram bins and 128 quantized
+        bins, which leaves the KL search one candidate, the min/max range. Calibrate here with 512/128
+        (193 candidate ranges; TensorRT's 2048 bins give 961, and ONNX Runtime searches them in
+        Python, per tensor); quantize_static then reads `target`."""
+        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        calibrator = create_calibrator(
+            self.pre, sorted(set(QLinearOpsRegistry) | set(QDQRegistry)), augmented_model_path=str(self.tmp / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": 512, "num_quantized_bins": 128},
+        )
+        calibrator.collect_data(reader)
+        save_tensors_data(calibrator.compute_data(), target)
 
     def evaluator(self, images: np.ndarray):
         from tldeploy.build.sensitivity import Evaluator
