@@ -134,9 +134,25 @@ def test_audio_builds_keep_the_front_end_in_float(tiny_audio, tones, tmp_path):
     assert front and all(producers[i].op_type != "DequantizeLinear" for n in q.graph.node if n.name in front for i in n.input if i in producers)
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 3  # the backbone is quantized
     half = fp16_model(onnx.load(str(onnx_path)))
-    floats = {v.name: v.type.tensor_type.elem_type for v in [*half.graph.value_info, *half.graph.input]}
-    log_node = next(n for n in half.graph.node if n.op_type == "Log")
-    assert floats.get(log_node.input[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
+    g = half.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    types.update({t.name: t.data_type for t in g.initializer})
+    front = frontend_nodes(onnx.load(str(onnx_path)), read_contract(onnx_path))
+    log_node = next(n for n in g.node if n.op_type == "Log")
+    assert log_node.name in front and types[log_node.input[0]] == types[log_node.output[0]] == onnx.TensorProto.FLOAT
+    for n in g.node:  # every tensor of the front end has a recorded type, and none is half precision
+        if n.name in front:
+            for t in [*n.input, *n.output]:
+                assert types[t] != onnx.TensorProto.FLOAT16, (n.name, t)
+    # ... and nothing on the way from the audio input to the log-mel rounds to half precision.
+    producer = {o: n for n in g.node for o in n.output}
+    todo, path = list(log_node.input), []
+    while todo:
+        if (n := producer.get(todo.pop())) is not None:
+            path.append(n)
+            todo += list(n.input)
+    to_half = [n.name for n in path if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)]
+    assert any(n.name in front for n in path) and not to_half, to_half
     x = np.stack([AudioPreprocessing.from_dict(read_contract(onnx_path).preprocessing.to_dict()).load(p)
                   for p in sorted((tones / "val").rglob("*.wav"))])
     with OrtRunner(fp32) as a, TorchRunner(tiny_audio[0]) as ref:

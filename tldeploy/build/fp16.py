@@ -33,5 +33,36 @@ def fp16_model(model, keep_fp32: list[str] | tuple[str, ...] = ()):
         raise ConfigError(f"cannot make FP16 from a {contract.precision} export; export FP32 or FP16 instead")
     block = sorted(fp16_exclusions(model, contract) | set(keep_fp32))
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
+    _drop_half_round_trips(converted)
     write_contract(converted, replace(contract, precision="fp16"))
     return converted
+
+
+def _drop_half_round_trips(model) -> None:
+    """The converter casts each float32 node's output to float16 and back to float32 for the next
+    float32 node, so a chain of them (the front end, the softmax and CAM tail) still rounds every
+    tensor to half precision in between. Each such pair becomes an Identity of the float32 tensor."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    floats = {v.name for v in [*graph.input, *graph.value_info] if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    floats |= {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def cast_to(node, elem_type: int) -> bool:
+        return node.op_type == "Cast" and any(a.name == "to" and a.i == elem_type for a in node.attribute)
+
+    for node in graph.node:
+        src = producer.get(node.input[0]) if node.input else None
+        if cast_to(node, TensorProto.FLOAT) and src is not None and cast_to(src, TensorProto.FLOAT16) and src.input[0] in floats:
+            node.op_type = "Identity"
+            del node.attribute[:]
+            node.input[0] = src.input[0]
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if cast_to(n, TensorProto.FLOAT16) and not any(o in used for o in n.output)]
+    gone = {o for n in dead for o in n.output}
+    for n in dead:
+        graph.node.remove(n)
+    kept = [v for v in graph.value_info if v.name not in gone]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
