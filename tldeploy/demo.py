@@ -110,7 +110,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     stage("bench")
     result = run_bench(BenchConfig(
         artifacts=tuple(artifacts), output=work / "bench.json", reference=run.checkpoint, data=data / "val",
-        batch_sizes=cfg.batch_sizes, latency=LatencyConfig(warmup=5, iters=cfg.iters), force=True, quiet=cfg.quiet,
+        batch_sizes=cfg.batch_sizes, latency=LatencyConfig(warmup=5, iters=cfg.iters, rounds=min(10, cfg.iters)), force=True, quiet=cfg.quiet,
     ))
     done("bench")
     cams: list[Path] = []
