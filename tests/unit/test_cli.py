@@ -81,3 +81,39 @@ def test_export_and_predict_errors_are_one_line(tmp_path, capsys):
     bogus.write_bytes(b"\x08\x07garbage")
     line = _one_line_error(["predict", str(bogus), str(tmp_path / "x.png")], capsys)
     assert "bogus.onnx" in line
+
+
+def test_backbones_lists_and_filters(capsys):
+    from tldeploy.pipeline.backbones import describe_backbone
+
+    assert main(["backbones"]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert {"tiny_cnn", "efficientnet_lite0"} <= set(rows)
+    assert all(desc == describe_backbone(name) for name, desc in rows.items())
+    assert main(["backbones", "tiny*"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()] == ["tiny_cnn"]
+    assert main(["backbones", "efficientnet*"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
+    assert names and "tiny_cnn" not in names and all(n.startswith("efficientnet") for n in names)
+
+
+def test_export_json_describes_the_file_written(tiny, tmp_path, capsys):
+    import json
+
+    from tldeploy.export.contract import read_contract
+    from tldeploy.export.onnx_export import sha256_file
+
+    ckpt = tiny[0]
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "-o", str(out), "--parity-samples", "5", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # stdout is the JSON document and nothing else
+    assert doc["path"] == str(out) and out.is_file() and doc["note"] == "" and doc["seconds"] > 0
+    assert read_contract(out).checkpoint_sha256 == sha256_file(ckpt)
+    assert [p["batch"] for p in doc["parity"]] == [1, 7]
+    for p in doc["parity"]:
+        assert p["n"] == 5 and p["failures"] == [] and p["logits_max_abs"] <= 1e-4 and p["top1_agreement"] == 1.0
+    static = tmp_path / "s.onnx"
+    assert main(["export", str(ckpt), "-o", str(static), "--static-batch", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["path"] == str(static) and [p["batch"] for p in doc["parity"]] == [3]
+    assert read_contract(static).extra["batch"] == "3"
