@@ -105,7 +105,7 @@ def test_fp16_logits_stay_within_half_precision_of_fp32(tiny, tmp_path):
     assert (diff <= bound).all(), f"logit error up to {(diff / (FP16_UNIT * scale)).max():.1f} half-precision units"
     assert diff.max() > 0  # the network did run in half precision
     order = np.sort(a["logits"], axis=1)
-    clear = order[:, -1] - order[:, -2] > 2 * bound.max(axis=1)
+    clear = order[:, -1] - order[:, -2] > 2 * bound.max(axis=1)  # most inputs: the check is not vacuous
     assert clear.sum() >= 40 and (a["logits"].argmax(1) == b["logits"].argmax(1))[clear].all()
     logits = b["logits"].astype(np.float64)
     softmax = np.exp(logits - logits.max(1, keepdims=True))
