@@ -134,6 +134,7 @@ def test_audio_builds_keep_the_front_end_in_float(tiny_audio, tones, tmp_path):
     assert front and all(producers[i].op_type != "DequantizeLinear" for n in q.graph.node if n.name in front for i in n.input if i in producers)
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 3  # the backbone is quantized
     half = fp16_model(onnx.load(str(onnx_path)))
+    onnx.checker.check_model(half)  # a valid ONNX: nodes in topological order, casts included
     g = half.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
     types.update({t.name: t.data_type for t in g.initializer})

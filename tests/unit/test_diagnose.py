@@ -263,6 +263,7 @@ def test_fp16_plan_keeps_its_nodes_in_fp32(trap_onnx, tmp_path):
     result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="fp16", data=data / "val", output=tmp_path / "r"))
     plan = load_plan(result.plan_path)
     converted = fp16_model(onnx.load(str(onnx_path)), keep_fp32=plan.nodes)
+    onnx.checker.check_model(converted)  # a valid ONNX: nodes in topological order, casts included
     inits = {i.name: i.data_type for i in converted.graph.initializer}
     for n in converted.graph.node:
         if n.name in plan.nodes:  # kept nodes read float32 weights

@@ -6,7 +6,7 @@ end (a full-scale tone's power spectrum overflows half precision)."""
 
 from __future__ import annotations
 
-from tldeploy.build.graph import ancestors, frontend_nodes
+from tldeploy.build.graph import ancestors, frontend_nodes, sort_topologically
 from tldeploy.errors import ConfigError
 
 
@@ -34,6 +34,7 @@ def fp16_model(model, keep_fp32: list[str] | tuple[str, ...] = ()):
     block = sorted(fp16_exclusions(model, contract) | set(keep_fp32))
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
     _drop_half_round_trips(converted)
+    sort_topologically(converted.graph)
     write_contract(converted, replace(contract, precision="fp16"))
     return converted
 

@@ -23,3 +23,34 @@ def ancestors(model, *tensors: str) -> set[str]:
             seen.add(n.name)
             stack.extend(n.input)
     return seen
+
+
+def sort_topologically(graph) -> None:
+    """Reorder `graph.node` so that every node follows the producers of its inputs, keeping the
+    present order where it is already valid (ONNX requires the order; ONNX Runtime's FP16 converter
+    appends the casts it inserts at the end)."""
+    producer = {o: k for k, n in enumerate(graph.node) for o in n.output}
+    placed: set[int] = set()
+    opened: set[int] = set()  # inputs being placed: met again before it is placed, it is its own ancestor
+    order: list[int] = []
+    for start in range(len(graph.node)):
+        stack = [(start, False)]
+        while stack:
+            k, inputs_done = stack.pop()
+            if k in placed:
+                continue
+            if inputs_done:
+                placed.add(k)
+                order.append(k)
+                continue
+            if k in opened:
+                raise ValueError(f"ONNX graph has a cycle through node {graph.node[k].name or graph.node[k].op_type}")
+            opened.add(k)
+            stack.append((k, True))
+            stack.extend((producer[i], False) for i in reversed(graph.node[k].input) if i in producer and producer[i] not in placed)
+    nodes = [graph.node[k] for k in order]
+    copies = [type(n)() for n in nodes]
+    for c, n in zip(copies, nodes, strict=True):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
