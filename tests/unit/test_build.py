@@ -454,3 +454,27 @@ def test_racing_builds_leave_one_valid_artifact(model_copy, tmp_path):
     with OrtRunner(artifact) as r:
         assert r.infer({"images": np.zeros((1, 3, 32, 32), np.float32)})["logits"].shape == (1, 2)
     assert not list(model_copy.parent.glob(".*.tmp"))
+
+
+def test_sort_topologically_orders_producers_first_and_refuses_cycles():
+    from onnx import TensorProto, helper
+
+    from tldeploy.build.graph import sort_topologically
+
+    def graph(*nodes):
+        return helper.make_graph(list(nodes), "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                 [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
+
+    relu = helper.make_node("Relu", ["x"], ["y"], name="relu")
+    neg = helper.make_node("Neg", ["x"], ["w"], name="neg")
+    add = helper.make_node("Add", ["y", "w"], ["z"], name="add")
+    g = graph(add, neg, relu)  # the consumer first, as a converter appending nodes leaves it
+    sort_topologically(g)
+    assert [n.name for n in g.node] == ["relu", "neg", "add"]  # producers in the order the consumer reads them
+    onnx.checker.check_graph(g)
+    g = graph(neg, relu, add)  # an order that is valid already is kept
+    sort_topologically(g)
+    assert [n.name for n in g.node] == ["neg", "relu", "add"]
+    loop = graph(helper.make_node("Relu", ["z"], ["y"], name="a"), helper.make_node("Add", ["y", "x"], ["z"], name="b"))
+    with pytest.raises(ValueError, match="cycle through node"):
+        sort_topologically(loop)
