@@ -172,6 +172,109 @@ def test_bench_bad_input(artifacts, tmp_path, capsys):
         assert err.startswith("error:") and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def _recontracted(src: Path, dst: Path, **changes) -> Path:
+    """A copy of the ONNX file `src` whose contract differs by `changes` (same graph)."""
+    import dataclasses
+
+    import onnx
+
+    from tldeploy.export.contract import read_contract, write_contract
+
+    model = onnx.load(str(src))
+    write_contract(model, dataclasses.replace(read_contract(model), **changes))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_bench_refuses_artifacts_of_other_classes_or_preprocessing(artifacts, tmp_path, capsys):
+    import dataclasses
+
+    from tldeploy.export.contract import read_contract
+
+    ckpt, fp32, _, data = artifacts
+    prep = read_contract(fp32).preprocessing
+    blue = _recontracted(fp32, tmp_path / "blue.onnx", classes=["green", "blue"])
+    swapped = _recontracted(fp32, tmp_path / "swapped.onnx", classes=["red", "green"])  # same names, other order
+    mean = _recontracted(fp32, tmp_path / "mean.onnx", preprocessing=dataclasses.replace(prep, mean=(0.485, 0.456, 0.406)))
+    size = _recontracted(fp32, tmp_path / "size.onnx", preprocessing=dataclasses.replace(prep, resize_size=prep.resize_size + 4))
+    assert read_contract(fp32).classes == ["green", "red"] and prep.mean == (0.5, 0.5, 0.5)
+    out = tmp_path / "refused.json"
+    for argv, needle in (
+        ([fp32, blue, "--reference", ckpt], "blue.onnx has other classes than the reference"),
+        ([fp32, swapped, "--reference", ckpt], "swapped.onnx has other classes than the reference"),
+        ([fp32, mean, "--reference", ckpt], "mean.onnx has other preprocessing than the reference"),
+        ([fp32, size, "--reference", ckpt], "size.onnx has other preprocessing than the reference"),
+        ([fp32, blue], "blue.onnx has other classes than tiny.fp32.ort.onnx"),
+        ([mean, fp32], "tiny.fp32.ort.onnx has other preprocessing than mean.onnx"),
+    ):
+        rc = main(["bench", *map(str, argv), "--data", str(data / "val"), "-o", str(out), "--batch-sizes", "1",
+                   "--iters", "4", "--rounds", "2", "-q"])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.startswith("error: ") and needle in err and "benchmark artifacts built from the same model" in err, (needle, rc, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not out.exists() and not out.with_suffix(".md").exists() and not (tmp_path / "refused_plots").exists()
+
+
+def test_static_batch_artifacts_skip_other_batch_sizes_and_record_why(artifacts, tmp_path):
+    from tldeploy.export.onnx_export import ExportConfig, export_onnx
+
+    ckpt, fp32, _, data = artifacts
+    one = export_onnx(ExportConfig(ckpt, tmp_path / "b1.onnx", static_batch=1)).path
+    four = export_onnx(ExportConfig(ckpt, tmp_path / "b4.onnx", static_batch=4)).path
+    res = run_bench(BenchConfig((fp32, one, four), tmp_path / "b.json", reference=ckpt, data=data / "val", batch_sizes=(1, 4, 8),
+                                latency=FAST, time_reference=False, quiet=True))
+    validate(res.document)
+    by = {r["name"]: r for r in res.document["results"]}
+    timed = {name: [s["batch"] for s in r["latency"]] for name, r in by.items()}
+    skipped = {name: r["skipped_batches"] for name, r in by.items()}
+    assert timed == {"model.pt": [], "tiny.fp32.ort.onnx": [1, 4, 8], "b1.onnx": [1], "b4.onnx": [4]}
+    assert skipped["model.pt"] == [] and skipped["tiny.fp32.ort.onnx"] == []
+    assert skipped["b1.onnx"] == [{"batch": 4, "why": "the artifact's batch is fixed at 1"}, {"batch": 8, "why": "the artifact's batch is fixed at 1"}]
+    assert skipped["b4.onnx"] == [{"batch": 1, "why": "the artifact's batch is fixed at 4"}, {"batch": 8, "why": "the artifact's batch is fixed at 4"}]
+    for r in by.values():
+        assert all(len(s["samples_ms"]) == 20 for s in r["latency"])
+    for name in ("b1.onnx", "b4.onnx"):  # 16 images through a fixed batch: padded, then cut back
+        assert by[name]["parity"]["n"] == 16 and by[name]["parity"]["top1_agreement"] == 1.0
+    text = res.report.read_text()
+    assert "- batch 1 not timed: the artifact's batch is fixed at 4" in text and "- batch 8 not timed: the artifact's batch is fixed at 1" in text
+
+
+def test_bench_threads_reach_onnx_runtime_pytorch_and_the_record(artifacts, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from tldeploy.build.runners import OrtRunner
+
+    ckpt, fp32, _, data = artifacts
+    seen = []
+    activate = OrtRunner._activate
+
+    def spy(self):
+        activate(self)
+        seen.append(self.session.get_session_options().intra_op_num_threads)
+
+    monkeypatch.setattr(OrtRunner, "_activate", spy)
+    out = tmp_path / "threads.json"
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        rc = main(["bench", str(fp32), "--reference", str(ckpt), "--data", str(data / "val"), "-o", str(out), "--threads", "1",
+                   "--batch-sizes", "1", "--iters", "4", "--rounds", "2", "-q"])
+        torch_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0 and seen == [1] and torch_threads == 1
+    doc = json.loads(out.read_text())
+    assert doc["config"]["threads"] == 1 and doc["environment"]["threads"] == 1
+    assert "threads: 1" in out.with_suffix(".md").read_text()
+    seen.clear()
+    run_bench(BenchConfig((fp32,), tmp_path / "default.json", batch_sizes=(1,), latency=FAST, quiet=True))
+    assert seen == [0]  # no --threads: ONNX Runtime's own default
+    capsys.readouterr()
+    assert main(["bench", str(fp32), "-o", str(tmp_path / "t0.json"), "--threads", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --threads must be at least 1, got 0") and len(err.strip().splitlines()) == 1
+
+
 # ------------------------------------------------------------ compare
 
 
@@ -242,23 +345,80 @@ def test_compare_cli_table_json_junit_and_picked_entries(bench_doc, tmp_path, ca
     assert main(["compare", f"{base}#tiny.fp32.ort.onnx", f"{base}#tiny.int8.ort.onnx", "--json", "--max-slowdown", "10"]) == 0
     checks = json.loads(capsys.readouterr().out)["checks"]
     assert checks[0]["name"] == "tiny.fp32.ort.onnx -> tiny.int8.ort.onnx" and checks[0]["verdict"]["resampled"] == "paired rounds"
-    assert main(["compare", f"{base}#nope", str(base)]) == 1
-    assert "has no entry 'nope'" in capsys.readouterr().err
-    assert not Path(tmp_path / "x.xml").exists()
+
+
+def test_compare_picked_entries_that_do_not_exist_are_one_error_line(bench_doc, tmp_path, capsys):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(bench_doc.document))
+    junit = tmp_path / "compare.xml"
+    for argv, needle in (
+        ([f"{base}#nope", str(base)], "the baseline has no entry 'nope'; it has model.pt, tiny.fp32.ort.onnx, tiny.int8.ort.onnx"),
+        ([str(base), f"{base}#tiny.int8"], "the current has no entry 'tiny.int8'; it has model.pt, "),
+        ([f"{base}#tiny.fp32.ort.onnx", str(base)], "name an entry on both sides (FILE.json#NAME) or on neither"),
+    ):
+        rc = main(["compare", *argv, "--junit", str(junit)])
+        captured = capsys.readouterr()
+        assert not junit.exists()  # nothing written for a comparison that never ran
+        assert rc == 1 and captured.out == ""
+        err = captured.err
+        assert err.startswith("error: ") and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_compare_warns_of_entries_on_one_side_only_and_compares_the_rest(bench_doc, tmp_path, capsys):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_synthetic(bench_doc.document, 1.0, "e" * 32)))
+    renamed = _synthetic(bench_doc.document, 1.0, "f" * 32)
+    renamed["results"][2]["name"] = "tiny.int8.v2.ort.onnx"
+    cur = tmp_path / "cur.json"
+    cur.write_text(json.dumps(renamed))
+    assert main(["compare", str(base), str(cur), "--json"]) == 0
+    captured = capsys.readouterr()
+    checks = json.loads(captured.out)["checks"]
+    assert {c["name"] for c in checks} == {"model.pt", "tiny.fp32.ort.onnx"} and len(checks) == 2 * 2 + 2 + 1
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: only in baseline: tiny.int8.ort.onnx", "warning: only in current: tiny.int8.v2.ort.onnx"]
+    for r in renamed["results"]:
+        r["name"] = "other-" + r["name"]
+    cur.write_text(json.dumps(renamed))
+    assert main(["compare", str(base), str(cur)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the two bench results share no entry names") and "FILE.json#NAME" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.gpu
 def test_cuda_runner_is_timed_with_events_stage_by_stage(tiny, tmp_path):
     """PyTorch on CUDA exposes its copy-in, compute and copy-out steps; bench times each with CUDA
-    events and their sum is the sample."""
+    events on the runner's stream. Checked where the timing could go wrong: every stage takes time;
+    the copy-in grows with what it copies (batch 256 is 3 MB of float32 32x32 images, batch 1 is
+    12 KB: events on the wrong stream, or stages attributed to the wrong step, lose that); and the
+    event-timed calls take no longer than the host clock saw them take (a unit slip breaks that)."""
+    import time
+
+    from tldeploy.bench.latency import measure_latency
+    from tldeploy.build.runners import TorchRunner
+
     ckpt, _, data = tiny
-    res = run_bench(BenchConfig((ckpt,), tmp_path / "gpu.json", reference=ckpt, data=data / "val", batch_sizes=(1, 16),
+    res = run_bench(BenchConfig((ckpt,), tmp_path / "gpu.json", reference=ckpt, data=data / "val", batch_sizes=(1, 256),
                                 latency=LatencyConfig(warmup=5, iters=40, rounds=4), device="cuda", quiet=True))
     validate(res.document)
     ref, art = res.document["results"]
     assert art["device"] == "cuda" and art["parity"]["top1_agreement"] == 1.0 and art["parity"]["logits_max_abs"] < 1e-4
-    for s in ref["latency"] + art["latency"]:
-        assert s["clock"] == "cuda_events" and set(s["stages"]) == {"h2d", "compute", "d2h"}
-        assert all(s["stages"][k]["min"] > 0 for k in ("h2d", "compute", "d2h"))
-        assert sum(s["stages"][k]["mean"] for k in ("h2d", "compute", "d2h")) == pytest.approx(s["mean"], rel=1e-6)
+    for r in (ref, art):
+        small, large = r["latency"]
+        assert (small["batch"], large["batch"]) == (1, 256)
+        for s in (small, large):
+            assert s["clock"] == "cuda_events" and set(s["stages"]) == {"h2d", "compute", "d2h"}
+            assert all(s["stages"][k]["min"] > 0 for k in ("h2d", "compute", "d2h"))
+        assert large["stages"]["h2d"]["p50"] > 2 * small["stages"]["h2d"]["p50"], (small["stages"], large["stages"])
     assert res.document["environment"]["gpu"]["name"]
+
+    with TorchRunner(ckpt, device="cuda") as runner:
+        size = runner.input_spec()["images"].shape[-1]
+        feed = {"images": np.zeros((256, 3, size, size), np.float32)}
+        measure_latency(runner, feed, LatencyConfig(warmup=5, iters=8, rounds=4))  # CUDA and cuDNN set up
+        start = time.perf_counter()
+        s = measure_latency(runner, feed, LatencyConfig(warmup=0, iters=40, rounds=4))
+        wall_ms = (time.perf_counter() - start) * 1000  # 40 timed calls, 4 untimed ones and the set-up
+    assert s.clock == "cuda_events" and len(s.samples_ms) == 40
+    assert 0 < sum(s.samples_ms) <= wall_ms, (sum(s.samples_ms), wall_ms)
