@@ -58,6 +58,7 @@ def test_stats_are_the_textbook_statistics_of_the_samples():
     # linear interpolation between order statistics: p90 sits 0.6 of the way from 4 to 100
     assert (s.p90, s.p95, s.p99) == pytest.approx((4 + 0.6 * 96, 4 + 0.8 * 96, 4 + 0.96 * 96))
     assert s.round_sizes == [5] and s.clock == "perf_counter" and s.stages is None
+    assert LatencyStats.from_samples(1, [1.0, 3.0]).std == pytest.approx(np.sqrt(2))
     one = LatencyStats.from_samples(8, [2.0])
     assert (one.std, one.min, one.p50, one.p99, one.max, one.throughput) == (0.0, 2.0, 2.0, 2.0, 2.0, 4000.0)
     assert one.to_dict()["samples_ms"] == [2.0] and one.to_dict()["batch"] == 8
@@ -78,6 +79,7 @@ def test_latency_config_refuses(kw, flag):
 def test_latency_config_edges_that_are_fine():
     assert LatencyConfig(warmup=0, iters=4, rounds=4, settle_s=0).rounds == 4  # one iteration a round
     assert LatencyConfig(iters=0, duration_s=0.5, rounds=5).duration_s == 0.5  # iterations do not count with a duration
+    assert LatencyConfig(warmup=0, warmup_s=0.0, iters=1, rounds=1).iters == 1  # no warm-up, one timed call
 
 
 class LogRunner(BaseRunner):
@@ -131,10 +133,26 @@ def test_turns_rotate_each_after_a_pause_and_a_refill_call(monkeypatch):
     assert slept == [0.25] * 9 and seen == [1] * 21
     log.clear()
     slept.clear()
-    measure_latency(runners[0], FEED, LatencyConfig(warmup=1, iters=4, rounds=2, settle_s=0.25))
-    assert log == ["a"] * (1 + 2 * 3) and slept == []  # a runner alone waits for no one
+    seen.clear()
+    measure_latency(runners[0], FEED, LatencyConfig(warmup=1, iters=4, rounds=2, settle_s=0.25), progress=seen.append)
+    assert log == ["a"] * (1 + 2 * 3) and slept == [] and seen == [1] * 4  # a runner alone waits for no one
+    measure_interleaved([(r, FEED) for r in runners[:2]], LatencyConfig(warmup=0, iters=2, rounds=2, settle_s=0.125))
+    assert slept == [0.125] * 4
+    slept.clear()
     measure_interleaved([(r, FEED) for r in runners[:2]], LatencyConfig(warmup=0, iters=2, rounds=2, settle_s=0))
     assert slept == []
+
+
+def test_any_object_with_infer_can_be_timed():
+    class Bare:
+        calls = 0
+
+        def infer(self, feed):
+            Bare.calls += 1
+            return {}
+
+    s = measure_latency(Bare(), FEED, LatencyConfig(warmup=1, iters=3, rounds=1))
+    assert Bare.calls == 1 + 1 + 3 and len(s.samples_ms) == 3 and s.clock == "perf_counter" and s.batch == 2
 
 
 def test_duration_and_warmup_seconds_run_on_the_clock(monkeypatch):

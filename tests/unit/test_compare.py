@@ -118,6 +118,11 @@ def test_intervals_are_the_bootstrap_percentiles_of_the_documented_resamples():
         v = compare_latency(base, cur, baseline_rounds=sizes, current_rounds=sizes, confidence=confidence, n_boot=500, seed=7)
         assert v.ratio == pytest.approx(np.median(cur) / np.median(base))
         assert (v.ci_low, v.ci_high) == pytest.approx(_percentiles(c_boot / b_boot, confidence))
+    draw = np.random.default_rng(7)  # too few rounds: moving blocks, current's resamples first
+    boot = _block_medians(cur, 500, draw) / _block_medians(base, 500, draw)
+    v = compare_latency(base, cur, n_boot=500, seed=7)
+    assert v.resampled == "blocks" and (v.ci_low, v.ci_high) == pytest.approx(_percentiles(boot, 0.99))
+    assert compare_latency(base, cur) == compare_latency(base, cur, n_boot=2000, seed=0, confidence=0.99, max_slowdown=0.10)
     narrow = compare_latency(base, cur, confidence=0.5)
     wide = compare_latency(base, cur, confidence=0.99)
     assert wide.ci_low < narrow.ci_low < narrow.ci_high < wide.ci_high
@@ -132,8 +137,9 @@ def test_rounds_are_resampled_only_with_enough_non_empty_rounds_on_both_sides():
     assert compare_latency(x, x, baseline_rounds=three, current_rounds=three).resampled == "blocks"
     assert compare_latency(x, x, baseline_rounds=four, current_rounds=None).resampled == "blocks"
     assert compare_latency(x, x, baseline_rounds=[4, 4, 4, 0], current_rounds=four).resampled == "blocks"
+    assert compare_latency(x[:5], x[:5], baseline_rounds=[1] * 5, current_rounds=[1] * 5).resampled == "rounds"  # one sample a round
     for b, c in ((three, three), (four, [2, 2, 2, 2, 4]), ([4, 4, 4, 0], four)):
-        with pytest.raises(ValueError, match="paired comparison needs the same number"):
+        with pytest.raises(ValueError, match=r"^paired comparison needs the same number \(at least 4\) of non-empty rounds on both sides$"):
             compare_latency(x, x, baseline_rounds=b, current_rounds=c, paired=True)
     with pytest.raises(ValueError, match="round sizes add up to 13, but there are 12 samples"):
         compare_latency(x, x, baseline_rounds=four, current_rounds=[4, 4, 5])
@@ -175,10 +181,21 @@ def test_result_table_junit_and_dict():
               Check('b&"c".onnx', "accuracy", 0.75, 0.75, "+0.00 points", False)]
     r = CompareResult(checks, [], ["only in baseline: z"], ["a note"])
     assert r.regressions == [checks[0]]
-    lines = r.table().splitlines()
-    assert lines[0].split() == ["entry", "check", "baseline", "current", "result"]
-    assert lines[1].split()[0] == "a.onnx" and lines[1].endswith("REGRESSION: ratio 1.500") and "1.5 " in lines[1]
-    assert lines[2].endswith("ok: +0.00 points") and lines[3:] == ["note: a note", "1 regression(s) in 2 check(s)"]
+    assert r.table().splitlines() == [
+        "entry       check            baseline  current  result",
+        "a.onnx      p50 ms, batch 1  1         1.5      REGRESSION: ratio 1.500",
+        'b&"c".onnx  accuracy         0.75      0.75     ok: +0.00 points',
+        "note: a note",
+        "1 regression(s) in 2 check(s)",
+    ]
+    no_baseline = CompareResult([Check("x", "accuracy", None, 0.123456, "new", False)], [], [], [])
+    assert no_baseline.table().splitlines()[1] == "x      accuracy  " + " " * len("baseline") + "  0.1235   ok: new"
+    assert r.junit() == (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<testsuite name="tldeploy compare" tests="2" failures="1">\n'
+        '  <testcase classname="tldeploy.compare" name="a.onnx: p50 ms, batch 1"><failure message="ratio 1.500"/></testcase>\n'
+        '  <testcase classname="tldeploy.compare" name=\'b&amp;"c".onnx: accuracy\'></testcase>\n'
+        "</testsuite>\n")
     suite = ET.fromstring(r.junit().split("\n", 1)[1])
     assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
     cases = suite.findall("testcase")
@@ -186,6 +203,7 @@ def test_result_table_junit_and_dict():
     assert cases[0].find("failure").get("message") == "ratio 1.500" and cases[1].find("failure") is None
     d = r.to_dict()
     assert d["regression"] is True and d["unmatched"] == ["only in baseline: z"] and d["notes"] == ["a note"]
+    assert d["environment_differences"] == [] and CompareResult([], ["cpu.model: a -> b"], [], []).to_dict()["environment_differences"] == ["cpu.model: a -> b"]
     assert d["checks"][0]["verdict"]["ratio"] == 1.5 and d["checks"][1]["verdict"] is None
     assert CompareResult([checks[1]], [], [], []).to_dict()["regression"] is False
 
@@ -219,12 +237,22 @@ def test_compare_bench_pairs_entries_of_one_run_and_notes_separate_runs():
     assert compare_bench(_doc(_entry("a", levels=(1.0,) * 3)), short).checks[0].verdict.resampled == "blocks"
 
 
+def test_compare_bench_applies_the_configured_limit_and_confidence():
+    base, slow = _doc(_entry("a")), _doc(_entry("a", levels=(1.5,) * 4), run_id="run-2")
+    assert compare_bench(base, slow).checks[0].regression
+    lenient = compare_bench(base, slow, CompareConfig(max_slowdown=0.5, confidence=0.9)).checks[0]
+    assert not lenient.regression and lenient.verdict.max_slowdown == 0.5 and lenient.verdict.confidence == 0.9
+    assert (lenient.baseline, lenient.current) == (1.0, 1.5)
+    assert lenient.detail == "ratio 1.500, 90% interval [1.500, 1.500] (resampling rounds), limit +50%"
+
+
 def test_compare_bench_accuracy_and_agreement_limits_are_strict_points():
     cfg = CompareConfig(max_accuracy_drop=25, max_agreement_drop=50)
     base = _doc(_entry("a", accuracy=0.75, agreement=1.0))
     at = compare_bench(base, _doc(_entry("a", accuracy=0.5, agreement=0.5)), cfg)
     acc, agree = at.checks[1], at.checks[2]
     assert (acc.what, acc.baseline, acc.current, acc.regression) == ("accuracy", 0.75, 0.5, False)
+    assert (agree.what, agree.baseline, agree.current) == ("top-1 agreement", 1.0, 0.5)
     assert acc.detail == "-25.00 points, limit -25" and agree.detail == "-50.00 points, limit -50" and not agree.regression
     past = compare_bench(base, _doc(_entry("a", accuracy=0.49, agreement=0.49)), cfg)
     assert [c.what for c in past.regressions] == ["accuracy", "top-1 agreement"]
@@ -233,13 +261,14 @@ def test_compare_bench_accuracy_and_agreement_limits_are_strict_points():
 
 
 def test_compare_bench_skips_what_one_side_lacks_and_says_so():
-    base = _doc(_entry("a", batches=(1, 8)), _entry("r", accuracy=0.75, agreement=None))
-    cur = _doc(_entry("a", batches=(1,), accuracy=None), _entry("r", accuracy=0.75, agreement=None))
+    base = _doc(_entry("a", batches=(8, 1)), _entry("r", accuracy=0.75, agreement=None), _entry("s", agreement=0.5))
+    cur = _doc(_entry("a", batches=(1,), accuracy=None), _entry("r", accuracy=0.75, agreement=None), _entry("s", agreement=None))
     r = compare_bench(base, cur)
-    assert [(c.name, c.what) for c in r.checks] == [("a", "p50 ms, batch 1"), ("a", "top-1 agreement"), ("r", "p50 ms, batch 1"), ("r", "accuracy")]
+    assert [(c.name, c.what) for c in r.checks] == [("a", "p50 ms, batch 1"), ("a", "top-1 agreement"), ("r", "p50 ms, batch 1"),
+                                                    ("r", "accuracy"), ("s", "p50 ms, batch 1"), ("s", "accuracy")]
     assert r.notes == ["a: batch 8 was not timed in the current result"]
     other = compare_bench(base, _doc(*cur["results"], data="images-2"))
-    assert [c.what for c in other.checks] == ["p50 ms, batch 1"] * 2
+    assert [c.what for c in other.checks] == ["p50 ms, batch 1"] * 3
     assert other.notes == ["the two results used different images; accuracy and agreement are not compared",
                            "a: batch 8 was not timed in the current result"]
 
@@ -251,3 +280,26 @@ def test_compare_bench_refuses_other_environments_unless_allowed():
     allowed = compare_bench(base, moved, CompareConfig(allow_env_mismatch=True))
     assert allowed.environment_differences == ["cpu.model: cpu-1 -> cpu-2"] and len(allowed.checks) == 3
     assert compare_bench(base, base).environment_differences == []
+
+
+def test_entries_are_matched_by_name_or_picked_on_both_sides():
+    base = _doc(_entry("a"), _entry("b"), _entry("old"))
+    cur = _doc(_entry("b"), _entry("a"), _entry("new"), _entry("newer"))
+    r = compare_bench(base, cur)
+    assert [c.name for c in r.checks] == ["a"] * 3 + ["b"] * 3  # in the baseline's order
+    assert r.unmatched == ["only in baseline: old", "only in current: new", "only in current: newer"]
+    picked = compare_bench(base, cur, base_pick="old", cur_pick="new")
+    assert {c.name for c in picked.checks} == {"old -> new"} and picked.unmatched == []
+    for picks, message in (
+        (("nope", "a"), "the baseline has no entry 'nope'; it has a, b, old"),
+        (("a", "nope"), "the current has no entry 'nope'; it has b, a, new, newer"),
+        (("a", None), "name an entry on both sides (FILE.json#NAME) or on neither"),
+        ((None, "a"), "name an entry on both sides (FILE.json#NAME) or on neither"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            compare_bench(base, cur, base_pick=picks[0], cur_pick=picks[1])
+        assert str(e.value) == message
+    with pytest.raises(ConfigError) as e:
+        compare_bench(_doc(_entry("a")), _doc(_entry("b"), _entry("c")))
+    assert str(e.value) == ("the two bench results share no entry names (baseline: a; current: b, c); "
+                            "pick entries with FILE.json#NAME")

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from tldeploy.bench.parity import cam_top_iou, compare_outputs, kl_divergence
+from tldeploy.bench.parity import cam_correlation, cam_top_iou, compare_outputs, kl_divergence
 from tldeploy.pipeline.metrics import classification_metrics
 
 # true \ predicted   a  b  c
@@ -94,6 +94,41 @@ def test_cosine_is_scale_free_signed_and_zero_for_a_zero_vector():
     assert cos(a, 10 * a) == pytest.approx(1.0) and cos(a, -a) == pytest.approx(-1.0)
     assert cos(a, np.array([[4.0, -3.0], [2.0, 1.0]])) == pytest.approx(0.0)
     assert cos(np.array([[0.0, 0.0], [1.0, 0.0]]), np.array([[1.0, 0.0], [1.0, 0.0]])) == 0.5  # 0 (not nan) and 1
+    assert cos(1e-3 * a, 2e-3 * a) == pytest.approx(1.0)  # small logits are not "zero"
+
+
+def test_cam_metrics_of_compare_outputs():
+    probs, logits = np.full((2, 2), 0.5), np.ones((2, 2))
+    cam = np.arange(2 * 5 * 2, dtype=float).reshape(2, 5, 2) + 1.0  # 10 cells an image, rising
+    flipped = cam[:, ::-1, ::-1].copy()  # the same values, falling: the top 20% are the other 2 cells
+    r = compare_outputs(_outputs(logits, probs, cam), _outputs(logits, probs, flipped))
+    assert r.cam_max_abs == 9.0 and r.cam_correlation == pytest.approx(-1.0) and r.cam_iou_top20 == 0.0
+    same = compare_outputs(_outputs(logits, probs, cam), _outputs(logits, probs, 1e-3 * cam))  # small maps: not flat
+    assert same.cam_correlation == pytest.approx(1.0) and same.cam_iou_top20 == 1.0
+    assert cam_correlation(1e-3 * cam, cam) == pytest.approx(1.0)
+    assert cam_correlation(1.0 + 1e-14 * cam, cam) == 0.0  # flat to rounding: a constant map, which agrees only with one
+
+
+def test_parity_table_prints_every_metric():
+    probs, cam = np.full((3, 2), 0.5), np.zeros((3, 1, 1))
+    r = compare_outputs(_outputs(REF_LOGITS, probs, cam), _outputs(OUT_LOGITS, probs, cam), labels=np.array([1, 0, 0]),
+                        max_logit_diff=1.5)
+    assert r.table() == "\n".join([
+        "parity",
+        "  images                 3",
+        "  logits max |diff|      2",
+        "  logits mean |diff|     1.17",
+        "  probs max |diff|       0",
+        "  probs mean |diff|      0",
+        "  cosine (logits)        0.653333",
+        "  top-1 agreement        33.33%",
+        "  KL divergence (probs)  0",
+        "  CAM max |diff|         0",
+        "  CAM correlation        1.0000",
+        "  CAM top-20% IoU        1.0000",
+        "  accuracy (reference)   1.0000 (0.3333, +0.6667)",
+        "  FAIL: logits max |diff| 2 exceeds 1.5",
+    ])
 
 
 def test_parity_tolerances_are_strict_bounds_with_a_line_each():
@@ -119,3 +154,7 @@ def test_kl_and_top_region_edges():
     assert cam_top_iou(np.array([[3.0, 2.0, 1.0]]), np.array([[1.0, 2.0, 3.0]])) == 0.0
     assert cam_top_iou(np.array([[3.0, 2.0, 1.0]]), np.array([[3.0, 1.0, 2.0]])) == 1.0
     assert cam_top_iou(np.array([[1.0, 1.0, 1.0, 1.0, 0.0]]), np.array([[0.0, 1.0, 1.0, 1.0, 1.0]]), share=0.4) == pytest.approx(1 / 3)
+    ties = np.ones((1, 40))  # all equal: the top 20% are the first 8 cells, on either side
+    first = np.zeros((1, 40))
+    first[0, :8] = 1.0
+    assert cam_top_iou(ties, first) == 1.0 and cam_top_iou(first, ties) == 1.0
