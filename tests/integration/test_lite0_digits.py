@@ -30,12 +30,14 @@ def _fewshot(digits, out, weights):
     return train(
         TrainConfig(
             data=digits, out_dir=out, mode="finetune", weights=weights, image_size=64, limit_per_class=20,
-            epochs=30, warmup_epochs=3, batch_size=32, augment=AugmentConfig(hflip=False), quiet=True,
+            epochs=15, warmup_epochs=2, batch_size=32, augment=AugmentConfig(hflip=False), quiet=True,
         )
     ).metrics["accuracy"]
 
 
 def test_fewshot_finetune_shows_transfer(digits, tmp_path):
+    """Measured on a 2-core AVX-512 VM: 15 epochs ImageNet 0.919 vs scratch 0.515 (71 s for both);
+    30 epochs 0.953 vs 0.688 (206 s, contended)."""
     pretrained = _fewshot(digits, tmp_path / "pre", "default")
     scratch = _fewshot(digits, tmp_path / "scratch", "none")
     print(f"20 images/class, 64 px, finetune: ImageNet {pretrained:.4f} vs from scratch {scratch:.4f}")

@@ -24,7 +24,7 @@ from tldeploy.build.sensitivity import Acceptance
 from tldeploy.cli import main
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.export.contract import read_contract
-from tldeploy.export.onnx_export import ExportConfig, export_onnx, parity_inputs
+from tldeploy.export.onnx_export import parity_inputs
 from tldeploy.export.scopes import module_paths
 from tldeploy.pipeline.checkpoints import load_checkpoint
 from tldeploy.pipeline.data import load_image
@@ -46,22 +46,6 @@ def model_copy(tiny, tmp_path):
     p = tmp_path / "tiny.onnx"
     p.write_bytes(tiny[1].read_bytes())
     return p
-
-
-@pytest.fixture(scope="module")
-def outlier_onnx(tiny, tmp_path_factory):
-    """The tiny CNN with one channel of stage 1's output scaled 1000x (BatchNorm weight and bias,
-    before the ReLU) and stage 2's weights for it scaled back: the same function in float, but
-    stage 2's per-tensor input range is wrecked for every other channel (as in test_diagnose)."""
-    ckpt, _, data = tiny
-    root = tmp_path_factory.mktemp("outlier")
-    doc = torch.load(ckpt, weights_only=True)
-    sd = doc["state_dict"]
-    sd["backbone.features.stages.1.1.weight"][3] *= 1000
-    sd["backbone.features.stages.1.1.bias"][3] *= 1000
-    sd["backbone.features.stages.2.0.weight"][:, 3] /= 1000
-    torch.save(doc, root / "outlier.pt")
-    return export_onnx(ExportConfig(root / "outlier.pt", root / "outlier.onnx")).path, data
 
 
 def _negate_classifier(model) -> None:

@@ -28,22 +28,6 @@ from tldeploy.pipeline.training import TrainConfig, train
 HOSTILE = "backbone.features.stages.2.0"  # reads the outlier channel planted in stage 1's output
 
 
-@pytest.fixture(scope="module")
-def outlier_onnx(tiny, tmp_path_factory):
-    """The tiny CNN with one channel of stage 1's output scaled 1000x (BatchNorm weight and bias,
-    before the ReLU) and stage 2's weights for it scaled back: the same function in float, but
-    stage 2's per-tensor input range is wrecked for every other channel."""
-    ckpt, _, data = tiny
-    root = tmp_path_factory.mktemp("outlier")
-    doc = torch.load(ckpt, weights_only=True)
-    sd = doc["state_dict"]
-    sd["backbone.features.stages.1.1.weight"][3] *= 1000
-    sd["backbone.features.stages.1.1.bias"][3] *= 1000
-    sd["backbone.features.stages.2.0.weight"][:, 3] /= 1000
-    torch.save(doc, root / "outlier.pt")
-    return export_onnx(ExportConfig(root / "outlier.pt", root / "outlier.onnx")).path, data
-
-
 class _Scale(nn.Module):
     def __init__(self, factor: float) -> None:
         super().__init__()

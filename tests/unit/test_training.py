@@ -40,17 +40,10 @@ def test_feature_extract_computes_each_feature_map_once(blob_data, tmp_path, mon
     assert len(result.history) == 4
 
 
-def test_finetune_trains_only_the_unfrozen_blocks(blob_data, tmp_path, monkeypatch):
+def test_finetune_trains_only_the_unfrozen_blocks(blob_data, tmp_path, last_epoch_backbone):
     torch.manual_seed(0)
     init = create_backbone("tiny_cnn").state_dict()
-    final = {}
-    real_finish = _Trainer._finish
-
-    def capture(self):  # the weights after the last epoch, before the best ones are restored
-        final.update({k: v.clone() for k, v in self.model.backbone.state_dict().items()})
-        return real_finish(self)
-
-    monkeypatch.setattr(_Trainer, "_finish", capture)
+    final = last_epoch_backbone
     train(_cfg(blob_data, tmp_path / "run", mode="finetune", epochs=3, warmup_epochs=1, unfreeze=1))
     for key, before in init.items():
         if "num_batches_tracked" in key:

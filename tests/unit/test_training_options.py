@@ -53,17 +53,10 @@ def _bn_buffers(state):
 
 
 @pytest.mark.parametrize("bn", ["frozen", "train"])
-def test_bn_frozen_keeps_the_statistics_of_trained_blocks(blob_data, tmp_path, monkeypatch, bn):
+def test_bn_frozen_keeps_the_statistics_of_trained_blocks(blob_data, tmp_path, last_epoch_backbone, bn):
     """--bn frozen keeps the running statistics (its help says statistics: the affine parameters
     train with their block); --bn train re-estimates them."""
-    final = {}
-    real_finish = _Trainer._finish
-
-    def capture(self):  # the weights after the last epoch, before the best ones are restored
-        final.update({k: v.clone() for k, v in self.model.backbone.state_dict().items()})
-        return real_finish(self)
-
-    monkeypatch.setattr(_Trainer, "_finish", capture)
+    final = last_epoch_backbone
     torch.manual_seed(0)  # the run seeds 0 before building its backbone: these are its initial weights
     init = create_backbone("tiny_cnn").state_dict()
     train(_cfg(blob_data, tmp_path / "run", mode="finetune", warmup_epochs=1, epochs=3, bn=bn))
