@@ -25,9 +25,11 @@ $(VENV)/trt-stubs/.fixed: $(BIN)/.installed tools/fix_trt_stubs.py
 	touch $@
 
 typecheck: $(VENV)/trt-stubs/.fixed
-	MYPYPATH=$(VENV)/trt-stubs $(BIN)/mypy tldeploy/build/tensorrt.py tldeploy/build/trt_runner.py
+	MYPYPATH=$(VENV)/trt-stubs $(BIN)/mypy tldeploy/engines/tensorrt.py tldeploy/runtime/trt.py tldeploy/runtime/trt_runner.py
 
+# lint-imports: the package's layering (pyproject.toml [tool.importlinter]); a back-edge fails here.
 test: $(BIN)/.installed typecheck
+	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed

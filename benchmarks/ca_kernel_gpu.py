@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tldeploy.build.plugins import CaLibrary, PluginBuildConfig, build_plugins  # noqa: E402
-from tldeploy.pipeline.heads import ChannelAttention  # noqa: E402
+from tldeploy.engines.plugins import CaLibrary, PluginBuildConfig, build_plugins  # noqa: E402
+from tldeploy.models.heads import ChannelAttention  # noqa: E402
 
 CHECK_SHAPES = [(1, 1280, 7, 7, 16), (32, 1280, 7, 7, 16), (1, 512, 14, 14, 16), (32, 512, 14, 14, 16), (8, 2048, 1, 1, 16),
                 (2, 2048, 7, 7, 16), (4, 64, 56, 56, 16), (3, 7, 3, 5, 1), (5, 33, 9, 11, 4), (1, 1, 1, 1, 1), (2, 17, 1, 13, 8),

@@ -24,7 +24,7 @@ import numpy as np
 from tldeploy.bench.compare import compare_latency
 from tldeploy.bench.environment import collect_environment
 from tldeploy.bench.latency import LatencyConfig, measure_interleaved
-from tldeploy.build.runners import OrtRunner
+from tldeploy.runtime.runners import OrtRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _runners import Heavier  # noqa: E402  (the test suite's slowed runner)

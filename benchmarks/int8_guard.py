@@ -26,20 +26,20 @@ import onnx
 sys.path.insert(0, str(Path(__file__).parent))
 from ort_int8_latency import interleaved_p50, prepare  # noqa: E402
 
-from tldeploy.build.artifacts import cpu_info  # noqa: E402
-from tldeploy.build.builder import BuildConfig, build  # noqa: E402
-from tldeploy.build.diagnose import DiagnoseConfig, diagnose  # noqa: E402
-from tldeploy.build.quantize import CalibrationSet, ImageSet, QuantConfig, Quantizer, split_backbone_head  # noqa: E402
-from tldeploy.build.runners import load_runner  # noqa: E402
-from tldeploy.build.sensitivity import Evaluator, task_metrics  # noqa: E402
-from tldeploy.export.contract import read_contract  # noqa: E402
+from tldeploy.contract import read_contract  # noqa: E402
+from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
+from tldeploy.engines.diagnose import DiagnoseConfig, diagnose  # noqa: E402
+from tldeploy.engines.quantize import CalibrationSet, ImageSet, QuantConfig, Quantizer, split_backbone_head  # noqa: E402
+from tldeploy.engines.sensitivity import Evaluator, task_metrics  # noqa: E402
+from tldeploy.runtime.host import cpu_info  # noqa: E402
+from tldeploy.runtime.loader import load_runner  # noqa: E402
 
 
 def leading_search(onnx_path: Path, data: Path, rr: bool, target: float, val: ImageSet, limit: int = 16) -> int | None:
     """Leading convolutions in float (graph order, as the guard before diagnose did) for `target`."""
     contract = read_contract(onnx_path)
     calib = CalibrationSet.from_folder(data / "train", contract.preprocessing, 256)
-    from tldeploy.build import artifacts
+    from tldeploy.engines import artifacts
 
     with Quantizer(onnx_path, calib, QuantConfig.ort_x86(reduce_range=rr), artifacts.cache_dir() / "calibration") as q:
         ev = q.evaluator(val.images)

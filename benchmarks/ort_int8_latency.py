@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tldeploy.build.artifacts import cpu_info
-from tldeploy.build.builder import BuildConfig, build
-from tldeploy.build.runners import load_runner, run_batches
-from tldeploy.export.contract import read_contract
+from tldeploy.contract import read_contract
+from tldeploy.data.folders import find_files, load_image, write_digits
+from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.pipeline.data import find_files, load_image, write_digits
-from tldeploy.pipeline.training import TrainConfig, train
+from tldeploy.runtime.host import cpu_info
+from tldeploy.runtime.loader import load_runner
+from tldeploy.runtime.runners import run_batches
+from tldeploy.train.training import TrainConfig, train
 
 
 def prepare(workdir: Path) -> tuple[Path, Path]:

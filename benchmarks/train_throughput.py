@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from tldeploy.pipeline.data import write_digits
-from tldeploy.pipeline.preprocessing import AugmentConfig
-from tldeploy.pipeline.training import TrainConfig, train
+from tldeploy.data.folders import write_digits
+from tldeploy.modalities.preprocessing import AugmentConfig
+from tldeploy.train.training import TrainConfig, train
 
 SETTINGS = {
     # name: (mode, augmentation) -- feature-extract without augmentation caches feature maps

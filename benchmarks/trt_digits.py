@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tldeploy.bench.parity import compare_outputs
-from tldeploy.build.builder import BuildConfig, build
-from tldeploy.build.runners import TorchRunner, load_runner, run_batches
-from tldeploy.export.contract import read_contract
+from tldeploy.contract import read_contract
+from tldeploy.data.folders import find_files, load_image, write_digits
+from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.pipeline.data import find_files, load_image, write_digits
-from tldeploy.pipeline.training import TrainConfig, train
+from tldeploy.parity import compare_outputs
+from tldeploy.runtime.loader import load_runner
+from tldeploy.runtime.runners import TorchRunner, run_batches
+from tldeploy.train.training import TrainConfig, train
 
 MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "int8": 0.97}
 
@@ -48,7 +49,7 @@ def main() -> int:
     y = np.array([contract.classes.index(p.parent.name) for p in paths])
     with TorchRunner(ckpt, device="cuda") as ref_runner:
         ref = run_batches(ref_runner, x)
-    from tldeploy.build.tensorrt import BatchProfile, TrtConfig
+    from tldeploy.engines.tensorrt import BatchProfile, TrtConfig
 
     ok = True
     print(f"{'engine':<8} {'build s':>8} {'top-1':>7} {'agree':>7} {'cosine':>9} {'logit max':>10}")

@@ -32,8 +32,8 @@ def train_tiny(root: Path, n_train: int = 24, n_val: int = 8) -> tuple[Path, Pat
     """A few seconds of fine-tuning the registered `tiny_cnn` on blob images.
 
     Returns (checkpoint, data folder with train/ and val/)."""
-    from tldeploy.pipeline.preprocessing import AugmentConfig
-    from tldeploy.pipeline.training import TrainConfig, train
+    from tldeploy.modalities.preprocessing import AugmentConfig
+    from tldeploy.train.training import TrainConfig, train
 
     data = Path(root) / "data"
     make_blob_images(data / "train", n_train, seed=0)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tldeploy.build.runners import BaseRunner
+from tldeploy.runtime.runners import BaseRunner
 
 
 class Heavier(BaseRunner):

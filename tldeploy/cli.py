@@ -69,7 +69,7 @@ def data_digits(out_dir: Path, size: int, val_fraction: float, seed: int, force:
     Example:
       tldeploy data digits data/digits --size 64 --val-fraction 0.2
     """
-    from tldeploy.pipeline.data import write_digits
+    from tldeploy.data.folders import write_digits
 
     n = write_digits(out_dir, size=size, val_fraction=val_fraction, seed=seed, force=force)
     click.echo(f"wrote {n['train']} training and {n['val']} validation images ({size} px) to {out_dir}")
@@ -92,7 +92,7 @@ def data_tones(out_dir: Path, per_class: int, val_fraction: float, sample_rate: 
     Example:
       tldeploy data tones data/tones --per-class 60
     """
-    from tldeploy.pipeline.audio import write_tones
+    from tldeploy.modalities.audio import write_tones
 
     n = write_tones(out_dir, per_class=per_class, val_fraction=val_fraction, sample_rate=sample_rate, seed=seed, force=force)
     click.echo(f"wrote {n['train']} training and {n['val']} validation clips to {out_dir}")
@@ -110,7 +110,7 @@ def backbones_cmd(pattern: str) -> None:
     Example:
       tldeploy backbones 'efficientnet*'
     """
-    from tldeploy.pipeline.backbones import describe_backbone, list_backbones
+    from tldeploy.models.backbones import describe_backbone, list_backbones
 
     for name in list_backbones(pattern):
         click.echo(f"{name:20s} {describe_backbone(name)}")
@@ -188,9 +188,9 @@ def train_cmd(data_dir: Path, out_dir: Path, augment: bool | None, crop_scale: f
       tldeploy train data/tones -o runs/tones --modality audio --mode finetune --epochs 8
       torchrun --nproc_per_node 2 -m tldeploy train data/digits -o runs/ddp
     """
-    from tldeploy.pipeline.audio import AudioAugmentConfig, LogMelConfig
-    from tldeploy.pipeline.preprocessing import AugmentConfig
-    from tldeploy.pipeline.training import TrainConfig, train
+    from tldeploy.modalities.audio import AudioAugmentConfig, LogMelConfig
+    from tldeploy.modalities.preprocessing import AugmentConfig
+    from tldeploy.train.training import TrainConfig, train
 
     _setup_logging(kw["quiet"])
     audio_keys = ("sample_rate", "clip_s", "n_fft", "hop", "n_mels", "fmin", "fmax", "log_offset")
@@ -275,7 +275,7 @@ def export_cmd(checkpoint: Path, output: Path, as_json: bool, **kw) -> None:
 
 
 def _build_help() -> str:
-    from tldeploy.build.capabilities import capability_table
+    from tldeploy.engines.capabilities import capability_table
 
     table = "\n".join("      " + line for line in capability_table().splitlines())
     return inspect.cleandoc(f"""Build a deployable artifact from an exported ONNX file.
@@ -340,8 +340,8 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
     import json
 
     _setup_logging(quiet)
-    from tldeploy.build.builder import BuildConfig, build
-    from tldeploy.build.tensorrt import BatchProfile, TrtConfig
+    from tldeploy.engines.builder import BuildConfig, build
+    from tldeploy.engines.tensorrt import BatchProfile, TrtConfig
     from tldeploy.errors import ConfigError
 
     if keep_float != "auto":
@@ -352,7 +352,7 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
     else:
         keep = "auto"
     if any(str(p) == "auto" for p in plugins):
-        from tldeploy.build.plugins import find_plugin_library
+        from tldeploy.engines.plugins import find_plugin_library
 
         plugins = tuple(find_plugin_library() if str(p) == "auto" else p for p in plugins)
     trt = TrtConfig(batch=BatchProfile.parse(batch), workspace_mib=workspace, timing_cache=timing_cache,
@@ -379,8 +379,8 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
 
 # ---------------------------------------------------------------- diagnose
 
-from tldeploy.build.diagnose import BACKENDS as DIAGNOSE_BACKENDS  # noqa: E402  (light: no torch, onnx or runtime)
-from tldeploy.build.diagnose import PRECISIONS as DIAGNOSE_PRECISIONS  # noqa: E402
+from tldeploy.engines.diagnose import BACKENDS as DIAGNOSE_BACKENDS  # noqa: E402  (light: no torch, onnx or runtime)
+from tldeploy.engines.diagnose import PRECISIONS as DIAGNOSE_PRECISIONS  # noqa: E402
 
 
 @cli.command("diagnose", context_settings=CONTEXT)
@@ -413,7 +413,7 @@ def diagnose_cmd(onnx_file: Path, quiet: bool, **kw) -> None:
       tldeploy diagnose digits.onnx --precision fp16 --data data/digits/val
     """
     _setup_logging(quiet)
-    from tldeploy.build.diagnose import DiagnoseConfig, diagnose
+    from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
 
     result = diagnose(DiagnoseConfig(onnx=onnx_file, **kw))
     doc = result.document
@@ -456,7 +456,7 @@ def plugins_build_cmd(build_dir: Path | None, cuda: str, tensorrt: str, tensorrt
       tldeploy plugins build --tensorrt-root /usr/src/tensorrt --cuda-archs "87"
       tldeploy build digits_trt.onnx --precision fp16 --plugins auto
     """
-    from tldeploy.build.plugins import PluginBuildConfig, build_plugins
+    from tldeploy.engines.plugins import PluginBuildConfig, build_plugins
 
     result = build_plugins(PluginBuildConfig(build_dir=build_dir, cuda=cuda, tensorrt=tensorrt, tensorrt_root=tensorrt_root,
                                              cuda_archs=cuda_archs, jobs=jobs))

@@ -52,13 +52,13 @@ class DemoResult:
 def run_demo(cfg: DemoConfig) -> DemoResult:
     from tldeploy.bench.bench import BenchConfig, run_bench
     from tldeploy.bench.latency import LatencyConfig
-    from tldeploy.build.builder import BuildConfig, build
-    from tldeploy.build.tensorrt import tensorrt_unavailable
+    from tldeploy.data.folders import write_digits
+    from tldeploy.engines.builder import BuildConfig, build
     from tldeploy.export.onnx_export import ExportConfig, export_onnx
-    from tldeploy.pipeline.audio import write_tones
-    from tldeploy.pipeline.data import write_digits
-    from tldeploy.pipeline.training import TrainConfig, train
+    from tldeploy.modalities.audio import write_tones
     from tldeploy.predict import predict
+    from tldeploy.runtime.trt import tensorrt_unavailable
+    from tldeploy.train.training import TrainConfig, train
 
     work = Path(cfg.workdir)
     if work.exists() and any(work.iterdir()) and not cfg.force:

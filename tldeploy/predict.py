@@ -17,8 +17,8 @@ import numpy as np
 
 from tldeploy._io import atomic_path
 from tldeploy.errors import ConfigError, DataError, TldeployError
-from tldeploy.pipeline.audio import AudioPreprocessing
-from tldeploy.pipeline.preprocessing import Preprocessing
+from tldeploy.modalities.audio import AudioPreprocessing
+from tldeploy.modalities.preprocessing import Preprocessing
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -36,8 +36,9 @@ class Prediction:
 
 def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preprocessing | AudioPreprocessing, Runner]:
     """(classes, preprocessing, run) for any artifact: checkpoint, ONNX file or TensorRT engine."""
-    from tldeploy.build.runners import artifact_contract, load_runner, run_batches
-    from tldeploy.export.contract import OUTPUT_NAMES
+    from tldeploy.contract import OUTPUT_NAMES
+    from tldeploy.runtime.loader import load_runner
+    from tldeploy.runtime.runners import artifact_contract, run_batches
 
     path = Path(path)
     if not path.exists():
@@ -54,7 +55,7 @@ def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preproces
 
 
 def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | None = None, force: bool = False) -> list[Prediction]:
-    from tldeploy.pipeline.data import load_image
+    from tldeploy.data.folders import load_image
 
     if not images:
         raise ConfigError("no inputs given; pass one or more image or audio files after the artifact")
@@ -126,7 +127,7 @@ def _write_spectrogram_overlay(target: Path, clip: np.ndarray, r: Prediction, pr
     """The clip's log-mel spectrogram (grey) with the CAM over it (jet, half transparent)."""
     from matplotlib.figure import Figure
 
-    from tldeploy.pipeline.frontend import log_mel
+    from tldeploy.modalities.audio import log_mel
 
     c = prep.logmel
     spec = log_mel(clip[None, :], c)[0].numpy()

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from tldeploy.pipeline.data import write_digits
-from tldeploy.pipeline.training import TrainConfig, train
+from tldeploy.data.folders import write_digits
+from tldeploy.train.training import TrainConfig, train
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from tldeploy.bench.parity import compare_outputs
-from tldeploy.build.builder import BuildConfig, build
-from tldeploy.build.runners import TorchRunner, load_runner, run_batches
-from tldeploy.export.contract import read_contract
+from tldeploy.contract import read_contract
+from tldeploy.data.folders import find_files, load_image
+from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.pipeline.data import find_files, load_image
+from tldeploy.parity import compare_outputs
+from tldeploy.runtime.loader import load_runner
+from tldeploy.runtime.runners import TorchRunner, run_batches
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +100,8 @@ def test_int8_with_the_other_weight_width_keeps_its_promise(exported, digits, la
     evaluated as the target computes it: as written where this CPU's kernels would saturate."""
     import onnx
 
-    from tldeploy.build.quantize import QuantConfig
-    from tldeploy.build.sensitivity import Evaluator, task_metrics
+    from tldeploy.engines.quantize import QuantConfig
+    from tldeploy.engines.sensitivity import Evaluator, task_metrics
 
     monkeypatch.setenv("TLDEPLOY_CACHE", str(lite0_cache))
     other = not QuantConfig.ort_x86().reduce_range
@@ -125,7 +126,7 @@ def test_diagnose_plan_build_bench_round_trip(exported, digits, fe_run, tmp_path
 
     from tldeploy.bench.bench import BenchConfig, run_bench
     from tldeploy.bench.latency import LatencyConfig
-    from tldeploy.build.diagnose import DiagnoseConfig, diagnose
+    from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
 
     monkeypatch.setenv("TLDEPLOY_CACHE", str(lite0_cache))
     val = tmp_path / "val"  # 12 images of each class keep the round trip short; the plan promises on these

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from tldeploy.pipeline.backbones import create_backbone
-from tldeploy.pipeline.preprocessing import AugmentConfig
-from tldeploy.pipeline.training import TrainConfig, train
+from tldeploy.modalities.preprocessing import AugmentConfig
+from tldeploy.models.backbones import create_backbone
+from tldeploy.train.training import TrainConfig, train
 
 
 def test_offline_imagenet_weights_are_real():

@@ -9,11 +9,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tldeploy.bench.parity import compare_outputs
-from tldeploy.export.contract import read_contract
-from tldeploy.export.onnx_export import ExportConfig, export_onnx, parity_inputs, run_batched
-from tldeploy.pipeline.checkpoints import load_checkpoint
-from tldeploy.pipeline.preprocessing import Preprocessing
+from tldeploy.contract import read_contract
+from tldeploy.export.onnx_export import ExportConfig, export_onnx, run_batched
+from tldeploy.modalities.preprocessing import Preprocessing
+from tldeploy.models.checkpoints import load_checkpoint
+from tldeploy.parity import compare_outputs, parity_inputs
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ def outlier_onnx(tiny, tmp_path_factory):
 def last_epoch_backbone(monkeypatch):
     """A dict that the next training run fills with its backbone's state after the last epoch,
     before the best epoch's weights are restored."""
-    from tldeploy.pipeline.training import _Trainer
+    from tldeploy.train.training import _Trainer
 
     final = {}
     real_finish = _Trainer._finish

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from tldeploy.errors import ConfigError
-from tldeploy.pipeline.audio import LogMelConfig, fit_clip
-from tldeploy.pipeline.frontend import log_mel
+from tldeploy.modalities.audio import LogMelConfig, fit_clip, log_mel
 
 
 def numpy_log_mel(x: np.ndarray, sr: int, n_fft: int, hop: int, n_mels: int, fmin: float, fmax: float, offset: float) -> np.ndarray:

@@ -12,28 +12,29 @@ import torch
 
 from tldeploy.bench.bench import BenchConfig, run_bench
 from tldeploy.bench.latency import LatencyConfig
-from tldeploy.build.builder import BuildConfig, build
-from tldeploy.build.fp16 import fp16_model
-from tldeploy.build.graph import frontend_nodes
-from tldeploy.build.runners import OrtRunner, TorchRunner, run_batches
 from tldeploy.cli import main
+from tldeploy.contract import read_contract
+from tldeploy.data.folders import AUDIO, scan_class_folders
+from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.fp16 import fp16_model
+from tldeploy.engines.graph import frontend_nodes
 from tldeploy.errors import ConfigError, DataError
-from tldeploy.export.contract import read_contract
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.pipeline.audio import (
+from tldeploy.modalities.audio import (
     TONE_CLASSES,
     AudioAugmentConfig,
     AudioPreprocessing,
     LogMelConfig,
     augment_waveform,
+    log_mel,
     read_audio,
     write_tones,
 )
-from tldeploy.pipeline.backbones import adapt_stem, create_backbone
-from tldeploy.pipeline.data import AUDIO, scan_class_folders
-from tldeploy.pipeline.frontend import LogMelFrontEnd, log_mel
-from tldeploy.pipeline.training import TrainConfig, train
+from tldeploy.modalities.audio_frontend import LogMelFrontEnd
+from tldeploy.models.backbones import adapt_stem, create_backbone
 from tldeploy.predict import predict
+from tldeploy.runtime.runners import OrtRunner, TorchRunner, run_batches
+from tldeploy.train.training import TrainConfig, train
 
 
 @pytest.fixture(scope="session")

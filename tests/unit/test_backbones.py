@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tldeploy.errors import CheckpointError, ConfigError
-from tldeploy.pipeline.backbones import (
+from tldeploy.modalities.preprocessing import Preprocessing
+from tldeploy.models.backbones import (
     Backbone,
     BackboneSpec,
     create_backbone,
@@ -12,7 +13,6 @@ from tldeploy.pipeline.backbones import (
     register_backbone,
     rename_by_order,
 )
-from tldeploy.pipeline.preprocessing import Preprocessing
 
 
 def test_registry_lists_builtins_and_custom():

@@ -13,10 +13,10 @@ from PIL import Image
 from tldeploy.bench.bench import SCHEMA_PATH, BenchConfig, Gates, load_bench, run_bench
 from tldeploy.bench.compare import CompareConfig, compare_bench
 from tldeploy.bench.latency import LatencyConfig
-from tldeploy.bench.parity import cam_correlation, cam_top_iou, compare_outputs, kl_divergence
-from tldeploy.build.builder import BuildConfig, build
 from tldeploy.cli import main
+from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
+from tldeploy.parity import cam_correlation, cam_top_iou, compare_outputs, kl_divergence
 
 FAST = LatencyConfig(warmup=2, iters=20, rounds=4)
 
@@ -178,7 +178,7 @@ def _recontracted(src: Path, dst: Path, **changes) -> Path:
 
     import onnx
 
-    from tldeploy.export.contract import read_contract, write_contract
+    from tldeploy.contract import read_contract, write_contract
 
     model = onnx.load(str(src))
     write_contract(model, dataclasses.replace(read_contract(model), **changes))
@@ -189,7 +189,7 @@ def _recontracted(src: Path, dst: Path, **changes) -> Path:
 def test_bench_refuses_artifacts_of_other_classes_or_preprocessing(artifacts, tmp_path, capsys):
     import dataclasses
 
-    from tldeploy.export.contract import read_contract
+    from tldeploy.contract import read_contract
 
     ckpt, fp32, _, data = artifacts
     prep = read_contract(fp32).preprocessing
@@ -242,7 +242,7 @@ def test_static_batch_artifacts_skip_other_batch_sizes_and_record_why(artifacts,
 def test_bench_threads_reach_onnx_runtime_pytorch_and_the_record(artifacts, tmp_path, monkeypatch, capsys):
     import torch
 
-    from tldeploy.build.runners import OrtRunner
+    from tldeploy.runtime.runners import OrtRunner
 
     ckpt, fp32, _, data = artifacts
     seen = []
@@ -396,7 +396,7 @@ def test_cuda_runner_is_timed_with_events_stage_by_stage(tiny, tmp_path):
     import time
 
     from tldeploy.bench.latency import measure_latency
-    from tldeploy.build.runners import TorchRunner
+    from tldeploy.runtime.runners import TorchRunner
 
     ckpt, _, data = tiny
     res = run_bench(BenchConfig((ckpt,), tmp_path / "gpu.json", reference=ckpt, data=data / "val", batch_sizes=(1, 256),

@@ -10,15 +10,14 @@ from _runners import Heavier
 from tldeploy.bench import latency
 from tldeploy.bench.compare import compare_latency
 from tldeploy.bench.latency import (
-    DeviceStages,
     LatencyConfig,
     LatencyStats,
     measure_interleaved,
     measure_latency,
     summarise,
 )
-from tldeploy.build.runners import BaseRunner, OrtRunner, TensorSpec
 from tldeploy.errors import ConfigError
+from tldeploy.runtime.runners import BaseRunner, DeviceStages, OrtRunner, TensorSpec
 
 
 class WorkRunner(BaseRunner):

@@ -14,21 +14,21 @@ import onnx
 import pytest
 import torch
 
-from tldeploy.bench.parity import compare_outputs
-from tldeploy.build import builder
-from tldeploy.build.builder import BuildConfig, build
-from tldeploy.build.capabilities import CAPABILITIES, capability_table, check_target
-from tldeploy.build.quantize import CalibrationSet, QuantConfig, qdq_stats, quantize_model, split_backbone_head
-from tldeploy.build.runners import OrtRunner, TorchRunner, load_runner, run_batches
-from tldeploy.build.sensitivity import Acceptance
 from tldeploy.cli import main
+from tldeploy.contract import read_contract
+from tldeploy.data.folders import load_image
+from tldeploy.engines import builder
+from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import CAPABILITIES, capability_table, check_target
+from tldeploy.engines.quantize import CalibrationSet, QuantConfig, qdq_stats, quantize_model, split_backbone_head
+from tldeploy.engines.sensitivity import Acceptance
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
-from tldeploy.export.contract import read_contract
-from tldeploy.export.onnx_export import parity_inputs
-from tldeploy.export.scopes import module_paths
-from tldeploy.pipeline.checkpoints import load_checkpoint
-from tldeploy.pipeline.data import load_image
+from tldeploy.models.checkpoints import load_checkpoint
+from tldeploy.parity import compare_outputs, parity_inputs
 from tldeploy.predict import predict
+from tldeploy.runtime.loader import load_runner
+from tldeploy.runtime.runners import OrtRunner, TorchRunner, run_batches
+from tldeploy.scopes import module_paths
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HOSTILE = "backbone.features.stages.2.0"  # reads the outlier channel planted in stage 1's output (outlier_onnx)
@@ -267,7 +267,7 @@ def test_int8_tensorrt_flavour_is_symmetric_signed(tiny, tmp_path):
 def test_second_build_reads_the_cached_ranges(model_copy, tiny):
     """Doubling every cached range doubles every activation scale of the next build: it read the
     cache instead of calibrating again."""
-    from tldeploy.build.artifacts import cache_dir
+    from tldeploy.engines.artifacts import cache_dir
 
     cfg = dict(onnx=model_copy, precision="int8", backend="ort", calib_data=tiny[2] / "train", calib_samples=32,
                keep_float=0, reduce_range=True)
@@ -443,7 +443,7 @@ def test_racing_builds_leave_one_valid_artifact(model_copy, tmp_path):
 def test_sort_topologically_orders_producers_first_and_refuses_cycles():
     from onnx import TensorProto, helper
 
-    from tldeploy.build.graph import sort_topologically
+    from tldeploy.engines.graph import sort_topologically
 
     def graph(*nodes):
         return helper.make_graph(list(nodes), "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

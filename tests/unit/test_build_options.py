@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from tldeploy._io import sha256_file
 from tldeploy.cli import main
-from tldeploy.export.onnx_export import sha256_file
 from tldeploy.predict import predict
 
 
@@ -59,7 +59,7 @@ def calib_builds(model_copy, tiny, capsys):
 
 
 def test_calib_method_reaches_the_record_and_the_calibrator(calib_builds):
-    from tldeploy.build.artifacts import cache_dir
+    from tldeploy.engines.artifacts import cache_dir
 
     ort_names = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
     for method, res in calib_builds.items():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tldeploy.errors import CheckpointError
-from tldeploy.pipeline.backbones import create_backbone
-from tldeploy.pipeline.checkpoints import load_checkpoint, load_train_state, save_checkpoint
-from tldeploy.pipeline.heads import create_model
+from tldeploy.models.backbones import create_backbone
+from tldeploy.models.checkpoints import load_checkpoint, load_train_state, save_checkpoint
+from tldeploy.models.heads import create_model
 
 
 def _meta(model):

@@ -84,7 +84,7 @@ def test_export_and_predict_errors_are_one_line(tmp_path, capsys):
 
 
 def test_backbones_lists_and_filters(capsys):
-    from tldeploy.pipeline.backbones import describe_backbone
+    from tldeploy.models.backbones import describe_backbone
 
     assert main(["backbones"]) == 0
     rows = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
@@ -100,8 +100,8 @@ def test_backbones_lists_and_filters(capsys):
 def test_export_json_describes_the_file_written(tiny, tmp_path, capsys):
     import json
 
-    from tldeploy.export.contract import read_contract
-    from tldeploy.export.onnx_export import sha256_file
+    from tldeploy._io import sha256_file
+    from tldeploy.contract import read_contract
 
     ckpt = tiny[0]
     out = tmp_path / "m.onnx"

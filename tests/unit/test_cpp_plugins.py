@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tldeploy.build.plugins import (
+from tldeploy.cli import main
+from tldeploy.engines.plugins import (
     CA_LIBRARY,
     PLUGIN_LIBRARY,
     CaLibrary,
@@ -18,9 +19,8 @@ from tldeploy.build.plugins import (
     build_plugins,
     find_plugin_library,
 )
-from tldeploy.cli import main
 from tldeploy.errors import ConfigError
-from tldeploy.pipeline.heads import ChannelAttention
+from tldeploy.models.heads import ChannelAttention
 
 needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tldeploy.errors import DataError
-from tldeploy.pipeline.data import (
+from tldeploy.data.folders import (
     limit_per_class,
     load_image,
     resolve_train_val,
@@ -13,6 +12,7 @@ from tldeploy.pipeline.data import (
     stratified_split,
     write_digits,
 )
+from tldeploy.errors import DataError
 
 
 def _folder(root, counts, size=12):
@@ -96,7 +96,7 @@ def test_write_digits(tmp_path):
 
 
 def test_find_files_names_the_flag(tmp_path):
-    from tldeploy.pipeline.data import find_files
+    from tldeploy.data.folders import find_files
 
     with pytest.raises(DataError, match="--unlabeled .* is not an existing folder"):
         find_files(tmp_path / "missing", flag="--unlabeled")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import tldeploy.pipeline.training as training
+import tldeploy.train.training as training
 from tldeploy.cli import main
 from tldeploy.demo import DEMO_MARKER
 

@@ -11,19 +11,19 @@ import torch
 from _images import make_blob_images
 from torch import nn
 
-from tldeploy.build.builder import BuildConfig, build
-from tldeploy.build.diagnose import DiagnoseConfig, diagnose
-from tldeploy.build.plan import load_plan
-from tldeploy.build.quantize import CalibrationSet, ImageSet, QuantConfig, Quantizer, quantize_model
-from tldeploy.build.sensitivity import Evaluator, fp16_emulated, mixed_int8, task_metrics
 from tldeploy.cli import main
+from tldeploy.contract import read_contract
+from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
+from tldeploy.engines.plan import load_plan
+from tldeploy.engines.quantize import CalibrationSet, ImageSet, QuantConfig, Quantizer, quantize_model
+from tldeploy.engines.sensitivity import Evaluator, fp16_emulated, mixed_int8, task_metrics
 from tldeploy.errors import ConfigError
-from tldeploy.export.contract import read_contract
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.export.scopes import module_paths, short_names
-from tldeploy.pipeline.backbones import Backbone, BackboneSpec, register_backbone
-from tldeploy.pipeline.preprocessing import AugmentConfig, Preprocessing
-from tldeploy.pipeline.training import TrainConfig, train
+from tldeploy.modalities.preprocessing import AugmentConfig, Preprocessing
+from tldeploy.models.backbones import Backbone, BackboneSpec, register_backbone
+from tldeploy.scopes import module_paths, short_names
+from tldeploy.train.training import TrainConfig, train
 
 HOSTILE = "backbone.features.stages.2.0"  # reads the outlier channel planted in stage 1's output
 
@@ -144,7 +144,7 @@ def test_fp16_emulation_rounds_and_overflows_like_half_precision(trap_onnx):
 
 def test_the_search_prefers_fewer_float_regions(tiny):
     """A pass in two pieces (two float/INT8 boundaries) loses to a contiguous pass with one unit more."""
-    from tldeploy.build.sensitivity import Acceptance, TaskMetrics, choose, float_regions, group_units
+    from tldeploy.engines.sensitivity import Acceptance, TaskMetrics, choose, float_regions, group_units
 
     model = onnx.load(str(tiny[1]))
     convs = group_units(model, [n.name for n in model.graph.node if n.op_type == "Conv"])
@@ -241,7 +241,7 @@ def test_plan_round_trip_through_build(outlier_onnx, tmp_path, capsys):
 
 
 def test_fp16_plan_keeps_its_nodes_in_fp32(trap_onnx, tmp_path):
-    from tldeploy.build.fp16 import fp16_model
+    from tldeploy.engines.fp16 import fp16_model
 
     onnx_path, data = trap_onnx
     result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="fp16", data=data / "val", output=tmp_path / "r"))
@@ -293,7 +293,7 @@ def test_diagnose_bad_input(tiny, tmp_path, capsys):
 def test_eight_bit_weights_are_checked_as_the_target_computes(vnni, monkeypatch):
     """reduce_range off computes exactly on a VNNI CPU; without VNNI ORT's kernels saturate, so the
     guard evaluates the Q/DQ graph as written. The switch, not the machine, decides."""
-    import tldeploy.build.quantize as qmod
+    import tldeploy.engines.quantize as qmod
 
     monkeypatch.setattr(qmod, "cpu_has_vnni", lambda: vnni)
     assert QuantConfig.ort_x86().reduce_range is (not vnni)

@@ -7,10 +7,12 @@ import pytest
 import torch
 from _images import train_tiny
 
+from tldeploy._io import sha256_file
+from tldeploy.contract import OUTPUT_NAMES, ContractError, load_onnx, read_contract
 from tldeploy.errors import OutputExistsError, TldeployError
-from tldeploy.export.contract import OUTPUT_NAMES, ContractError, load_onnx, read_contract
-from tldeploy.export.onnx_export import ExportConfig, export_onnx, parity_inputs, run_batched, sha256_file
-from tldeploy.pipeline.checkpoints import load_checkpoint
+from tldeploy.export.onnx_export import ExportConfig, export_onnx, run_batched
+from tldeploy.models.checkpoints import load_checkpoint
+from tldeploy.parity import parity_inputs
 from tldeploy.predict import predict
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tldeploy.pipeline.backbones import create_backbone
-from tldeploy.pipeline.heads import AttentionHead, ChannelAttention, HeadConfig, create_model
+from tldeploy.models.backbones import create_backbone
+from tldeploy.models.heads import AttentionHead, ChannelAttention, HeadConfig, create_model
 
 
 def test_channel_attention_matches_the_formula():

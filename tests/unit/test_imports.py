@@ -15,6 +15,6 @@ def test_import_tldeploy_is_light():
 def test_every_module_imports_without_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
     names = [m.name for m in pkgutil.walk_packages(tldeploy.__path__, "tldeploy.") if not m.name.endswith("__main__")]
-    assert "tldeploy.pipeline.training" in names
+    assert "tldeploy.train.training" in names
     for name in names:
         importlib.import_module(name)

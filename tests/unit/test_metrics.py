@@ -1,11 +1,11 @@
 """Metric values on fixed predictions, computed by hand: the classification metrics of
-`tldeploy.pipeline.metrics` and the parity metrics of `tldeploy.bench.parity`."""
+`tldeploy.train.metrics` and the parity metrics of `tldeploy.parity`."""
 
 import numpy as np
 import pytest
 
-from tldeploy.bench.parity import cam_correlation, cam_top_iou, compare_outputs, kl_divergence
-from tldeploy.pipeline.metrics import classification_metrics
+from tldeploy.parity import cam_correlation, cam_top_iou, compare_outputs, kl_divergence
+from tldeploy.train.metrics import classification_metrics
 
 # true \ predicted   a  b  c
 #   a                3  1  0

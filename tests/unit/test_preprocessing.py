@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from tldeploy.errors import ConfigError
-from tldeploy.pipeline.preprocessing import AugmentConfig, Preprocessing
+from tldeploy.modalities.preprocessing import AugmentConfig, Preprocessing
 
 
 def test_roundtrip_and_resize_ratio():

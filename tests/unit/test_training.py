@@ -5,12 +5,12 @@ import pytest
 import torch
 from _images import make_blob_images
 
+from tldeploy.data.folders import load_image
 from tldeploy.errors import ConfigError, OutputExistsError
-from tldeploy.pipeline.backbones import create_backbone
-from tldeploy.pipeline.checkpoints import load_checkpoint
-from tldeploy.pipeline.data import load_image
-from tldeploy.pipeline.preprocessing import AugmentConfig
-from tldeploy.pipeline.training import TrainConfig, _Dist, _Phase, _Trainer, train
+from tldeploy.modalities.preprocessing import AugmentConfig
+from tldeploy.models.backbones import create_backbone
+from tldeploy.models.checkpoints import load_checkpoint
+from tldeploy.train.training import TrainConfig, _Dist, _Phase, _Trainer, train
 
 
 def _cfg(data, out, **kw):
@@ -137,7 +137,7 @@ def test_cam_points_at_the_evidence(tmp_path):
     train(_cfg(tmp_path / "d", tmp_path / "run", mode="finetune", warmup_epochs=1, epochs=8, dropout=0.0))
     assert where
     model, meta = load_checkpoint(tmp_path / "run" / "model.pt")
-    from tldeploy.pipeline.preprocessing import Preprocessing
+    from tldeploy.modalities.preprocessing import Preprocessing
 
     tf = Preprocessing.from_dict(meta["preprocessing"]).eval_transform()
     hits = 0

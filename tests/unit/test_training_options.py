@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tldeploy.pipeline.backbones import create_backbone
-from tldeploy.pipeline.checkpoints import load_checkpoint
-from tldeploy.pipeline.data import load_image
-from tldeploy.pipeline.preprocessing import AugmentConfig, Preprocessing
-from tldeploy.pipeline.training import TrainConfig, _Trainer, train
+from tldeploy.data.folders import load_image
+from tldeploy.modalities.preprocessing import AugmentConfig, Preprocessing
+from tldeploy.models.backbones import create_backbone
+from tldeploy.models.checkpoints import load_checkpoint
+from tldeploy.train.training import TrainConfig, _Trainer, train
 
 
 def _cfg(data, out, **kw):

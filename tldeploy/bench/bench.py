@@ -22,8 +22,8 @@ import numpy as np
 
 from tldeploy._io import check_writable, write_json
 from tldeploy.bench.latency import LatencyConfig, measure_interleaved
-from tldeploy.bench.parity import ParityReport, compare_outputs
 from tldeploy.errors import ConfigError, TldeployError
+from tldeploy.parity import ParityReport, compare_outputs
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +135,18 @@ class _Entry:
     backend: str
     device: str
     precision: str
-    contract: Any  # tldeploy.export.contract.Contract
+    contract: Any  # tldeploy.contract.Contract
     runner: Any = None
     record: dict[str, Any] | None = None  # the build record beside the artifact, if any
 
 
 def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry:
-    from tldeploy.build.runners import (
+    from tldeploy.runtime.loader import load_runner
+    from tldeploy.runtime.runners import (
         CHECKPOINT_SUFFIXES,
         ENGINE_SUFFIXES,
         TorchRunner,
         artifact_contract,
-        load_runner,
         read_sidecar,
     )
 
@@ -192,11 +192,10 @@ def _check_outputs(cfg: BenchConfig) -> None:
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
+    from tldeploy._io import now, sha256_file
     from tldeploy.bench.environment import collect_environment
-    from tldeploy.build.artifacts import now
-    from tldeploy.build.runners import run_batches
-    from tldeploy.export.onnx_export import sha256_file
-    from tldeploy.pipeline.data import load_inputs
+    from tldeploy.data.folders import load_inputs
+    from tldeploy.runtime.runners import run_batches
 
     _check_outputs(cfg)
     for p in (*cfg.artifacts, *((cfg.reference,) if cfg.reference else ())):
@@ -228,7 +227,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         x, labels, paths = load_inputs(cfg.data, base.classes, base.preprocessing, cfg.limit)
         log.info("%d %s from %s (%s)", len(x), base.preprocessing.media.noun, cfg.data, "labelled" if labels is not None else "unlabelled")
     else:
-        from tldeploy.export.onnx_export import parity_inputs
+        from tldeploy.parity import parity_inputs
 
         x = parity_inputs(base.preprocessing, None, max(cfg.batch_sizes))
         log.info("no --data: timing on random inputs; no parity or accuracy")

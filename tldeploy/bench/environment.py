@@ -76,7 +76,7 @@ def _jetson() -> dict[str, Any] | None:
 def collect_environment(threads: int | None) -> dict[str, Any]:
     import numpy as np
 
-    from tldeploy.build.artifacts import cpu_info, tool_versions
+    from tldeploy.runtime.host import cpu_info, tool_versions
 
     try:
         usable = len(os.sched_getaffinity(0))

@@ -92,19 +92,6 @@ def summarise(samples_ms) -> dict[str, float]:
     return {"mean": float(a.mean()), "p50": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
 
 
-@dataclass
-class DeviceStages:
-    """What a device runner exposes to be timed stage by stage, all enqueued on `stream` (a
-    `torch.cuda.Stream`): `upload` copies the inputs to the device, `compute` runs the network,
-    `download` copies the outputs back; `outputs` returns them once the stream has finished."""
-
-    stream: Any
-    upload: Callable[[], Any]
-    compute: Callable[[], Any]
-    download: Callable[[], Any]
-    outputs: Callable[[], dict[str, np.ndarray]]
-
-
 class _Timer:
     """Times one runner on one feed: host clock, or CUDA events on the runner's device stages."""
 

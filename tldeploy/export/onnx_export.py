@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -23,13 +22,13 @@ import torch
 from torch import nn
 
 import tldeploy
-from tldeploy._io import atomic_path, check_writable
-from tldeploy.bench.parity import ParityReport, compare_outputs
+from tldeploy._io import atomic_path, check_writable, sha256_file
+from tldeploy.contract import OUTPUT_NAMES, Contract, write_contract
 from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
-from tldeploy.export.contract import OUTPUT_NAMES, Contract, write_contract
-from tldeploy.pipeline.audio import AudioPreprocessing
-from tldeploy.pipeline.heads import AdaptedModel, ChannelAttention, normalise_cam
-from tldeploy.pipeline.preprocessing import Preprocessing, preprocessing_from_dict
+from tldeploy.modalities.audio import AudioPreprocessing
+from tldeploy.modalities.preprocessing import Preprocessing, preprocessing_from_dict
+from tldeploy.models.heads import AdaptedModel, ChannelAttention, normalise_cam
+from tldeploy.parity import ParityReport, compare_outputs, parity_inputs
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +90,9 @@ class _CamGraph(nn.Module):
         return logits, torch.softmax(logits, dim=1), normalise_cam(raw)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_onnx(cfg: ExportConfig) -> ExportResult:
     """Export, check, compare and write; see the module docstring."""
-    from tldeploy.pipeline.checkpoints import load_checkpoint
+    from tldeploy.models.checkpoints import load_checkpoint
 
     t0 = time.perf_counter()
     onnx = _require("onnx")
@@ -230,25 +221,12 @@ def _simplify(proto):
         import onnxslim
     except ImportError:
         raise MissingDependencyError("onnxslim", purpose="--simplify") from None
-    from tldeploy.export.scopes import keep_name_scopes
+    from tldeploy.scopes import keep_name_scopes
 
     with _quiet_exporter():
         slim = onnxslim.slim(proto)
     keep_name_scopes(proto, slim)  # onnxslim drops node metadata; diagnose names layers by it
     return slim
-
-
-def parity_inputs(prep: Preprocessing | AudioPreprocessing, data: Path | None, n: int, seed: int = 0) -> np.ndarray:
-    """Up to `n` preprocessed real inputs from `data` (any depth), or `n` random inputs (audio:
-    white noise at -20 dBFS, images: standard normal)."""
-    if data is None:
-        scale = 0.1 if prep.modality == "audio" else 1.0
-        return (scale * np.random.default_rng(seed).standard_normal((n, *prep.input_shape))).astype(np.float32)
-    from tldeploy.pipeline.data import find_files
-
-    paths = find_files(Path(data), media=prep.media)
-    step = max(1, len(paths) // n)
-    return np.stack([prep.load(p) for p in paths[::step][:n]]).astype(np.float32)
 
 
 def _parity(proto, model: AdaptedModel, prep: Preprocessing | AudioPreprocessing, cfg: ExportConfig) -> list[tuple[int, ParityReport]]:

@@ -18,8 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tldeploy._io import atomic_dir
-from tldeploy.errors import ConfigError, DataError
-from tldeploy.pipeline.audio import AUDIO_EXTENSIONS, check_audio
+from tldeploy.errors import ConfigError, DataError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,29 @@ class Media:
 
 
 IMAGES = Media("images", IMAGE_EXTENSIONS, _check_image)
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
+
+
+def soundfile_module():
+    try:
+        import soundfile
+    except ImportError:
+        raise MissingDependencyError("soundfile", purpose="reading audio files") from None
+    return soundfile
+
+
+def check_audio(path: Path) -> str | None:
+    """Why `path` cannot be used as a clip, or None: unreadable, not audio, or zero-length."""
+    sf = soundfile_module()
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        return f"not readable audio ({type(e).__name__})"
+    if info.frames == 0:
+        return "zero-length clip"
+    return None
+
+
 AUDIO = Media("audio files", AUDIO_EXTENSIONS, check_audio)
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tldeploy.errors import CheckpointError, ConfigError, MissingDependencyError, TldeployError
-from tldeploy.pipeline.preprocessing import Preprocessing
+from tldeploy.modalities.preprocessing import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

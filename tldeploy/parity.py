@@ -7,8 +7,14 @@ short table, like Polygraphy's comparator results.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tldeploy.modalities.audio import AudioPreprocessing
+    from tldeploy.modalities.preprocessing import Preprocessing
 
 
 @dataclass
@@ -132,3 +138,16 @@ def cam_top_iou(a: np.ndarray, b: np.ndarray, share: float = 0.20) -> float:
     np.put_along_axis(top_a, np.argsort(-a, axis=1, kind="stable")[:, :k], True, axis=1)
     np.put_along_axis(top_b, np.argsort(-b, axis=1, kind="stable")[:, :k], True, axis=1)
     return float(np.mean((top_a & top_b).sum(1) / (top_a | top_b).sum(1)))
+
+
+def parity_inputs(prep: Preprocessing | AudioPreprocessing, data: Path | None, n: int, seed: int = 0) -> np.ndarray:
+    """Up to `n` preprocessed real inputs from `data` (any depth), or `n` random inputs (audio:
+    white noise at -20 dBFS, images: standard normal)."""
+    if data is None:
+        scale = 0.1 if prep.modality == "audio" else 1.0
+        return (scale * np.random.default_rng(seed).standard_normal((n, *prep.input_shape))).astype(np.float32)
+    from tldeploy.data.folders import find_files
+
+    paths = find_files(Path(data), media=prep.media)
+    step = max(1, len(paths) // n)
+    return np.stack([prep.load(p) for p in paths[::step][:n]]).astype(np.float32)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tldeploy.build.graph import frontend_nodes
+from tldeploy.engines.graph import frontend_nodes
 from tldeploy.errors import ConfigError, DataError, MissingDependencyError, TldeployError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ CALIB_BATCH = 8
 
 def cpu_has_vnni() -> bool:
     """True when this x86 CPU has a VNNI dot-product instruction (Linux /proc/cpuinfo)."""
-    from tldeploy.build.artifacts import VNNI_FEATURES, cpu_features
+    from tldeploy.runtime.host import VNNI_FEATURES, cpu_features
 
     return any(f in VNNI_FEATURES for f in cpu_features())
 
@@ -122,7 +122,7 @@ class CalibrationSet:
     def from_folder(cls, folder: Path, prep, samples: int) -> CalibrationSet:
         """Up to `samples` images, evenly spaced over the sorted files (so every class folder is
         represented), and up to as many others held out to check the quantized model on."""
-        from tldeploy.pipeline.data import find_files
+        from tldeploy.data.folders import find_files
 
         folder = Path(folder)
         if not folder.is_dir():
@@ -167,7 +167,7 @@ class ImageSet:
     @classmethod
     def from_folder(cls, folder: Path, prep, classes: list[str], limit: int | None = None, flag: str = "--check-data") -> ImageSet:
         """As `bench --data` reads a folder: class folders give labels, a flat folder none."""
-        from tldeploy.pipeline.data import load_inputs
+        from tldeploy.data.folders import load_inputs
 
         images, labels, _ = load_inputs(Path(folder), classes, prep, limit, flag=flag)
         return cls(images, labels, str(folder), hashlib.sha256(images.tobytes()).hexdigest())
@@ -331,9 +331,9 @@ class Quantizer:
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        from tldeploy.export.contract import read_contract
-        from tldeploy.export.onnx_export import sha256_file
-        from tldeploy.export.scopes import keep_name_scopes
+        from tldeploy._io import sha256_file
+        from tldeploy.contract import read_contract
+        from tldeploy.scopes import keep_name_scopes
 
         ort = _require_ort()
         contract = read_contract(self.onnx_path)
@@ -374,7 +374,7 @@ class Quantizer:
     def units(self) -> list:
         """The units `full()` quantized, in graph order (found once)."""
         if self._units is None:
-            from tldeploy.build.sensitivity import int8_units
+            from tldeploy.engines.sensitivity import int8_units
 
             self._units = int8_units(self.float_model, self.full())
         return self._units
@@ -387,7 +387,7 @@ class Quantizer:
         producer's quantization range and deletes it, so a float consumer would read the
         unclipped tensor (measured on the digits model: 59% agreement with one depthwise
         convolution excluded that way, 98% with its inputs simply left unquantized)."""
-        from tldeploy.build.sensitivity import mixed_int8
+        from tldeploy.engines.sensitivity import mixed_int8
 
         if not keep_float:
             return self.full()
@@ -453,14 +453,14 @@ class Quantizer:
         save_tensors_data(calibrator.compute_data(), target)
 
     def evaluator(self, images: np.ndarray):
-        from tldeploy.build.sensitivity import Evaluator
+        from tldeploy.engines.sensitivity import Evaluator
 
         return Evaluator(images, self.contract.input_name, self.float_model, as_written=self.cfg.evaluated_as_written)
 
 
 def rank_int8(q: Quantizer, images: np.ndarray):
     """(metrics of the fully quantized model, the unit effects ranked) on `images`."""
-    from tldeploy.build.sensitivity import rank, sweep_int8
+    from tldeploy.engines.sensitivity import rank, sweep_int8
 
     ev = q.evaluator(images)
     full = q.full()
@@ -477,8 +477,8 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
                    check: ImageSet | None = None, plan=None, plan_path: Path | None = None) -> QuantResult:
     """The Q/DQ ModelProto of the float ONNX at `onnx_path`, calibrated on `calib`, with the units
     the plan names, or the guard chooses, left in float (see the module docstring)."""
-    from tldeploy.build.sensitivity import Acceptance, Unit, choose, float_regions
-    from tldeploy.export.contract import write_contract
+    from tldeploy.contract import write_contract
+    from tldeploy.engines.sensitivity import Acceptance, Unit, choose, float_regions
 
     t0 = time.perf_counter()
     held_out = check is None

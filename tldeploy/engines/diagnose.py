@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tldeploy.build.capabilities import PRECISIONS as CAPABILITY_PRECISIONS
+from tldeploy.engines.capabilities import PRECISIONS as CAPABILITY_PRECISIONS
 from tldeploy.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,10 @@ class DiagnoseResult:
 
 
 def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
-    from tldeploy._io import atomic_dir, check_writable
-    from tldeploy.build import artifacts
-    from tldeploy.build.quantize import ImageSet
-    from tldeploy.export.contract import load_onnx, read_contract
-    from tldeploy.export.onnx_export import sha256_file
+    from tldeploy._io import atomic_dir, check_writable, now, sha256_file
+    from tldeploy.contract import load_onnx, read_contract
+    from tldeploy.engines.quantize import ImageSet
+    from tldeploy.runtime import host
 
     t0 = time.perf_counter()
     onnx_path = Path(cfg.onnx)
@@ -107,11 +106,11 @@ def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
     body, plan = (_diagnose_int8 if cfg.precision == "int8" else _diagnose_fp16)(cfg, onnx_path, contract, val)
     measured_on = {"source": val.source, "n": len(val.images), "sha256": val.sha256, "ranking_images": min(cfg.rank_images, len(val.images))}
     doc: dict[str, Any] = {
-        "format": DIAGNOSE_FORMAT, "format_version": DIAGNOSE_VERSION, "created": artifacts.now(),
+        "format": DIAGNOSE_FORMAT, "format_version": DIAGNOSE_VERSION, "created": now(),
         "onnx": str(onnx_path), "onnx_sha256": onnx_sha, "precision": cfg.precision, "backend": cfg.backend,
-        "cpu": artifacts.cpu_info(), "tools": artifacts.tool_versions(), "images": measured_on, **body,
+        "cpu": host.cpu_info(), "tools": host.tool_versions(), "images": measured_on, **body,
     }
-    from tldeploy.build.plan import PrecisionPlan
+    from tldeploy.engines.plan import PrecisionPlan
 
     section = body["plan"]
     quant = body.get("quantization", {})
@@ -156,7 +155,7 @@ class _Scored:
         self.ev, self.make, self.logits = ev, make, {}
 
     def __call__(self, units):
-        from tldeploy.build.sensitivity import task_metrics
+        from tldeploy.engines.sensitivity import task_metrics
 
         logits = self.ev.outputs(self.make(units), ["logits"])["logits"]
         self.logits[tuple(u.name for u in units)] = logits
@@ -173,9 +172,9 @@ def _plan_section(search: tuple, scored: _Scored, accept, ranked, labels) -> tup
 
 
 def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from tldeploy.build import artifacts
-    from tldeploy.build.quantize import CalibrationSet, QuantConfig, Quantizer, rank_int8, spread
-    from tldeploy.build.sensitivity import Acceptance, choose, float_regions
+    from tldeploy.engines import artifacts
+    from tldeploy.engines.quantize import CalibrationSet, QuantConfig, Quantizer, rank_int8, spread
+    from tldeploy.engines.sensitivity import Acceptance, choose, float_regions
 
     assert cfg.calib_data is not None
     calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
@@ -207,9 +206,10 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
 
 
 def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from tldeploy.build.fp16 import fp16_exclusions
-    from tldeploy.build.quantize import spread
-    from tldeploy.build.sensitivity import (
+    from tldeploy.contract import load_onnx
+    from tldeploy.engines.fp16 import fp16_exclusions
+    from tldeploy.engines.quantize import spread
+    from tldeploy.engines.sensitivity import (
         Acceptance,
         Evaluator,
         choose,
@@ -219,7 +219,6 @@ def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
         rank,
         sweep_fp16,
     )
-    from tldeploy.export.contract import load_onnx
 
     model = load_onnx(onnx_path)
     floats = float_tensors(model)

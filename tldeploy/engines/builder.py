@@ -18,13 +18,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tldeploy._io import atomic_path, write_json
-from tldeploy.build import artifacts
-from tldeploy.build.capabilities import PRECISIONS, check_target, default_device
-from tldeploy.build.quantize import CalibrationSet, QuantConfig
-from tldeploy.build.runners import ENGINE_SUFFIXES, read_sidecar, sidecar_path
-from tldeploy.build.tensorrt import TrtConfig
+from tldeploy._io import atomic_path, now, write_json
+from tldeploy.engines import artifacts
+from tldeploy.engines.capabilities import PRECISIONS, check_target, default_device
+from tldeploy.engines.quantize import CalibrationSet, QuantConfig
+from tldeploy.engines.tensorrt import TrtConfig
 from tldeploy.errors import ConfigError, OutputExistsError, TldeployError
+from tldeploy.runtime import host
+from tldeploy.runtime.runners import ENGINE_SUFFIXES, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class BuildResult:
 def resolve_backend(precision: str, backend: str) -> str:
     if backend != "auto":
         return backend
-    from tldeploy.build.tensorrt import tensorrt_unavailable
+    from tldeploy.runtime.trt import tensorrt_unavailable
 
     if precision == "fp16":
         return "tensorrt"  # FP16 is a GPU precision; the error below names the alternatives if it is missing
@@ -90,7 +91,7 @@ def default_output(onnx: Path, precision: str, backend: str, device: str) -> Pat
 
 def _require_runtime(backend: str, device: str, precision: str) -> None:
     if backend == "tensorrt":
-        from tldeploy.build.tensorrt import tensorrt_unavailable
+        from tldeploy.runtime.trt import tensorrt_unavailable
 
         reason = tensorrt_unavailable()
         if reason:
@@ -109,8 +110,8 @@ def _require_runtime(backend: str, device: str, precision: str) -> None:
 
 
 def build(cfg: BuildConfig) -> BuildResult:
-    from tldeploy.export.contract import load_onnx, read_contract
-    from tldeploy.export.onnx_export import sha256_file
+    from tldeploy._io import sha256_file
+    from tldeploy.contract import load_onnx, read_contract
 
     t0 = time.perf_counter()
     onnx_path = Path(cfg.onnx)
@@ -118,7 +119,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     onnx_sha = sha256_file(onnx_path)
     plan = None
     if cfg.precision_plan is not None:
-        from tldeploy.build.plan import load_plan
+        from tldeploy.engines.plan import load_plan
 
         plan = load_plan(cfg.precision_plan)
         plan.check_applies(cfg.precision_plan, onnx_sha, cfg.precision, onnx_path)
@@ -139,7 +140,7 @@ def build(cfg: BuildConfig) -> BuildResult:
 
     calib = quant = check = None
     if cfg.check_data is not None:
-        from tldeploy.build.quantize import ImageSet
+        from tldeploy.engines.quantize import ImageSet
 
         check = ImageSet.from_folder(cfg.check_data, contract.preprocessing, contract.classes)
     if cfg.precision == "int8":
@@ -148,7 +149,7 @@ def build(cfg: BuildConfig) -> BuildResult:
         quant = QuantConfig.for_backend(backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
                                         keep_float=cfg.keep_float, min_agreement=cfg.min_agreement, max_kl=cfg.max_kl,
                                         **({"reduce_range": cfg.reduce_range} if backend == "ort" else {}))
-    from tldeploy.build.tensorrt import gpu_info
+    from tldeploy.runtime.trt import gpu_info
 
     record: dict[str, Any] = {
         "format": artifacts.RECORD_FORMAT,
@@ -163,7 +164,7 @@ def build(cfg: BuildConfig) -> BuildResult:
         "quantization_options": _quant_options(quant),
         "check_data": {"source": check.source, "images": len(check.images), "sha256": check.sha256} if check else None,
         "precision_plan": {"path": str(cfg.precision_plan), "sha256": sha256_file(Path(cfg.precision_plan))} if plan else None,
-        "tools": artifacts.tool_versions(),
+        "tools": host.tool_versions(),
         "gpu": gpu_info() if device == "cuda" else None,
         "options": _trt_options(cfg.trt) if backend == "tensorrt" else None,
     }
@@ -182,10 +183,10 @@ def build(cfg: BuildConfig) -> BuildResult:
         record.update(_build_artifact(cfg, backend, device, onnx_path, contract, output, calib, quant, check, plan))
         record["artifact_sha256"] = sha256_file(output)
         record["size_bytes"] = output.stat().st_size
-        record["cpu"] = artifacts.cpu_info()
+        record["cpu"] = host.cpu_info()
         # An ONNX artifact carries its own (updated) contract; an engine's record carries the input's.
         record["contract"] = (read_contract(output) if output.suffix == ".onnx" else replace(contract, precision=cfg.precision)).to_props()
-        record["created"] = artifacts.now()
+        record["created"] = now()
         record["build_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(sidecar_path(output), record)
     return BuildResult(output, record, False, time.perf_counter() - t0)
@@ -209,9 +210,9 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
     """Write the artifact (atomically) and return what the record should add."""
     import onnx
 
-    from tldeploy.build.fp16 import fp16_model
-    from tldeploy.build.quantize import quantize_model
-    from tldeploy.export.contract import load_onnx
+    from tldeploy.contract import load_onnx
+    from tldeploy.engines.fp16 import fp16_model
+    from tldeploy.engines.quantize import quantize_model
 
     extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tldeploy-build-") as tmp:
@@ -235,7 +236,7 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
             with atomic_path(output) as out_tmp:
                 out_tmp.write_bytes(source.read_bytes())
         else:
-            from tldeploy.build.tensorrt import EngineFromOnnx, default_timing_cache
+            from tldeploy.engines.tensorrt import EngineFromOnnx, default_timing_cache
 
             needs_plugin = contract.attention == "plugin"
             trt_cfg = cfg.trt if cfg.trt.timing_cache else _with_cache(cfg.trt, default_timing_cache())
@@ -266,14 +267,15 @@ def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
 def _check(artifact: Path, onnx_path: Path, prep, check, device: str) -> dict:
     """Run the new artifact through its runner against the FP32 ONNX on ONNX Runtime CPU, on the
     --check-data images (up to 64) or on random inputs."""
-    from tldeploy.bench.parity import compare_outputs
-    from tldeploy.build.runners import OrtRunner, load_runner, run_batches
+    from tldeploy.parity import compare_outputs
+    from tldeploy.runtime.loader import load_runner
+    from tldeploy.runtime.runners import OrtRunner, run_batches
 
     if check is not None:
         x = check.images[:64]
         what = f"--check-data images from {check.source}"
     else:
-        from tldeploy.export.onnx_export import parity_inputs
+        from tldeploy.parity import parity_inputs
 
         x = parity_inputs(prep, None, 8)
         what = "random inputs"

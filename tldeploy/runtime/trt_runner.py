@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tldeploy.build.runners import BaseRunner, TensorSpec, read_sidecar
 from tldeploy.errors import ConfigError, TldeployError
+from tldeploy.runtime.runners import BaseRunner, DeviceStages, TensorSpec, read_sidecar
 
 
 class TrtRunner(BaseRunner):
@@ -21,7 +21,7 @@ class TrtRunner(BaseRunner):
     def _activate(self) -> None:
         import torch
 
-        from tldeploy.build.tensorrt import create_logger, load_plugins, require_tensorrt
+        from tldeploy.runtime.trt import create_logger, load_plugins, require_tensorrt
 
         require_tensorrt()
         import tensorrt as trt
@@ -49,7 +49,7 @@ class TrtRunner(BaseRunner):
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
 
     def _input_spec(self) -> dict[str, TensorSpec]:
-        from tldeploy.build.tensorrt import dims_tuple
+        from tldeploy.runtime.trt import dims_tuple
 
         return {
             n: TensorSpec(tuple(None if d < 0 else d for d in dims_tuple(self.engine.get_tensor_shape(n))), self._dtypes[n])
@@ -72,8 +72,7 @@ class TrtRunner(BaseRunner):
         `execute_async_v3` are enqueued on the runner's stream by the returned steps."""
         import torch
 
-        from tldeploy.bench.latency import DeviceStages
-        from tldeploy.build.tensorrt import dims_tuple
+        from tldeploy.runtime.trt import dims_tuple
 
         host_in = {n: torch.from_numpy(np.ascontiguousarray(feed[n])).pin_memory() for n in self.inputs}
         dev_in = {n: torch.empty_like(t, device="cuda") for n, t in host_in.items()}

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tldeploy.errors import TldeployError
-from tldeploy.pipeline.audio import AudioPreprocessing
-from tldeploy.pipeline.preprocessing import Preprocessing
+from tldeploy.modalities.audio import AudioPreprocessing
+from tldeploy.modalities.preprocessing import Preprocessing
 
 CONTRACT_VERSION = "1"
 OUTPUT_NAMES = ("logits", "probs", "cam")

@@ -25,16 +25,19 @@ import logging
 from dataclasses import asdict, dataclass, field
 from math import gcd
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tldeploy._io import atomic_dir
-from tldeploy.errors import ConfigError, DataError, MissingDependencyError
+from tldeploy.data.folders import soundfile_module
+from tldeploy.errors import ConfigError, DataError
+from tldeploy.modalities.audio_dsp import mel_filterbank
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ class AudioPreprocessing:
 
     @property
     def media(self):
-        from tldeploy.pipeline.data import AUDIO
+        from tldeploy.data.folders import AUDIO
 
         return AUDIO
 
@@ -182,36 +185,9 @@ class AudioPreprocessing:
         return AudioDataset(paths, labels, self, augment if augment is not None and augment.enabled else None)
 
     def frontend(self):
-        from tldeploy.pipeline.frontend import LogMelFrontEnd
+        from tldeploy.modalities.audio_frontend import LogMelFrontEnd
 
         return LogMelFrontEnd(self)
-
-
-def hz_to_mel(f):
-    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
-
-
-def mel_to_hz(m):
-    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
-
-
-def mel_filterbank(cfg: LogMelConfig) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) float64 triangular filters, equally spaced on the HTK mel scale, peak 1."""
-    freqs = np.linspace(0.0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(cfg.top_hz), cfg.n_mels + 2))
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (freqs[None, :] - lower) / (centre - lower)
-    falling = (upper - freqs[None, :]) / (upper - centre)
-    return np.maximum(0.0, np.minimum(rising, falling))
-
-
-def dft_basis(n_fft: int) -> np.ndarray:
-    """(2 * bins, 1, n_fft) float64 convolution kernels: Hann-windowed cosines, then negated sines."""
-    n = np.arange(n_fft)
-    k = np.arange(n_fft // 2 + 1)[:, None]
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # periodic Hann
-    angle = 2 * np.pi * k * n / n_fft
-    return np.concatenate([window * np.cos(angle), -window * np.sin(angle)])[:, None, :]
 
 
 def fit_clip(wave: np.ndarray, num_samples: int, *, random_crop: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -226,31 +202,11 @@ def fit_clip(wave: np.ndarray, num_samples: int, *, random_crop: bool = False, r
     return wave[start : start + num_samples]
 
 
-def _soundfile():
-    try:
-        import soundfile
-    except ImportError:
-        raise MissingDependencyError("soundfile", purpose="reading audio files") from None
-    return soundfile
-
-
-def check_audio(path: Path) -> str | None:
-    """Why `path` cannot be used as a clip, or None: unreadable, not audio, or zero-length."""
-    sf = _soundfile()
-    try:
-        info = sf.info(str(path))
-    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        return f"not readable audio ({type(e).__name__})"
-    if info.frames == 0:
-        return "zero-length clip"
-    return None
-
-
 def read_audio(path: Path, sample_rate: int) -> np.ndarray:
     """A file as a mono float32 clip at `sample_rate` (channels averaged, polyphase resampling)."""
     from scipy.signal import resample_poly
 
-    sf = _soundfile()
+    sf = soundfile_module()
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
@@ -364,7 +320,7 @@ def write_tones(out_dir: Path, per_class: int = 60, val_fraction: float = 0.25, 
     """A built-in offline audio set: `per_class` synthetic clips of each TONE_CLASSES kind as WAV files
     under train/ and val/. Files vary as real ones do: every third at 22,050 Hz instead of
     `sample_rate`, every fourth stereo, lengths 0.6-1.4 s. Returns the number of files per split."""
-    sf = _soundfile()
+    sf = soundfile_module()
     if per_class < 2:
         raise ConfigError(f"--per-class must be at least 2, got {per_class}")
     if not 0.0 < val_fraction < 1.0:
@@ -389,3 +345,19 @@ def write_tones(out_dir: Path, per_class: int = 60, val_fraction: float = 0.25, 
                 sf.write(str(folder / f"{kind}_{i:03d}.wav"), data, rate, subtype="PCM_16")
                 written[split] += 1
     return written
+
+
+def log_mel(waveform, cfg: LogMelConfig) -> torch.Tensor:
+    """Log-mel spectrogram of float waveforms (N, samples) as a tensor (N, n_mels, frames), by the
+    front end's own code, in the input's precision (float64 stays float64, anything else float32)."""
+    import torch
+
+    from tldeploy.modalities.audio_frontend import LogMelFrontEnd
+
+    x = torch.as_tensor(waveform)
+    x = x if x.dtype == torch.float64 else x.to(torch.float32)
+    if x.dim() != 2 or x.shape[1] < cfg.n_fft:
+        raise ConfigError(f"log_mel takes waveforms of shape (N, samples >= {cfg.n_fft}), got {tuple(x.shape)}")
+    front = LogMelFrontEnd(AudioPreprocessing(cfg), dtype=x.dtype)
+    with torch.no_grad():
+        return front.log_mel(x)

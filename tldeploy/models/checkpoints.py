@@ -99,9 +99,9 @@ def read_torch_file(
 
 def load_checkpoint(path: Path):
     """Rebuild the adapted model from a checkpoint. Returns (model in eval mode, metadata)."""
-    from tldeploy.pipeline.backbones import adapt_stem, create_backbone
-    from tldeploy.pipeline.heads import AdaptedModel, AttentionHead, HeadConfig
-    from tldeploy.pipeline.preprocessing import preprocessing_from_dict
+    from tldeploy.modalities.preprocessing import preprocessing_from_dict
+    from tldeploy.models.backbones import adapt_stem, create_backbone
+    from tldeploy.models.heads import AdaptedModel, AttentionHead, HeadConfig
 
     obj = read_torch_file(
         path, CHECKPOINT_FORMAT, "checkpoint", hint="pass a model.pt written by 'tldeploy train' (foreign weights go to --weights)"

@@ -58,7 +58,7 @@ class Preprocessing:
 
     @property
     def media(self):
-        from tldeploy.pipeline.data import IMAGES
+        from tldeploy.data.folders import IMAGES
 
         return IMAGES
 
@@ -68,12 +68,12 @@ class Preprocessing:
 
     def load(self, path: Path) -> np.ndarray:
         """The network's input for one file (the eval transform)."""
-        from tldeploy.pipeline.data import load_image
+        from tldeploy.data.folders import load_image
 
         return self.eval_transform()(load_image(path)).numpy()
 
     def dataset(self, paths: list[Path], labels: list[int], augment: AugmentConfig | None = None):
-        from tldeploy.pipeline.data import ImageDataset
+        from tldeploy.data.folders import ImageDataset
 
         return ImageDataset(paths, labels, self.train_transform(augment) if augment is not None else self.eval_transform())
 
@@ -159,7 +159,7 @@ def _interp(name: str):
 def preprocessing_from_dict(d: dict[str, Any]):
     """The contract stored in a checkpoint or build record: `Preprocessing` or `AudioPreprocessing`."""
     if d.get("modality", "image") == "audio":
-        from tldeploy.pipeline.audio import AudioPreprocessing
+        from tldeploy.modalities.audio import AudioPreprocessing
 
         return AudioPreprocessing.from_dict(d)
     return Preprocessing.from_dict(d)

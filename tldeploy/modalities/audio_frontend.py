@@ -5,11 +5,15 @@ See `audio.py` for the transform and why it is written as convolution + MatMul +
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from tldeploy.errors import ConfigError
-from tldeploy.pipeline.audio import AudioAugmentConfig, AudioPreprocessing, LogMelConfig, dft_basis, mel_filterbank
+from tldeploy.modalities.audio_dsp import dft_basis, mel_filterbank
+
+if TYPE_CHECKING:
+    from tldeploy.modalities.audio import AudioAugmentConfig, AudioPreprocessing
 
 
 class LogMelFrontEnd(nn.Module):
@@ -59,13 +63,3 @@ def spec_augment(z: torch.Tensor, aug: AudioAugmentConfig) -> torch.Tensor:
     return z * keep
 
 
-def log_mel(waveform, cfg: LogMelConfig) -> torch.Tensor:
-    """Log-mel spectrogram of float waveforms (N, samples) as a tensor (N, n_mels, frames), by the
-    front end's own code, in the input's precision (float64 stays float64, anything else float32)."""
-    x = torch.as_tensor(waveform)
-    x = x if x.dtype == torch.float64 else x.to(torch.float32)
-    if x.dim() != 2 or x.shape[1] < cfg.n_fft:
-        raise ConfigError(f"log_mel takes waveforms of shape (N, samples >= {cfg.n_fft}), got {tuple(x.shape)}")
-    front = LogMelFrontEnd(AudioPreprocessing(cfg), dtype=x.dtype)
-    with torch.no_grad():
-        return front.log_mel(x)

@@ -36,7 +36,7 @@ def source_dir() -> Path:
 
 
 def default_build_dir() -> Path:
-    from tldeploy.build.artifacts import cache_dir
+    from tldeploy.engines.artifacts import cache_dir
 
     return cache_dir() / "plugins"
 

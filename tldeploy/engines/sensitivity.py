@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tldeploy.export.scopes import module_paths, short_names
+from tldeploy.scopes import module_paths, short_names
 
 log = logging.getLogger(__name__)
 

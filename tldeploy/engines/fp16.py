@@ -6,7 +6,7 @@ end (a full-scale tone's power spectrum overflows half precision)."""
 
 from __future__ import annotations
 
-from tldeploy.build.graph import ancestors, frontend_nodes, sort_topologically
+from tldeploy.engines.graph import ancestors, frontend_nodes, sort_topologically
 from tldeploy.errors import ConfigError
 
 
@@ -24,7 +24,7 @@ def fp16_model(model, keep_fp32: list[str] | tuple[str, ...] = ()):
 
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from tldeploy.export.contract import read_contract, write_contract
+    from tldeploy.contract import read_contract, write_contract
 
     contract = read_contract(model)
     if contract.precision == "fp16":

@@ -9,18 +9,33 @@ themselves: `bench/` owns clocks and warm-up so every backend is measured the sa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from tldeploy.contract import OUTPUT_NAMES, Contract
 from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
-from tldeploy.export.contract import OUTPUT_NAMES, Contract
-from tldeploy.pipeline.preprocessing import preprocessing_from_dict
+from tldeploy.modalities.preprocessing import preprocessing_from_dict
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+@dataclass
+class DeviceStages:
+    """What a device runner exposes to be timed stage by stage, all enqueued on `stream` (a
+    `torch.cuda.Stream`): `upload` copies the inputs to the device, `compute` runs the network,
+    `download` copies the outputs back; `outputs` returns them once the stream has finished."""
+
+    stream: Any
+    upload: Callable[[], Any]
+    compute: Callable[[], Any]
+    download: Callable[[], Any]
+    outputs: Callable[[], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,7 @@ class TorchRunner(BaseRunner):
     def _activate(self) -> None:
         import torch
 
-        from tldeploy.pipeline.checkpoints import load_checkpoint
+        from tldeploy.models.checkpoints import load_checkpoint
 
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
@@ -141,8 +156,6 @@ class TorchRunner(BaseRunner):
         if not self.device.startswith("cuda"):
             return None
         import torch
-
-        from tldeploy.bench.latency import DeviceStages
 
         host = torch.from_numpy(feed[self.prep.input_name]).pin_memory()
         dev = torch.empty_like(host, device=self.device)
@@ -173,7 +186,7 @@ class OrtRunner(BaseRunner):
         self.name = f"ort[{provider}]:{self.path.name}"
 
     def _activate(self) -> None:
-        from tldeploy.export.contract import load_onnx, read_contract
+        from tldeploy.contract import load_onnx, read_contract
 
         try:
             import onnxruntime as ort
@@ -228,7 +241,7 @@ def read_sidecar(artifact: Path) -> dict | None:
 
 def artifact_contract(path: Path) -> Contract:
     """The contract of any artifact: ONNX metadata, checkpoint metadata, or an engine's build record."""
-    from tldeploy.export.contract import read_contract
+    from tldeploy.contract import read_contract
 
     path = Path(path)
     if not path.exists():
@@ -236,7 +249,7 @@ def artifact_contract(path: Path) -> Contract:
     if path.suffix == ".onnx":
         return read_contract(path)
     if path.suffix in CHECKPOINT_SUFFIXES:
-        from tldeploy.pipeline.checkpoints import CHECKPOINT_FORMAT, read_torch_file
+        from tldeploy.models.checkpoints import CHECKPOINT_FORMAT, read_torch_file
 
         meta = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint")["metadata"]
         return Contract(
@@ -248,22 +261,6 @@ def artifact_contract(path: Path) -> Contract:
         if record is None:
             raise TldeployError(f"{path} has no build record {sidecar_path(path).name} beside it; rebuild it with 'tldeploy build'")
         return Contract.from_props(record["contract"], str(sidecar_path(path)))
-    raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
-
-
-def load_runner(path: Path, *, device: str = "cpu", provider: str | None = None, threads: int | None = None) -> BaseRunner:
-    """The runner for an artifact, chosen by its suffix (not yet active)."""
-    path = Path(path)
-    if not path.exists():
-        raise TldeployError(f"artifact {path} does not exist; pass a model.pt, an .onnx or an .engine")
-    if path.suffix in CHECKPOINT_SUFFIXES:
-        return TorchRunner(path, device=device)
-    if path.suffix == ".onnx":
-        return OrtRunner(path, provider=provider or ("cuda" if device == "cuda" else "cpu"), threads=threads)
-    if path.suffix in ENGINE_SUFFIXES:
-        from tldeploy.build.trt_runner import TrtRunner
-
-        return TrtRunner(path)
     raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
 
 

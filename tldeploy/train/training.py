@@ -28,14 +28,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tldeploy._io import write_json
+from tldeploy.data.folders import AUDIO, IMAGES, find_files, limit_per_class, resolve_train_val
 from tldeploy.errors import ConfigError, OutputExistsError
-from tldeploy.pipeline.audio import AudioAugmentConfig, AudioPreprocessing, LogMelConfig
-from tldeploy.pipeline.backbones import adapt_stem, create_backbone
-from tldeploy.pipeline.checkpoints import load_train_state, plain, save_checkpoint, save_train_state
-from tldeploy.pipeline.data import AUDIO, IMAGES, find_files, limit_per_class, resolve_train_val
-from tldeploy.pipeline.heads import AdaptedModel, create_model
-from tldeploy.pipeline.metrics import classification_metrics, write_plots
-from tldeploy.pipeline.preprocessing import AugmentConfig, Preprocessing
+from tldeploy.modalities.audio import AudioAugmentConfig, AudioPreprocessing, LogMelConfig
+from tldeploy.modalities.preprocessing import AugmentConfig, Preprocessing
+from tldeploy.models.backbones import adapt_stem, create_backbone
+from tldeploy.models.checkpoints import load_train_state, plain, save_checkpoint, save_train_state
+from tldeploy.models.heads import AdaptedModel, create_model
+from tldeploy.train.metrics import classification_metrics, write_plots
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +503,7 @@ class _Trainer:
         )
 
     def _load_state(self) -> dict[str, Any]:
-        from tldeploy.pipeline.checkpoints import CHECKPOINT_FORMAT, read_torch_file
+        from tldeploy.models.checkpoints import CHECKPOINT_FORMAT, read_torch_file
 
         state = load_train_state(self.state_path)
         old, new = state["config"], self.cfg.to_dict()

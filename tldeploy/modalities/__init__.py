@@ -1,0 +1,1 @@
+"""Input kinds (image, audio): preprocessing contracts, front ends, loading and augmentation."""

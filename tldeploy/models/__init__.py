@@ -1,0 +1,1 @@
+"""Backbones (registry and specs), the channel-attention head, checkpoints."""

@@ -1,0 +1,62 @@
+"""The machine that runs artifacts: its CPU (name, the features that choose kernels, a class)
+and the versions of the tools. Build records and bench environments both carry them."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from pathlib import Path
+from typing import Any
+
+import tldeploy
+
+# CPU flags that choose ONNX Runtime's (and PyTorch's) x86 kernels, as /proc/cpuinfo spells them.
+KERNEL_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp")
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+VNNI_FEATURES = ("avx512_vnni", "avx_vnni", "amx_int8")  # an int8 dot product without int16 saturation
+
+
+def cpu_features() -> list[str]:
+    """The KERNEL_FEATURES this CPU has (empty where /proc/cpuinfo is missing)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in KERNEL_FEATURES if f in have]
+    return []
+
+
+def cpu_info() -> dict[str, Any]:
+    """Name, kernel-choosing features and class (`avx512-vnni`, `avx2`, ...) of this CPU."""
+    feats = cpu_features()
+    vnni = any(f in feats for f in VNNI_FEATURES)
+    cls = ("avx512-vnni" if "avx512f" in feats and vnni else "avx2-vnni" if vnni else "avx512" if "avx512f" in feats
+           else "avx2" if "avx2" in feats else "arm64-dotprod" if "asimddp" in feats else platform.machine() or "unknown")
+    return {"name": cpu_name(), "features": feats, "class": cls}
+
+
+def tool_versions() -> dict[str, str | None]:
+    def version(module: str) -> str | None:
+        try:
+            return str(__import__(module).__version__)
+        except ImportError:
+            return None
+
+    out = {"tldeploy": tldeploy.__version__, "onnx": version("onnx"), "onnxruntime": version("onnxruntime"), "tensorrt": version("tensorrt")}
+    try:
+        import torch
+
+        out["torch"] = str(torch.__version__)
+        out["cuda"] = str(torch.version.cuda) if torch.version.cuda else None
+    except ImportError:
+        out["torch"] = None
+    return out
