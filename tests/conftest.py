@@ -1,10 +1,12 @@
-"""Markers: `slow` runs only with --runslow or TLDEPLOY_SLOW=1; `gpu` and `trt` skip without them.
-Every test gets its own TLDEPLOY_CACHE."""
+"""Markers: `integration` is every test under tests/integration/ (the real offline model; deselect
+with -m "not integration"); `slow` runs only with --runslow or TLDEPLOY_SLOW=1; `gpu` and `trt`
+skip without them. Every test gets its own TLDEPLOY_CACHE."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 from _images import make_blob_images
@@ -24,7 +26,10 @@ def pytest_collection_modifyitems(config, items):
     except ImportError:
         pass
     has_trt = importlib.util.find_spec("tensorrt") is not None
+    integration = Path(__file__).parent / "integration"
     for item in items:
+        if integration in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: pass --runslow or set TLDEPLOY_SLOW=1"))
         if "gpu" in item.keywords and not has_gpu:

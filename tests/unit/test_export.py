@@ -5,7 +5,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from _images import train_tiny
 
 from tldeploy._io import sha256_file
 from tldeploy.contract import OUTPUT_NAMES, ContractError, load_onnx, read_contract
@@ -16,14 +15,14 @@ from tldeploy.parity import parity_inputs
 from tldeploy.predict import predict
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    ckpt, data = train_tiny(tmp_path_factory.mktemp("tiny"))
-    return ckpt, data / "val"
+@pytest.fixture
+def ckpt_val(tiny):
+    """(checkpoint, validation folder) of the session's ckpt_val CNN."""
+    return tiny[0], tiny[2] / "val"
 
 
-def test_fp32_export_contract_and_parity(tiny, tmp_path):
-    ckpt, val = tiny
+def test_fp32_export_contract_and_parity(ckpt_val, tmp_path):
+    ckpt, val = ckpt_val
     result = export_onnx(ExportConfig(ckpt, tmp_path / "m.onnx", data=val))
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
     model = onnx.load(str(result.path))
@@ -49,8 +48,8 @@ def _run(sess, x):
     return dict(zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {sess.get_inputs()[0].name: x}), strict=True))
 
 
-def test_static_batch(tiny, tmp_path):
-    ckpt, val = tiny
+def test_static_batch(ckpt_val, tmp_path):
+    ckpt, val = ckpt_val
     result = export_onnx(ExportConfig(ckpt, tmp_path / "s.onnx", static_batch=3, opset=17))
     model = onnx.load(str(result.path))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
@@ -67,8 +66,8 @@ def test_static_batch(tiny, tmp_path):
         np.testing.assert_allclose(out[name], r, rtol=0, atol=1e-4, err_msg=name)
 
 
-def test_fp16_keeps_io_and_sensitive_parts_in_float32(tiny, tmp_path):
-    result = export_onnx(ExportConfig(tiny[0], tmp_path / "h.onnx", fp16=True, simplify=True))
+def test_fp16_keeps_io_and_sensitive_parts_in_float32(ckpt_val, tmp_path):
+    result = export_onnx(ExportConfig(ckpt_val[0], tmp_path / "h.onnx", fp16=True, simplify=True))
     model = onnx.load(str(result.path))
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
@@ -83,7 +82,7 @@ def test_fp16_keeps_io_and_sensitive_parts_in_float32(tiny, tmp_path):
 FP16_UNIT = 2.0**-11  # unit roundoff of IEEE half precision (11-bit significand)
 
 
-def test_fp16_logits_stay_within_half_precision_of_fp32(tiny, tmp_path):
+def test_fp16_logits_stay_within_half_precision_of_fp32(ckpt_val, tmp_path):
     """Against the FP32 export, on the real validation images and random inputs: each logit
     l_c = sum_i W_ci g_i + b_c (g: the pooled, attended features) moves by at most 8 half-precision
     roundings of its terms' scale S_c = sum_i |W_ci g_i| + |b_c|. 8u is the roundoff of a format
@@ -91,7 +90,7 @@ def test_fp16_logits_stay_within_half_precision_of_fp32(tiny, tmp_path):
     Top-1 agrees wherever the FP32 margin exceeds both logits' bounds, and probs are the float32
     softmax of the returned logits. (A softmax in half precision would not show in the values here:
     ONNX Runtime's CPU provider drops the cast pair around it; the graph check above catches it.)"""
-    ckpt, val = tiny
+    ckpt, val = ckpt_val
     f32 = export_onnx(ExportConfig(ckpt, tmp_path / "f.onnx")).path
     f16 = export_onnx(ExportConfig(ckpt, tmp_path / "h.onnx", fp16=True)).path
     prep = read_contract(f32).preprocessing
@@ -114,25 +113,25 @@ def test_fp16_logits_stay_within_half_precision_of_fp32(tiny, tmp_path):
     np.testing.assert_allclose(b["probs"], softmax / softmax.sum(1, keepdims=True), rtol=0, atol=1e-6)
 
 
-def test_attention_plugin_nodes(tiny, tmp_path):
-    result = export_onnx(ExportConfig(tiny[0], tmp_path / "p.onnx", attention_plugin=True))
+def test_attention_plugin_nodes(ckpt_val, tmp_path):
+    result = export_onnx(ExportConfig(ckpt_val[0], tmp_path / "p.onnx", attention_plugin=True))
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model, full_check=True)
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["ChannelAttention"] == 1 and ops["Sigmoid"] == 0 and ops["ReduceMax"] == 1
     assert result.parity == [] and "TensorRT" in result.note
     with pytest.raises(TldeployError, match="only TensorRT runs"):
-        predict(result.path, [next(tiny[1].rglob("*.png"))])
+        predict(result.path, [next(ckpt_val[1].rglob("*.png"))])
 
 
-def test_bad_outputs_and_inputs(tiny, tmp_path):
+def test_bad_outputs_and_inputs(ckpt_val, tmp_path):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"old")
     with pytest.raises(OutputExistsError, match="--force"):
-        export_onnx(ExportConfig(tiny[0], out))
+        export_onnx(ExportConfig(ckpt_val[0], out))
     assert out.read_bytes() == b"old"
     with pytest.raises(TldeployError, match="should end in .onnx"):
-        ExportConfig(tiny[0], tmp_path / "m.txt")
+        ExportConfig(ckpt_val[0], tmp_path / "m.txt")
     foreign = tmp_path / "foreign.pt"
     torch.save({"a": torch.zeros(1)}, foreign)
     with pytest.raises(TldeployError, match="not a checkpoint written by tldeploy"):
@@ -140,8 +139,8 @@ def test_bad_outputs_and_inputs(tiny, tmp_path):
     assert not (tmp_path / "f.onnx").exists()
 
 
-def test_onnx_without_contract_or_truncated_is_refused(tiny, tmp_path):
-    result = export_onnx(ExportConfig(tiny[0], tmp_path / "m.onnx"))
+def test_onnx_without_contract_or_truncated_is_refused(ckpt_val, tmp_path):
+    result = export_onnx(ExportConfig(ckpt_val[0], tmp_path / "m.onnx"))
     model = onnx.load(str(result.path))
     del model.metadata_props[:]
     bare = tmp_path / "bare.onnx"
@@ -154,8 +153,8 @@ def test_onnx_without_contract_or_truncated_is_refused(tiny, tmp_path):
         load_onnx(trunc)
 
 
-def test_predict_checkpoint_and_onnx_agree_and_draw_cams(tiny, tmp_path):
-    ckpt, val = tiny
+def test_predict_checkpoint_and_onnx_agree_and_draw_cams(ckpt_val, tmp_path):
+    ckpt, val = ckpt_val
     onnx_path = export_onnx(ExportConfig(ckpt, tmp_path / "m.onnx")).path
     images = sorted(val.rglob("*.png"))[:4]
     a = predict(ckpt, images, top_k=2)
@@ -170,9 +169,9 @@ def test_predict_checkpoint_and_onnx_agree_and_draw_cams(tiny, tmp_path):
         predict(ckpt, [bad])
 
 
-def test_run_batched_pads_static_batches(tiny, tmp_path):
-    static = _session(export_onnx(ExportConfig(tiny[0], tmp_path / "s.onnx", static_batch=4)).path)
-    dynamic = _session(export_onnx(ExportConfig(tiny[0], tmp_path / "d.onnx")).path)
+def test_run_batched_pads_static_batches(ckpt_val, tmp_path):
+    static = _session(export_onnx(ExportConfig(ckpt_val[0], tmp_path / "s.onnx", static_batch=4)).path)
+    dynamic = _session(export_onnx(ExportConfig(ckpt_val[0], tmp_path / "d.onnx")).path)
     x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
     out = run_batched(static, x, 4)  # batches of 4: rows 4 and 5 run beside two rows of zeros
     assert out["logits"].shape == (6, 2) and out["probs"].shape == (6, 2) and out["cam"].shape == (6, 8, 8)
