@@ -9,6 +9,7 @@ from tldeploy.models.backbones import (
     Backbone,
     BackboneSpec,
     create_backbone,
+    describe_backbone,
     list_backbones,
     register_backbone,
     rename_by_order,
@@ -26,6 +27,26 @@ def test_registry_lists_builtins_and_custom():
 
     bb = create_backbone("test_linear_probe", "none")
     assert bb(torch.zeros(2, 3, 16, 16)).shape == (2, 4, 16, 16)
+    assert describe_backbone("test_linear_probe") == "1x1 conv"
+    # A taken name is refused unless the override is meant; the original stays registered.
+    with pytest.raises(ConfigError, match="'tiny_cnn' is registered already.*replace=True"):
+        register_backbone("tiny_cnn", "mine")
+    assert create_backbone("tiny_cnn").spec.name == "tiny_cnn"
+
+    @register_backbone("test_linear_probe", "1x1 conv, replaced", replace=True)
+    def _again(weights):
+        return _factory(weights)
+
+    assert describe_backbone("test_linear_probe") == "1x1 conv, replaced"
+
+
+def test_describe_backbone_knows_every_name_train_accepts():
+    assert "timm's resnet18" in describe_backbone("timm:resnet18")
+    assert "torchvision's resnet50" in describe_backbone("resnet50")
+    with pytest.raises(ConfigError, match="unknown timm model 'no_such_net'"):
+        describe_backbone("timm:no_such_net")
+    with pytest.raises(ConfigError, match="unknown backbone 'no_such_net'.*tiny_cnn"):
+        describe_backbone("no_such_net")
 
 
 def test_tiny_backbone_spec_and_blocks():

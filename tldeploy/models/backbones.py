@@ -79,8 +79,13 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_backbone(name: str, description: str = "") -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator: `factory(weights: str) -> Backbone` becomes available under `name`."""
+def register_backbone(name: str, description: str = "", *, replace: bool = False) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator: `factory(weights: str) -> Backbone` becomes available under `name`. A name taken
+    already is refused (as torchvision's registry does) unless `replace=True` says it is meant."""
+    if name in _REGISTRY and not replace:
+        raise ConfigError(f"a backbone named {name!r} is registered already; pick another name or pass replace=True")
+    if name.startswith("timm:"):
+        raise ConfigError(f"backbone names starting with 'timm:' mean timm's models; register {name[5:]!r} instead")
 
     def deco(factory: BackboneFactory) -> BackboneFactory:
         _REGISTRY[name] = _Entry(factory, description)
@@ -95,8 +100,25 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 
 def describe_backbone(name: str) -> str:
-    """The one-line description a registered backbone was given."""
-    return _REGISTRY[name].description
+    """One line on any name `create_backbone` accepts: a registered backbone's own description,
+    or which library a timm:NAME or torchvision name comes from (checked against its model list)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name].description
+    if name.startswith("timm:"):
+        import timm
+
+        arch = name[len("timm:") :]
+        if arch not in timm.list_models():
+            raise ConfigError(f"unknown timm model {arch!r}; see timm.list_models() for names")
+        return f"timm's {arch} (its pretrained config gives the preprocessing)"
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ConfigError(
+            f"unknown backbone {name!r}; use a torchvision classification model (resnet50, ...), "
+            f"timm:NAME, or one of: {', '.join(list_backbones())}"
+        )
+    return f"torchvision's {name} (its weights enum gives the preprocessing)"
 
 
 def create_backbone(name: str, weights: str = "default", *, with_imagenet_head: bool = False) -> Backbone:
