@@ -10,7 +10,10 @@ from pathlib import Path
 import click
 
 from tldeploy import __version__
+from tldeploy.engines.capabilities import BACKENDS, CALIB_METHODS, DEVICES, PRECISIONS
+from tldeploy.engines.tensorrt import HARDWARE_COMPAT
 from tldeploy.errors import TldeployError
+from tldeploy.train.options import BALANCE, BN_POLICIES, MODALITIES, MODES, SELECT_METRICS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -124,14 +127,14 @@ def backbones_cmd(pattern: str) -> None:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder (model.pt, metrics.json, plots/).")
 @click.option("--val", type=click.Path(path_type=Path), help="Validation folder; default DATA/val, else a stratified split.")
 @click.option("--val-fraction", default=0.2, show_default=True, type=float, help="Share held out when there is no validation folder.")
-@click.option("--modality", type=click.Choice(["image", "audio"]), default="image", show_default=True, help="audio: class folders of WAV/FLAC/OGG files, seen as log-mel spectrograms.")
+@click.option("--modality", type=click.Choice(MODALITIES), default="image", show_default=True, help="audio: class folders of WAV/FLAC/OGG files, seen as log-mel spectrograms.")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registered name, timm:NAME or a torchvision model.")
 @click.option("--weights", default="default", show_default=True, help="default, none, a torchvision weights name, or a state-dict file.")
-@click.option("--mode", type=click.Choice(["feature-extract", "finetune"]), default="feature-extract", show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default="feature-extract", show_default=True)
 @click.option("--epochs", default=10, show_default=True, type=int, help="Epochs in all (finetune: warm-up included).")
 @click.option("--warmup-epochs", default=3, show_default=True, type=int, help="finetune: head-only epochs before unfreezing.")
 @click.option("--unfreeze", default=0, show_default=True, type=int, help="finetune: train the last N backbone blocks (0 = all).")
-@click.option("--bn", type=click.Choice(["train", "frozen"]), default="train", show_default=True, help="finetune: BatchNorm statistics of unfrozen blocks (frozen suits tiny batches).")
+@click.option("--bn", type=click.Choice(BN_POLICIES), default="train", show_default=True, help="finetune: BatchNorm statistics of unfrozen blocks (frozen suits tiny batches).")
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--lr", default=2e-3, show_default=True, type=float, help="Learning rate of the head.")
 @click.option("--backbone-lr", type=float, help="finetune: rate of the top backbone block [default: lr/2].")
@@ -163,12 +166,12 @@ def backbones_cmd(pattern: str) -> None:
 @click.option("--freq-masks", default=2, show_default=True, type=int, help="audio augmentation (SpecAugment): frequency masks per clip.")
 @click.option("--freq-mask-bins", default=8, show_default=True, type=int, help="audio augmentation: widest frequency mask in mel bands.")
 @click.option("--limit-per-class", type=click.IntRange(1), help="Train on at most N images per class (few-shot).")
-@click.option("--balance", type=click.Choice(["none", "weights", "sampler"]), default="none", show_default=True, help="Class-imbalance handling.")
+@click.option("--balance", type=click.Choice(BALANCE), default="none", show_default=True, help="Class-imbalance handling.")
 @click.option("--unlabeled", type=click.Path(path_type=Path), help="Folder of unlabelled images for pseudo-labels.")
 @click.option("--pseudo-threshold", default=0.9, show_default=True, type=float, help="Confidence needed to join the training set.")
 @click.option("--pseudo-rounds", default=1, show_default=True, type=int)
 @click.option("--pseudo-epochs", type=int, help="Epochs per pseudo-label round [default: those of the last phase].")
-@click.option("--select-metric", type=click.Choice(["f1_macro", "accuracy", "precision_macro", "recall_macro"]), default="f1_macro", show_default=True, help="Validation metric that picks the best checkpoint.")
+@click.option("--select-metric", type=click.Choice(SELECT_METRICS), default="f1_macro", show_default=True, help="Validation metric that picks the best checkpoint.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--workers", default=0, show_default=True, type=int, help="Data-loading processes.")
@@ -313,13 +316,13 @@ def _build_help() -> str:
 
 @cli.command("build", context_settings=CONTEXT, help=_build_help())
 @click.argument("onnx_file", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "ort"]), default="auto", show_default=True, help="auto: TensorRT where it and a GPU exist (always for fp16), else ONNX Runtime.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda for TensorRT, cpu for ONNX Runtime]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--backend", type=click.Choice(("auto", *BACKENDS)), default="auto", show_default=True, help="auto: TensorRT where it and a GPU exist (always for fp16), else ONNX Runtime.")
+@click.option("--device", type=click.Choice(DEVICES), help="[default: cuda for TensorRT, cpu for ONNX Runtime]")
 @click.option("-o", "--out", "output", type=click.Path(path_type=Path), help="Artifact path [default: beside the ONNX, e.g. model.int8.ort.onnx, model.fp16.engine].")
 @click.option("--calib-data", type=click.Path(path_type=Path), help="int8: folder of real images (or clips, for an audio model) to calibrate on.")
 @click.option("--calib-samples", default=256, show_default=True, type=int, help="int8: images used (all if fewer).")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True)
 @click.option("--int8-keep-float", "keep_float", default="auto", show_default=True, help="int8: units kept in float, most sensitive first: a number, or auto (as few as pass the guard, see above).")
 @click.option("--int8-min-agreement", "min_agreement", type=float, help="int8 auto: top-1 agreement with the FP32 ONNX to reach [default: 0.99 on --check-data, 1.0 on held-out calibration images].")
 @click.option("--int8-max-kl", "max_kl", type=float, help="int8 auto: mean KL divergence to stay under as well [default: none on --check-data, 0.002 on held-out images].")
@@ -331,7 +334,7 @@ def _build_help() -> str:
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT: timing cache file [default: one per TensorRT version and GPU in the cache].")
 @click.option("--plugins", multiple=True, type=click.Path(path_type=Path), help="TensorRT: plugin library to load, or auto (the one 'tldeploy plugins build' made); needed for ChannelAttention nodes.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: an engine later TensorRT versions can run (lean runtime).")
-@click.option("--hardware-compat", type=click.Choice(["none", "ampere+", "same-compute-capability"]), default="none", show_default=True, help="TensorRT: run on other GPU architectures.")
+@click.option("--hardware-compat", type=click.Choice(HARDWARE_COMPAT), default="none", show_default=True, help="TensorRT: run on other GPU architectures.")
 @click.option("--force", is_flag=True, help="Rebuild even if an artifact is there (up to date or not).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
@@ -391,7 +394,7 @@ from tldeploy.engines.diagnose import PRECISIONS as DIAGNOSE_PRECISIONS  # noqa:
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Validation images (class folders give accuracy): what units are ranked and the plan is checked on.")
 @click.option("-o", "--out", "output", type=click.Path(path_type=Path), help="Report folder [default: beside the ONNX, NAME.diagnose-PRECISION/].")
 @click.option("--calib-samples", default=256, show_default=True, type=int, help="int8: calibration images (as for build).")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True)
 @click.option("--reduce-range/--no-reduce-range", default=None, help="ort int8: 7-bit weights [default: as build, on for CPUs without VNNI].")
 @click.option("--rank-images", default=128, show_default=True, type=int, help="Validation images the per-unit sweep runs on (the plan is checked on all).")
 @click.option("--min-agreement", default=0.99, show_default=True, type=float, help="Plan: top-1 agreement with the FP32 ONNX to reach on --data.")
@@ -495,7 +498,7 @@ def _int_list(value: str, flag: str) -> tuple[int, ...]:
 @click.option("--duration", type=float, help="Timed seconds per artifact and batch size instead of iterations.")
 @click.option("--rounds", default=10, show_default=True, type=int, help="Rounds the timing is split into; artifacts take turns in each.")
 @click.option("--threads", type=int, help="CPU threads for ONNX Runtime and PyTorch [default: theirs].")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the reference and plain ONNX files run.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True, help="Where the reference and plain ONNX files run.")
 @click.option("--limit", type=int, help="Use at most N images for parity and accuracy.")
 @click.option("--no-reference-latency", is_flag=True, help="Do not time the PyTorch reference (parity only).")
 @click.option("--max-top1-drop", type=float, help="Gate: fail if an artifact's accuracy is more than this many points below the reference's.")
@@ -599,7 +602,7 @@ def compare_cmd(baseline: str, current: str, as_json: bool, junit: Path | None, 
 
 @cli.command("demo", context_settings=CONTEXT)
 @click.option("--workdir", default=Path("demo-run"), show_default=True, type=click.Path(path_type=Path), help="Where everything is written and kept.")
-@click.option("--modality", type=click.Choice(["image", "audio"]), default="image", show_default=True, help="audio: synthetic tones through the same image backbone.")
+@click.option("--modality", type=click.Choice(MODALITIES), default="image", show_default=True, help="audio: synthetic tones through the same image backbone.")
 @click.option("--epochs", type=click.IntRange(1), help="Training epochs [default: 10 for images, 8 for audio].")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes the bench times.")
 @click.option("--iters", default=50, show_default=True, type=click.IntRange(5), help="Timed iterations per artifact and batch size.")

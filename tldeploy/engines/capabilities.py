@@ -11,6 +11,7 @@ from tldeploy.errors import ConfigError
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("tensorrt", "ort")
 DEVICES = ("cpu", "cuda")
+CALIB_METHODS = ("minmax", "entropy", "percentile")  # INT8 calibration, ONNX Runtime's calibrators
 
 
 @dataclass(frozen=True)

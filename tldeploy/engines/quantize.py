@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tldeploy.engines.capabilities import CALIB_METHODS
 from tldeploy.engines.graph import frontend_nodes
 from tldeploy.errors import ConfigError, DataError, MissingDependencyError, TldeployError
 
 log = logging.getLogger(__name__)
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 FLAVOURS = ("tensorrt", "ort-x86")
 MIN_CALIB_IMAGES = 32
 CALIB_BATCH = 8

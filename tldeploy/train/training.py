@@ -36,14 +36,10 @@ from tldeploy.models.backbones import adapt_stem, create_backbone
 from tldeploy.models.checkpoints import load_train_state, plain, save_checkpoint, save_train_state
 from tldeploy.models.heads import AdaptedModel, create_model
 from tldeploy.train.metrics import classification_metrics, write_plots
+from tldeploy.train.options import BALANCE, BN_POLICIES, MODALITIES, MODES, SELECT_METRICS
 
 log = logging.getLogger(__name__)
 
-MODES = ("feature-extract", "finetune")
-MODALITIES = ("image", "audio")
-BALANCE = ("none", "weights", "sampler")
-BN_POLICIES = ("train", "frozen")
-SELECT_METRICS = ("f1_macro", "accuracy", "precision_macro", "recall_macro")
 # Inference-only passes (feature caching, validation) run in small batches: on a 2-core CPU,
 # batches of 32 at 224 px were about twice as slow per image as batches of 8 (memory traffic).
 INFER_BATCH = 8
