@@ -5,15 +5,15 @@ from collections import Counter
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from tldeploy.contract import read_contract
-from tldeploy.export.onnx_export import ExportConfig, export_onnx, run_batched
+from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import Preprocessing
 from tldeploy.models.checkpoints import load_checkpoint
 from tldeploy.parity import compare_outputs, parity_inputs
+from tldeploy.runtime.runners import OrtRunner, run_batches
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +25,8 @@ def val_inputs(fe_run, digits):
     return x, ref
 
 
-def _session(path):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _runner(path):
+    return OrtRunner(path).activate()
 
 
 def test_fp32_export_matches_pytorch_on_the_whole_validation_set(fe_run, val_inputs, tmp_path):
@@ -35,9 +35,9 @@ def test_fp32_export_matches_pytorch_on_the_whole_validation_set(fe_run, val_inp
     t0 = time.perf_counter()
     result = export_onnx(ExportConfig(fe_run.checkpoint, tmp_path / "m.onnx"))
     print(f"\nexport of efficientnet_lite0 (dynamic batch, checks and parity included): {time.perf_counter() - t0:.1f} s")
-    sess = _session(result.path)
+    runner = _runner(result.path)
     for batch in (1, 7):
-        report = compare_outputs(ref, run_batched(sess, x, batch), max_logit_diff=1e-4, min_top1_agreement=1.0)
+        report = compare_outputs(ref, run_batches(runner, x, batch), max_logit_diff=1e-4, min_top1_agreement=1.0)
         print(report.table(f"batch {batch}"))
         assert report, report.failures
     assert read_contract(result.path).classes == [str(d) for d in range(10)]
@@ -50,7 +50,7 @@ def test_fp16_export_agrees_on_top1(fe_run, val_inputs, tmp_path):
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
     assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) > 50
-    report = compare_outputs(ref, run_batched(_session(result.path), x, 7))
+    report = compare_outputs(ref, run_batches(_runner(result.path), x, 7))
     print(report.table("fp16"))
     assert report.top1_agreement >= 0.995
 

@@ -9,10 +9,11 @@ import torch
 from tldeploy._io import sha256_file
 from tldeploy.contract import OUTPUT_NAMES, ContractError, load_onnx, read_contract
 from tldeploy.errors import OutputExistsError, TldeployError
-from tldeploy.export.onnx_export import ExportConfig, export_onnx, run_batched
+from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.models.checkpoints import load_checkpoint
 from tldeploy.parity import parity_inputs
 from tldeploy.predict import predict
+from tldeploy.runtime.runners import OrtRunner, run_batches
 
 
 @pytest.fixture
@@ -169,11 +170,11 @@ def test_predict_checkpoint_and_onnx_agree_and_draw_cams(ckpt_val, tmp_path):
         predict(ckpt, [bad])
 
 
-def test_run_batched_pads_static_batches(ckpt_val, tmp_path):
-    static = _session(export_onnx(ExportConfig(ckpt_val[0], tmp_path / "s.onnx", static_batch=4)).path)
+def test_run_batches_pads_static_batches(ckpt_val, tmp_path):
+    static = OrtRunner(export_onnx(ExportConfig(ckpt_val[0], tmp_path / "s.onnx", static_batch=4)).path).activate()
     dynamic = _session(export_onnx(ExportConfig(ckpt_val[0], tmp_path / "d.onnx")).path)
     x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
-    out = run_batched(static, x, 4)  # batches of 4: rows 4 and 5 run beside two rows of zeros
+    out = run_batches(static, x, 4)  # batches of 4: rows 4 and 5 run beside two rows of zeros
     assert out["logits"].shape == (6, 2) and out["probs"].shape == (6, 2) and out["cam"].shape == (6, 8, 8)
     whole = _run(dynamic, x)
     for i in range(len(x)):  # each real row's outputs are its own, as if run alone

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -230,32 +229,13 @@ def _simplify(proto):
 
 
 def _parity(proto, model: AdaptedModel, prep: Preprocessing | AudioPreprocessing, cfg: ExportConfig) -> list[tuple[int, ParityReport]]:
-    ort = _require("onnxruntime")
+    _require("onnxruntime")
+    from tldeploy.runtime.runners import OrtRunner, run_batches
+
     x = parity_inputs(prep, cfg.data, cfg.parity_samples)
     with torch.no_grad():
         ref = dict(zip(OUTPUT_NAMES, (t.numpy() for t in model.forward_with_cam(torch.from_numpy(x))), strict=True))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     batches = (cfg.static_batch,) if cfg.static_batch else cfg.parity_batches
-    reports = []
-    for b in batches:
-        outs = run_batched(sess, x, b)
-        reports.append(
-            (b, compare_outputs(ref, outs, max_logit_diff=None if cfg.fp16 else FP32_LOGIT_TOLERANCE))
-        )
-    return reports
-
-
-def run_batched(sess, x: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    """Run an ORT session over `x` in batches of `batch` (the last one padded for static graphs)."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
-    for i in range(0, len(x), batch):
-        chunk = x[i : i + batch]
-        n = len(chunk)
-        fixed = sess.get_inputs()[0].shape[0]
-        if isinstance(fixed, int) and n < fixed:
-            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-        for k, v in zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {sess.get_inputs()[0].name: chunk}), strict=True):
-            parts[k].append(v[:n])
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    with OrtRunner(proto) as runner:
+        return [(b, compare_outputs(ref, run_batches(runner, x, b), max_logit_diff=None if cfg.fp16 else FP32_LOGIT_TOLERANCE))
+                for b in batches]

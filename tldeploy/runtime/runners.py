@@ -176,14 +176,17 @@ class TorchRunner(BaseRunner):
 
 
 class OrtRunner(BaseRunner):
-    """ONNX Runtime on one execution provider: cpu, cuda or tensorrt."""
+    """ONNX Runtime on one execution provider: cpu, cuda or tensorrt. `source` is an ONNX file, or
+    a tldeploy model in memory (a ModelProto or its bytes, as export and quantization hold it)."""
 
-    def __init__(self, path: Path, provider: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, source: Path | str | bytes | Any, provider: str = "cpu", threads: int | None = None) -> None:
         super().__init__()
         if provider not in ORT_PROVIDERS:
             raise ConfigError(f"ONNX Runtime provider must be one of {', '.join(ORT_PROVIDERS)}, got {provider!r}")
-        self.path, self.provider, self.threads = Path(path), provider, threads
-        self.name = f"ort[{provider}]:{self.path.name}"
+        in_memory = not isinstance(source, (str, Path))
+        self.source, self.provider, self.threads = (source if in_memory else Path(source)), provider, threads
+        self.path = None if in_memory else self.source
+        self.name = f"ort[{provider}]:{'<in memory>' if in_memory else self.source.name}"
 
     def _activate(self) -> None:
         from tldeploy.contract import load_onnx, read_contract
@@ -192,9 +195,16 @@ class OrtRunner(BaseRunner):
             import onnxruntime as ort
         except ImportError:
             raise MissingDependencyError("onnxruntime", purpose="running ONNX files") from None
-        model = load_onnx(self.path)
+        if self.path is not None:
+            model = load_onnx(self.path)
+        elif isinstance(self.source, bytes):
+            import onnx
+
+            model = onnx.load_from_string(self.source)
+        else:
+            model = self.source
         if read_contract(model).attention == "plugin":
-            raise ConfigError(f"{self.path} uses ChannelAttention plugin nodes, which only TensorRT runs; use the standard export")
+            raise ConfigError(f"{self.path or 'this model'} uses ChannelAttention plugin nodes, which only TensorRT runs; use the standard export")
         wanted = ORT_PROVIDERS[self.provider]
         available = ort.get_available_providers()
         if wanted not in available:
