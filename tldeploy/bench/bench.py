@@ -142,21 +142,14 @@ class _Entry:
 
 def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry:
     from tldeploy.runtime.loader import load_runner
-    from tldeploy.runtime.runners import (
-        CHECKPOINT_SUFFIXES,
-        ENGINE_SUFFIXES,
-        TorchRunner,
-        artifact_contract,
-        read_sidecar,
-    )
+    from tldeploy.runtime.runners import TorchRunner, artifact_contract, artifact_kind, read_sidecar
 
-    if path.suffix not in (*CHECKPOINT_SUFFIXES, *ENGINE_SUFFIXES, ".onnx"):
-        raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
+    kind = artifact_kind(path)
     contract = artifact_contract(path)
-    if path.suffix in CHECKPOINT_SUFFIXES:
+    if kind == "checkpoint":
         return _Entry(path.name, path, role, "checkpoint", "torch", device, "fp32", contract, TorchRunner(path, device=device))
     record = read_sidecar(path) or {}
-    if path.suffix in ENGINE_SUFFIXES:
+    if kind == "engine":
         return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", record.get("precision", "unknown"), contract, load_runner(path), record)
     dev = record.get("device", device)
     precision = record.get("precision") or contract.precision

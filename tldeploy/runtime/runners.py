@@ -249,16 +249,29 @@ def read_sidecar(artifact: Path) -> dict | None:
     return data
 
 
+def artifact_kind(path: Path) -> str:
+    """"checkpoint", "onnx" or "engine", from the file's suffix: the one place that decides."""
+    path = Path(path)
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.suffix in ENGINE_SUFFIXES:
+        return "engine"
+    raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
+
+
 def artifact_contract(path: Path) -> Contract:
     """The contract of any artifact: ONNX metadata, checkpoint metadata, or an engine's build record."""
     from tldeploy.contract import read_contract
 
     path = Path(path)
+    kind = artifact_kind(path)
     if not path.exists():
         raise TldeployError(f"artifact {path} does not exist")
-    if path.suffix == ".onnx":
+    if kind == "onnx":
         return read_contract(path)
-    if path.suffix in CHECKPOINT_SUFFIXES:
+    if kind == "checkpoint":
         from tldeploy.models.checkpoints import CHECKPOINT_FORMAT, read_torch_file
 
         meta = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint")["metadata"]
@@ -266,12 +279,10 @@ def artifact_contract(path: Path) -> Contract:
             classes=list(meta["classes"]), preprocessing=preprocessing_from_dict(meta["preprocessing"]),
             backbone=str(meta["backbone"]["name"]), checkpoint_sha256="", tldeploy_version=str(meta.get("versions", {}).get("tldeploy", "")),
         )
-    if path.suffix in ENGINE_SUFFIXES:
-        record = read_sidecar(path)
-        if record is None:
-            raise TldeployError(f"{path} has no build record {sidecar_path(path).name} beside it; rebuild it with 'tldeploy build'")
-        return Contract.from_props(record["contract"], str(sidecar_path(path)))
-    raise ConfigError(f"cannot tell what {path} is from its suffix; expected .pt, .onnx or .engine")
+    record = read_sidecar(path)  # an engine: its contract travels in the build record
+    if record is None:
+        raise TldeployError(f"{path} has no build record {sidecar_path(path).name} beside it; rebuild it with 'tldeploy build'")
+    return Contract.from_props(record["contract"], str(sidecar_path(path)))
 
 
 def run_batches(runner: BaseRunner, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
