@@ -130,12 +130,19 @@ def test_runner_checks_inputs(tiny):
         assert runner.infer({"images": x})["probs"].shape == (2, 2)
 
 
-def test_load_runner_by_suffix(tiny, tmp_path):
+def test_load_runner_by_suffix(tiny, tmp_path, capsys):
     assert isinstance(load_runner(tiny[0]), TorchRunner)
     assert isinstance(load_runner(tiny[1]), OrtRunner)
     (tmp_path / "m.txt").write_text("x")
     with pytest.raises(ConfigError, match="expected .pt, .onnx or .engine"):
         load_runner(tmp_path / "m.txt")
+    # One rule and one message wherever an artifact is named: the contract reader and bench too.
+    from tldeploy.runtime.runners import artifact_contract
+
+    with pytest.raises(ConfigError, match="cannot tell what .*m.txt is from its suffix; expected .pt, .onnx or .engine"):
+        artifact_contract(tmp_path / "m.txt")
+    assert main(["bench", str(tmp_path / "m.txt"), "-o", str(tmp_path / "b.json")]) == 1
+    assert "cannot tell what" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here: the missing-TensorRT message cannot be shown")
