@@ -144,8 +144,7 @@ def parity_inputs(prep: Preprocessing | AudioPreprocessing, data: Path | None, n
     """Up to `n` preprocessed real inputs from `data` (any depth), or `n` random inputs (audio:
     white noise at -20 dBFS, images: standard normal)."""
     if data is None:
-        scale = 0.1 if prep.modality == "audio" else 1.0
-        return (scale * np.random.default_rng(seed).standard_normal((n, *prep.input_shape))).astype(np.float32)
+        return prep.random_inputs(n, seed)
     from tldeploy.data.folders import find_files
 
     paths = find_files(Path(data), media=prep.media)

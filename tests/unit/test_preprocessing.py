@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -42,3 +43,21 @@ def test_augment_off_is_the_eval_transform():
     assert torch.equal(p.train_transform(AugmentConfig.off())(img), p.eval_transform()(img))
     with pytest.raises(ConfigError):
         AugmentConfig(crop_scale=0.0)
+
+
+def test_both_modalities_implement_the_interface():
+    from tldeploy.modalities.audio import AudioPreprocessing, LogMelConfig
+    from tldeploy.modalities.base import Modality
+    from tldeploy.modalities.preprocessing import Preprocessing, preprocessing_from_dict
+
+    image = Preprocessing(input_size=32, resize_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    audio = AudioPreprocessing(LogMelConfig(), 0.0, 1.0)
+    for prep in (image, audio):
+        assert isinstance(prep, Modality), type(prep).__name__
+        x = prep.random_inputs(3, seed=1)
+        assert x.shape == (3, *prep.input_shape) and x.dtype == np.float32
+        assert np.array_equal(x, prep.random_inputs(3, seed=1)) and not np.array_equal(x, prep.random_inputs(3, seed=2))
+        assert preprocessing_from_dict(prep.to_dict()) == prep
+    assert image.frontend() is None and audio.frontend() is not None
+    assert image.shape_text == "3x32x32" and audio.shape_text == f"{audio.logmel.num_samples} samples"
+    assert abs(float(audio.random_inputs(64).std()) - 0.1) < 0.01  # -20 dBFS noise, not unit-variance

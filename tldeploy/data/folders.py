@@ -106,6 +106,7 @@ def check_audio(path: Path) -> str | None:
 
 
 AUDIO = Media("audio files", AUDIO_EXTENSIONS, check_audio)
+MEDIA = {"image": IMAGES, "audio": AUDIO}  # by modality name
 
 
 def scan_class_folders(root: Path, *, strict: bool = False, classes: list[str] | None = None, media: Media = IMAGES) -> FileList:

@@ -153,6 +153,14 @@ class AudioPreprocessing:
         return (self.logmel.num_samples,)
 
     @property
+    def shape_text(self) -> str:
+        return f"{self.logmel.num_samples} samples"
+
+    def random_inputs(self, n: int, seed: int = 0) -> np.ndarray:
+        """`n` stand-in clips when no real ones are given: white noise at -20 dBFS."""
+        return (0.1 * np.random.default_rng(seed).standard_normal((n, *self.input_shape))).astype(np.float32)
+
+    @property
     def media(self):
         from tldeploy.data.folders import AUDIO
 

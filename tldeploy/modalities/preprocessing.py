@@ -51,10 +51,23 @@ class Preprocessing:
 
     modality = "image"
     input_name = "images"  # N x 3 x H x W, float32, normalised
+    in_channels = 3
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (3, self.input_size, self.input_size)
+
+    @property
+    def shape_text(self) -> str:
+        return "x".join(map(str, self.input_shape))
+
+    def random_inputs(self, n: int, seed: int = 0) -> np.ndarray:
+        """`n` stand-in network inputs when no real ones are given: standard normal, as normalised images are."""
+        return np.random.default_rng(seed).standard_normal((n, *self.input_shape)).astype(np.float32)
+
+    def frontend(self) -> None:
+        """Images need no front end inside the network."""
+        return None
 
     @property
     def media(self):

@@ -111,11 +111,8 @@ def load_checkpoint(path: Path):
         backbone = create_backbone(meta["backbone"]["name"], "none")
         head = AttentionHead(HeadConfig(**meta["head"]))
         prep = preprocessing_from_dict(meta["preprocessing"])
-        frontend = None
-        if prep.modality == "audio":
-            adapt_stem(backbone, prep.in_channels)
-            frontend = prep.frontend()
-        model = AdaptedModel(backbone, head, frontend)
+        adapt_stem(backbone, prep.in_channels)  # a no-op for 3 channels
+        model = AdaptedModel(backbone, head, prep.frontend())
         model.load_state_dict(obj["state_dict"])
     except (KeyError, TypeError, RuntimeError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {path} is incomplete or does not match its metadata ({type(e).__name__}: {str(e)[:200]})") from None

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tldeploy._io import write_json
-from tldeploy.data.folders import AUDIO, IMAGES, find_files, limit_per_class, resolve_train_val
+from tldeploy.data.folders import MEDIA, find_files, limit_per_class, resolve_train_val
 from tldeploy.errors import ConfigError, OutputExistsError
 from tldeploy.modalities.audio import AudioAugmentConfig, AudioPreprocessing, LogMelConfig
 from tldeploy.modalities.preprocessing import AugmentConfig, Preprocessing
@@ -210,7 +210,7 @@ class _Trainer:
         self._check_run_dir()
         _seed_everything(cfg.seed)
 
-        media = AUDIO if cfg.modality == "audio" else IMAGES
+        media = MEDIA[cfg.modality]
         self.train_set, self.val_set = resolve_train_val(
             cfg.data, cfg.val, val_fraction=cfg.val_fraction, seed=cfg.seed, strict=cfg.strict, media=media
         )
@@ -532,7 +532,7 @@ class _Trainer:
             "training %s (%d blocks, weights %s) on %d %s of %d classes, validating on %d; input %s; mode %s",
             self.backbone_spec.name, len(self.blocks), self.backbone_spec.weights, len(self.train_set),
             self.prep.media.noun, len(self.classes), len(self.val_set),
-            "x".join(map(str, self.prep.input_shape)) + (" samples" if self.prep.modality == "audio" else ""), cfg.mode,
+            self.prep.shape_text, cfg.mode,
         )
         if self.dist.enabled:
             self._info("distributed over %d processes (rank 0 writes)", self.dist.world)

@@ -1,0 +1,42 @@
+"""What every stage asks of an input kind: the preprocessing contract of images (`Preprocessing`)
+and of audio (`AudioPreprocessing`) both implement `Modality`. The stages call these members
+instead of asking which kind they hold; a new kind is a module here implementing them, its entry
+in `preprocessing_from_dict` and its `Media` in `tldeploy.data.folders.MEDIA`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tldeploy.data.folders import Media
+
+
+@runtime_checkable
+class Modality(Protocol):
+    modality: str  # "image", "audio": the name in the contract and in --modality
+    input_name: str  # the ONNX input's name
+    in_channels: int  # channels the backbone's stem takes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...  # one input, without the batch dimension
+
+    @property
+    def shape_text(self) -> str: ...  # the input shape as a log line says it
+
+    @property
+    def media(self) -> Media: ...  # which files a data folder holds, and how bad ones are found
+
+    def describe(self) -> str: ...  # the preprocessing in words, for contracts and reports
+
+    def load(self, path: Path) -> np.ndarray: ...  # one file as the network's input
+
+    def dataset(self, paths: list[Path], labels: list[int], augment: Any = None) -> Any: ...  # a torch Dataset
+
+    def frontend(self) -> Any: ...  # the nn.Module the network runs first, or None
+
+    def random_inputs(self, n: int, seed: int = 0) -> np.ndarray: ...  # stand-ins where no data is given
+
+    def to_dict(self) -> dict[str, Any]: ...  # the JSON the contract carries
