@@ -55,7 +55,6 @@ def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preproces
 
 
 def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | None = None, force: bool = False) -> list[Prediction]:
-    from tldeploy.data.folders import load_image
 
     if not images:
         raise ConfigError("no inputs given; pass one or more image or audio files after the artifact")
@@ -67,21 +66,8 @@ def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | 
         p = Path(p)
         if not p.is_file():
             raise DataError(f"input {p} does not exist")
-        if isinstance(prep, AudioPreprocessing):
-            why = prep.media.check(p)
-            if why:
-                raise DataError(f"cannot use {p} as a clip ({why}); this is an audio model: pass WAV, FLAC or OGG files")
-            sources.append(prep.load(p))
-            continue
-        try:
-            sources.append(load_image(p))
-        except Exception as e:
-            raise DataError(f"cannot decode image {p} ({type(e).__name__}); pass a PNG, JPEG or other Pillow-readable file") from None
-    if isinstance(prep, AudioPreprocessing):
-        x = np.stack(sources).astype(np.float32)
-    else:
-        tf = prep.eval_transform()
-        x = np.stack([tf(im).numpy() for im in sources]).astype(np.float32)
+        sources.append(prep.read_source(p))
+    x = np.stack([prep.source_input(src) for src in sources]).astype(np.float32)
     _, probs, cam = run(x)
     results = []
     for i, p in enumerate(images):
@@ -94,12 +80,6 @@ def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | 
 
 
 def _write_overlays(out: Path, paths, sources, results: list[Prediction], prep: Preprocessing | AudioPreprocessing, force: bool) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import colormaps
-    from PIL import Image
-
     out.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
     targets = []
@@ -111,36 +91,7 @@ def _write_overlays(out: Path, paths, sources, results: list[Prediction], prep: 
             raise TldeployError(f"{target} already exists; pass --force to overwrite it")
         targets.append(target)
     for target, src, r in zip(targets, sources, results, strict=True):
-        if isinstance(prep, AudioPreprocessing):
-            _write_spectrogram_overlay(target, src, r, prep)
-            continue
-        seen_img = prep.geometry()(src)
-        cam = Image.fromarray((np.clip(r.cam, 0, 1) * 255).astype(np.uint8)).resize(seen_img.size, Image.Resampling.BILINEAR)
-        heat = (colormaps["jet"](np.asarray(cam) / 255.0)[..., :3] * 255).astype(np.uint8)
-        blend = Image.blend(seen_img.convert("RGB"), Image.fromarray(heat), alpha=0.45)
+        best = r.top[0]
         with atomic_path(target) as tmp:
-            blend.save(tmp, format="PNG")
+            prep.write_overlay(tmp, src, r.cam, f"{Path(r.image).name}: {best['class']} ({best['prob']:.2f})")
         r.cam_png = str(target)
-
-
-def _write_spectrogram_overlay(target: Path, clip: np.ndarray, r: Prediction, prep: AudioPreprocessing) -> None:
-    """The clip's log-mel spectrogram (grey) with the CAM over it (jet, half transparent)."""
-    from matplotlib.figure import Figure
-
-    from tldeploy.modalities.audio import log_mel
-
-    c = prep.logmel
-    spec = log_mel(clip[None, :], c)[0].numpy()
-    extent = (0.0, c.num_samples / c.sample_rate, 0, c.n_mels)
-    fig = Figure(figsize=(6, 3.2), dpi=120)
-    ax = fig.add_subplot()
-    ax.imshow(spec, origin="lower", aspect="auto", cmap="gray", extent=extent)
-    ax.imshow(np.clip(r.cam, 0, 1), origin="lower", aspect="auto", cmap="jet", alpha=0.45, extent=extent, interpolation="bilinear")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel(f"mel band ({c.fmin:g}-{c.top_hz:g} Hz)")
-    best = r.top[0]
-    ax.set_title(f"{Path(r.image).name}: {best['class']} ({best['prob']:.2f})", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png")
-    r.cam_png = str(target)

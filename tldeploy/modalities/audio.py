@@ -197,6 +197,33 @@ class AudioPreprocessing:
 
         return LogMelFrontEnd(self)
 
+    def read_source(self, path: Path) -> np.ndarray:
+        """The file as predict draws on it: the fitted clip."""
+        why = self.media.check(path)
+        if why:
+            raise DataError(f"cannot use {path} as a clip ({why}); this is an audio model: pass WAV, FLAC or OGG files")
+        return self.load(path)
+
+    def source_input(self, source: np.ndarray) -> np.ndarray:
+        return source
+
+    def write_overlay(self, target: Path, source: np.ndarray, cam: np.ndarray, title: str) -> None:
+        """The clip's log-mel spectrogram (grey) with the CAM over it (jet, half transparent), as PNG."""
+        from matplotlib.figure import Figure
+
+        c = self.logmel
+        spec = log_mel(source[None, :], c)[0].numpy()
+        extent = (0.0, c.num_samples / c.sample_rate, 0, c.n_mels)
+        fig = Figure(figsize=(6, 3.2), dpi=120)
+        ax = fig.add_subplot()
+        ax.imshow(spec, origin="lower", aspect="auto", cmap="gray", extent=extent)
+        ax.imshow(np.clip(cam, 0, 1), origin="lower", aspect="auto", cmap="jet", alpha=0.45, extent=extent, interpolation="bilinear")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel(f"mel band ({c.fmin:g}-{c.top_hz:g} Hz)")
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(target, format="png")
+
 
 def fit_clip(wave: np.ndarray, num_samples: int, *, random_crop: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
     """Pad (zeros at the end) or crop a mono clip to `num_samples`: centre crop, or a random one in training."""

@@ -40,3 +40,9 @@ class Modality(Protocol):
     def random_inputs(self, n: int, seed: int = 0) -> np.ndarray: ...  # stand-ins where no data is given
 
     def to_dict(self) -> dict[str, Any]: ...  # the JSON the contract carries
+
+    def read_source(self, path: Path) -> Any: ...  # a file as predict shows it (an image, a clip); one-line DataError
+
+    def source_input(self, source: Any) -> np.ndarray: ...  # that source as the network's input
+
+    def write_overlay(self, target: Path, source: Any, cam: np.ndarray, title: str) -> None: ...  # the CAM over it, PNG

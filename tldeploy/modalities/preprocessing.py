@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tldeploy.errors import ConfigError
+from tldeploy.errors import ConfigError, DataError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
@@ -68,6 +68,31 @@ class Preprocessing:
     def frontend(self) -> None:
         """Images need no front end inside the network."""
         return None
+
+    def read_source(self, path: Path):
+        """The file as predict draws on it: a PIL image."""
+        from tldeploy.data.folders import load_image
+
+        try:
+            return load_image(path)
+        except Exception as e:
+            raise DataError(f"cannot decode image {path} ({type(e).__name__}); pass a PNG, JPEG or other Pillow-readable file") from None
+
+    def source_input(self, source) -> np.ndarray:
+        return self.eval_transform()(source).numpy()
+
+    def write_overlay(self, target: Path, source, cam: np.ndarray, title: str) -> None:
+        """The CAM (jet) blended over the image as the network saw it (resized and cropped), as PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import colormaps
+        from PIL import Image
+
+        seen = self.geometry()(source)
+        heat_map = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize(seen.size, Image.Resampling.BILINEAR)
+        heat = (colormaps["jet"](np.asarray(heat_map) / 255.0)[..., :3] * 255).astype(np.uint8)
+        Image.blend(seen.convert("RGB"), Image.fromarray(heat), alpha=0.45).save(target, format="PNG")
 
     @property
     def media(self):
