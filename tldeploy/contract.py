@@ -51,20 +51,7 @@ class Contract:
 
     def to_props(self) -> dict[str, str]:
         p = self.preprocessing
-        if isinstance(p, AudioPreprocessing):
-            own = {"preprocessing": json.dumps(p.to_dict()), "preprocessing_rule": p.describe()}
-        else:
-            own = {
-                "input_size": str(p.input_size),
-                "resize_size": str(p.resize_size),
-                "mean": json.dumps(list(p.mean)),
-                "std": json.dumps(list(p.std)),
-                "interpolation": p.interpolation,
-                "crop": p.crop,
-                "resize_rule": p.describe(),
-                "color": p.color,
-                "layout": p.layout,
-            }
+        own = p.contract_props()
         props = {
             "contract_version": CONTRACT_VERSION,
             "classes": json.dumps(self.classes),

@@ -21,6 +21,7 @@ triangular filters with unit peak, natural log of (mel energy + `log_offset`).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from math import gcd
@@ -196,6 +197,10 @@ class AudioPreprocessing:
         from tldeploy.modalities.audio_frontend import LogMelFrontEnd
 
         return LogMelFrontEnd(self)
+
+    def contract_props(self) -> dict[str, str]:
+        """The ONNX metadata this contract writes: the whole contract as JSON, and the rule in words."""
+        return {"preprocessing": json.dumps(self.to_dict()), "preprocessing_rule": self.describe()}
 
     def read_source(self, path: Path) -> np.ndarray:
         """The file as predict draws on it: the fitted clip."""

@@ -39,7 +39,9 @@ class Modality(Protocol):
 
     def random_inputs(self, n: int, seed: int = 0) -> np.ndarray: ...  # stand-ins where no data is given
 
-    def to_dict(self) -> dict[str, Any]: ...  # the JSON the contract carries
+    def to_dict(self) -> dict[str, Any]: ...  # the JSON a checkpoint carries
+
+    def contract_props(self) -> dict[str, str]: ...  # the ONNX metadata keys an export writes
 
     def read_source(self, path: Path) -> Any: ...  # a file as predict shows it (an image, a clip); one-line DataError
 

@@ -9,6 +9,7 @@ input_name, input_shape, media, describe, load, dataset); `preprocessing_from_di
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,20 @@ class Preprocessing:
     def frontend(self) -> None:
         """Images need no front end inside the network."""
         return None
+
+    def contract_props(self) -> dict[str, str]:
+        """The ONNX metadata this contract writes: flat keys, as image pipelines (DeepStream, Triton) read them."""
+        return {
+            "input_size": str(self.input_size),
+            "resize_size": str(self.resize_size),
+            "mean": json.dumps(list(self.mean)),
+            "std": json.dumps(list(self.std)),
+            "interpolation": self.interpolation,
+            "crop": self.crop,
+            "resize_rule": self.describe(),
+            "color": self.color,
+            "layout": self.layout,
+        }
 
     def read_source(self, path: Path):
         """The file as predict draws on it: a PIL image."""
