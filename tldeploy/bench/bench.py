@@ -185,10 +185,7 @@ def _check_outputs(cfg: BenchConfig) -> None:
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
-    from tldeploy._io import now, sha256_file
-    from tldeploy.bench.environment import collect_environment
-    from tldeploy.data.folders import load_inputs
-    from tldeploy.runtime.runners import run_batches
+    from tldeploy.bench.report import write_plots, write_report
 
     _check_outputs(cfg)
     for p in (*cfg.artifacts, *((cfg.reference,) if cfg.reference else ())):
@@ -199,32 +196,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    ref = _describe(cfg.reference, "reference", cfg.device, cfg.threads) if cfg.reference else None
-    entries = [_describe(p, "artifact", cfg.device, cfg.threads) for p in cfg.artifacts]
-    names: dict[str, int] = {}
-    for e in ([ref] if ref else []) + entries:  # the same file twice gets a second name
-        names[e.name] = names.get(e.name, 0) + 1
-        if names[e.name] > 1:
-            e.name = f"{e.name}#{names[e.name]}"
-    contracts = {e.name: e.contract for e in entries}
+    ref, entries = _entries(cfg)
     base = ref.contract if ref else entries[0].contract
-    for name, c in contracts.items():
-        if c.preprocessing != base.preprocessing or c.classes != base.classes:
-            what = "classes" if c.classes != base.classes else "preprocessing"
-            raise ConfigError(f"{name} has other {what} than {'the reference' if ref else entries[0].name}; "
-                              "benchmark artifacts built from the same model")
-
-    labels = None
-    paths: list[Path] = []
-    if cfg.data is not None:
-        x, labels, paths = load_inputs(cfg.data, base.classes, base.preprocessing, cfg.limit)
-        log.info("%d %s from %s (%s)", len(x), base.preprocessing.media.noun, cfg.data, "labelled" if labels is not None else "unlabelled")
-    else:
-        from tldeploy.parity import parity_inputs
-
-        x = parity_inputs(base.preprocessing, None, max(cfg.batch_sizes))
-        log.info("no --data: timing on random inputs; no parity or accuracy")
-
+    x, labels, paths = _inputs(cfg, base)
     timed = ([ref] if ref and cfg.time_reference else []) + entries
     all_entries = ([ref] if ref else []) + entries
     results: dict[str, dict[str, Any]] = {}
@@ -232,40 +206,93 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     try:
         for e in all_entries:
             e.runner.activate()
-        ref_out = run_batches(ref.runner, x) if ref and cfg.data is not None else None
-        for e in all_entries:
-            results[e.name] = {
-                "name": e.name, "path": str(e.path), "sha256": sha256_file(e.path), "role": e.role, "kind": e.kind,
-                "backend": e.backend, "device": e.device, "precision": e.precision,
-                "accuracy": None, "parity": None, "gates": [], "latency": [], "skipped_batches": [],
-                "build": build_summary(e.record),
-            }
-            if cfg.data is None:
-                continue
-            out = ref_out if e is ref else run_batches(e.runner, x)
-            if labels is not None:
-                results[e.name]["accuracy"] = float(np.mean(out["logits"].argmax(1) == labels))
-            if ref_out is not None and e is not ref:
-                parity = compare_outputs(ref_out, out, labels=labels)
-                results[e.name]["parity"] = parity.to_dict()
-                results[e.name]["gates"] = cfg.gates.check(parity)
-                for g in results[e.name]["gates"]:
-                    if not g["passed"]:
-                        gate_failures.append(_gate_line(e.name, g))
-                log.info("%s: top-1 agreement %.2f%%, cosine %.6f, logits max |diff| %.3g%s", e.name, parity.top1_agreement * 100,
-                         parity.cosine, parity.logits_max_abs,
-                         f", accuracy {parity.accuracy:.4f} ({parity.accuracy_delta * 100:+.2f} points)" if parity.accuracy is not None else "")
+        _measure_outputs(cfg, ref, all_entries, x, labels, results, gate_failures)
         _time_all(timed, x, cfg, results)
     finally:
         for e in all_entries:
             e.runner.deactivate()
+    doc = _document(cfg, ref, all_entries, results, gate_failures, x, labels, paths, time.perf_counter() - started)
+    validate_bench(doc, "the new bench result")  # what compare will read must follow the schema
+    write_json(cfg.output, doc)
+    plots = write_plots(doc, cfg.plots_dir)
+    write_report(doc, cfg.report_path, plots)
+    return BenchResult(doc, cfg.output, cfg.report_path, plots)
 
-    doc = {
+
+def _entries(cfg: BenchConfig) -> tuple[_Entry | None, list[_Entry]]:
+    """The reference and the artifacts, named uniquely, refused unless they share classes and preprocessing."""
+    ref = _describe(cfg.reference, "reference", cfg.device, cfg.threads) if cfg.reference else None
+    entries = [_describe(p, "artifact", cfg.device, cfg.threads) for p in cfg.artifacts]
+    names: dict[str, int] = {}
+    for e in ([ref] if ref else []) + entries:  # the same file twice gets a second name
+        names[e.name] = names.get(e.name, 0) + 1
+        if names[e.name] > 1:
+            e.name = f"{e.name}#{names[e.name]}"
+    base = ref.contract if ref else entries[0].contract
+    for e in entries:
+        c = e.contract
+        if c.preprocessing != base.preprocessing or c.classes != base.classes:
+            what = "classes" if c.classes != base.classes else "preprocessing"
+            raise ConfigError(f"{e.name} has other {what} than {'the reference' if ref else entries[0].name}; "
+                              "benchmark artifacts built from the same model")
+    return ref, entries
+
+
+def _inputs(cfg: BenchConfig, base) -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
+    """(inputs, labels or None, their files): --data, or random inputs to time on."""
+    if cfg.data is not None:
+        from tldeploy.data.folders import load_inputs
+
+        x, labels, paths = load_inputs(cfg.data, base.classes, base.preprocessing, cfg.limit)
+        log.info("%d %s from %s (%s)", len(x), base.preprocessing.media.noun, cfg.data, "labelled" if labels is not None else "unlabelled")
+        return x, labels, paths
+    from tldeploy.parity import parity_inputs
+
+    log.info("no --data: timing on random inputs; no parity or accuracy")
+    return parity_inputs(base.preprocessing, None, max(cfg.batch_sizes)), None, []
+
+
+def _measure_outputs(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], x: np.ndarray, labels,
+                     results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
+    """Each entry's row in `results`, with accuracy, parity against the reference and its gates."""
+    from tldeploy._io import sha256_file
+    from tldeploy.runtime.runners import run_batches
+
+    ref_out = run_batches(ref.runner, x) if ref and cfg.data is not None else None
+    for e in all_entries:
+        results[e.name] = {
+            "name": e.name, "path": str(e.path), "sha256": sha256_file(e.path), "role": e.role, "kind": e.kind,
+            "backend": e.backend, "device": e.device, "precision": e.precision,
+            "accuracy": None, "parity": None, "gates": [], "latency": [], "skipped_batches": [],
+            "build": build_summary(e.record),
+        }
+        if cfg.data is None:
+            continue
+        out = ref_out if e is ref else run_batches(e.runner, x)
+        if labels is not None:
+            results[e.name]["accuracy"] = float(np.mean(out["logits"].argmax(1) == labels))
+        if ref_out is not None and e is not ref:
+            parity = compare_outputs(ref_out, out, labels=labels)
+            results[e.name]["parity"] = parity.to_dict()
+            results[e.name]["gates"] = cfg.gates.check(parity)
+            gate_failures += [_gate_line(e.name, g) for g in results[e.name]["gates"] if not g["passed"]]
+            log.info("%s: top-1 agreement %.2f%%, cosine %.6f, logits max |diff| %.3g%s", e.name, parity.top1_agreement * 100,
+                     parity.cosine, parity.logits_max_abs,
+                     f", accuracy {parity.accuracy:.4f} ({parity.accuracy_delta * 100:+.2f} points)" if parity.accuracy is not None else "")
+
+
+def _document(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], results: dict[str, dict[str, Any]],
+              gate_failures: list[str], x: np.ndarray, labels, paths: list[Path], seconds: float) -> dict[str, Any]:
+    """The bench.json document (format tldeploy.bench, bench.schema.json)."""
+    from tldeploy._io import now
+    from tldeploy.bench.environment import collect_environment
+
+    return {
         "format": BENCH_FORMAT,
         "schema_version": BENCH_VERSION,
         "run_id": uuid.uuid4().hex,  # entries of one run took turns and compare as pairs
         "created": now(),
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(seconds, 3),
         "environment": collect_environment(cfg.threads),
         "config": {
             "batch_sizes": list(cfg.batch_sizes), "warmup": cfg.latency.warmup, "warmup_s": cfg.latency.warmup_s,
@@ -282,13 +309,6 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         "results": [results[e.name] for e in all_entries],
         "gates": {"passed": not gate_failures, "failures": gate_failures},
     }
-    from tldeploy.bench.report import write_plots, write_report
-
-    validate_bench(doc, "the new bench result")  # what compare will read must follow the schema
-    write_json(cfg.output, doc)
-    plots = write_plots(doc, cfg.plots_dir)
-    write_report(doc, cfg.report_path, plots)
-    return BenchResult(doc, cfg.output, cfg.report_path, plots)
 
 
 def _time_all(entries: list[_Entry], x: np.ndarray, cfg: BenchConfig, results: dict[str, dict[str, Any]]) -> None:
