@@ -42,9 +42,9 @@ CALIB_BATCH = 8
 
 def cpu_has_vnni() -> bool:
     """True when this x86 CPU has a VNNI dot-product instruction (Linux /proc/cpuinfo)."""
-    from tldeploy.runtime.host import VNNI_FEATURES, cpu_features
+    from tldeploy.runtime.host import has_vnni
 
-    return any(f in VNNI_FEATURES for f in cpu_features())
+    return has_vnni()
 
 
 @dataclass(frozen=True)

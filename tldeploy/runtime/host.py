@@ -4,6 +4,7 @@ and the versions of the tools. Build records and bench environments both carry t
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 from pathlib import Path
 from typing import Any
@@ -27,18 +28,28 @@ VNNI_FEATURES = ("avx512_vnni", "avx_vnni", "amx_int8")  # an int8 dot product w
 
 def cpu_features() -> list[str]:
     """The KERNEL_FEATURES this CPU has (empty where /proc/cpuinfo is missing)."""
+    return list(_cpu_features())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_features() -> tuple[str, ...]:  # /proc/cpuinfo read once per process
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
                 have = set(line.split(":", 1)[1].split())
-                return [f for f in KERNEL_FEATURES if f in have]
-    return []
+                return tuple(f for f in KERNEL_FEATURES if f in have)
+    return ()
+
+
+def has_vnni(features: list[str] | None = None) -> bool:
+    """True when the CPU (or `features`) has an int8 dot product that does not saturate in int16."""
+    return any(f in VNNI_FEATURES for f in (cpu_features() if features is None else features))
 
 
 def cpu_info() -> dict[str, Any]:
     """Name, kernel-choosing features and class (`avx512-vnni`, `avx2`, ...) of this CPU."""
     feats = cpu_features()
-    vnni = any(f in feats for f in VNNI_FEATURES)
+    vnni = has_vnni(feats)
     cls = ("avx512-vnni" if "avx512f" in feats and vnni else "avx2-vnni" if vnni else "avx512" if "avx512f" in feats
            else "avx2" if "avx2" in feats else "arm64-dotprod" if "asimddp" in feats else platform.machine() or "unknown")
     return {"name": cpu_name(), "features": feats, "class": cls}
