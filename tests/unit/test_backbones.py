@@ -8,6 +8,7 @@ from tldeploy.modalities.preprocessing import Preprocessing
 from tldeploy.models.backbones import (
     Backbone,
     BackboneSpec,
+    Weights,
     create_backbone,
     describe_backbone,
     list_backbones,
@@ -22,7 +23,7 @@ def test_registry_lists_builtins_and_custom():
 
     @register_backbone("test_linear_probe", "1x1 conv")
     def _factory(weights):
-        spec = BackboneSpec("test_linear_probe", Preprocessing(16, 16, (0.5,) * 3, (0.5,) * 3), "", weights)
+        spec = BackboneSpec("test_linear_probe", Preprocessing(16, 16, (0.5,) * 3, (0.5,) * 3), "", weights.text)
         return Backbone(torch.nn.Conv2d(3, 4, 1), spec, 4)
 
     bb = create_backbone("test_linear_probe", "none")
@@ -47,6 +48,22 @@ def test_describe_backbone_knows_every_name_train_accepts():
         describe_backbone("timm:no_such_net")
     with pytest.raises(ConfigError, match="unknown backbone 'no_such_net'.*tiny_cnn"):
         describe_backbone("no_such_net")
+
+
+def test_weights_are_parsed_once_into_a_kind(tmp_path):
+    assert Weights.parse("  ") == Weights("default", "default")
+    assert Weights.parse("none").kind == "none"
+    assert Weights.parse("IMAGENET1K_V2").kind == "name"
+    assert Weights.parse("ResNet50_Weights.IMAGENET1K_V2").kind == "name"
+    assert Weights.parse("missing/r18.pth").kind == "file"  # by suffix, before it exists
+    plain = tmp_path / "weights"
+    plain.write_bytes(b"")
+    assert Weights.parse(str(plain)).kind == "file"  # by existence, whatever its suffix
+    # A weights name means nothing to a backbone without a weights enum: one clear line.
+    with pytest.raises(ConfigError, match="'IMAGENET1K_V2': tiny_cnn takes 'default', 'none' or a state-dict file"):
+        create_backbone("tiny_cnn", "IMAGENET1K_V2")
+    with pytest.raises(CheckpointError, match="weights file missing/r18.pth does not exist"):
+        create_backbone("tiny_cnn", "missing/r18.pth")
 
 
 def test_tiny_backbone_spec_and_blocks():

@@ -21,7 +21,7 @@ from tldeploy.engines.sensitivity import Evaluator, fp16_emulated, mixed_int8, t
 from tldeploy.errors import ConfigError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import AugmentConfig, Preprocessing
-from tldeploy.models.backbones import Backbone, BackboneSpec, register_backbone
+from tldeploy.models.backbones import Backbone, BackboneSpec, Weights, register_backbone
 from tldeploy.scopes import module_paths, short_names
 from tldeploy.train.training import TrainConfig, train
 
@@ -53,7 +53,7 @@ class _TrapCNN(nn.Module):
 
 
 @register_backbone("test_fp16_trap", "tiny CNN with a scale that overflows FP16 before a GroupNorm (tests only)")
-def _fp16_trap(weights: str) -> Backbone:
+def _fp16_trap(weights: Weights) -> Backbone:
     prep = Preprocessing(input_size=32, resize_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     return Backbone(_TrapCNN(), BackboneSpec("test_fp16_trap", prep, "", "none", "fp16 trap"), 16)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tldeploy.errors import ConfigError
-from tldeploy.models.backbones import Backbone
+from tldeploy.models.base import Backbone
 
 
 class ChannelAttention(nn.Module):
