@@ -53,9 +53,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     from tldeploy.bench.bench import BenchConfig, run_bench
     from tldeploy.bench.latency import LatencyConfig
     from tldeploy.data.folders import write_digits
+    from tldeploy.data.tones import write_tones
     from tldeploy.engines.builder import BuildConfig, build
     from tldeploy.export.onnx_export import ExportConfig, export_onnx
-    from tldeploy.modalities.audio import write_tones
     from tldeploy.predict import predict
     from tldeploy.runtime.trt import tensorrt_unavailable
     from tldeploy.train.training import TrainConfig, train

@@ -11,9 +11,10 @@ import pytest
 
 from tldeploy.bench.bench import BenchConfig, run_bench
 from tldeploy.bench.latency import LatencyConfig
+from tldeploy.data.tones import write_tones
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.modalities.audio import AudioAugmentConfig, LogMelConfig, write_tones
+from tldeploy.modalities.audio import AudioAugmentConfig, LogMelConfig
 from tldeploy.train.training import TrainConfig, train
 
 FEW = 20  # clips per class in training (the issue allows up to 50)

@@ -15,22 +15,21 @@ from tldeploy.bench.latency import LatencyConfig
 from tldeploy.cli import main
 from tldeploy.contract import read_contract
 from tldeploy.data.folders import AUDIO, scan_class_folders
+from tldeploy.data.tones import TONE_CLASSES, write_tones
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.fp16 import fp16_model
 from tldeploy.engines.graph import frontend_nodes
 from tldeploy.errors import ConfigError, DataError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.audio import (
-    TONE_CLASSES,
     AudioAugmentConfig,
     AudioPreprocessing,
     LogMelConfig,
     augment_waveform,
     log_mel,
     read_audio,
-    write_tones,
 )
-from tldeploy.modalities.audio_frontend import LogMelFrontEnd
+from tldeploy.modalities.audio.frontend import LogMelFrontEnd
 from tldeploy.models.backbones import adapt_stem, create_backbone
 from tldeploy.predict import predict
 from tldeploy.runtime.runners import OrtRunner, TorchRunner, run_batches

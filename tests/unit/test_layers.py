@@ -43,7 +43,7 @@ def test_a_planted_back_edge_fails_naming_it(tree):
 
 
 def test_a_planted_cycle_between_siblings_fails(tree):
-    dsp = tree / "tldeploy" / "modalities" / "audio_dsp.py"
-    dsp.write_text(dsp.read_text() + "\n\ndef _planted():\n    from tldeploy.modalities import audio_frontend  # noqa: F401\n")
+    dsp = tree / "tldeploy" / "modalities" / "audio" / "dsp.py"
+    dsp.write_text(dsp.read_text() + "\n\ndef _planted():\n    from tldeploy.modalities.audio import frontend  # noqa: F401\n")
     run = _lint(tree)
-    assert run.returncode == 1 and "No cycles are allowed in tldeploy.modalities" in run.stdout, run.stdout
+    assert run.returncode == 1 and "No cycles are allowed in tldeploy.modalities.audio" in run.stdout, run.stdout

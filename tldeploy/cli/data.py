@@ -58,7 +58,7 @@ def data_tones(out_dir: Path, per_class: int, val_fraction: float, sample_rate: 
     Example:
       tldeploy data tones data/tones --per-class 60
     """
-    from tldeploy.modalities.audio import write_tones
+    from tldeploy.data.tones import write_tones
 
     n = write_tones(out_dir, per_class=per_class, val_fraction=val_fraction, sample_rate=sample_rate, seed=seed, force=force)
     click.echo(f"wrote {n['train']} training and {n['val']} validation clips to {out_dir}")

@@ -1,6 +1,6 @@
 """The audio front end as a module: waveforms -> normalised log-mel spectrogram, in the graph.
 
-See `audio.py` for the transform and why it is written as convolution + MatMul + Log rather than STFT.
+See the `audio` package's docstring for the transform and why it is written as convolution + MatMul + Log rather than STFT.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from tldeploy.modalities.audio_dsp import dft_basis, mel_filterbank
+from tldeploy.modalities.audio.dsp import dft_basis, mel_filterbank
 
 if TYPE_CHECKING:
-    from tldeploy.modalities.audio import AudioAugmentConfig, AudioPreprocessing
+    from tldeploy.modalities.audio.config import AudioAugmentConfig
+    from tldeploy.modalities.audio.preprocessing import AudioPreprocessing
 
 
 class LogMelFrontEnd(nn.Module):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from tldeploy.modalities.audio import LogMelConfig
+    from tldeploy.modalities.audio.config import LogMelConfig
 
 
 def hz_to_mel(f):
