@@ -10,7 +10,9 @@ from tldeploy.errors import ConfigError, OutputExistsError
 from tldeploy.modalities.preprocessing import AugmentConfig
 from tldeploy.models.backbones import create_backbone
 from tldeploy.models.checkpoints import load_checkpoint
-from tldeploy.train.training import TrainConfig, _Dist, _Phase, _Trainer, train
+from tldeploy.train.distributed import Dist
+from tldeploy.train.phases import Phase
+from tldeploy.train.training import TrainConfig, _Trainer, train
 
 
 def _cfg(data, out, **kw):
@@ -56,10 +58,10 @@ def test_finetune_trains_only_the_unfrozen_blocks(blob_data, tmp_path, last_epoc
 
 def test_layer_wise_learning_rates(blob_data, tmp_path):
     cfg = _cfg(blob_data, tmp_path / "run", mode="finetune", warmup_epochs=1, backbone_lr=1e-3, layer_decay=0.5)
-    trainer = _Trainer(cfg, _Dist("cpu"))
-    opt, _ = trainer._configure(_Phase("finetune", 1, True))
+    trainer = _Trainer(cfg, Dist("cpu"))
+    opt, _ = trainer._configure(Phase("finetune", 1, True))
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-2, 1e-3, 5e-4, 2.5e-4])
-    opt, _ = trainer._configure(_Phase("warmup", 1, False))
+    opt, _ = trainer._configure(Phase("warmup", 1, False))
     assert len(opt.param_groups) == 1
     assert not any(p.requires_grad for p in trainer.model.backbone.parameters())
 
@@ -70,8 +72,8 @@ def test_balance_modes_on_imbalanced_data(tmp_path, balance):
     make_blob_images(tmp_path / "d" / "train", 6, classes=("green",), seed=3)
     make_blob_images(tmp_path / "d" / "val", 6, classes=("red", "green"), seed=4)
     cfg = _cfg(tmp_path / "d", tmp_path / "run", mode="finetune", warmup_epochs=1, epochs=6, balance=balance)
-    trainer = _Trainer(cfg, _Dist("cpu"))
-    phase = _Phase("finetune", 1, True)
+    trainer = _Trainer(cfg, Dist("cpu"))
+    phase = Phase("finetune", 1, True)
     if balance == "weights":  # n / (k * n_c)
         assert trainer._class_weights().tolist() == pytest.approx([36 / 12, 36 / 60])
     else:

@@ -10,8 +10,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "TrainConfig": "tldeploy.train.training",
-    "TrainResult": "tldeploy.train.training",
+    "TrainConfig": "tldeploy.train.config",
+    "TrainResult": "tldeploy.train.config",
     "train": "tldeploy.train.training",
     "AugmentConfig": "tldeploy.modalities.preprocessing",
     "Preprocessing": "tldeploy.modalities.preprocessing",
