@@ -28,8 +28,10 @@ from ort_int8_latency import interleaved_p50, prepare  # noqa: E402
 
 from tldeploy.contract import read_contract  # noqa: E402
 from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
+from tldeploy.engines.calibration import CalibrationSet, ImageSet  # noqa: E402
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose  # noqa: E402
-from tldeploy.engines.quantize import CalibrationSet, ImageSet, QuantConfig, Quantizer, split_backbone_head  # noqa: E402
+from tldeploy.engines.qdq import split_backbone_head  # noqa: E402
+from tldeploy.engines.quantize import QuantConfig, Quantizer  # noqa: E402
 from tldeploy.engines.sensitivity import Evaluator, task_metrics  # noqa: E402
 from tldeploy.runtime.host import cpu_info  # noqa: E402
 from tldeploy.runtime.loader import load_runner  # noqa: E402

@@ -19,8 +19,10 @@ from tldeploy.contract import read_contract
 from tldeploy.data.folders import load_image
 from tldeploy.engines import builder
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.calibration import CalibrationSet
 from tldeploy.engines.capabilities import CAPABILITIES, capability_table, check_target
-from tldeploy.engines.quantize import CalibrationSet, QuantConfig, qdq_stats, quantize_model, split_backbone_head
+from tldeploy.engines.qdq import qdq_stats, split_backbone_head
+from tldeploy.engines.quantize import QuantConfig, quantize_model
 from tldeploy.engines.sensitivity import Acceptance
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.models.checkpoints import load_checkpoint

@@ -14,10 +14,12 @@ from torch import nn
 from tldeploy.cli import main
 from tldeploy.contract import read_contract
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.calibration import CalibrationSet, ImageSet
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
+from tldeploy.engines.mixed import fp16_emulated, mixed_int8
 from tldeploy.engines.plan import load_plan
-from tldeploy.engines.quantize import CalibrationSet, ImageSet, QuantConfig, Quantizer, quantize_model
-from tldeploy.engines.sensitivity import Evaluator, fp16_emulated, mixed_int8, task_metrics
+from tldeploy.engines.quantize import QuantConfig, Quantizer, quantize_model
+from tldeploy.engines.sensitivity import Evaluator, task_metrics
 from tldeploy.errors import ConfigError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import AugmentConfig, Preprocessing
@@ -144,7 +146,8 @@ def test_fp16_emulation_rounds_and_overflows_like_half_precision(trap_onnx):
 
 def test_the_search_prefers_fewer_float_regions(tiny):
     """A pass in two pieces (two float/INT8 boundaries) loses to a contiguous pass with one unit more."""
-    from tldeploy.engines.sensitivity import Acceptance, TaskMetrics, choose, float_regions, group_units
+    from tldeploy.engines.sensitivity import Acceptance, TaskMetrics, choose
+    from tldeploy.engines.units import float_regions, group_units
 
     model = onnx.load(str(tiny[1]))
     convs = group_units(model, [n.name for n in model.graph.node if n.op_type == "Conv"])

@@ -20,8 +20,9 @@ from typing import Any
 
 from tldeploy._io import atomic_path, now, write_json
 from tldeploy.engines import artifacts
+from tldeploy.engines.calibration import CalibrationSet
 from tldeploy.engines.capabilities import PRECISIONS, check_target, default_device
-from tldeploy.engines.quantize import CalibrationSet, QuantConfig
+from tldeploy.engines.quantize import QuantConfig
 from tldeploy.engines.tensorrt import TrtConfig
 from tldeploy.errors import ConfigError, OutputExistsError, TldeployError
 from tldeploy.runtime import host
@@ -126,29 +127,9 @@ def build(cfg: BuildConfig) -> BuildResult:
     backend = resolve_backend(cfg.precision, cfg.backend)
     device = cfg.device or default_device(backend)
     cap = check_target(cfg.precision, backend, device)
-    output = Path(cfg.output) if cfg.output else default_output(onnx_path, cfg.precision, backend, device)
-    suffixes = ENGINE_SUFFIXES if backend == "tensorrt" else (".onnx",)
-    if output.suffix not in suffixes:
-        raise ConfigError(f"output {output} should end in {' or '.join(suffixes)} for --backend {backend}")
-    if output.resolve() == onnx_path.resolve():
-        raise ConfigError(f"output {output} is the input ONNX; choose another -o")
-    if contract.precision == "fp16" and cfg.precision != "fp16":
-        raise ConfigError(f"{onnx_path} is an FP16 export; build {cfg.precision} from the FP32 export")
+    output = _checked_output(cfg, onnx_path, contract, backend, device)
     _require_runtime(backend, device, cfg.precision)
-    if contract.attention == "plugin" and backend != "tensorrt":
-        raise ConfigError(f"{onnx_path} has ChannelAttention plugin nodes, which only TensorRT runs; use --backend tensorrt or the standard export")
-
-    calib = quant = check = None
-    if cfg.check_data is not None:
-        from tldeploy.engines.quantize import ImageSet
-
-        check = ImageSet.from_folder(cfg.check_data, contract.preprocessing, contract.classes)
-    if cfg.precision == "int8":
-        assert cfg.calib_data is not None  # checked in BuildConfig
-        calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
-        quant = QuantConfig.for_backend(backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
-                                        keep_float=cfg.keep_float, min_agreement=cfg.min_agreement, max_kl=cfg.max_kl,
-                                        **({"reduce_range": cfg.reduce_range} if backend == "ort" else {}))
+    calib, quant, check = _build_data(cfg, contract, backend)
     from tldeploy.runtime.trt import gpu_info
 
     record: dict[str, Any] = {
@@ -190,6 +171,37 @@ def build(cfg: BuildConfig) -> BuildResult:
         record["build_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(sidecar_path(output), record)
     return BuildResult(output, record, False, time.perf_counter() - t0)
+
+
+def _checked_output(cfg: BuildConfig, onnx_path: Path, contract, backend: str, device: str) -> Path:
+    """Where the artifact goes (-o or the default name), refused when it cannot be built there."""
+    output = Path(cfg.output) if cfg.output else default_output(onnx_path, cfg.precision, backend, device)
+    suffixes = ENGINE_SUFFIXES if backend == "tensorrt" else (".onnx",)
+    if output.suffix not in suffixes:
+        raise ConfigError(f"output {output} should end in {' or '.join(suffixes)} for --backend {backend}")
+    if output.resolve() == onnx_path.resolve():
+        raise ConfigError(f"output {output} is the input ONNX; choose another -o")
+    if contract.precision == "fp16" and cfg.precision != "fp16":
+        raise ConfigError(f"{onnx_path} is an FP16 export; build {cfg.precision} from the FP32 export")
+    if contract.attention == "plugin" and backend != "tensorrt":
+        raise ConfigError(f"{onnx_path} has ChannelAttention plugin nodes, which only TensorRT runs; use --backend tensorrt or the standard export")
+    return output
+
+
+def _build_data(cfg: BuildConfig, contract, backend: str) -> tuple[CalibrationSet | None, QuantConfig | None, Any]:
+    """(calibration images, quantization options) for INT8, and the check images when given."""
+    calib = quant = check = None
+    if cfg.check_data is not None:
+        from tldeploy.engines.calibration import ImageSet
+
+        check = ImageSet.from_folder(cfg.check_data, contract.preprocessing, contract.classes)
+    if cfg.precision == "int8":
+        assert cfg.calib_data is not None  # checked in BuildConfig
+        calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
+        quant = QuantConfig.for_backend(backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
+                                        keep_float=cfg.keep_float, min_agreement=cfg.min_agreement, max_kl=cfg.max_kl,
+                                        **({"reduce_range": cfg.reduce_range} if backend == "ort" else {}))
+    return calib, quant, check
 
 
 def _quant_options(quant: QuantConfig | None) -> dict | None:

@@ -89,7 +89,7 @@ class DiagnoseResult:
 def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
     from tldeploy._io import atomic_dir, check_writable, now, sha256_file
     from tldeploy.contract import load_onnx, read_contract
-    from tldeploy.engines.quantize import ImageSet
+    from tldeploy.engines.calibration import ImageSet
     from tldeploy.runtime import host
 
     t0 = time.perf_counter()
@@ -173,8 +173,10 @@ def _plan_section(search: tuple, scored: _Scored, accept, ranked, labels) -> tup
 
 def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from tldeploy.engines import artifacts
-    from tldeploy.engines.quantize import CalibrationSet, QuantConfig, Quantizer, rank_int8, spread
-    from tldeploy.engines.sensitivity import Acceptance, choose, float_regions
+    from tldeploy.engines.calibration import CalibrationSet, spread
+    from tldeploy.engines.quantize import QuantConfig, Quantizer, rank_int8
+    from tldeploy.engines.sensitivity import Acceptance, choose
+    from tldeploy.engines.units import float_regions
 
     assert cfg.calib_data is not None
     calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
@@ -207,18 +209,11 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
 
 def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from tldeploy.contract import load_onnx
+    from tldeploy.engines.calibration import spread
     from tldeploy.engines.fp16 import fp16_exclusions
-    from tldeploy.engines.quantize import spread
-    from tldeploy.engines.sensitivity import (
-        Acceptance,
-        Evaluator,
-        choose,
-        float_tensors,
-        fp16_emulated,
-        fp16_units,
-        rank,
-        sweep_fp16,
-    )
+    from tldeploy.engines.mixed import fp16_emulated
+    from tldeploy.engines.sensitivity import Acceptance, Evaluator, choose, rank, sweep_fp16
+    from tldeploy.engines.units import float_tensors, fp16_units
 
     model = load_onnx(onnx_path)
     floats = float_tensors(model)

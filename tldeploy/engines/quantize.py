@@ -29,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tldeploy.engines.calibration import CHECK_DEFAULTS, MIN_CALIB_IMAGES, CalibrationSet, ImageSet, spread
 from tldeploy.engines.capabilities import CALIB_METHODS
 from tldeploy.engines.graph import frontend_nodes
-from tldeploy.errors import ConfigError, DataError, MissingDependencyError, TldeployError
+from tldeploy.engines.qdq import QdqStats, qdq_stats, split_backbone_head
+from tldeploy.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
 FLAVOURS = ("tensorrt", "ort-x86")
-MIN_CALIB_IMAGES = 32
 CALIB_BATCH = 8
 
 
@@ -111,100 +112,6 @@ class QuantConfig:
         return cls.tensorrt(**kw) if backend == "tensorrt" else cls.ort_x86(**kw)
 
 
-@dataclass(frozen=True)
-class CalibrationSet:
-    images: np.ndarray  # N x input shape, preprocessed by the contract: the ranges come from these
-    holdout: np.ndarray  # other images from the same folder, for the agreement check (may be empty)
-    source: str
-    sha256: str  # of both tensors: changes with the files, their order and the preprocessing
-
-    @classmethod
-    def from_folder(cls, folder: Path, prep, samples: int) -> CalibrationSet:
-        """Up to `samples` images, evenly spaced over the sorted files (so every class folder is
-        represented), and up to as many others held out to check the quantized model on."""
-        from tldeploy.data.folders import find_files
-
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise DataError(f"--calib-data {folder} is not a folder; pass a folder of real {prep.media.noun} (the training set works)")
-        if samples < 1:
-            raise ConfigError(f"--calib-samples must be at least 1, got {samples}")
-        paths = find_files(folder, flag="--calib-data", media=prep.media)
-        step = max(1, len(paths) // samples)
-        chosen = paths[::step][:samples]
-        taken = set(chosen)
-        rest = [p for p in paths if p not in taken]
-        held = rest[:: max(1, len(rest) // samples)][:samples]
-        if len(chosen) < MIN_CALIB_IMAGES:
-            log.warning(
-                "calibrating on only %d images from %s; ranges from fewer than %d images may not cover "
-                "what the model meets (add images or raise --calib-samples)", len(chosen), folder, MIN_CALIB_IMAGES,
-            )
-        def load(ps):
-            return np.stack([prep.load(p) for p in ps]).astype(np.float32) if ps else np.zeros((0, *prep.input_shape), np.float32)
-
-        images, holdout = load(chosen), load(held)
-        digest = hashlib.sha256(images.tobytes() + holdout.tobytes()).hexdigest()
-        return cls(images, holdout, str(folder), digest)
-
-    @property
-    def check_images(self) -> np.ndarray:
-        """Held-out images when there are enough, else the calibration images themselves."""
-        return self.holdout if len(self.holdout) >= MIN_CALIB_IMAGES else self.images
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Preprocessed images to check a low-precision model on (validation images, ideally), with
-    their labels when they sit in folders named like the model's classes."""
-
-    images: np.ndarray
-    labels: np.ndarray | None
-    source: str
-    sha256: str
-    kind: str = "check"  # "check" (given as such), "held-out" or "calibration" (none could be held out)
-
-    @classmethod
-    def from_folder(cls, folder: Path, prep, classes: list[str], limit: int | None = None, flag: str = "--check-data") -> ImageSet:
-        """As `bench --data` reads a folder: class folders give labels, a flat folder none."""
-        from tldeploy.data.folders import load_inputs
-
-        images, labels, _ = load_inputs(Path(folder), classes, prep, limit, flag=flag)
-        return cls(images, labels, str(folder), hashlib.sha256(images.tobytes()).hexdigest())
-
-    @classmethod
-    def holdout_of(cls, calib: CalibrationSet) -> ImageSet:
-        x = calib.check_images
-        return cls(x, None, calib.source, hashlib.sha256(x.tobytes()).hexdigest(), "held-out" if x is calib.holdout else "calibration")
-
-    def describe(self) -> str:
-        what = {"check": "check", "held-out": "held-out calibration-folder", "calibration": "calibration (none held out)"}[self.kind]
-        return f"{len(self.images)} {what} images from {self.source}"
-
-
-# The guard's bar, by the images it checks on. Validation images are what the promise is about.
-# Held-out calibration-folder images are easier than validation images (digits: held-out
-# agreement 100% where validation agreement is 98.6%), so there every image must agree and the
-# mean KL must stay under a margin. No held-out bar predicted >= 99% validation agreement for 7-
-# and 8-bit weights alike on the digits model (validation KL at 99% was 0.004 with 8-bit weights,
-# 0.017 with 7-bit), so this one is strict: it was not reached there with either width, and the
-# guard warns the same way on both CPU classes (benchmarks/int8_guard.py).
-CHECK_DEFAULTS = {"validation": (0.99, None), "held_out": (1.0, 2e-3)}
-
-
-@dataclass
-class QdqStats:
-    quantize: int
-    dequantize: int
-    activation_zero_point_types: list[str]
-    weight_zero_point_types: list[str]
-    per_channel_weights: int
-    all_zero_points_zero: bool
-
-    def to_dict(self) -> dict:
-        return self.__dict__.copy()
-
-
 @dataclass
 class QuantResult:
     model: object  # onnx.ModelProto
@@ -247,55 +154,6 @@ def _require_ort():
     except ImportError:
         raise MissingDependencyError("onnxruntime", purpose="INT8 calibration") from None
     return onnxruntime
-
-
-def split_backbone_head(model, frontend: frozenset[str] | set[str] = frozenset()) -> tuple[list[str], list[str]]:
-    """(convolutions of the backbone in graph order, names of head nodes); `frontend` nodes (an
-    audio model's log-mel) belong to neither.
-
-    The head is every node that does not feed the last convolution, except the activation right
-    after it (so that convolution stays fused with its activation)."""
-    nodes = list(model.graph.node)
-    conv_idx = [i for i, n in enumerate(nodes) if n.op_type == "Conv" and n.name not in frontend]
-    if not conv_idx:
-        raise TldeployError("the ONNX graph has no Conv node; INT8 here quantizes convolutional backbones")
-    producers = {o: n for n in nodes for o in n.output}
-    last = nodes[conv_idx[-1]]
-    keep, stack = {last.name}, list(last.input)
-    while stack:
-        t = stack.pop()
-        n = producers.get(t)
-        if n is not None and n.name not in keep:
-            keep.add(n.name)
-            stack.extend(n.input)
-    consumers = [n for n in nodes if last.output[0] in n.input]
-    if len(consumers) == 1 and consumers[0].op_type in ("Clip", "Relu"):
-        keep.add(consumers[0].name)
-    convs = [nodes[i].name for i in conv_idx]
-    return convs, [n.name for n in nodes if n.name not in keep and n.name not in frontend]
-
-
-def qdq_stats(model) -> QdqStats:
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    nq = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    ndq = sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
-    act, wt, per_channel, zero = set(), set(), 0, True
-    for n in model.graph.node:
-        if n.op_type != "DequantizeLinear" or len(n.input) < 3 or n.input[2] not in inits:
-            continue
-        zp = numpy_helper.to_array(inits[n.input[2]])
-        zero = zero and not np.any(zp)
-        if n.input[0] in inits:  # a stored weight (or bias)
-            if zp.dtype == np.int32:
-                continue  # biases are int32 by definition
-            wt.add(str(zp.dtype))
-            per_channel += zp.size > 1
-        else:
-            act.add(str(zp.dtype))
-    return QdqStats(nq, ndq, sorted(act), sorted(wt), per_channel, bool(zero))
-
 
 
 @contextlib.contextmanager
@@ -374,7 +232,7 @@ class Quantizer:
     def units(self) -> list:
         """The units `full()` quantized, in graph order (found once)."""
         if self._units is None:
-            from tldeploy.engines.sensitivity import int8_units
+            from tldeploy.engines.units import int8_units
 
             self._units = int8_units(self.float_model, self.full())
         return self._units
@@ -387,7 +245,7 @@ class Quantizer:
         producer's quantization range and deletes it, so a float consumer would read the
         unclipped tensor (measured on the digits model: 59% agreement with one depthwise
         convolution excluded that way, 98% with its inputs simply left unquantized)."""
-        from tldeploy.engines.sensitivity import mixed_int8
+        from tldeploy.engines.mixed import mixed_int8
 
         if not keep_float:
             return self.full()
@@ -468,17 +326,13 @@ def rank_int8(q: Quantizer, images: np.ndarray):
     return full_metrics, rank(sweep_int8(ev, q.float_model, full, q.units(), full_metrics))
 
 
-def spread(x: np.ndarray, n: int) -> np.ndarray:
-    """At most `n` rows of `x`, evenly spaced (inputs are sorted by class, so each keeps its share)."""
-    return x if len(x) <= n else x[:: len(x) // n][:n]
-
-
 def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cache_dir: Path,
                    check: ImageSet | None = None, plan=None, plan_path: Path | None = None) -> QuantResult:
     """The Q/DQ ModelProto of the float ONNX at `onnx_path`, calibrated on `calib`, with the units
     the plan names, or the guard chooses, left in float (see the module docstring)."""
     from tldeploy.contract import write_contract
-    from tldeploy.engines.sensitivity import Acceptance, Unit, choose, float_regions
+    from tldeploy.engines.sensitivity import Acceptance, choose
+    from tldeploy.engines.units import Unit, float_regions
 
     t0 = time.perf_counter()
     held_out = check is None

@@ -1,0 +1,71 @@
+"""Reading a Q/DQ graph: what it quantized and how (`qdq_stats`), and where the backbone ends and
+the head (kept float) begins (`split_backbone_head`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tldeploy.errors import TldeployError
+
+
+@dataclass
+class QdqStats:
+    quantize: int
+    dequantize: int
+    activation_zero_point_types: list[str]
+    weight_zero_point_types: list[str]
+    per_channel_weights: int
+    all_zero_points_zero: bool
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def split_backbone_head(model, frontend: frozenset[str] | set[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """(convolutions of the backbone in graph order, names of head nodes); `frontend` nodes (an
+    audio model's log-mel) belong to neither.
+
+    The head is every node that does not feed the last convolution, except the activation right
+    after it (so that convolution stays fused with its activation)."""
+    nodes = list(model.graph.node)
+    conv_idx = [i for i, n in enumerate(nodes) if n.op_type == "Conv" and n.name not in frontend]
+    if not conv_idx:
+        raise TldeployError("the ONNX graph has no Conv node; INT8 here quantizes convolutional backbones")
+    producers = {o: n for n in nodes for o in n.output}
+    last = nodes[conv_idx[-1]]
+    keep, stack = {last.name}, list(last.input)
+    while stack:
+        t = stack.pop()
+        n = producers.get(t)
+        if n is not None and n.name not in keep:
+            keep.add(n.name)
+            stack.extend(n.input)
+    consumers = [n for n in nodes if last.output[0] in n.input]
+    if len(consumers) == 1 and consumers[0].op_type in ("Clip", "Relu"):
+        keep.add(consumers[0].name)
+    convs = [nodes[i].name for i in conv_idx]
+    return convs, [n.name for n in nodes if n.name not in keep and n.name not in frontend]
+
+
+def qdq_stats(model) -> QdqStats:
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nq = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    ndq = sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    act, wt, per_channel, zero = set(), set(), 0, True
+    for n in model.graph.node:
+        if n.op_type != "DequantizeLinear" or len(n.input) < 3 or n.input[2] not in inits:
+            continue
+        zp = numpy_helper.to_array(inits[n.input[2]])
+        zero = zero and not np.any(zp)
+        if n.input[0] in inits:  # a stored weight (or bias)
+            if zp.dtype == np.int32:
+                continue  # biases are int32 by definition
+            wt.add(str(zp.dtype))
+            per_channel += zp.size > 1
+        else:
+            act.add(str(zp.dtype))
+    return QdqStats(nq, ndq, sorted(act), sorted(wt), per_channel, bool(zero))
