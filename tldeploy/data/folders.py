@@ -1,4 +1,5 @@
-"""Data on disk: class-folder scanning with checks, robust image loading, splits, digits, tones.
+"""Data on disk: class-folder scanning with checks, robust image loading, splits, the built-in digits
+(the built-in tones are in `tones.py`).
 
 Images and audio files (`Media`) go through the same scanning, skipping and splitting rules.
 Layout: one folder per class. A folder holding `train/` (and optionally `val/`) is read as a
