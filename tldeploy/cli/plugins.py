@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tldeploy.cli._common import CONTEXT, cli
+from tldeploy.engines.plugins import SWITCHES
 
 # ---------------------------------------------------------------- plugins
 
@@ -23,8 +24,8 @@ def plugins_group() -> None:
 
 @plugins_group.command("build", context_settings=CONTEXT)
 @click.option("--build-dir", type=click.Path(path_type=Path), help="CMake build folder [default: $TLDEPLOY_CACHE/plugins, where --plugins auto looks].")
-@click.option("--cuda", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="Build the CUDA kernels (auto: where nvcc is found).")
-@click.option("--tensorrt", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="Build the TensorRT plugin (auto: where TensorRT's headers are found).")
+@click.option("--cuda", type=click.Choice(SWITCHES), default="auto", show_default=True, help="Build the CUDA kernels (auto: where nvcc is found).")
+@click.option("--tensorrt", type=click.Choice(SWITCHES), default="auto", show_default=True, help="Build the TensorRT plugin (auto: where TensorRT's headers are found).")
 @click.option("--tensorrt-root", type=click.Path(path_type=Path), help="TensorRT's folder, holding include/NvInferRuntime.h [default: $TENSORRT_ROOT].")
 @click.option("--cuda-archs", default="87;90", show_default=True, help="GPU architectures to compile for (87 Jetson Orin, 90 Hopper).")
 @click.option("--jobs", default=2, show_default=True, type=click.IntRange(1), help="Parallel compile jobs.")

@@ -8,7 +8,7 @@ import click
 
 from tldeploy.cli._common import CONTEXT, _setup_logging, cli
 from tldeploy.errors import TldeployError
-from tldeploy.train.options import BALANCE, BN_POLICIES, MODALITIES, MODES, SELECT_METRICS
+from tldeploy.train.options import BALANCE, BN_POLICIES, IN_CHANNELS, MODALITIES, MODES, SELECT_METRICS
 
 # ---------------------------------------------------------------- train
 
@@ -39,7 +39,7 @@ from tldeploy.train.options import BALANCE, BN_POLICIES, MODALITIES, MODES, SELE
 @click.option("--hflip/--no-hflip", default=True, show_default=True, help="Random horizontal flips.")
 @click.option("--color-jitter", default=0.2, show_default=True, type=float, help="Brightness/contrast/saturation jitter (0 = off).")
 @click.option("--image-size", type=click.IntRange(8, 2048), help="Input size in px [default: the backbone's].")
-@click.option("--in-channels", type=click.Choice(["1", "3"]), default="1", show_default=True, help="audio: 1 = the stem's RGB filters summed (same function, a third of the stem's input work); 3 = the spectrogram repeated.")
+@click.option("--in-channels", type=click.Choice([str(c) for c in IN_CHANNELS]), default="1", show_default=True, help="audio: 1 = the stem's RGB filters summed (same function, a third of the stem's input work); 3 = the spectrogram repeated.")
 @click.option("--sample-rate", default=16_000, show_default=True, type=int, help="audio: clips are resampled to this rate.")
 @click.option("--clip-s", default=1.0, show_default=True, type=float, help="audio: clip length in seconds (pad or crop).")
 @click.option("--n-fft", default=512, show_default=True, type=int, help="audio: window and FFT length.")

@@ -16,10 +16,15 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from tldeploy.errors import ConfigError, TldeployError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# --cuda and --tensorrt: build where the toolchain is found, always (failing without it), or never.
+SWITCHES = ("auto", "on", "off")
 
 CA_LIBRARY = "libtldeploy_ca.so"
 PLUGIN_LIBRARY = "libtldeploy_trt_plugin.so"
@@ -52,7 +57,7 @@ class PluginBuildConfig:
 
     def __post_init__(self) -> None:
         for flag, value in (("--cuda", self.cuda), ("--tensorrt", self.tensorrt)):
-            if value not in ("auto", "on", "off"):
+            if value not in SWITCHES:
                 raise ConfigError(f"{flag} must be auto, on or off, got {value!r}")
         if not all(a.strip().isdigit() for a in self.cuda_archs.split(";")):
             raise ConfigError(f"--cuda-archs takes compute capabilities like '87;90', got {self.cuda_archs!r}")
@@ -137,6 +142,8 @@ class CaLibrary:
 
     def cpu_forward(self, x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
         """The CPU reference on float32 arrays: x (N, C, H, W), W1 (hidden, C), b1, W2 (C, hidden), b2."""
+        import numpy as np
+
         arrs = [np.ascontiguousarray(a, dtype=np.float32) for a in (x, w1, b1, w2, b2)]
         n, c, h, w = arrs[0].shape
         y = np.empty_like(arrs[0])

@@ -10,7 +10,7 @@ from typing import Any
 from tldeploy.errors import ConfigError
 from tldeploy.modalities.audio import AudioAugmentConfig, LogMelConfig
 from tldeploy.modalities.preprocessing import AugmentConfig
-from tldeploy.train.options import BALANCE, BN_POLICIES, MODALITIES, MODES, SELECT_METRICS
+from tldeploy.train.options import BALANCE, BN_POLICIES, IN_CHANNELS, MODALITIES, MODES, SELECT_METRICS
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class TrainConfig:
 
         need(self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         need(self.modality in MODALITIES, f"--modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
-        need(self.in_channels in (1, 3), f"--in-channels must be 1 or 3, got {self.in_channels}")
+        need(self.in_channels in IN_CHANNELS, f"--in-channels must be 1 or 3, got {self.in_channels}")
         if self.modality == "image":
             need(self.logmel is None and self.in_channels == 1, "--in-channels and the log-mel options need --modality audio")
             need(not isinstance(self.augment, AudioAugmentConfig), "audio augmentation needs --modality audio")

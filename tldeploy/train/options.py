@@ -6,3 +6,4 @@ MODALITIES = ("image", "audio")
 BALANCE = ("none", "weights", "sampler")
 BN_POLICIES = ("train", "frozen")
 SELECT_METRICS = ("f1_macro", "accuracy", "precision_macro", "recall_macro")
+IN_CHANNELS = (1, 3)  # audio: the spectrogram as one channel (the stem's RGB filters summed) or three
