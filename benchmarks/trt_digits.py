@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tldeploy.contract import read_contract
-from tldeploy.data.folders import find_files, load_image, write_digits
+from tldeploy.data.folders import find_files, write_digits
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.parity import compare_outputs
@@ -44,8 +44,7 @@ def main() -> int:
         export_onnx(ExportConfig(ckpt, onnx_path))
     contract = read_contract(onnx_path)
     paths = find_files(data / "val")
-    tf = contract.preprocessing.eval_transform()
-    x = np.stack([tf(load_image(p)).numpy() for p in paths])
+    x = np.stack([contract.preprocessing.load(p) for p in paths])
     y = np.array([contract.classes.index(p.parent.name) for p in paths])
     with TorchRunner(ckpt, device="cuda") as ref_runner:
         ref = run_batches(ref_runner, x)

@@ -14,15 +14,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tldeploy.errors import ConfigError, TldeployError
-from tldeploy.runtime.trt import create_logger, dims_tuple, gpu_info, load_plugins, require_tensorrt
+from tldeploy.runtime.trt import (
+    HARDWARE_COMPAT,
+    create_logger,
+    dims_tuple,
+    gpu_info,
+    hardware_compatibility_level,
+    load_plugins,
+    require_tensorrt,
+)
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
 log = logging.getLogger(__name__)
-
-HARDWARE_COMPAT = ("none", "ampere+", "same-compute-capability")
-
 
 @dataclass(frozen=True)
 class BatchProfile:
@@ -108,11 +113,7 @@ class EngineFromOnnx:
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
             if cfg.plugins:
                 config.plugins_to_serialize = [str(p) for p in cfg.plugins]
-        config.hardware_compatibility_level = {
-            "none": trt.HardwareCompatibilityLevel.NONE,
-            "ampere+": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
-            "same-compute-capability": trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY,
-        }[cfg.hardware_compat]
+        config.hardware_compatibility_level = hardware_compatibility_level(cfg.hardware_compat)
         cache = None
         if cfg.timing_cache is not None:
             blob = cfg.timing_cache.read_bytes() if cfg.timing_cache.is_file() else b""

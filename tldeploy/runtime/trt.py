@@ -80,6 +80,28 @@ def create_logger() -> trt.ILogger:
     return Forward()
 
 
+HARDWARE_COMPAT = ("none", "ampere+", "same-compute-capability")  # --hardware-compat
+
+
+def hardware_compatibility_level(name: str) -> trt.HardwareCompatibilityLevel:
+    """The level `--hardware-compat NAME` asks for, chosen by what this TensorRT has rather than by
+    its version number: SAME_COMPUTE_CAPABILITY is in 10.16 and 11.x but not in 10.8."""
+    import tensorrt as trt
+
+    levels = {
+        "none": trt.HardwareCompatibilityLevel.NONE,
+        "ampere+": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
+        "same-compute-capability": getattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY", None),
+    }
+    level = levels[name]
+    if level is None:
+        raise ConfigError(
+            f"--hardware-compat {name} needs TensorRT with HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY "
+            f"(this is {trt.__version__}); use --hardware-compat ampere+ or none, or a newer TensorRT"
+        )
+    return level
+
+
 def dims_tuple(dims: trt.Dims) -> tuple[int, ...]:
     """TensorRT Dims behave like tuples at run time; this says so to the type checker too."""
     return tuple(dims[i] for i in range(len(dims)))
