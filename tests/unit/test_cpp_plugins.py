@@ -3,8 +3,10 @@ C ABI; where nvcc exists the CUDA kernels compile for sm_87 and sm_90; where Ten
 given (TENSORRT_ROOT) the plugin compiles and links against them."""
 
 import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,11 +78,25 @@ def test_cuda_kernels_compile_for_orin_and_hopper(tmp_path):
         assert "sm_87" in listing and "sm_90" in listing
 
 
+# TENSORRT_ROOT: one TensorRT folder (holding include/NvInferRuntime.h), or several separated by
+# os.pathsep, e.g. the oldest and newest supported versions' public headers (cpp_plugins/README.md).
+TENSORRT_ROOTS = [Path(p) for p in os.environ.get("TENSORRT_ROOT", "").split(os.pathsep) if p]
+
+
+def _header_version(root: Path) -> str:
+    text = (root / "include" / "NvInferVersion.h").read_text()
+    major, minor = (re.search(rf"#define (?:NV_TENSORRT|TRT)_{k}(?:_ENTERPRISE)? (\d+)", text) for k in ("MAJOR", "MINOR"))
+    return f"{major.group(1)}.{minor.group(1)}" if major and minor else "unknown"
+
+
 @needs_cmake
-@pytest.mark.skipif(not os.environ.get("TENSORRT_ROOT") or shutil.which("nvcc") is None,
+@pytest.mark.skipif(not TENSORRT_ROOTS or shutil.which("nvcc") is None,
                     reason="set TENSORRT_ROOT to TensorRT's headers (and have nvcc) to compile the plugin")
-def test_tensorrt_plugin_builds_and_exports_its_creators(tmp_path):
-    build = build_plugins(PluginBuildConfig(build_dir=tmp_path / "b", cuda="on", tensorrt="on"))
+@pytest.mark.parametrize("root", TENSORRT_ROOTS or [None], ids=lambda r: _header_version(r) if r else "none")
+def test_tensorrt_plugin_builds_and_exports_its_creators(tmp_path, root):
+    build = build_plugins(PluginBuildConfig(build_dir=tmp_path / "b", cuda="on", tensorrt="on", tensorrt_root=root))
+    # Against these headers, not others CMake might find.
+    assert any(line.startswith(f"TensorRT plugin: yes, against {root.resolve()}") for line in build.summary), build.summary
     assert build.plugin_library is not None and build.plugin_library.name == PLUGIN_LIBRARY
     symbols = subprocess.run(["nm", "-D", "--defined-only", str(build.plugin_library)], capture_output=True, text=True).stdout
     assert " T getCreators" in symbols
