@@ -95,13 +95,14 @@ class Contract:
                     crop=own["crop"],
                     color=own["color"],
                     layout=own["layout"],
+                    input_format=own.get("input_format", "normalized"),  # contracts before raw inputs: normalised
                 )
             classes = json.loads(own["classes"])
             if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
                 raise ValueError("classes must be a list of strings")
             known = {
                 "contract_version", "classes", "input_name", "output_names", "input_size", "resize_size", "mean",
-                "std", "interpolation", "crop", "resize_rule", "color", "layout", "backbone", "checkpoint_sha256",
+                "std", "interpolation", "crop", "resize_rule", "color", "layout", "input_format", "backbone", "checkpoint_sha256",
                 "tldeploy_version", "precision", "attention", "modality", "preprocessing", "preprocessing_rule",
             }
             return cls(

@@ -69,3 +69,33 @@ def keep_name_scopes(source, target) -> None:
         if n.name in scopes and not any(p.key == SCOPES_KEY for p in n.metadata_props):
             entry = n.metadata_props.add()
             entry.key, entry.value = SCOPES_KEY, scopes[n.name]
+
+
+# Node metadata that says nothing about the build machine. The exporter also writes
+# `pkg.torch.onnx.stack_trace` (source lines with the checkout's absolute paths, ~90 KB on the
+# digits model) and other debugging keys; an artifact carries none of them.
+PORTABLE_NODE_KEYS = frozenset({SCOPES_KEY, "pkg.torch.onnx.class_hierarchy"})
+
+
+def strip_build_machine(model) -> int:
+    """Drop node metadata and doc strings that describe where the model was made (absolute paths,
+    stack traces), keeping the name scopes diagnosis reads. Returns the entries removed."""
+    removed = 0
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        for n in g.node:
+            keep = [(p.key, p.value) for p in n.metadata_props if p.key in PORTABLE_NODE_KEYS]
+            removed += len(n.metadata_props) - len(keep) + bool(n.doc_string)
+            del n.metadata_props[:]
+            for k, v in keep:
+                entry = n.metadata_props.add()
+                entry.key, entry.value = k, v
+            n.doc_string = ""
+            for a in n.attribute:
+                graphs.extend([a.g] if a.HasField("g") else [])
+                graphs.extend(a.graphs)
+        removed += bool(g.doc_string)
+        g.doc_string = ""
+    return removed
+

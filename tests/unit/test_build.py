@@ -1,7 +1,6 @@
 """The build stage on the tiny registered backbone: capabilities, runners, ORT artifacts, INT8
 Q/DQ structure per flavour, build records and reuse, bad input."""
 
-import contextlib
 import importlib.util
 import json
 import logging
@@ -195,27 +194,50 @@ def test_fp32_build_record_reuse_and_force(model_copy):
 
 
 def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
-    """The build's own check runs the file on disk against the FP32 ONNX on the --check-data
-    images: an honest copy agrees everywhere, a copy corrupted on its way to disk nowhere."""
+    """The build's own check runs the file it wrote (before it takes the output's name) against the
+    FP32 ONNX on the --check-data images: an honest copy agrees everywhere, a copy corrupted on its
+    way to disk nowhere."""
     val = tiny[2] / "val"
     n_val = sum(1 for _ in val.rglob("*.png"))
     honest = build(BuildConfig(onnx=model_copy, backend="ort", check_data=val)).record["check"]
     assert honest["images"] == f"--check-data images from {val}" and honest["n"] == n_val > 0
     assert honest["top1_agreement"] == 1.0 and honest["logits_max_abs"] == 0.0
 
-    real = builder.atomic_path
+    real = builder._write_portable
 
-    @contextlib.contextmanager
-    def corrupting(path):
-        with real(path) as tmp:
-            yield tmp
-            m = onnx.load(str(tmp))
-            _negate_classifier(m)
-            onnx.save(m, str(tmp))
+    def corrupting(source, target):
+        real(source, target)
+        m = onnx.load(str(target))
+        _negate_classifier(m)
+        onnx.save(m, str(target))
 
-    monkeypatch.setattr(builder, "atomic_path", corrupting)
+    monkeypatch.setattr(builder, "_write_portable", corrupting)
     bad = build(BuildConfig(onnx=model_copy, backend="ort", check_data=val, output=model_copy.with_name("bad.onnx")))
     assert bad.record["check"]["n"] == n_val and bad.record["check"]["top1_agreement"] == 0.0, bad.record["check"]
+
+
+def test_a_build_whose_input_or_artifact_fails_leaves_nothing(model_copy, tmp_path, capsys, monkeypatch):
+    """Tried as a new user would: an input the checker rejects is named in one line before
+    anything is written, and an artifact its runtime cannot load is not left in place."""
+    from tldeploy.cli import main
+
+    broken = onnx.load(str(model_copy))
+    broken.graph.node[0].input[0] = "no_such_tensor"  # a dangling edge: onnx.checker rejects it
+    bad_in = tmp_path / "broken.onnx"
+    onnx.save(broken, str(bad_in))
+    out = tmp_path / "broken.fp32.onnx"
+    assert main(["build", str(bad_in), "--precision", "fp32", "--backend", "ort", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad_in} fails onnx.checker") and "re-export it" in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+    def runtime_refuses(*args, **kwargs):
+        raise TldeployError("onnxruntime could not load the artifact")
+
+    monkeypatch.setattr(builder, "_check", runtime_refuses)
+    assert main(["build", str(model_copy), "--precision", "fp32", "--backend", "ort", "-o", str(out)]) == 1
+    assert "could not load the artifact" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
 
 
 def _zero_points(model, weights: bool):

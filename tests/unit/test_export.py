@@ -1,4 +1,5 @@
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -184,3 +185,57 @@ def test_run_batches_pads_static_batches(ckpt_val, tmp_path):
             np.testing.assert_allclose(whole[name][i], alone[name][0], rtol=0, atol=1e-5, err_msg=f"{name} row {i}")
     zeros = _run(dynamic, np.zeros((1, 3, 32, 32), np.float32))  # what a padded row would give
     assert np.abs(out["logits"][4:] - zeros["logits"]).max() > 1e-3  # so a leak would show above
+
+
+def test_exports_carry_nothing_of_the_build_machine(ckpt_val, tmp_path):
+    """The exporter's stack traces (absolute paths of this checkout) are stripped; the name scopes
+    that diagnosis reads stay."""
+    from tldeploy.scopes import SCOPES_KEY
+
+    ckpt, _ = ckpt_val
+    path = export_onnx(ExportConfig(ckpt, tmp_path / "m.onnx")).path
+    blob = path.read_bytes()
+    import tldeploy
+
+    checkout = str(Path(tldeploy.__file__).resolve().parent.parent).encode()
+    assert checkout not in blob and str(tmp_path).encode() not in blob and b"stack_trace" not in blob
+    model = onnx.load(str(path))
+    assert sum(any(p.key == SCOPES_KEY for p in n.metadata_props) for n in model.graph.node) > len(model.graph.node) // 2
+
+
+def test_raw_input_export_crops_and_normalises_inside(ckpt_val, tmp_path):
+    ckpt, val = ckpt_val
+    result = export_onnx(ExportConfig(ckpt, tmp_path / "raw.onnx", input_format="raw", data=val))
+    c = read_contract(result.path)
+    assert c.preprocessing.input_format == "raw" and "in the graph: centre-crop" in c.preprocessing.describe()
+    # A file's raw input is the whole image scaled, RGB 0-255; the graph gives what the normalised
+    # export gives on the contract's own input for it.
+    normal = export_onnx(ExportConfig(ckpt, tmp_path / "m.onnx")).path
+    files = sorted(val.rglob("*.png"))[:6]
+    raw_x = np.stack([c.preprocessing.load(f) for f in files])
+    assert raw_x.min() >= 0 and raw_x.max() > 1.5 and raw_x.max() <= 255
+    host_x = np.stack([read_contract(normal).preprocessing.load(f) for f in files])
+    with OrtRunner(result.path) as raw_runner, OrtRunner(normal) as normal_runner:
+        a, b = run_batches(raw_runner, raw_x), run_batches(normal_runner, host_x)
+    assert np.abs(a["logits"] - b["logits"]).max() <= 1e-4
+
+
+def test_raw_input_graph_crops_at_the_contracts_offsets(ckpt_val, tmp_path):
+    """With a resize larger than the crop (as for ImageNet models: 256 -> 224), the Slice takes the
+    centre at torchvision's offsets and the per-channel normalisation is exact."""
+    from dataclasses import replace
+
+    from tldeploy.raw_input import raw_input_model
+
+    ckpt, _ = ckpt_val
+    model = load_onnx(export_onnx(ExportConfig(ckpt, tmp_path / "m.onnx")).path)
+    prep = replace(read_contract(model).preprocessing, resize_size=43, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    raw = raw_input_model(model, prep)
+    assert [d.dim_value for d in raw.graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 43, 43]
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 3, 43, 43)).astype(np.float32)
+    top = round((43 - 32) / 2)  # 6 (torchvision: int(round(5.5)) = 6)
+    host = (pixels[:, :, top : top + 32, top : top + 32] / 255 - np.reshape(prep.mean, (1, 3, 1, 1))) / np.reshape(prep.std, (1, 3, 1, 1))
+    with OrtRunner(raw) as r, OrtRunner(model) as m:
+        assert np.abs(run_batches(r, pixels)["logits"] - run_batches(m, host.astype(np.float32))["logits"]).max() <= 1e-4
+    with pytest.raises(TldeployError, match="takes raw pixels already"):
+        raw_input_model(raw, prep.as_raw())

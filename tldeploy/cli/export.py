@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tldeploy.cli._common import CONTEXT, cli
+from tldeploy.modalities.preprocessing import INPUT_FORMATS
 
 # ---------------------------------------------------------------- export
 
@@ -19,6 +20,7 @@ from tldeploy.cli._common import CONTEXT, cli
 @click.option("--simplify", is_flag=True, help="Run onnxslim on the exported graph.")
 @click.option("--fp16", is_flag=True, help="FP16 network with float32 inputs and outputs; the softmax and the CAM normalisation stay float32.")
 @click.option("--attention-plugin", is_flag=True, help="Emit each channel-attention block as one trt.plugins::ChannelAttention node (TensorRT with cpp_plugins only).")
+@click.option("--input-format", type=click.Choice(INPUT_FORMATS), default="normalized", show_default=True, help="raw: the graph takes RGB 0-255 of the whole image scaled to the resize size and crops and normalises inside (for DeepStream and Triton clients, whose scalers cannot crop or normalise per channel).")
 @click.option("--data", type=click.Path(path_type=Path), help="Images (or clips, for an audio model) for the parity check [default: random inputs].")
 @click.option("--parity-samples", default=32, show_default=True, type=int, help="Inputs in the parity check.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
@@ -37,6 +39,7 @@ def export_cmd(checkpoint: Path, output: Path, as_json: bool, **kw) -> None:
       tldeploy export runs/digits/model.pt -o digits.onnx
       tldeploy export runs/digits/model.pt -o digits_fp16.onnx --fp16 --data data/digits/val
       tldeploy export runs/digits/model.pt -o digits_trt.onnx --attention-plugin --static-batch 8
+      tldeploy export runs/digits/model.pt -o digits_raw.onnx --input-format raw
     """
     import json
 

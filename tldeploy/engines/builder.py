@@ -117,6 +117,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     t0 = time.perf_counter()
     onnx_path = Path(cfg.onnx)
     contract = read_contract(load_onnx(onnx_path, load_external_data=False) if onnx_path.is_file() else onnx_path)
+    _check_onnx(onnx_path)
     onnx_sha = sha256_file(onnx_path)
     plan = None
     if cfg.precision_plan is not None:
@@ -171,6 +172,17 @@ def build(cfg: BuildConfig) -> BuildResult:
         record["build_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(sidecar_path(output), record)
     return BuildResult(output, record, False, time.perf_counter() - t0)
+
+
+def _check_onnx(path: Path) -> None:
+    """onnx.checker on the input, so a broken graph is named here rather than deep in a runtime."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:  # ValidationError, and the C++ checker's other errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TldeployError(f"{path} fails onnx.checker ({first[:200]}); re-export it with 'tldeploy export'") from None
 
 
 def _checked_output(cfg: BuildConfig, onnx_path: Path, contract, backend: str, device: str) -> Path:
@@ -244,9 +256,15 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
             onnx.save(fp16_model(fp32_model, keep_fp32=plan.nodes if plan else ()), str(source))
             if plan is not None:
                 extra["fp32_units"] = [{k: u.get(k) for k in ("name", "module", "short", "op", "nodes")} for u in plan.units]
+        checked = contract.attention != "plugin" and cfg.precision != "int8"  # int8: the guard measured it already
         if backend == "ort":
-            with atomic_path(output) as out_tmp:
-                out_tmp.write_bytes(source.read_bytes())
+            from tldeploy.runtime.runners import OrtRunner
+
+            with atomic_path(output) as out_tmp:  # checked before it takes the output's name
+                _write_portable(source, out_tmp)
+                if checked:
+                    provider = "cuda" if device == "cuda" else "cpu"
+                    extra["check"] = _check(OrtRunner(out_tmp, provider=provider), onnx_path, contract.preprocessing, check)
         else:
             from tldeploy.engines.tensorrt import EngineFromOnnx, default_timing_cache
 
@@ -255,6 +273,10 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
             engine, layers = EngineFromOnnx(source, trt_cfg, needs_plugin=needs_plugin)()
             with atomic_path(output) as out_tmp:
                 out_tmp.write_bytes(engine)
+                if checked:
+                    from tldeploy.runtime.trt_runner import TrtRunner
+
+                    extra["check"] = _check(TrtRunner(out_tmp, plugins=cfg.trt.plugins), onnx_path, contract.preprocessing, check)
             layers_path = output.with_name(output.name + ".layers.json")
             with atomic_path(layers_path) as lt:
                 lt.write_text(layers)
@@ -264,9 +286,21 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
             extra["check"] = {"skipped": "ChannelAttention plugin nodes: ONNX Runtime cannot run the reference"}
         elif cfg.precision == "int8":
             extra["check"] = extra["quantization"]["check"]  # the guard measured the artifact's graph already
-        else:
-            extra["check"] = _check(output, onnx_path, contract.preprocessing, check, device)
     return extra
+
+
+def _write_portable(source: Path, target: Path) -> None:
+    """The ONNX at `source` without what describes the build machine (stack traces with absolute
+    paths in node metadata, from exports before tldeploy stripped them)."""
+    import onnx
+
+    from tldeploy.scopes import strip_build_machine
+
+    model = onnx.load(str(source))
+    if strip_build_machine(model):
+        onnx.save(model, str(target))
+    else:
+        target.write_bytes(source.read_bytes())
 
 
 def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
@@ -276,11 +310,10 @@ def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
     return replace(t, timing_cache=path)
 
 
-def _check(artifact: Path, onnx_path: Path, prep, check, device: str) -> dict:
-    """Run the new artifact through its runner against the FP32 ONNX on ONNX Runtime CPU, on the
-    --check-data images (up to 64) or on random inputs."""
+def _check(artifact_runner, onnx_path: Path, prep, check) -> dict:
+    """Run the new artifact (a runner on its temporary file) against the FP32 ONNX on ONNX Runtime
+    CPU, on the --check-data images (up to 64) or on random inputs."""
     from tldeploy.parity import compare_outputs
-    from tldeploy.runtime.loader import load_runner
     from tldeploy.runtime.runners import OrtRunner, run_batches
 
     if check is not None:
@@ -293,7 +326,7 @@ def _check(artifact: Path, onnx_path: Path, prep, check, device: str) -> dict:
         what = "random inputs"
     with OrtRunner(onnx_path) as ref_runner:
         ref = run_batches(ref_runner, x)
-    with load_runner(artifact, device=device) as runner:
+    with artifact_runner as runner:
         out = run_batches(runner, x)
     report = compare_outputs(ref, out)
     # "kl" as the INT8 guard's check has it, so records read alike whatever the precision.

@@ -25,9 +25,10 @@ from tldeploy._io import atomic_path, check_writable, sha256_file
 from tldeploy.contract import OUTPUT_NAMES, Contract, write_contract
 from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
 from tldeploy.modalities.audio import AudioPreprocessing
-from tldeploy.modalities.preprocessing import Preprocessing, preprocessing_from_dict
+from tldeploy.modalities.preprocessing import INPUT_FORMATS, Preprocessing, preprocessing_from_dict
 from tldeploy.models.heads import AdaptedModel, ChannelAttention, normalise_cam
 from tldeploy.parity import ParityReport, compare_outputs, parity_inputs
+from tldeploy.scopes import strip_build_machine
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ExportConfig:
     data: Path | None = None  # real images for the parity check; random inputs otherwise
     parity_samples: int = 32
     parity_batches: tuple[int, ...] = (1, 7)
+    input_format: str = "normalized"  # raw: the graph takes RGB 0-255 at the resize size (raw_input.py)
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -58,6 +60,10 @@ class ExportConfig:
             raise ConfigError(f"--parity-samples must be at least 1, got {self.parity_samples}")
         if Path(self.output).suffix != ".onnx":
             raise ConfigError(f"output {self.output} should end in .onnx")
+        if self.input_format not in INPUT_FORMATS:
+            raise ConfigError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}")
+        if self.input_format == "raw" and self.attention_plugin:
+            raise ConfigError("--input-format raw cannot be combined with --attention-plugin (its parity check needs ONNX Runtime)")
 
 
 @dataclass
@@ -128,9 +134,38 @@ def export_onnx(cfg: ExportConfig) -> ExportResult:
             bad = [f"batch {b}: {'; '.join(r.failures)}" for b, r in parity if not r]
             if bad:
                 raise TldeployError(f"FP32 export differs from the checkpoint beyond {FP32_LOGIT_TOLERANCE:g} ({', '.join(bad)}); nothing written")
+    if cfg.input_format == "raw":
+        proto, contract = _raw_variant(proto, contract, onnx)
+    strip_build_machine(proto)
     with atomic_path(out) as tmp:
         onnx.save_model(proto, str(tmp))
     return ExportResult(out, contract, parity, time.perf_counter() - t0, note)
+
+
+def _raw_variant(proto, contract: Contract, onnx):
+    """The raw-input graph of a checked export, itself checked: on random pixels it gives what the
+    normalised graph gives on the same pixels cropped and normalised on the host."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from tldeploy.raw_input import centre_offset, raw_input_model
+    from tldeploy.runtime.runners import OrtRunner, run_batches
+
+    prep = contract.preprocessing
+    raw = raw_input_model(proto, prep)
+    contract = replace(contract, preprocessing=prep.as_raw())
+    write_contract(raw, contract)
+    _check(raw, onnx)
+    pixels = contract.preprocessing.random_inputs(8, seed=1)
+    top, s = centre_offset(prep.resize_size, prep.input_size), prep.input_size
+    crop = pixels[:, :, top : top + s, top : top + s] / 255.0
+    host = ((crop - np.reshape(prep.mean, (1, 3, 1, 1))) / np.reshape(prep.std, (1, 3, 1, 1))).astype(np.float32)
+    with OrtRunner(proto) as normal, OrtRunner(raw) as inside:
+        report = compare_outputs(run_batches(normal, host), run_batches(inside, pixels), max_logit_diff=FP32_LOGIT_TOLERANCE)
+    if not report:
+        raise TldeployError(f"the raw-input graph differs from the exported one ({'; '.join(report.failures)}); nothing written")
+    return raw, contract
 
 
 def _require(module: str):

@@ -12,13 +12,19 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tldeploy.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# What the graph's image input holds. normalized: the contract's resize, crop and normalisation
+# done on the host (the default). raw: RGB values in [0, 255] of the whole image scaled to
+# resize_size x resize_size, as a serving stack's scaler gives them (DeepStream's nvinfer cannot
+# crop, and has one scale for all channels); the graph crops and normalises (`raw_input.py`).
+INPUT_FORMATS = ("normalized", "raw")
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,11 @@ class Preprocessing:
     crop: str = "center"  # the only crop rule so far: shorter side -> resize_size, centre crop
     color: str = "RGB"
     layout: str = "NCHW"
+    input_format: str = "normalized"  # see INPUT_FORMATS
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # importing this module stays light (the CLI's choices come from it)
+        if self.input_format not in INPUT_FORMATS:
+            raise ConfigError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}")
         if self.input_size < 8:
             raise ConfigError(f"input size must be at least 8 px, got {self.input_size}")
         if self.resize_size < self.input_size:
@@ -55,16 +64,31 @@ class Preprocessing:
     in_channels = 3
 
     @property
+    def raw(self) -> bool:
+        return self.input_format == "raw"
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
-        return (3, self.input_size, self.input_size)
+        side = self.resize_size if self.raw else self.input_size
+        return (3, side, side)
+
+    def as_raw(self) -> Preprocessing:
+        """The contract of a raw-input graph made from this one (`raw_input.raw_input_model`)."""
+        return dataclasses.replace(self, input_format="raw")
 
     @property
     def shape_text(self) -> str:
         return "x".join(map(str, self.input_shape))
 
     def random_inputs(self, n: int, seed: int = 0) -> np.ndarray:
-        """`n` stand-in network inputs when no real ones are given: standard normal, as normalised images are."""
-        return np.random.default_rng(seed).standard_normal((n, *self.input_shape)).astype(np.float32)
+        """`n` stand-in network inputs when no real ones are given: standard normal, as normalised
+        images are (uniform in [0, 255] for a raw input)."""
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        if self.raw:
+            return rng.uniform(0.0, 255.0, (n, *self.input_shape)).astype(np.float32)
+        return rng.standard_normal((n, *self.input_shape)).astype(np.float32)
 
     def frontend(self) -> None:
         """Images need no front end inside the network."""
@@ -82,6 +106,7 @@ class Preprocessing:
             "resize_rule": self.describe(),
             "color": self.color,
             "layout": self.layout,
+            "input_format": self.input_format,
         }
 
     def read_source(self, path: Path):
@@ -99,6 +124,7 @@ class Preprocessing:
     def write_overlay(self, target: Path, source, cam: np.ndarray, title: str) -> None:
         """The CAM (jet) blended over the image as the network saw it (resized and cropped), as PNG."""
         import matplotlib
+        import numpy as np
 
         matplotlib.use("Agg")
         from matplotlib import colormaps
@@ -116,6 +142,9 @@ class Preprocessing:
         return IMAGES
 
     def describe(self) -> str:
+        if self.raw:
+            return (f"scale the whole image to {self.resize_size}x{self.resize_size} px ({self.interpolation}), RGB values "
+                    f"0-255; in the graph: centre-crop {self.input_size}x{self.input_size}, scale to [0, 1], (x - mean) / std")
         return (f"resize the shorter side to {self.resize_size} px ({self.interpolation}), then centre-crop "
                 f"{self.input_size}x{self.input_size}; scale to [0, 1]; (x - mean) / std")
 
@@ -155,13 +184,15 @@ class Preprocessing:
         """Resize and centre crop only: the image as the network sees it, before normalising."""
         from torchvision import transforms as T
 
-        return T.Compose(
-            [T.Resize(self.resize_size, interpolation=_interp(self.interpolation)), T.CenterCrop(self.input_size)]
-        )
+        side = (self.resize_size, self.resize_size) if self.raw else self.resize_size
+        return T.Compose([T.Resize(side, interpolation=_interp(self.interpolation)), T.CenterCrop(self.input_size)])
 
     def eval_transform(self):  # -> torchvision transform
         from torchvision import transforms as T
 
+        if self.raw:  # the host's part only: the whole image scaled, RGB 0-255 (the graph does the rest)
+            side = (self.resize_size, self.resize_size)
+            return T.Compose([T.Resize(side, interpolation=_interp(self.interpolation)), T.PILToTensor(), T.Lambda(_as_float)])
         return T.Compose([self.geometry(), T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def train_transform(self, augment: AugmentConfig):
@@ -201,6 +232,11 @@ class AugmentConfig:
     @classmethod
     def off(cls) -> AugmentConfig:
         return cls(enabled=False)
+
+
+def _as_float(t):
+    """uint8 pixel tensor -> float32 with the same values (0-255), unlike ToTensor's [0, 1]."""
+    return t.float()
 
 
 def _interp(name: str):
