@@ -1,0 +1,259 @@
+"""bundle and verify on the tiny CNN: the bundle is self-contained and names nothing of this
+machine, verify in another folder passes and refuses tampering before loading, the serving
+configs parse with Triton's own ModelConfig and replay to the contract's outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from tldeploy._io import sha256_file
+from tldeploy.cli import main
+from tldeploy.contract import load_onnx, read_contract, write_contract
+from tldeploy.deploy import verify as verify_mod
+from tldeploy.deploy.bundle import BundleConfig, bundle
+from tldeploy.deploy.manifest import MANIFEST, file_digests
+from tldeploy.deploy.serving import NvinferNormalisation, normalisation_from_config, parse_deepstream
+from tldeploy.deploy.verify import VerifyConfig, verify
+from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.errors import ConfigError
+from tldeploy.runtime.runners import OrtRunner, run_batches
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tmp_path_factory):
+    """The tiny export, its ORT FP32 and INT8 builds, and a stand-in engine with a record from
+    another machine (TensorRT 10.8 on a Jetson Orin), all in one build folder."""
+    ckpt, onnx_path, data = tiny
+    work = tmp_path_factory.mktemp("bundle-build")
+    src = work / "tiny.onnx"
+    shutil.copyfile(onnx_path, src)
+    fp32 = build(BuildConfig(onnx=src, precision="fp32", backend="ort")).path
+    int8 = build(BuildConfig(onnx=src, precision="int8", backend="ort", calib_data=data / "train")).path
+    engine = work / "tiny.fp16.orin.engine"
+    engine.write_bytes(b"not an engine this machine could load")
+    record = json.loads(Path(str(fp32) + ".json").read_text())
+    record.update({"artifact": engine.name, "artifact_sha256": sha256_file(engine), "precision": "fp16", "backend": "tensorrt",
+                   "device": "cuda", "tools": {**record["tools"], "tensorrt": "10.8.0.43"},
+                   "gpu": {"gpu": "Orin", "compute_capability": "8.7", "cuda": "12.6"},
+                   "options": {"batch": "1,8,16", "plugins": []}})
+    Path(str(engine) + ".json").write_text(json.dumps(record))
+    return ckpt, data, work, [src, fp32, int8, engine]
+
+
+@pytest.fixture(scope="module")
+def bundled(built, tmp_path_factory):
+    ckpt, data, work, artifacts = built
+    out = work / "tiny-bundle"
+    result = bundle(BundleConfig(tuple(artifacts), ckpt, data / "val", out, tar=True))
+    return result, work
+
+
+def _moved(bundled, tmp_path) -> Path:
+    """The bundle unpacked from its tar in another folder, as on the device."""
+    import tarfile
+
+    result, _ = bundled
+    with tarfile.open(result.tar) as tf:
+        tf.extractall(tmp_path, filter="data")
+    return tmp_path / result.path.name
+
+
+def test_bundle_is_self_contained_and_names_nothing_of_this_machine(bundled):
+    result, work = bundled
+    root = result.path
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert {"model.onnx", "labels.txt", MANIFEST, "golden/inputs.npz", "golden/reference.npz", "golden/inputs.json",
+            "golden/reference.json", "deepstream/config_infer_primary.txt", "deepstream/config_infer_secondary.txt",
+            "artifacts/tiny.fp32.ort.onnx.json", "artifacts/tiny.int8.ort.onnx", "triton/model/config.pbtxt",
+            "triton/model/1/model.onnx", "triton/tiny_fp16_orin/1/model.plan"} <= files
+    assert result.manifest["files"] == file_digests(root)
+    assert (root / "labels.txt").read_text().split() == ["green", "red"]
+    assert (root / "deepstream" / "labels.txt").read_text().strip() == "green;red"
+    golden = np.load(root / "golden" / "inputs.npz")
+    assert len(golden["inputs"]) == 16 and len(list((root / "golden" / "files").iterdir())) == 16
+    for p in root.rglob("*"):
+        if p.is_file():
+            blob = p.read_bytes()
+            assert str(work).encode() not in blob and str(Path.cwd()).encode() not in blob, p
+            assert b"stack_trace" not in blob, p
+
+
+def test_verify_in_another_folder_passes_then_names_a_changed_byte(bundled, tmp_path, monkeypatch):
+    root = _moved(bundled, tmp_path)
+    result = verify(VerifyConfig(root, device="cpu"))
+    by = {c.artifact: c for c in result.checks}
+    assert by["model.onnx"].passed and by["artifacts/tiny.fp32.ort.onnx"].passed and by["artifacts/tiny.int8.ort.onnx"].passed
+    assert by["model.onnx"].parity["logits_max_abs"] <= 1e-4
+    # The engine from the Orin is refused from its record, before anything tries to deserialize it.
+    engine = by["artifacts/tiny.fp16.orin.engine"]
+    assert not engine.passed and "built with TensorRT 10.8.0.43 on Orin (sm 8.7)" in engine.detail and "--build" in engine.detail
+    assert not result.passed and (root / "verify" / "verify.json").is_file() and (root / "verify" / "verify.md").is_file()
+
+    # One flipped byte: named, and nothing runs.
+    loaded = []
+    real = verify_mod._verify_one
+    monkeypatch.setattr(verify_mod, "_verify_one", lambda root_, e, *a: loaded.append(e["file"]) or real(root_, e, *a))
+    target = root / "artifacts" / "tiny.int8.ort.onnx"
+    blob = bytearray(target.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    target.write_bytes(bytes(blob))
+    bad = verify(VerifyConfig(root, device="cpu"))
+    assert not bad.passed and loaded == []  # nothing ran
+    assert [c.detail for c in bad.checks] == ["artifacts/tiny.int8.ort.onnx changed: its SHA-256 differs from the manifest's (copy the bundle again)"]
+
+
+def test_another_models_record_is_refused_before_loading(bundled, built, tmp_path, monkeypatch, outlier_onnx):
+    root = _moved(bundled, tmp_path)
+    # A record swapped for another model's, with the manifest made to match (a hand-edited bundle).
+    rec_path = root / "artifacts" / "tiny.int8.ort.onnx.json"
+    record = json.loads(rec_path.read_text())
+    record["input_onnx_sha256"] = sha256_file(outlier_onnx[0])
+    rec_path.write_text(json.dumps(record))
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"] = file_digests(root)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    opened = []
+    import tldeploy.runtime.loader as loader
+
+    real = loader.load_runner
+    monkeypatch.setattr(loader, "load_runner", lambda path, **kw: opened.append(Path(path).name) or real(path, **kw))
+    result = verify(VerifyConfig(root, device="cpu"))
+    check = next(c for c in result.checks if c.artifact == "artifacts/tiny.int8.ort.onnx")
+    assert not check.passed and "made from another model's ONNX; refused before loading" in check.detail
+    assert "tiny.int8.ort.onnx" not in opened and "model.onnx" in opened
+    # bundle itself refuses an artifact built from an ONNX it was not given.
+    ckpt, data, work, artifacts = built
+    with pytest.raises(ConfigError, match="built from an ONNX file not in the bundle"):
+        bundle(BundleConfig((_other_export(tmp_path, artifacts[0]), artifacts[2]), ckpt, data / "val", tmp_path / "b2"))
+
+
+def _other_export(tmp_path: Path, onnx_path: Path) -> Path:
+    """The same export saved again with a changed doc string: another file, another SHA-256."""
+    m = load_onnx(onnx_path)
+    m.doc_string = "another export"
+    p = tmp_path / "other.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
+def test_verify_cli_fails_with_one_line_per_failed_check(bundled, tmp_path, capsys):
+    root = _moved(bundled, tmp_path)
+    assert main(["verify", str(root), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: artifacts/tiny.fp16.orin.engine: built with TensorRT 10.8.0.43")
+    (root / "artifacts" / "tiny.fp16.orin.engine").unlink()
+    assert main(["verify", str(root), "--device", "cpu"]) == 1
+    assert "error: bundle: artifacts/tiny.fp16.orin.engine is missing from the bundle" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "nothing")]) == 1
+    assert "is not a tldeploy bundle (no manifest.json)" in capsys.readouterr().err
+
+
+def _model_config():
+    spec = importlib.util.find_spec("tritonclient")
+    path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    # The message module alone: importing tritonclient.grpc would need grpcio, which the check does not.
+    mspec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(module)
+    return module
+
+
+def test_triton_configs_parse_with_tritons_model_config(bundled):
+    from google.protobuf import text_format
+
+    mc = _model_config()
+    root = bundled[0].path
+    configs = {p.parent.name: text_format.Parse(p.read_text(), mc.ModelConfig()) for p in (root / "triton").glob("*/config.pbtxt")}
+    assert set(configs) == {"model", "tiny_fp32_ort", "tiny_int8_ort", "tiny_fp16_orin"}
+    m = configs["model"]
+    assert m.platform == "onnxruntime_onnx" and m.max_batch_size == 32 and m.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims)) for i in m.input] == [("images", [3, 32, 32])]  # no batch dimension
+    outs = {o.name: o for o in m.output}
+    assert list(outs["logits"].dims) == [2] and outs["probs"].label_filename == "labels.txt" and list(outs["cam"].dims) == [8, 8]
+    assert configs["tiny_fp16_orin"].platform == "tensorrt_plan" and configs["tiny_fp16_orin"].max_batch_size == 16
+    for name, c in configs.items():
+        assert (root / "triton" / name / "1" / c.default_model_filename).is_file()
+
+
+def _frames(files: list[Path], size: int) -> list[np.ndarray]:
+    """Frames as a serving scaler gives them: the whole image scaled to `size` (bilinear), RGB uint8."""
+    return [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)) for f in files]
+
+
+def test_deepstream_formula_gives_the_contracts_outputs_and_a_wrong_config_does_not(bundled, tiny, tmp_path):
+    """nvinfer's y = net-scale-factor * (x - offsets), replayed from the written config on real
+    images brought to the network's size, gives the contract's outputs; BGR or an averaged std
+    does not. Two contracts: one nvinfer expresses as it is (one std, no crop), and one with
+    ImageNet's per-channel std and a crop, which is served through the raw-input graph."""
+    root = bundled[0].path
+    props = parse_deepstream((root / "deepstream" / "config_infer_primary.txt").read_text())
+    assert props["onnx-file"] == "../model.onnx" and props["network-type"] == "1" and props["output-blob-names"] == "probs"
+    norm = normalisation_from_config(props)
+    contract = read_contract(root / "model.onnx")
+    prep = contract.preprocessing
+    files = sorted((root / "golden" / "files").iterdir())
+    seen = [np.asarray(prep.geometry()(Image.open(f).convert("RGB"))) for f in files]  # the contract's own geometry
+    with OrtRunner(root / "model.onnx") as r:
+        want = run_batches(r, np.stack([prep.load(f) for f in files]))
+        got = run_batches(r, np.stack([norm.apply(s) for s in seen]))
+    assert (got["logits"].argmax(1) == want["logits"].argmax(1)).all() and np.abs(got["logits"] - want["logits"]).max() <= 1e-4
+
+    # A contract nvinfer cannot say: per-channel std, resize 40 then crop 32.
+    ckpt, onnx_path, data = tiny
+    imagenet = load_onnx(onnx_path)
+    c = read_contract(imagenet)
+    c2 = replace(c, preprocessing=replace(c.preprocessing, resize_size=40, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    write_contract(imagenet, c2)
+    src = tmp_path / "imagenet.onnx"
+    onnx.save(imagenet, str(src))
+    b = bundle(BundleConfig((src,), ckpt, data / "val", tmp_path / "ib")).path
+    props = parse_deepstream((b / "deepstream" / "config_infer_primary.txt").read_text())
+    assert props["onnx-file"] == "../model_raw.onnx" and props["net-scale-factor"] == "1.0" and props["offsets"] == "0.0;0.0;0.0"
+    assert props["infer-dims"] == "3;40;40"
+    norm = normalisation_from_config(props)
+    files = sorted((b / "golden" / "files").iterdir())
+    prep2 = c2.preprocessing
+    with OrtRunner(b / "model.onnx") as normal, OrtRunner(b / "model_raw.onnx") as raw:
+        want = run_batches(normal, np.stack([prep2.load(f) for f in files]))
+        got = run_batches(raw, np.stack([norm.apply(fr) for fr in _frames(files, 40)]))
+        assert (got["logits"].argmax(1) == want["logits"].argmax(1)).all() and np.abs(got["logits"] - want["logits"]).max() <= 1e-4
+        # Wrong configs: BGR, or the normalised model with ImageNet's std averaged into one scale.
+        bgr = replace(norm, model_color_format=1)
+        flipped = run_batches(raw, np.stack([bgr.apply(fr) for fr in _frames(files, 40)]))
+        assert np.abs(flipped["logits"] - want["logits"]).max() > 1e-2
+        averaged = NvinferNormalisation(1.0 / (255 * float(np.mean(prep2.std))), tuple(255 * m for m in prep2.mean), 32)
+        crops = [np.asarray(prep2.geometry()(Image.open(f).convert("RGB"))) for f in files]
+        approx = run_batches(normal, np.stack([averaged.apply(s) for s in crops]))
+        assert np.abs(approx["logits"] - want["logits"]).max() > 1e-2
+
+
+def test_polygraphy_accepts_the_golden_files(bundled):
+    root = bundled[0].path
+    exe = Path(sys.executable).with_name("polygraphy")
+    cmd = [str(exe), "run", str(root / "model.onnx"), "--onnxrt", "--load-inputs", str(root / "golden" / "inputs.json"),
+           "--load-outputs", str(root / "golden" / "reference.json"), "--atol", "1e-4", "--rtol", "1e-3"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0 and "PASSED" in run.stdout + run.stderr, (run.stdout + run.stderr)[-2000:]
+
+
+def test_bundle_refuses_bad_input_in_one_line(built, tmp_path, capsys):
+    ckpt, data, work, artifacts = built
+    assert main(["bundle", str(artifacts[1]), "--reference", str(ckpt), "--data", str(data / "val"), "-o", str(tmp_path / "b")]) == 1
+    assert "needs the FP32 ONNX export" in capsys.readouterr().err
+    assert main(["bundle", str(artifacts[0]), "--reference", str(artifacts[0]), "--data", str(data / "val"), "-o", str(tmp_path / "b")]) == 1
+    assert "is not the checkpoint" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    assert main(["bundle", str(artifacts[0]), "--reference", str(ckpt), "--data", str(data / "val"), "-o", str(tmp_path / "taken")]) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -1,0 +1,74 @@
+"""`tldeploy bundle` and `tldeploy verify`: the last mile to the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tldeploy.cli._common import CONTEXT, _setup_logging, cli
+
+
+@cli.command("bundle", context_settings=CONTEXT)
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path), required=True, help="The checkpoint the export came from (RUN_DIR/model.pt).")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Validation images (class folders): the golden inputs are drawn from them.")
+@click.option("-o", "--out", "output", type=click.Path(path_type=Path), required=True, help="The bundle folder to write.")
+@click.option("--golden", default=32, show_default=True, type=click.IntRange(1), help="Golden inputs, spread over the classes.")
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1), help="Triton max_batch_size for dynamic-batch models.")
+@click.option("--classifier-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="DeepStream classifier-threshold (on probs).")
+@click.option("--tar", is_flag=True, help="Also write BUNDLE.tar, one file to copy.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--quiet", is_flag=True, help="Warnings only.")
+def bundle_cmd(artifacts: tuple[Path, ...], reference: Path, data: Path, output: Path, golden: int, max_batch: int,
+               classifier_threshold: float, tar: bool, force: bool, quiet: bool) -> None:
+    """Write a self-contained folder to take to the device: the FP32 ONNX (and its raw-input
+    variant where DeepStream cannot express the preprocessing), the built ARTIFACTS with their
+    records, golden inputs and the reference's outputs (.npz and Polygraphy JSON), labels,
+    DeepStream and Triton configs, and a manifest with every file's SHA-256.
+
+    \b
+    Example:
+      tldeploy bundle digits.onnx digits.fp32.ort.onnx digits.int8.ort.onnx \\
+        --reference runs/digits/model.pt --data data/digits/val -o digits-bundle --tar
+    """
+    _setup_logging(quiet)
+    from tldeploy.deploy.bundle import BundleConfig, bundle
+
+    result = bundle(BundleConfig(artifacts=artifacts, reference=reference, data=data, output=output, golden=golden,
+                                 max_batch=max_batch, classifier_threshold=classifier_threshold, tar=tar, force=force))
+    for e in result.manifest["artifacts"]:
+        m = e.get("measured_here") or {}
+        here = (f"top-1 agreement {m['top1_agreement']:.2%} here" if "top1_agreement" in m else m.get("not_run", ""))
+        click.echo(f"  {e['file']:<40} {e['precision']:<5} {e['input']:<10} {here}")
+    click.echo(f"wrote {result.path} ({len(result.manifest['files'])} files)" + (f" and {result.tar}" if result.tar else ""))
+
+
+@cli.command("verify", context_settings=CONTEXT)
+@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--build", is_flag=True, help="Build TensorRT engines here from the bundle's ONNX first, and check them too.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]), help="With --build: engines to build (repeatable) [default: fp16].")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="Where ONNX artifacts run.")
+@click.option("-o", "--out", "output", type=click.Path(path_type=Path), help="Folder for verify.json and verify.md [default: BUNDLE/verify].")
+@click.option("--quiet", is_flag=True, help="Warnings only.")
+def verify_cmd(bundle_dir: Path, build: bool, precisions: tuple[str, ...], device: str, output: Path | None, quiet: bool) -> None:
+    """On the device: check every file of BUNDLE against its manifest, every record against its
+    artifact, every engine's TensorRT and GPU against this machine, then run the golden inputs
+    through every artifact and compare with the reference under the manifest's tolerances.
+
+    \b
+    Examples:
+      tldeploy verify digits-bundle
+      tldeploy verify digits-bundle --build --precision fp16
+    """
+    _setup_logging(quiet)
+    from tldeploy.deploy.verify import VerifyConfig, verify
+
+    result = verify(VerifyConfig(bundle=bundle_dir, build=build, precisions=precisions, device=device, output=output))
+    for c in result.checks:
+        click.echo(f"  {'pass' if c.passed else 'FAIL'}  {c.artifact}: {c.detail}")
+    click.echo(f"wrote {result.report} and verify.md beside it")
+    if not result.passed:
+        for line in result.failures():
+            click.echo(f"error: {line}", err=True)
+        raise click.exceptions.Exit(1)

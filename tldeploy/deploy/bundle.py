@@ -1,0 +1,339 @@
+"""`tldeploy bundle`: one self-contained folder to take to the device.
+
+BUNDLE/
+  model.onnx                 the FP32 export, which every device can rebuild from
+  model_raw.onnx             its raw-input variant, when nvinfer cannot express the contract
+  artifacts/NAME, NAME.json  the built artifacts given, with their build records
+  golden/                    inputs.npz, reference.npz (+ Polygraphy JSON) and the source files
+  labels.txt                 one class per line (Triton); deepstream/labels.txt (nvinfer's ';' list)
+  deepstream/                config_infer_primary.txt, config_infer_secondary.txt
+  triton/NAME/               config.pbtxt and 1/model.onnx (or 1/model.plan for engines)
+  manifest.json              SHA-256 of every file, the contract, tool versions, tolerances
+
+Nothing in it names the build machine: records are rewritten without its paths, the ONNX files
+carry no stack traces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tarfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tldeploy._io import atomic_dir, atomic_path, now, sha256_file
+from tldeploy.contract import OUTPUT_NAMES, Contract, load_onnx, read_contract, write_contract
+from tldeploy.deploy import golden as gold
+from tldeploy.deploy.manifest import MANIFEST, TOLERANCES, file_digests, scrub
+from tldeploy.deploy.serving import deepstream_config, nvinfer_expresses, triton_config
+from tldeploy.errors import ConfigError
+from tldeploy.runtime import host
+from tldeploy.runtime.runners import artifact_contract, artifact_kind, read_sidecar, sidecar_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    artifacts: tuple[Path, ...]
+    reference: Path
+    data: Path
+    output: Path
+    golden: int = gold.GOLDEN
+    max_batch: int = 32  # Triton's max_batch_size and DeepStream's batch-size ceiling for dynamic models
+    classifier_threshold: float = 0.5
+    tar: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.artifacts:
+            raise ConfigError("bundle needs at least the FP32 ONNX export as ARTIFACT")
+        if self.golden < 1:
+            raise ConfigError(f"--golden must be at least 1, got {self.golden}")
+        if not 0.0 <= self.classifier_threshold <= 1.0:
+            raise ConfigError(f"--classifier-threshold must be in [0, 1], got {self.classifier_threshold}")
+
+
+@dataclass
+class _Artifact:
+    path: Path
+    kind: str  # onnx or engine
+    contract: Contract
+    record: dict | None
+    sha256: str
+
+    @property
+    def precision(self) -> str:
+        return self.contract.precision if self.record is None else str(self.record["precision"])
+
+
+@dataclass
+class BundleResult:
+    path: Path
+    manifest: dict[str, Any]
+    tar: Path | None
+
+
+def bundle(cfg: BundleConfig) -> BundleResult:
+    out = Path(cfg.output)
+    if out.exists() and not cfg.force:
+        raise ConfigError(f"{out} already exists; pass --force to replace it")
+    items = [_read(Path(p)) for p in cfg.artifacts]
+    source = _source(items)
+    _check_same_model(items, source, Path(cfg.reference))
+    g = gold.make_golden(source.contract, cfg.data, Path(cfg.reference), cfg.golden)
+    roots = _machine_roots(cfg, items)
+    with atomic_dir(out, force=cfg.force) as tmp:
+        entries = _write_models(tmp, items, source, roots)
+        _write_golden(tmp, g, source, entries)
+        _write_serving(tmp, source, entries, cfg)
+        measured = _measure(tmp, entries, g)
+        manifest = _manifest(tmp, source, entries, g, measured, cfg)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    tar = None
+    if cfg.tar:
+        tar = out.with_name(out.name + ".tar")
+        with atomic_path(tar) as t, tarfile.open(t, "w") as tf:
+            tf.add(out, arcname=out.name)
+    return BundleResult(out, manifest, tar)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _read(path: Path) -> _Artifact:
+    kind = artifact_kind(path)
+    if kind == "checkpoint":
+        raise ConfigError(f"{path} is a checkpoint; pass it as --reference, and its ONNX export as ARTIFACT")
+    contract = artifact_contract(path)
+    return _Artifact(path, kind, contract, read_sidecar(path), sha256_file(path))
+
+
+def _source(items: list[_Artifact]) -> _Artifact:
+    """The FP32 export: an ONNX file without a build record, FP32 and normalised input."""
+    for a in items:
+        if a.kind == "onnx" and a.record is None and a.contract.precision == "fp32" and not getattr(a.contract.preprocessing, "raw", False):
+            return a
+    raise ConfigError("bundle needs the FP32 ONNX export (the file 'tldeploy export' wrote, the source every device can "
+                      "rebuild from) among the ARTIFACTs")
+
+
+def _check_same_model(items: list[_Artifact], source: _Artifact, reference: Path) -> None:
+    base = source.contract
+    onnx_shas = {a.sha256 for a in items if a.kind == "onnx"}
+    for a in items:
+        c = a.contract
+        prep = c.preprocessing
+        plain = prep if not getattr(prep, "raw", False) else _normalised(prep)
+        if c.classes != base.classes or plain != base.preprocessing or c.checkpoint_sha256 != base.checkpoint_sha256:
+            raise ConfigError(f"{a.path} comes from another model than {source.path} (classes, preprocessing or checkpoint differ)")
+        if a.record is not None:
+            if a.record.get("artifact_sha256") != a.sha256:
+                raise ConfigError(f"{sidecar_path(a.path)} does not describe {a.path} (its artifact_sha256 differs); rebuild it")
+            if a.record.get("input_onnx_sha256") not in onnx_shas:
+                raise ConfigError(f"{a.path} was built from an ONNX file not in the bundle; pass the export it was built from")
+    if not reference.is_file():
+        raise ConfigError(f"--reference {reference} does not exist; pass the checkpoint the export came from (RUN_DIR/model.pt)")
+    if sha256_file(reference) != base.checkpoint_sha256:
+        raise ConfigError(f"--reference {reference} is not the checkpoint {source.path} was exported from (SHA-256 differs)")
+
+
+def _normalised(prep):
+    return replace(prep, input_format="normalized")
+
+
+def _machine_roots(cfg: BundleConfig, items: list[_Artifact]) -> list[str]:
+    """Folders of this machine that must not appear in the bundle."""
+    roots = {str(Path.cwd()), str(Path.home()), str(Path(cfg.data).resolve().parent), str(Path(cfg.reference).resolve().parent)}
+    roots |= {str(a.path.resolve().parent) for a in items}
+    return sorted((r for r in roots if r not in ("/", "")), key=len, reverse=True)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _portable_onnx(src: Path | Any, dst: Path) -> None:
+    import onnx
+
+    from tldeploy.scopes import strip_build_machine
+
+    model = load_onnx(src) if isinstance(src, Path) else src
+    strip_build_machine(model)
+    onnx.save(model, str(dst))
+
+
+def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: list[str]) -> list[dict[str, Any]]:
+    """model.onnx, model_raw.onnx where needed, artifacts/ with scrubbed records; the entries the
+    manifest lists (file, kind, precision, input format, record)."""
+    _portable_onnx(source.path, tmp / "model.onnx")
+    entries = [{"file": "model.onnx", "kind": "onnx", "precision": "fp32", "input": "normalized", "record": None, "backend": "ort"}]
+    prep = source.contract.preprocessing
+    if prep.modality == "image" and not nvinfer_expresses(prep):
+        from tldeploy.raw_input import raw_input_model
+
+        raw = raw_input_model(load_onnx(tmp / "model.onnx"), prep)
+        write_contract(raw, replace(source.contract, preprocessing=prep.as_raw()))
+        _portable_onnx(raw, tmp / "model_raw.onnx")
+        entries.append({"file": "model_raw.onnx", "kind": "onnx", "precision": "fp32", "input": "raw", "record": None, "backend": "ort"})
+    (tmp / "artifacts").mkdir()
+    for a in items:
+        if a is source:
+            continue
+        target = tmp / "artifacts" / a.path.name
+        if a.kind == "onnx":
+            _portable_onnx(a.path, target)
+        else:
+            shutil.copyfile(a.path, target)
+        entry: dict[str, Any] = {"file": f"artifacts/{a.path.name}", "kind": a.kind, "precision": a.precision,
+                                 "input": "raw" if getattr(a.contract.preprocessing, "raw", False) else "normalized",
+                                 "backend": a.record.get("backend") if a.record else "ort", "record": None,
+                                 "qdq_flavour": (a.record or {}).get("qdq_flavour")}
+        if a.record is not None:
+            record = scrub(dict(a.record), roots)
+            record["artifact_sha256"] = sha256_file(target)  # the bundled file (stripped of build-machine metadata)
+            (tmp / "artifacts" / (a.path.name + ".json")).write_text(json.dumps(record, indent=2) + "\n")
+            entry["record"] = f"artifacts/{a.path.name}.json"
+            layers = a.path.with_name(a.path.name + ".layers.json")
+            if layers.is_file():
+                shutil.copyfile(layers, tmp / "artifacts" / layers.name)
+        entries.append(entry)
+    return entries
+
+
+def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[dict[str, Any]]) -> None:
+    d = tmp / "golden"
+    (d / "files").mkdir(parents=True)
+    names = []
+    for i, p in enumerate(g.paths):
+        name = f"{i:03d}_{p.parent.name}_{p.name}"
+        shutil.copyfile(p, d / "files" / name)
+        names.append(f"golden/files/{name}")
+    arrays = {"inputs": g.inputs, "files": np.array(names)}
+    if g.labels is not None:
+        arrays["labels"] = g.labels
+    if any(e["input"] == "raw" for e in entries):
+        raw = source.contract.preprocessing.as_raw()
+        arrays["inputs_raw"] = np.stack([raw.load(p) for p in g.paths]).astype(np.float32)
+    np.savez(d / "inputs.npz", **arrays)
+    np.savez(d / "reference.npz", **g.reference)
+    batch = _static_batch(tmp / "model.onnx")
+    name = source.contract.input_name
+    (d / "inputs.json").write_text(gold.polygraphy_inputs(name, g.inputs, batch))
+    (d / "reference.json").write_text(gold.polygraphy_outputs(g.reference, batch))
+    if "inputs_raw" in arrays:
+        (d / "inputs_raw.json").write_text(gold.polygraphy_inputs(name, arrays["inputs_raw"], batch))
+
+
+def _static_batch(onnx_path: Path) -> int | None:
+    dim = load_onnx(onnx_path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value or None
+
+
+def _output_dims(onnx_path: Path) -> list[tuple[str, list[int]]]:
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(load_onnx(onnx_path))
+    dims = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    return [(k, dims[k]) for k in OUTPUT_NAMES]
+
+
+def _write_serving(tmp: Path, source: _Artifact, entries: list[dict[str, Any]], cfg: BundleConfig) -> None:
+    classes = source.contract.classes
+    (tmp / "labels.txt").write_text("\n".join(classes) + "\n")
+    ds = tmp / "deepstream"
+    ds.mkdir()
+    (ds / "labels.txt").write_text(";".join(classes) + "\n")  # nvinfer's classifier label file: one line, ';'-separated
+    prep = source.contract.preprocessing
+    if prep.modality == "image":
+        served = next(e for e in entries if e["file"] in ("model_raw.onnx", "model.onnx") and (e["input"] == "raw" or nvinfer_expresses(prep)))
+        served_prep = prep.as_raw() if served["input"] == "raw" else prep
+        batch = _static_batch(tmp / served["file"]) or 1
+        engine = [e for e in entries if e["kind"] == "engine" and e["input"] == served["input"]]
+        precision = engine[0]["precision"] if engine else "fp16"
+        engine_file = f"../{engine[0]['file']}" if engine else f"../{served['file']}_b{batch}_gpu0_{precision}.engine"
+        note = (f"model-engine-file is {'the bundled engine' if engine else 'where nvinfer caches the engine it builds from onnx-file'}; "
+                "'tldeploy verify BUNDLE --build' builds and checks engines on the device.")
+        for secondary, name in ((False, "config_infer_primary.txt"), (True, "config_infer_secondary.txt")):
+            (ds / name).write_text(deepstream_config(
+                onnx_file=f"../{served['file']}", engine_file=engine_file, labels_file="labels.txt", prep=served_prep,
+                precision=precision, batch_size=batch, threshold=cfg.classifier_threshold, secondary=secondary, note=note))
+    for e in entries:
+        _write_triton(tmp, e, source, cfg)
+
+
+def _triton_name(file: str) -> str:
+    stem = Path(file).name
+    for suffix in (".onnx", ".engine", ".plan", ".trt"):
+        stem = stem.removesuffix(suffix)
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)
+
+
+def _write_triton(tmp: Path, e: dict[str, Any], source: _Artifact, cfg: BundleConfig) -> None:
+    name = _triton_name(e["file"])
+    folder = tmp / "triton" / name
+    (folder / "1").mkdir(parents=True)
+    prep = source.contract.preprocessing
+    input_dims = list(prep.as_raw().input_shape if e["input"] == "raw" else prep.input_shape)
+    outputs = [(k, d[1:]) for k, d in _output_dims(tmp / "model.onnx")]
+    if e["kind"] == "onnx":
+        static = _static_batch(tmp / e["file"])
+        shutil.copyfile(tmp / e["file"], folder / "1" / "model.onnx")
+        platform, filename, max_batch = "onnxruntime_onnx", "model.onnx", cfg.max_batch
+    else:
+        static = None
+        shutil.copyfile(tmp / e["file"], folder / "1" / "model.plan")
+        record = json.loads((tmp / e["record"]).read_text()) if e["record"] else {}
+        max_batch = int(str((record.get("options") or {}).get("batch", f"1,1,{cfg.max_batch}")).split(",")[-1])
+        platform, filename = "tensorrt_plan", "model.plan"
+    if static:  # a fixed batch: Triton takes the full dims and no batching of its own
+        input_dims, outputs, max_batch = [static, *input_dims], [(k, [static, *d]) for k, d in outputs], 0
+    (folder / "config.pbtxt").write_text(triton_config(
+        name=name, platform=platform, input_name=source.contract.input_name, input_dims=input_dims, outputs=outputs,
+        max_batch_size=max_batch, labels_file="labels.txt", model_filename=filename))
+    shutil.copyfile(tmp / "labels.txt", folder / "labels.txt")
+
+
+def _measure(tmp: Path, entries: list[dict[str, Any]], g: gold.Golden) -> dict[str, Any]:
+    """Each ONNX artifact on the golden inputs here (ONNX Runtime CPU), against the reference."""
+    from tldeploy.parity import compare_outputs
+    from tldeploy.runtime.runners import OrtRunner, run_batches
+
+    inputs = np.load(tmp / "golden" / "inputs.npz")
+    out: dict[str, Any] = {}
+    for e in entries:
+        if e["kind"] != "onnx":
+            out[e["file"]] = {"not_run": "an engine runs only on its GPU"}
+            continue
+        x = inputs["inputs_raw" if e["input"] == "raw" else "inputs"]
+        with OrtRunner(tmp / e["file"]) as r:
+            report = compare_outputs(g.reference, run_batches(r, x))
+        tol = TOLERANCES[e["precision"]]
+        passed = report.top1_agreement >= tol["min_top1_agreement"] and report.cosine >= tol["min_cosine"] and (
+            tol["max_logit_diff"] is None or report.logits_max_abs <= tol["max_logit_diff"])
+        if not passed:
+            log.warning("%s misses its %s tolerances on the golden inputs here (top-1 agreement %.2f%%, cosine %.6f, "
+                        "logits max |diff| %.3g)", e["file"], e["precision"], 100 * report.top1_agreement, report.cosine, report.logits_max_abs)
+        out[e["file"]] = {"top1_agreement": report.top1_agreement, "cosine": report.cosine,
+                          "logits_max_abs": report.logits_max_abs, "passed": passed, "cpu": host.cpu_info()["class"]}
+    return out
+
+
+def _manifest(tmp: Path, source: _Artifact, entries: list[dict[str, Any]], g: gold.Golden, measured: dict[str, Any],
+              cfg: BundleConfig) -> dict[str, Any]:
+    return {
+        "format": "tldeploy.bundle",
+        "format_version": 1,
+        "created": now(),
+        "contract": read_contract(tmp / "model.onnx").to_props(),
+        "classes": source.contract.classes,
+        "tools": host.tool_versions(),
+        "tolerances": TOLERANCES,
+        "artifacts": [{**e, "measured_here": measured.get(e["file"])} for e in entries],
+        "golden": {"n": len(g.inputs), "labelled": g.labels is not None},
+        "files": file_digests(tmp),
+    }

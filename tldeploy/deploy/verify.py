@@ -1,0 +1,223 @@
+"""`tldeploy verify BUNDLE`: on the device, prove the shipped artifacts equal the reference.
+
+In order: every file against the manifest (a changed byte is named and nothing runs); every build
+record against its artifact and the bundle's ONNX (another model's record is refused before
+anything loads); an engine's TensorRT version and GPU against this machine's, before
+deserializing it; then the golden inputs through every artifact, compared with the reference's
+outputs under the manifest's tolerances. With `--build`, engines are built here from the bundle's
+ONNX first (and checked the same way). Writes verify.json and verify.md; fails with one line per
+failed check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tldeploy._io import now, sha256_file, write_json, write_text
+from tldeploy.deploy.manifest import DEVICE_DIR, MANIFEST, VERIFY_DIR, check_files
+from tldeploy.errors import ConfigError, TldeployError
+from tldeploy.runtime import host
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    bundle: Path
+    build: bool = False
+    precisions: tuple[str, ...] = ()  # --build: engines to build here [default: fp16, and int8 with a TensorRT Q/DQ model]
+    device: str = "auto"  # where ONNX artifacts run: cpu, cuda, or auto (cuda where visible)
+    output: Path | None = None  # default: BUNDLE/verify/
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise ConfigError(f"--precision must be among {', '.join(PRECISIONS)}, got {', '.join(bad)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass
+class Check:
+    artifact: str
+    passed: bool
+    detail: str
+    parity: dict[str, Any] | None = None
+
+
+@dataclass
+class VerifyResult:
+    passed: bool
+    checks: list[Check] = field(default_factory=list)
+    report: Path | None = None
+
+    def failures(self) -> list[str]:
+        return [f"{c.artifact}: {c.detail}" for c in self.checks if not c.passed]
+
+
+def verify(cfg: VerifyConfig) -> VerifyResult:
+    root = Path(cfg.bundle)
+    manifest = _manifest(root)
+    out = Path(cfg.output) if cfg.output else root / VERIFY_DIR
+    checks = [Check("bundle", False, p) for p in check_files(root, manifest)]
+    if not checks:
+        device = _device(cfg.device)
+        entries = list(manifest["artifacts"])
+        onnx_shas = {sha256_file(root / e["file"]) for e in entries if e["kind"] == "onnx"}
+        if cfg.build:
+            entries += _build_here(root, manifest, cfg)
+        inputs = np.load(root / "golden" / "inputs.npz")
+        reference = dict(np.load(root / "golden" / "reference.npz"))
+        for e in entries:
+            checks.append(_verify_one(root, e, manifest, onnx_shas, inputs, reference, device))
+    result = VerifyResult(all(c.passed for c in checks) and bool(checks), checks)
+    result.report = _write_report(out, root, manifest, result)
+    return result
+
+
+def _manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{root} is not a tldeploy bundle (no {MANIFEST}); make one with 'tldeploy bundle'")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as e:
+        raise TldeployError(f"{path} is not valid JSON ({e}); copy the bundle again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "tldeploy.bundle":
+        raise TldeployError(f"{path} is not a tldeploy bundle manifest; make the bundle with 'tldeploy bundle'")
+    return manifest
+
+
+def _device(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_shas: set[str], inputs, reference, device: str) -> Check:
+    from tldeploy.deploy.manifest import TOLERANCES
+    from tldeploy.parity import compare_outputs
+    from tldeploy.runtime.loader import load_runner
+    from tldeploy.runtime.runners import run_batches
+
+    name, path = e["file"], root / e["file"]
+    record = json.loads((root / e["record"]).read_text()) if e.get("record") else None
+    if record is not None:
+        if record.get("artifact_sha256") != sha256_file(path):
+            return Check(name, False, f"its build record {e['record']} describes another artifact (artifact_sha256 differs); refused before loading")
+        if record.get("input_onnx_sha256") not in onnx_shas and not e.get("built_here"):
+            return Check(name, False, f"its build record {e['record']} was made from another model's ONNX; refused before loading")
+    if e["kind"] == "engine":
+        why = _engine_mismatch(record or {})
+        if why:
+            return Check(name, False, f"{why}; run 'tldeploy verify {root} --build' to build and check engines here")
+    x = inputs["inputs_raw" if e["input"] == "raw" else "inputs"]
+    tol = manifest["tolerances"][e["precision"]] if e["precision"] in manifest.get("tolerances", {}) else TOLERANCES[e["precision"]]
+    try:
+        with load_runner(path, device=device if e["kind"] == "onnx" else "cuda") as runner:
+            out = run_batches(runner, x)
+    except TldeployError as err:
+        return Check(name, False, f"could not run here: {err}")
+    report = compare_outputs(reference, out, labels=inputs["labels"] if "labels" in inputs else None,
+                             max_logit_diff=tol.get("max_logit_diff"), min_top1_agreement=tol.get("min_top1_agreement"))
+    failures = list(report.failures)
+    if report.cosine < float(tol.get("min_cosine") or 0.0):
+        failures.append(f"cosine {report.cosine:.6f} < {tol['min_cosine']}")
+    detail = (f"top-1 agreement {report.top1_agreement:.2%}, cosine {report.cosine:.6f}, logits max |diff| {report.logits_max_abs:.3g}"
+              + (f": {'; '.join(failures)}" if failures else ""))
+    return Check(name, not failures, detail, report.to_dict())
+
+
+def _engine_mismatch(record: dict[str, Any]) -> str | None:
+    """Why an engine built as `record` says cannot load here, read before deserializing it."""
+    from tldeploy.engines.tensorrt import trt_version
+    from tldeploy.runtime.trt import gpu_info
+
+    built_trt = (record.get("tools") or {}).get("tensorrt")
+    built_gpu = record.get("gpu") or {}
+    here_trt, here_gpu = trt_version(), gpu_info()
+    where = f"built with TensorRT {built_trt} on {built_gpu.get('gpu', 'an unknown GPU')} (sm {built_gpu.get('compute_capability', '?')})"
+    if here_trt is None:
+        return f"{where}; this machine has no TensorRT"
+    if not here_gpu:
+        return f"{where}; this machine has no visible CUDA GPU"
+    if built_trt != here_trt:
+        return f"{where}; this machine has TensorRT {here_trt}"
+    if built_gpu.get("compute_capability") != here_gpu.get("compute_capability"):
+        return f"{where}; this GPU is {here_gpu.get('gpu')} (sm {here_gpu.get('compute_capability')})"
+    return None
+
+
+def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig) -> list[dict[str, Any]]:
+    """TensorRT engines built on this device from the bundle's ONNX (the build cache is reused)."""
+    from tldeploy.engines.builder import BuildConfig, build
+
+    precisions = cfg.precisions or ("fp16",)
+    out = root / DEVICE_DIR
+    out.mkdir(exist_ok=True)
+    entries = []
+    raw = (root / "model_raw.onnx").is_file()
+    for p in precisions:
+        source = root / ("model_raw.onnx" if raw else "model.onnx")
+        if p == "int8":
+            qdq = [e for e in manifest["artifacts"] if e["precision"] == "int8" and e["kind"] == "onnx" and e.get("qdq_flavour") == "tensorrt"]
+            if not qdq:
+                raise ConfigError("--build --precision int8 needs a TensorRT-flavoured Q/DQ ONNX in the bundle "
+                                  "('tldeploy build model.onnx --precision int8 --backend tensorrt' makes one; bundle it)")
+            source = root / qdq[0]["file"]
+        target = out / f"{source.stem}.{p}.engine"
+        result = build(BuildConfig(onnx=source, precision=p if p != "int8" else "fp32", backend="tensorrt", device="cuda",
+                                   output=target, force=True))
+        entries.append({"file": str(target.relative_to(root)), "kind": "engine", "precision": p, "built_here": True,
+                        "input": "raw" if raw and p != "int8" else "normalized",
+                        "record": str(Path(DEVICE_DIR) / (target.name + ".json")), "backend": "tensorrt",
+                        "build_seconds": result.record.get("build_seconds")})
+    return entries
+
+
+def fingerprint() -> dict[str, Any]:
+    """The device: CPU, GPU, tool versions (TensorRT, CUDA), and a Jetson's power mode where readable."""
+    from tldeploy.runtime.trt import gpu_info
+
+    info: dict[str, Any] = {"cpu": host.cpu_info(), "gpu": gpu_info(), "tools": host.tool_versions()}
+    if shutil.which("nvpmodel"):
+        run = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True)
+        info["jetson_power_mode"] = run.stdout.strip().splitlines()[0] if run.returncode == 0 and run.stdout.strip() else None
+    release = Path("/etc/nv_tegra_release")
+    if release.is_file():
+        info["l4t"] = release.read_text().splitlines()[0].strip()
+    return info
+
+
+def _write_report(out: Path, root: Path, manifest: dict[str, Any], result: VerifyResult) -> Path:
+    doc = {
+        "format": "tldeploy.verify",
+        "bundle": root.name,
+        "created": now(),
+        "passed": result.passed,
+        "device": fingerprint(),
+        "checks": [c.__dict__ for c in result.checks],
+    }
+    write_json(out / "verify.json", doc)
+    lines = [f"# verify {root.name}: {'passed' if result.passed else 'FAILED'}", "",
+             f"device: CPU {doc['device']['cpu']['name']} ({doc['device']['cpu']['class']}), "
+             f"GPU {doc['device']['gpu'].get('gpu', 'none')}, TensorRT {doc['device']['tools'].get('tensorrt') or 'none'}", "",
+             "| artifact | result | detail |", "|---|---|---|"]
+    lines += [f"| {c.artifact} | {'pass' if c.passed else 'FAIL'} | {c.detail} |" for c in result.checks]
+    write_text(out / "verify.md", "\n".join(lines) + "\n")
+    return out / "verify.json"
