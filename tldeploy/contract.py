@@ -138,6 +138,17 @@ def load_onnx(path: Path, *, load_external_data: bool = True):
     return model
 
 
+def check_onnx(path: Path) -> None:
+    """onnx.checker on a file, so a broken graph is named here rather than deep in a runtime."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:  # ValidationError, and the C++ checker's other errors
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TldeployError(f"{path} fails onnx.checker ({first[:200]}); re-export it with 'tldeploy export'") from None
+
+
 def read_contract(source: Any) -> Contract:
     """The contract of an ONNX file path or a loaded ModelProto."""
     if isinstance(source, (str, Path)):

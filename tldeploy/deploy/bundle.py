@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tldeploy._io import atomic_dir, atomic_path, now, sha256_file
-from tldeploy.contract import OUTPUT_NAMES, Contract, load_onnx, read_contract, write_contract
+from tldeploy.contract import OUTPUT_NAMES, Contract, check_onnx, load_onnx, read_contract, write_contract
 from tldeploy.deploy import golden as gold
 from tldeploy.deploy.manifest import MANIFEST, TOLERANCES, file_digests, scrub
 from tldeploy.deploy.serving import deepstream_config, nvinfer_expresses, triton_config
@@ -111,6 +111,8 @@ def _read(path: Path) -> _Artifact:
     if kind == "checkpoint":
         raise ConfigError(f"{path} is a checkpoint; pass it as --reference, and its ONNX export as ARTIFACT")
     contract = artifact_contract(path)
+    if kind == "onnx":
+        check_onnx(path)
     return _Artifact(path, kind, contract, read_sidecar(path), sha256_file(path))
 
 

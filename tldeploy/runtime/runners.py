@@ -216,7 +216,12 @@ class OrtRunner(BaseRunner):
         opts.log_severity_level = 3
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=[wanted])
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=[wanted])
+        except Exception as e:  # onnxruntime's InvalidGraph, InvalidArgument, Fail, ... for a graph it rejects
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise TldeployError(f"ONNX Runtime cannot load {self.path or 'the model'}: {first[:300]}; "
+                                "re-export it with 'tldeploy export' (or rebuild it with 'tldeploy build --force')") from None
 
     def _input_spec(self) -> dict[str, TensorSpec]:
         types = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
