@@ -11,7 +11,7 @@ from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.parity import compare_outputs
 from tldeploy.runtime.loader import load_runner
-from tldeploy.runtime.runners import TorchRunner, run_batches
+from tldeploy.runtime.runners import OrtRunner, TorchRunner, run_batches
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +164,42 @@ def test_tensorrt_engines_match_pytorch(exported, digits, labelled_val, fe_run, 
         ref = run_batches(ref_runner, x)
     report = compare_outputs(ref, out, min_top1_agreement={"fp32": 0.995, "fp16": 0.99, "int8": 0.97}[precision])
     assert report, report.table(f"TensorRT {precision}")
+
+
+def test_digits_bundle_verifies_elsewhere_and_deepstream_geometry_agrees(ort_builds, exported, fe_run, digits, tmp_path):
+    """The digits model's bundle (FP32 export + ORT FP32 + INT8) verifies in another folder; and
+    nvinfer's path (the whole frame scaled bilinear to infer-dims, the config's formula, the raw
+    graph's crop) agrees with the contract's path (bicubic shorter-side resize, crop, normalise)
+    on the top-1 of the validation files."""
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from tldeploy.contract import read_contract
+    from tldeploy.deploy.bundle import BundleConfig, bundle
+    from tldeploy.deploy.serving import normalisation_from_config, parse_deepstream
+    from tldeploy.deploy.verify import VerifyConfig, verify
+
+    fp32, int8 = ort_builds
+    result = bundle(BundleConfig((exported, fp32.path, int8.path), fe_run.checkpoint, digits / "val", tmp_path / "b", tar=True))
+    with tarfile.open(result.tar) as tf:
+        tf.extractall(tmp_path / "device", filter="data")
+    checked = verify(VerifyConfig(tmp_path / "device" / "b", device="cpu"))
+    assert checked.passed, checked.failures()
+    assert {c.artifact for c in checked.checks} == {"model.onnx", "model_raw.onnx", "artifacts/digits.fp32.ort.onnx", "artifacts/digits.int8.ort.onnx"}
+
+    root = result.path
+    props = parse_deepstream((root / "deepstream" / "config_infer_primary.txt").read_text())
+    norm = normalisation_from_config(props)
+    assert props["onnx-file"] == "../model_raw.onnx" and props["infer-dims"] == "3;256;256" and props["scaling-filter"] == "1"
+    prep = read_contract(root / "model.onnx").preprocessing
+    files = sorted((digits / "val").rglob("*.png"))
+    frames = np.stack([norm.apply(np.asarray(Image.open(f).convert("RGB").resize((256, 256), Image.Resampling.BILINEAR)))
+                       for f in files])
+    with OrtRunner(root / "model_raw.onnx") as raw, OrtRunner(root / "model.onnx") as normal:
+        served = run_batches(raw, frames)["logits"].argmax(1)
+        contract = run_batches(normal, np.stack([prep.load(f) for f in files]))["logits"].argmax(1)
+    agreement = float(np.mean(served == contract))
+    print(f"\nDeepStream geometry (bilinear whole-frame scale) vs contract (bicubic resize + crop): top-1 agreement {agreement:.4f} on {len(files)}")
+    assert agreement >= 0.99
