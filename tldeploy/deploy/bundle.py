@@ -111,6 +111,9 @@ def _read(path: Path) -> _Artifact:
     if kind == "checkpoint":
         raise ConfigError(f"{path} is a checkpoint; pass it as --reference, and its ONNX export as ARTIFACT")
     contract = artifact_contract(path)
+    if contract.attention == "plugin":
+        raise ConfigError(f"{path} needs the ChannelAttention plugin, which bundles do not carry yet; bundle the standard export "
+                          "(the device rebuilds engines from it)")
     if kind == "onnx":
         check_onnx(path)
     return _Artifact(path, kind, contract, read_sidecar(path), sha256_file(path))
