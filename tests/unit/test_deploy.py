@@ -232,6 +232,16 @@ def test_deepstream_formula_gives_the_contracts_outputs_and_a_wrong_config_does_
         bgr = replace(norm, model_color_format=1)
         flipped = run_batches(raw, np.stack([bgr.apply(fr) for fr in _frames(files, 40)]))
         assert np.abs(flipped["logits"] - want["logits"]).max() > 1e-2
+        # Triton's raw input: the client sends the frame as the scaler gives it (RGB 0-255 at the
+        # config's dims) to the raw model, and gets the contract's outputs.
+        from google.protobuf import text_format
+
+        tc = text_format.Parse((b / "triton" / "model_raw" / "config.pbtxt").read_text(), _model_config().ModelConfig())
+        assert list(tc.input[0].dims) == [3, 40, 40]
+        with OrtRunner(b / "triton" / "model_raw" / "1" / tc.default_model_filename) as served:
+            sent = np.stack([fr.transpose(2, 0, 1).astype(np.float32) for fr in _frames(files, 40)])
+            triton = run_batches(served, sent)
+        assert (triton["logits"].argmax(1) == want["logits"].argmax(1)).all() and np.abs(triton["logits"] - want["logits"]).max() <= 1e-4
         averaged = NvinferNormalisation(1.0 / (255 * float(np.mean(prep2.std))), tuple(255 * m for m in prep2.mean), 32)
         crops = [np.asarray(prep2.geometry()(Image.open(f).convert("RGB"))) for f in files]
         approx = run_batches(normal, np.stack([averaged.apply(s) for s in crops]))
@@ -257,3 +267,26 @@ def test_bundle_refuses_bad_input_in_one_line(built, tmp_path, capsys):
     assert main(["bundle", str(artifacts[0]), "--reference", str(ckpt), "--data", str(data / "val"), "-o", str(tmp_path / "taken")]) == 1
     assert "already exists; pass --force" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_plugin_graph_travels_with_the_plugin_sources_and_library(tiny, tmp_path):
+    """An export with ChannelAttention plugin nodes is bundled with cpp_plugins' sources (and the
+    library built for the device, when given); verify skips it on a machine without TensorRT,
+    saying so, and checks the rest."""
+    from tldeploy.export.onnx_export import ExportConfig, export_onnx
+
+    ckpt, onnx_path, data = tiny
+    plugin = export_onnx(ExportConfig(ckpt, tmp_path / "tiny_trt.onnx", attention_plugin=True)).path
+    lib = tmp_path / "libtldeploy_trt_plugin.so"
+    lib.write_bytes(b"a library built on the device")
+    b = bundle(BundleConfig((onnx_path, plugin), ckpt, data / "val", tmp_path / "pb", plugins=lib))
+    root = b.path
+    assert (root / "plugins" / "src" / "CMakeLists.txt").is_file() and (root / "plugins" / "lib" / lib.name).read_bytes() == lib.read_bytes()
+    entry = next(e for e in b.manifest["artifacts"] if e["file"] == "artifacts/tiny_trt.onnx")
+    assert entry["attention"] == "plugin" and "TensorRT" in entry["measured_here"]["not_run"]
+    assert not (root / "triton" / "tiny_trt").exists()  # ONNX Runtime cannot serve it
+    result = verify(VerifyConfig(root, device="cpu"))
+    by = {c.artifact: c for c in result.checks}
+    assert result.passed and by["artifacts/tiny_trt.onnx"].skipped and by["model.onnx"].passed and not by["model.onnx"].skipped
+    with pytest.raises(ConfigError, match="--plugins is for graphs with ChannelAttention plugin nodes"):
+        bundle(BundleConfig((onnx_path,), ckpt, data / "val", tmp_path / "pb2", plugins=lib))

@@ -17,11 +17,12 @@ from tldeploy.cli._common import CONTEXT, _setup_logging, cli
 @click.option("--golden", default=32, show_default=True, type=click.IntRange(1), help="Golden inputs, spread over the classes.")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1), help="Triton max_batch_size for dynamic-batch models.")
 @click.option("--classifier-threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="DeepStream classifier-threshold (on probs).")
+@click.option("--plugins", type=click.Path(path_type=Path), help="The cpp_plugins TensorRT library built for the device, for ARTIFACTS with ChannelAttention plugin nodes (their sources are bundled either way).")
 @click.option("--tar", is_flag=True, help="Also write BUNDLE.tar, one file to copy.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--quiet", is_flag=True, help="Warnings only.")
 def bundle_cmd(artifacts: tuple[Path, ...], reference: Path, data: Path, output: Path, golden: int, max_batch: int,
-               classifier_threshold: float, tar: bool, force: bool, quiet: bool) -> None:
+               classifier_threshold: float, plugins: Path | None, tar: bool, force: bool, quiet: bool) -> None:
     """Write a self-contained folder to take to the device: the FP32 ONNX (and its raw-input
     variant where DeepStream cannot express the preprocessing), the built ARTIFACTS with their
     records, golden inputs and the reference's outputs (.npz and Polygraphy JSON), labels,
@@ -36,7 +37,8 @@ def bundle_cmd(artifacts: tuple[Path, ...], reference: Path, data: Path, output:
     from tldeploy.deploy.bundle import BundleConfig, bundle
 
     result = bundle(BundleConfig(artifacts=artifacts, reference=reference, data=data, output=output, golden=golden,
-                                 max_batch=max_batch, classifier_threshold=classifier_threshold, tar=tar, force=force))
+                                 max_batch=max_batch, classifier_threshold=classifier_threshold, plugins=plugins, tar=tar,
+                                 force=force))
     for e in result.manifest["artifacts"]:
         m = e.get("measured_here") or {}
         here = (f"top-1 agreement {m['top1_agreement']:.2%} here" if "top1_agreement" in m else m.get("not_run", ""))
@@ -66,7 +68,7 @@ def verify_cmd(bundle_dir: Path, build: bool, precisions: tuple[str, ...], devic
 
     result = verify(VerifyConfig(bundle=bundle_dir, build=build, precisions=precisions, device=device, output=output))
     for c in result.checks:
-        click.echo(f"  {'pass' if c.passed else 'FAIL'}  {c.artifact}: {c.detail}")
+        click.echo(f"  {'skip' if c.skipped else 'pass' if c.passed else 'FAIL'}  {c.artifact}: {c.detail}")
     click.echo(f"wrote {result.report} and verify.md beside it")
     if not result.passed:
         for line in result.failures():

@@ -45,6 +45,7 @@ class BundleConfig:
     data: Path
     output: Path
     golden: int = gold.GOLDEN
+    plugins: Path | None = None  # the cpp_plugins TensorRT library built for the device, for graphs that need it
     max_batch: int = 32  # Triton's max_batch_size and DeepStream's batch-size ceiling for dynamic models
     classifier_threshold: float = 0.5
     tar: bool = False
@@ -90,6 +91,7 @@ def bundle(cfg: BundleConfig) -> BundleResult:
     roots = _machine_roots(cfg, items)
     with atomic_dir(out, force=cfg.force) as tmp:
         entries = _write_models(tmp, items, source, roots)
+        _write_plugins(tmp, items, cfg)
         _write_golden(tmp, g, source, entries)
         _write_serving(tmp, source, entries, cfg)
         measured = _measure(tmp, entries, g)
@@ -111,9 +113,6 @@ def _read(path: Path) -> _Artifact:
     if kind == "checkpoint":
         raise ConfigError(f"{path} is a checkpoint; pass it as --reference, and its ONNX export as ARTIFACT")
     contract = artifact_contract(path)
-    if contract.attention == "plugin":
-        raise ConfigError(f"{path} needs the ChannelAttention plugin, which bundles do not carry yet; bundle the standard export "
-                          "(the device rebuilds engines from it)")
     if kind == "onnx":
         check_onnx(path)
     return _Artifact(path, kind, contract, read_sidecar(path), sha256_file(path))
@@ -122,10 +121,11 @@ def _read(path: Path) -> _Artifact:
 def _source(items: list[_Artifact]) -> _Artifact:
     """The FP32 export: an ONNX file without a build record, FP32 and normalised input."""
     for a in items:
-        if a.kind == "onnx" and a.record is None and a.contract.precision == "fp32" and not getattr(a.contract.preprocessing, "raw", False):
+        if (a.kind == "onnx" and a.record is None and a.contract.precision == "fp32" and a.contract.attention == "standard"
+                and not getattr(a.contract.preprocessing, "raw", False)):
             return a
-    raise ConfigError("bundle needs the FP32 ONNX export (the file 'tldeploy export' wrote, the source every device can "
-                      "rebuild from) among the ARTIFACTs")
+    raise ConfigError("bundle needs the FP32 ONNX export (the file 'tldeploy export' wrote without --attention-plugin, the "
+                      "source every device can rebuild from) among the ARTIFACTs")
 
 
 def _check_same_model(items: list[_Artifact], source: _Artifact, reference: Path) -> None:
@@ -162,6 +162,23 @@ def _machine_roots(cfg: BundleConfig, items: list[_Artifact]) -> list[str]:
 # ---------------------------------------------------------------- writing
 
 
+def _write_plugins(tmp: Path, items: list[_Artifact], cfg: BundleConfig) -> None:
+    """plugins/src (the cpp_plugins sources, to build on the device) and plugins/lib (a library
+    built for it, when given) when a graph has ChannelAttention plugin nodes."""
+    if not any(a.contract.attention == "plugin" for a in items):
+        if cfg.plugins is not None:
+            raise ConfigError("--plugins is for graphs with ChannelAttention plugin nodes; none of the ARTIFACTs has them")
+        return
+    from tldeploy.engines.plugins import PLUGIN_LIBRARY, source_dir
+
+    shutil.copytree(source_dir(), tmp / "plugins" / "src", ignore=shutil.ignore_patterns("build*", "__pycache__", ".*"))
+    if cfg.plugins is not None:
+        if not Path(cfg.plugins).is_file():
+            raise ConfigError(f"--plugins {cfg.plugins} does not exist; build it with 'tldeploy plugins build' on (or for) the device")
+        (tmp / "plugins" / "lib").mkdir()
+        shutil.copyfile(cfg.plugins, tmp / "plugins" / "lib" / PLUGIN_LIBRARY)
+
+
 def _portable_onnx(src: Path | Any, dst: Path) -> None:
     import onnx
 
@@ -176,7 +193,8 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
     """model.onnx, model_raw.onnx where needed, artifacts/ with scrubbed records; the entries the
     manifest lists (file, kind, precision, input format, record)."""
     _portable_onnx(source.path, tmp / "model.onnx")
-    entries = [{"file": "model.onnx", "kind": "onnx", "precision": "fp32", "input": "normalized", "record": None, "backend": "ort"}]
+    entries = [{"file": "model.onnx", "kind": "onnx", "precision": "fp32", "input": "normalized", "record": None, "backend": "ort",
+                "attention": "standard"}]
     prep = source.contract.preprocessing
     if prep.modality == "image" and not nvinfer_expresses(prep):
         from tldeploy.raw_input import raw_input_model
@@ -184,7 +202,8 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
         raw = raw_input_model(load_onnx(tmp / "model.onnx"), prep)
         write_contract(raw, replace(source.contract, preprocessing=prep.as_raw()))
         _portable_onnx(raw, tmp / "model_raw.onnx")
-        entries.append({"file": "model_raw.onnx", "kind": "onnx", "precision": "fp32", "input": "raw", "record": None, "backend": "ort"})
+        entries.append({"file": "model_raw.onnx", "kind": "onnx", "precision": "fp32", "input": "raw", "record": None, "backend": "ort",
+                        "attention": "standard"})
     (tmp / "artifacts").mkdir()
     for a in items:
         if a is source:
@@ -197,7 +216,7 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
         entry: dict[str, Any] = {"file": f"artifacts/{a.path.name}", "kind": a.kind, "precision": a.precision,
                                  "input": "raw" if getattr(a.contract.preprocessing, "raw", False) else "normalized",
                                  "backend": a.record.get("backend") if a.record else "ort", "record": None,
-                                 "qdq_flavour": (a.record or {}).get("qdq_flavour")}
+                                 "qdq_flavour": (a.record or {}).get("qdq_flavour"), "attention": a.contract.attention}
         if a.record is not None:
             record = scrub(dict(a.record), roots)
             record["artifact_sha256"] = sha256_file(target)  # the bundled file (stripped of build-machine metadata)
@@ -279,6 +298,8 @@ def _triton_name(file: str) -> str:
 
 
 def _write_triton(tmp: Path, e: dict[str, Any], source: _Artifact, cfg: BundleConfig) -> None:
+    if e["kind"] == "onnx" and e.get("attention") == "plugin":
+        return  # ONNX Runtime cannot run ChannelAttention plugin nodes; Triton serves their engine (tensorrt_plan)
     name = _triton_name(e["file"])
     folder = tmp / "triton" / name
     (folder / "1").mkdir(parents=True)
@@ -297,7 +318,9 @@ def _write_triton(tmp: Path, e: dict[str, Any], source: _Artifact, cfg: BundleCo
         platform, filename = "tensorrt_plan", "model.plan"
     if static:  # a fixed batch: Triton takes the full dims and no batching of its own
         input_dims, outputs, max_batch = [static, *input_dims], [(k, [static, *d]) for k, d in outputs], 0
-    (folder / "config.pbtxt").write_text(triton_config(
+    note = ("# The engine needs the ChannelAttention plugin: start tritonserver with LD_PRELOAD=plugins/lib/libtldeploy_trt_plugin.so\n"
+            if e.get("attention") == "plugin" else "")
+    (folder / "config.pbtxt").write_text(note + triton_config(
         name=name, platform=platform, input_name=source.contract.input_name, input_dims=input_dims, outputs=outputs,
         max_batch_size=max_batch, labels_file="labels.txt", model_filename=filename))
     shutil.copyfile(tmp / "labels.txt", folder / "labels.txt")
@@ -313,6 +336,9 @@ def _measure(tmp: Path, entries: list[dict[str, Any]], g: gold.Golden) -> dict[s
     for e in entries:
         if e["kind"] != "onnx":
             out[e["file"]] = {"not_run": "an engine runs only on its GPU"}
+            continue
+        if e.get("attention") == "plugin":
+            out[e["file"]] = {"not_run": "ChannelAttention plugin nodes run only in TensorRT"}
             continue
         x = inputs["inputs_raw" if e["input"] == "raw" else "inputs"]
         with OrtRunner(tmp / e["file"]) as r:

@@ -53,6 +53,7 @@ class Check:
     passed: bool
     detail: str
     parity: dict[str, Any] | None = None
+    skipped: bool = False  # nothing here can run it (passed stays True: not a failure, and reported as skipped)
 
 
 @dataclass
@@ -112,7 +113,6 @@ def _device(choice: str) -> str:
 def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_shas: set[str], inputs, reference, device: str) -> Check:
     from tldeploy.deploy.manifest import TOLERANCES
     from tldeploy.parity import compare_outputs
-    from tldeploy.runtime.loader import load_runner
     from tldeploy.runtime.runners import run_batches
 
     name, path = e["file"], root / e["file"]
@@ -126,12 +126,15 @@ def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_sh
         why = _engine_mismatch(record or {})
         if why:
             return Check(name, False, f"{why}; run 'tldeploy verify {root} --build' to build and check engines here")
+    if e["kind"] == "onnx" and e.get("attention") == "plugin":
+        return Check(name, True, "skipped: ChannelAttention plugin nodes run only in TensorRT; bundle its engine, or "
+                     "'verify --build' the standard graph", skipped=True)
     x = inputs["inputs_raw" if e["input"] == "raw" else "inputs"]
     tol = manifest["tolerances"][e["precision"]] if e["precision"] in manifest.get("tolerances", {}) else TOLERANCES[e["precision"]]
     try:
-        with load_runner(path, device=device if e["kind"] == "onnx" else "cuda") as runner:
+        with _runner(root, path, e, device) as runner:
             out = run_batches(runner, x)
-    except TldeployError as err:
+    except TldeployError as err:  # ConfigError included
         return Check(name, False, f"could not run here: {err}")
     report = compare_outputs(reference, out, labels=inputs["labels"] if "labels" in inputs else None,
                              max_logit_diff=tol.get("max_logit_diff"), min_top1_agreement=tol.get("min_top1_agreement"))
@@ -141,6 +144,21 @@ def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_sh
     detail = (f"top-1 agreement {report.top1_agreement:.2%}, cosine {report.cosine:.6f}, logits max |diff| {report.logits_max_abs:.3g}"
               + (f": {'; '.join(failures)}" if failures else ""))
     return Check(name, not failures, detail, report.to_dict())
+
+
+def _runner(root: Path, path: Path, e: dict[str, Any], device: str):
+    """The artifact's runner; an engine that needs the plugin loads the bundle's library."""
+    from tldeploy.runtime.loader import load_runner
+
+    if e["kind"] == "engine" and e.get("attention") == "plugin":
+        from tldeploy.runtime.trt_runner import TrtRunner
+
+        lib = root / "plugins" / "lib" / "libtldeploy_trt_plugin.so"
+        if not lib.is_file():
+            raise ConfigError(f"{e['file']} needs the ChannelAttention plugin and the bundle has no plugins/lib; build it here "
+                              f"with 'tldeploy plugins build' and bundle it with --plugins")
+        return TrtRunner(path, plugins=(lib,))
+    return load_runner(path, device=device if e["kind"] == "onnx" else "cuda")
 
 
 def _engine_mismatch(record: dict[str, Any]) -> str | None:
@@ -218,6 +236,6 @@ def _write_report(out: Path, root: Path, manifest: dict[str, Any], result: Verif
              f"device: CPU {doc['device']['cpu']['name']} ({doc['device']['cpu']['class']}), "
              f"GPU {doc['device']['gpu'].get('gpu', 'none')}, TensorRT {doc['device']['tools'].get('tensorrt') or 'none'}", "",
              "| artifact | result | detail |", "|---|---|---|"]
-    lines += [f"| {c.artifact} | {'pass' if c.passed else 'FAIL'} | {c.detail} |" for c in result.checks]
+    lines += [f"| {c.artifact} | {'skip' if c.skipped else 'pass' if c.passed else 'FAIL'} | {c.detail} |" for c in result.checks]
     write_text(out / "verify.md", "\n".join(lines) + "\n")
     return out / "verify.json"
