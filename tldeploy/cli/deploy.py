@@ -8,6 +8,8 @@ import click
 
 from tldeploy.cli._common import CONTEXT, _setup_logging, cli
 
+BUILD_PRECISIONS = ("fp32", "fp16")  # what verify --build makes on the device (tldeploy.deploy.verify)
+
 
 @cli.command("bundle", context_settings=CONTEXT)
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -49,7 +51,7 @@ def bundle_cmd(artifacts: tuple[Path, ...], reference: Path, data: Path, output:
 @cli.command("verify", context_settings=CONTEXT)
 @click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=Path))
 @click.option("--build", is_flag=True, help="Build TensorRT engines here from the bundle's ONNX first, and check them too.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]), help="With --build: engines to build (repeatable) [default: fp16].")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(BUILD_PRECISIONS), help="With --build: engines to build (repeatable) [default: fp16]; INT8 engines are built where the calibration data is, and bundled.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="Where ONNX artifacts run.")
 @click.option("-o", "--out", "output", type=click.Path(path_type=Path), help="Folder for verify.json and verify.md [default: BUNDLE/verify].")
 @click.option("--quiet", is_flag=True, help="Warnings only.")

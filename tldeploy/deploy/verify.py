@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 class VerifyConfig:
     bundle: Path
     build: bool = False
-    precisions: tuple[str, ...] = ()  # --build: engines to build here [default: fp16, and int8 with a TensorRT Q/DQ model]
+    precisions: tuple[str, ...] = ()  # --build: engines to build here (fp32, fp16) [default: fp16]
     device: str = "auto"  # where ONNX artifacts run: cpu, cuda, or auto (cuda where visible)
     output: Path | None = None  # default: BUNDLE/verify/
 
@@ -182,30 +182,49 @@ def _engine_mismatch(record: dict[str, Any]) -> str | None:
 
 
 def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig) -> list[dict[str, Any]]:
-    """TensorRT engines built on this device from the bundle's ONNX (the build cache is reused)."""
+    """TensorRT engines built on this device from the bundle's ONNX: the raw-input variant where
+    there is one (what DeepStream serves), and each plugin graph with the bundle's plugin library.
+    An unchanged build is reused (the builder's cache key), a stale one rebuilt."""
     from tldeploy.engines.builder import BuildConfig, build
+    from tldeploy.engines.tensorrt import TrtConfig
+    from tldeploy.errors import OutputExistsError
 
-    precisions = cfg.precisions or ("fp16",)
+    if "int8" in cfg.precisions:
+        raise ConfigError("--build makes FP32 and FP16 engines; build INT8 where its calibration data is, with "
+                          "'tldeploy build model.onnx --precision int8 --backend tensorrt --calib-data DIR', and bundle or verify that engine")
     out = root / DEVICE_DIR
     out.mkdir(exist_ok=True)
-    entries = []
     raw = (root / "model_raw.onnx").is_file()
-    for p in precisions:
-        source = root / ("model_raw.onnx" if raw else "model.onnx")
-        if p == "int8":
-            qdq = [e for e in manifest["artifacts"] if e["precision"] == "int8" and e["kind"] == "onnx" and e.get("qdq_flavour") == "tensorrt"]
-            if not qdq:
-                raise ConfigError("--build --precision int8 needs a TensorRT-flavoured Q/DQ ONNX in the bundle "
-                                  "('tldeploy build model.onnx --precision int8 --backend tensorrt' makes one; bundle it)")
-            source = root / qdq[0]["file"]
-        target = out / f"{source.stem}.{p}.engine"
-        result = build(BuildConfig(onnx=source, precision=p if p != "int8" else "fp32", backend="tensorrt", device="cuda",
-                                   output=target, force=True))
-        entries.append({"file": str(target.relative_to(root)), "kind": "engine", "precision": p, "built_here": True,
-                        "input": "raw" if raw and p != "int8" else "normalized",
-                        "record": str(Path(DEVICE_DIR) / (target.name + ".json")), "backend": "tensorrt",
-                        "build_seconds": result.record.get("build_seconds")})
+    sources = [(root / ("model_raw.onnx" if raw else "model.onnx"), "raw" if raw else "normalized", "standard", ())]
+    plugin_graphs = [e for e in manifest["artifacts"] if e["kind"] == "onnx" and e.get("attention") == "plugin"]
+    if plugin_graphs:
+        sources += [(root / e["file"], e["input"], "plugin", (_plugin_library(root, out),)) for e in plugin_graphs]
+    entries = []
+    for source, input_format, attention, plugins in sources:
+        for p in cfg.precisions or ("fp16",):
+            target = out / f"{source.stem}.{p}.engine"
+            bc = BuildConfig(onnx=source, precision=p, backend="tensorrt", device="cuda", output=target, trt=TrtConfig(plugins=plugins))
+            try:
+                result = build(bc)
+            except OutputExistsError:  # built here before from other inputs or tools
+                result = build(replace(bc, force=True))
+            entries.append({"file": str(target.relative_to(root)), "kind": "engine", "precision": p, "built_here": True,
+                            "input": input_format, "attention": attention, "record": str(Path(DEVICE_DIR) / (target.name + ".json")),
+                            "backend": "tensorrt", "build_seconds": result.record.get("build_seconds")})
     return entries
+
+
+def _plugin_library(root: Path, out: Path) -> Path:
+    """The bundle's plugin library, or one built here from the bundle's cpp_plugins sources."""
+    lib = root / "plugins" / "lib" / "libtldeploy_trt_plugin.so"
+    if lib.is_file():
+        return lib
+    from tldeploy.engines.plugins import PluginBuildConfig, build_plugins
+
+    built = build_plugins(PluginBuildConfig(build_dir=out / "plugins", cuda="on", tensorrt="on"), source=root / "plugins" / "src")
+    if built.plugin_library is None:
+        raise TldeployError("could not build the ChannelAttention plugin here: " + "; ".join(built.summary))
+    return built.plugin_library
 
 
 def fingerprint() -> dict[str, Any]:

@@ -73,13 +73,14 @@ class PluginBuild:
     summary: list[str] = field(default_factory=list)  # CMake's "what was built" lines
 
 
-def build_plugins(cfg: PluginBuildConfig = PluginBuildConfig()) -> PluginBuild:
-    """Configure and build cpp_plugins with CMake; an up-to-date build only re-links what changed."""
+def build_plugins(cfg: PluginBuildConfig = PluginBuildConfig(), source: Path | None = None) -> PluginBuild:
+    """Configure and build cpp_plugins with CMake; an up-to-date build only re-links what changed.
+    `source`: another copy of the sources (a bundle's plugins/src) instead of this checkout's."""
     cmake = shutil.which("cmake")
     if cmake is None:
         raise TldeployError("cmake is not on PATH; install it (pip install cmake, or your system's package) to build cpp_plugins")
     build_dir = Path(cfg.build_dir or default_build_dir())
-    args = [cmake, "-S", str(source_dir()), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+    args = [cmake, "-S", str(source or source_dir()), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
             f"-DTLDEPLOY_CUDA={cfg.cuda.upper()}", f"-DTLDEPLOY_TENSORRT={cfg.tensorrt.upper()}",
             f"-DCMAKE_CUDA_ARCHITECTURES={cfg.cuda_archs}"]
     if cfg.tensorrt_root is not None:
