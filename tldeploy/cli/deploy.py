@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from tldeploy.cli._common import CONTEXT, _setup_logging, cli
-
-BUILD_PRECISIONS = ("fp32", "fp16")  # what verify --build makes on the device (tldeploy.deploy.verify)
+from tldeploy.deploy import BUILD_PRECISIONS
 
 
 @cli.command("bundle", context_settings=CONTEXT)

@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from tldeploy._io import now, sha256_file, write_json, write_text
+from tldeploy.deploy import BUILD_PRECISIONS
 from tldeploy.deploy.manifest import DEVICE_DIR, MANIFEST, VERIFY_DIR, check_files
 from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.runtime import host
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = (*BUILD_PRECISIONS, "int8")  # int8 is refused with the reason
 
 
 @dataclass(frozen=True)
