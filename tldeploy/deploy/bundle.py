@@ -277,7 +277,7 @@ def _write_serving(tmp: Path, source: _Artifact, entries: list[dict[str, Any]], 
         served = next(e for e in entries if e["file"] in ("model_raw.onnx", "model.onnx") and (e["input"] == "raw" or nvinfer_expresses(prep)))
         served_prep = prep.as_raw() if served["input"] == "raw" else prep
         batch = _static_batch(tmp / served["file"]) or 1
-        engine = [e for e in entries if e["kind"] == "engine" and e["input"] == served["input"]]
+        engine = [e for e in entries if e["kind"] == "engine" and e["input"] == served["input"] and e.get("attention") == "standard"]
         precision = engine[0]["precision"] if engine else "fp16"
         engine_file = f"../{engine[0]['file']}" if engine else f"../{served['file']}_b{batch}_gpu0_{precision}.engine"
         note = (f"model-engine-file is {'the bundled engine' if engine else 'where nvinfer caches the engine it builds from onnx-file'}; "
