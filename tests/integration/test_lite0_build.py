@@ -184,7 +184,7 @@ def test_digits_bundle_verifies_elsewhere_and_deepstream_geometry_agrees(ort_bui
     fp32, int8 = ort_builds
     result = bundle(BundleConfig((exported, fp32.path, int8.path), fe_run.checkpoint, digits / "val", tmp_path / "b", tar=True))
     with tarfile.open(result.tar) as tf:
-        tf.extractall(tmp_path / "device", filter="data")
+        tf.extractall(tmp_path / "device", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     checked = verify(VerifyConfig(tmp_path / "device" / "b", device="cpu"))
     assert checked.passed, checked.failures()
     assert {c.artifact for c in checked.checks} == {"model.onnx", "model_raw.onnx", "artifacts/digits.fp32.ort.onnx", "artifacts/digits.int8.ort.onnx"}

@@ -65,7 +65,7 @@ def _moved(bundled, tmp_path) -> Path:
 
     result, _ = bundled
     with tarfile.open(result.tar) as tf:
-        tf.extractall(tmp_path, filter="data")
+        tf.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # filter: Python >= 3.11.4
     return tmp_path / result.path.name
 
 
