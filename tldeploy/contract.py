@@ -44,6 +44,7 @@ class Contract:
     precision: str = "fp32"  # the precision of the graph's arithmetic; I/O is always float32
     attention: str = "standard"  # "standard" ops, or "plugin" (ChannelAttention custom nodes)
     extra: dict[str, str] = field(default_factory=dict)
+    ood: dict[str, Any] | None = None  # the unknown-input gate fitted at training (tldeploy.ood.OodGate); None before it
 
     @property
     def input_name(self) -> str:
@@ -64,6 +65,7 @@ class Contract:
             "tldeploy_version": self.tldeploy_version,
             "precision": self.precision,
             "attention": self.attention,
+            **({"ood": json.dumps(self.ood)} if self.ood else {}),
             **self.extra,
         }
         return {PREFIX + k: str(v) for k, v in props.items()}
@@ -103,7 +105,7 @@ class Contract:
             known = {
                 "contract_version", "classes", "input_name", "output_names", "input_size", "resize_size", "mean",
                 "std", "interpolation", "crop", "resize_rule", "color", "layout", "input_format", "backbone", "checkpoint_sha256",
-                "tldeploy_version", "precision", "attention", "modality", "preprocessing", "preprocessing_rule",
+                "tldeploy_version", "precision", "attention", "modality", "preprocessing", "preprocessing_rule", "ood",
             }
             return cls(
                 classes=classes,
@@ -114,6 +116,7 @@ class Contract:
                 precision=own.get("precision", "fp32"),
                 attention=own.get("attention", "standard"),
                 extra={k: v for k, v in own.items() if k not in known},
+                ood=_ood(own.get("ood")),
             )
         except ContractError:
             raise
@@ -136,6 +139,16 @@ def load_onnx(path: Path, *, load_external_data: bool = True):
     if not model.graph.node:
         raise TldeployError(f"{path} holds no ONNX graph (truncated or not an ONNX file); re-export it")
     return model
+
+
+def _ood(text: str | None) -> dict[str, Any] | None:
+    """The OOD gate's fields, checked (a broken entry is a ContractError, not a later crash)."""
+    if not text:
+        return None
+    from tldeploy.ood import OodGate
+
+    gate = OodGate.from_dict(json.loads(text))
+    return gate.to_dict() if gate else None
 
 
 def check_onnx(path: Path) -> None:

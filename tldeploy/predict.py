@@ -9,6 +9,7 @@ engine's build record); inference goes through the common runner interface.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ from tldeploy._io import atomic_path
 from tldeploy.errors import ConfigError, DataError, TldeployError
 from tldeploy.modalities.audio import AudioPreprocessing
 from tldeploy.modalities.preprocessing import Preprocessing
+from tldeploy.ood import OodGate
+
+log = logging.getLogger(__name__)
 
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -29,13 +33,19 @@ class Prediction:
     top: list[dict]  # [{"class", "index", "prob"}], best first
     cam_png: str | None = None
     cam: np.ndarray | None = field(default=None, repr=False)
+    unknown: bool | None = None  # beyond the artifact's OOD threshold; None without a gate (or with --no-ood)
+    ood_score: float | None = None
+    ood_threshold: float | None = None
 
     def to_dict(self) -> dict:
-        return {"image": self.image, "top": self.top, "cam_png": self.cam_png}
+        d = {"image": self.image, "top": self.top, "cam_png": self.cam_png}
+        if self.unknown is not None:
+            d.update({"unknown": self.unknown, "ood_score": self.ood_score, "ood_threshold": self.ood_threshold})
+        return d
 
 
-def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preprocessing | AudioPreprocessing, Runner]:
-    """(classes, preprocessing, run) for any artifact: checkpoint, ONNX file or TensorRT engine."""
+def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preprocessing | AudioPreprocessing, Runner, OodGate | None]:
+    """(classes, preprocessing, run, OOD gate) for any artifact: checkpoint, ONNX file or TensorRT engine."""
     from tldeploy.contract import OUTPUT_NAMES
     from tldeploy.runtime.loader import load_runner
     from tldeploy.runtime.runners import artifact_contract, run_batches
@@ -51,16 +61,22 @@ def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preproces
             outs = run_batches(runner, x)
         return tuple(outs[k] for k in OUTPUT_NAMES)
 
-    return contract.classes, contract.preprocessing, run
+    return contract.classes, contract.preprocessing, run, OodGate.from_dict(contract.ood)
 
 
-def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | None = None, force: bool = False) -> list[Prediction]:
+def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | None = None, force: bool = False,
+            ood: bool = True) -> list[Prediction]:
+    """Top-k classes per input; with the artifact's OOD gate (unless `ood=False`) each is also
+    marked unknown or known. An artifact made before OOD gates says so once and answers as before."""
 
     if not images:
         raise ConfigError("no inputs given; pass one or more image or audio files after the artifact")
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    classes, prep, run = load_artifact(artifact)
+    classes, prep, run, gate = load_artifact(artifact)
+    if ood and gate is None:
+        log.warning("%s has no OOD threshold (made before tldeploy fitted one, or trained with --ood-score none); "
+                    "every input gets one of its classes", artifact)
     sources = []  # what the overlays are drawn on: PIL images, or fitted clips
     for p in images:
         p = Path(p)
@@ -68,12 +84,16 @@ def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | 
             raise DataError(f"input {p} does not exist")
         sources.append(prep.read_source(p))
     x = np.stack([prep.source_input(src) for src in sources]).astype(np.float32)
-    _, probs, cam = run(x)
+    logits, probs, cam = run(x)
+    scores = gate.scores(logits) if ood and gate is not None else None
     results = []
     for i, p in enumerate(images):
         order = np.argsort(-probs[i])[: min(top_k, len(classes))]
         top = [{"class": classes[j], "index": int(j), "prob": float(probs[i, j])} for j in order]
-        results.append(Prediction(str(p), top, cam=cam[i]))
+        r = Prediction(str(p), top, cam=cam[i])
+        if scores is not None and gate is not None:
+            r.unknown, r.ood_score, r.ood_threshold = bool(scores[i] > gate.threshold), float(scores[i]), gate.threshold
+        results.append(r)
     if cam_out is not None:
         _write_overlays(Path(cam_out), images, sources, results, prep, force)
     return results

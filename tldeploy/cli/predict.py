@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tldeploy.cli._common import CONTEXT, cli
+from tldeploy.cli._common import CONTEXT, _setup_logging, cli
 
 # ---------------------------------------------------------------- predict
 
@@ -18,7 +18,8 @@ from tldeploy.cli._common import CONTEXT, cli
 @click.option("--cam-out", type=click.Path(path_type=Path), help="Write each image with its CAM overlaid (audio: the clip's spectrogram with its CAM), as PNG, here.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @click.option("--force", is_flag=True, help="Overwrite existing CAM images.")
-def predict_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, cam_out: Path | None, as_json: bool, force: bool) -> None:
+@click.option("--no-ood", is_flag=True, help="Do not mark inputs beyond the artifact's OOD threshold as unknown.")
+def predict_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, cam_out: Path | None, as_json: bool, force: bool, no_ood: bool) -> None:
     """Top-k classes for FILES (images, or audio clips for an audio model) from a checkpoint (.pt),
     an ONNX file or an engine, with the artifact's own preprocessing.
 
@@ -32,11 +33,14 @@ def predict_cmd(artifact: Path, images: tuple[Path, ...], top_k: int, cam_out: P
 
     from tldeploy.predict import predict
 
-    results = predict(artifact, list(images), top_k=top_k, cam_out=cam_out, force=force)
+    _setup_logging(as_json)
+    results = predict(artifact, list(images), top_k=top_k, cam_out=cam_out, force=force, ood=not no_ood)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
         return
     for r in results:
         click.echo(r.image + (f"  (CAM: {r.cam_png})" if r.cam_png else ""))
+        if r.unknown:
+            click.echo(f"  unknown: OOD score {r.ood_score:.4g} > threshold {r.ood_threshold:.4g} (the classes below are its nearest)")
         for t in r.top:
             click.echo(f"  {t['prob']:.4f}  {t['class']}")

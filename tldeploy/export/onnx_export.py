@@ -115,6 +115,7 @@ def export_onnx(cfg: ExportConfig) -> ExportResult:
         precision="fp16" if cfg.fp16 else "fp32",
         attention="plugin" if cfg.attention_plugin else "standard",
         extra={"opset": str(cfg.opset), "batch": str(cfg.static_batch) if cfg.static_batch else "dynamic"},
+        ood=meta.get("ood"),
     )
     proto = _export_proto(model, prep, cfg)
     write_contract(proto, contract)

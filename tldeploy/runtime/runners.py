@@ -283,6 +283,7 @@ def artifact_contract(path: Path) -> Contract:
         return Contract(
             classes=list(meta["classes"]), preprocessing=preprocessing_from_dict(meta["preprocessing"]),
             backbone=str(meta["backbone"]["name"]), checkpoint_sha256="", tldeploy_version=str(meta.get("versions", {}).get("tldeploy", "")),
+            ood=meta.get("ood"),
         )
     record = read_sidecar(path)  # an engine: its contract travels in the build record
     if record is None:

@@ -10,7 +10,7 @@ from typing import Any
 from tldeploy.errors import ConfigError
 from tldeploy.modalities.audio import AudioAugmentConfig, LogMelConfig
 from tldeploy.modalities.preprocessing import AugmentConfig
-from tldeploy.train.options import BALANCE, BN_POLICIES, IN_CHANNELS, MODALITIES, MODES, SELECT_METRICS
+from tldeploy.train.options import BALANCE, BN_POLICIES, IN_CHANNELS, MODALITIES, MODES, OOD_CHOICES, SELECT_METRICS
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class TrainConfig:
     pseudo_rounds: int = 1
     pseudo_epochs: int | None = None  # default: epochs of the last phase
     select_metric: str = "f1_macro"
+    ood_score: str = "energy"  # the unknown-input score fitted at the end of training: energy, msp, or none
+    ood_tpr: float = 0.95  # share of in-distribution validation inputs its threshold keeps
+    ood_temperature: float = 1.0
     seed: int = 0
     device: str = "cpu"
     workers: int = 0
@@ -76,6 +79,9 @@ class TrainConfig:
         need(self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}, got {self.bn!r}")
         need(self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.select_metric in SELECT_METRICS, f"--select-metric must be one of {', '.join(SELECT_METRICS)}")
+        need(self.ood_score in OOD_CHOICES, f"--ood-score must be one of {', '.join(OOD_CHOICES)}, got {self.ood_score!r}")
+        need(0.5 <= self.ood_tpr < 1.0, f"--ood-tpr must be in [0.5, 1), got {self.ood_tpr}")
+        need(self.ood_temperature > 0, f"--ood-temperature must be positive, got {self.ood_temperature}")
         need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         need(self.lr > 0, f"--lr must be positive, got {self.lr}")

@@ -26,6 +26,7 @@ from tldeploy.modalities.preprocessing import Preprocessing
 from tldeploy.models.backbones import adapt_stem, create_backbone
 from tldeploy.models.checkpoints import load_train_state, plain, save_checkpoint, save_train_state
 from tldeploy.models.heads import AdaptedModel, create_model
+from tldeploy.ood import OodGate
 from tldeploy.train.config import TrainConfig, TrainResult
 from tldeploy.train.distributed import Dist, seed_everything
 from tldeploy.train.loaders import balanced_sampler, class_weights, make_loader
@@ -90,6 +91,8 @@ class _Trainer:
             self.model.frontend.augment = self.augment  # SpecAugment: acts in training mode only
         self.cache: dict[Path, torch.Tensor] = {}
         self.progress = Progress()
+        self.ood: OodGate | None = None  # fitted on the validation set at the end (`_finish`)
+        self.val_logits = np.zeros((0, len(self.classes)), np.float32)
         self.resumed = self._load_state() if cfg.resume else None
 
     # ------------------------------------------------------------ setup
@@ -169,6 +172,9 @@ class _Trainer:
         return tqdm(it, desc=desc, leave=False, disable=self.cfg.quiet or not self.dist.main, dynamic_ncols=True, **kw)
 
     def _predict(self, paths: list[Path], cached: bool, desc: str) -> np.ndarray:
+        return _softmax(self._logits(paths, cached, desc))
+
+    def _logits(self, paths: list[Path], cached: bool, desc: str) -> np.ndarray:
         self.model.eval()
         with torch.no_grad():
             if cached:
@@ -177,10 +183,11 @@ class _Trainer:
             else:
                 loader = self._loader(paths, [0] * len(paths), augment=False, shuffle=False, infer=True)
                 logits = torch.cat([self.model(x.to(self.device)).cpu() for x, _ in self._bar(loader, desc)])
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return logits.float().cpu().numpy()
 
     def _evaluate(self, cached: bool) -> tuple[dict[str, Any], np.ndarray]:
-        probs = self._predict(self.val_set.paths, cached, "validate")
+        self.val_logits = self._logits(self.val_set.paths, cached, "validate")  # the last pass's; the OOD gate is fitted on them
+        probs = _softmax(self.val_logits)
         return classification_metrics(np.array(self.val_set.labels), probs, self.classes), probs
 
     def _run_epoch(self, phase_idx: int, phase: Phase, opt, trained: nn.Module, loader: DataLoader, epoch: int) -> dict[str, Any]:
@@ -259,6 +266,7 @@ class _Trainer:
             "mode": self.cfg.mode,
             "metrics": {k: metrics[k] for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc_ovr")},
             "train_config": self.cfg.to_dict(),
+            "ood": self.ood.to_dict() if self.ood is not None else None,
         }
 
     def _save_state(self, phase_idx: int, epoch_done: int, opt, sched) -> None:
@@ -365,6 +373,10 @@ class _Trainer:
         if self.progress.best_state is not None:
             self.model.load_state_dict(self.progress.best_state)
         metrics, probs = self._evaluate(cached=self.cfg.mode == "feature-extract")
+        if self.cfg.ood_score != "none":
+            self.ood = OodGate.fit(self.val_logits, self.cfg.ood_score, self.cfg.ood_tpr, self.cfg.ood_temperature)
+            metrics["ood"] = self.ood.to_dict()
+            self._info("OOD gate: %s", self.ood.describe())
         metrics["selected_by"] = self.cfg.select_metric
         metrics["history"] = self.progress.history
         metrics["pseudo_labels"] = self.progress.pseudo_report
@@ -378,3 +390,9 @@ class _Trainer:
         self.dist.barrier()
         self._info("best %s %.4f; accuracy %.4f; wrote %s", self.cfg.select_metric, self.progress.best_score[0], metrics["accuracy"], self.ckpt_path)
         return TrainResult(self.run_dir, self.ckpt_path, metrics, self.progress.history, self.progress.pseudo_report)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

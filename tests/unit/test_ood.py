@@ -1,0 +1,97 @@
+"""The OOD gate: scores, the threshold fitted at training, carried by checkpoint and ONNX, and
+predict's unknown answer (the tiny CNN, for the plumbing)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+
+from tldeploy.cli import main
+from tldeploy.contract import load_onnx, read_contract, write_contract
+from tldeploy.errors import ConfigError
+from tldeploy.models.checkpoints import load_checkpoint
+from tldeploy.ood import OOD_SCORES, OodGate, ood_scores
+from tldeploy.predict import predict
+from tldeploy.train.options import OOD_CHOICES
+
+
+def test_scores_by_hand():
+    logits = np.array([[2.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    lse = np.log(np.exp(logits).sum(axis=1))
+    assert np.allclose(ood_scores(logits, "energy"), -lse)
+    assert np.allclose(ood_scores(logits, "energy", 2.0), -2 * np.log(np.exp(logits / 2).sum(axis=1)))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert np.allclose(ood_scores(logits, "msp"), -p.max(axis=1))
+    # The confident row is the less out-of-distribution one under both scores.
+    for kind in OOD_SCORES:
+        s = ood_scores(logits, kind)
+        assert s[0] < s[1]
+    assert OOD_CHOICES == (*OOD_SCORES, "none")
+
+
+def test_the_threshold_keeps_the_asked_share_and_round_trips():
+    logits = np.random.default_rng(0).normal(size=(400, 5)) * 3
+    gate = OodGate.fit(logits, "energy", tpr=0.95)
+    assert 0.95 <= gate.kept <= 0.955 and gate.n == 400
+    assert np.mean(~gate.unknown(logits)) == pytest.approx(gate.kept)
+    assert OodGate.from_dict(gate.to_dict()) == gate and OodGate.from_dict(None) is None
+    with pytest.raises(ConfigError, match="OOD metadata is incomplete"):
+        OodGate.from_dict({"kind": "energy"})
+    with pytest.raises(ConfigError, match="--ood-tpr"):
+        OodGate.fit(logits, tpr=1.0)
+
+
+def test_training_fits_the_gate_and_every_artifact_carries_it(tiny, tmp_path, caplog):
+    ckpt, onnx_path, data = tiny
+    _, meta = load_checkpoint(ckpt)
+    gate = OodGate.from_dict(meta["ood"])
+    assert gate is not None and gate.kind == "energy" and gate.tpr == 0.95 and gate.n == 16  # the tiny validation set
+    assert read_contract(onnx_path).ood == meta["ood"]
+    images = sorted((data / "val").rglob("*.png"))[:4]
+    a, b = predict(ckpt, images), predict(onnx_path, images)
+    assert [r.unknown for r in a] == [r.unknown for r in b] and all(r.unknown is not None for r in a)
+    assert [r.ood_score for r in a] == pytest.approx([r.ood_score for r in b], abs=1e-4)
+
+    # A gate that calls everything unknown, and predict's answer in text and JSON.
+    m = load_onnx(onnx_path)
+    c = read_contract(m)
+    write_contract(m, replace(c, ood={**c.ood, "threshold": -1e9}))
+    strict = tmp_path / "strict.onnx"
+    onnx.save(m, str(strict))
+    assert all(r.unknown for r in predict(strict, images))
+    assert not any(r.unknown for r in predict(strict, images, ood=False)) and predict(strict, images, ood=False)[0].unknown is None
+
+
+def test_an_artifact_without_a_gate_still_predicts_and_says_so_once(tiny, tmp_path, capsys, caplog):
+    ckpt, onnx_path, data = tiny
+    m = load_onnx(onnx_path)
+    c = read_contract(m)
+    write_contract(m, replace(c, ood=None))
+    old = tmp_path / "old.onnx"
+    onnx.save(m, str(old))
+    images = sorted((data / "val").rglob("*.png"))[:3]
+    with caplog.at_level(logging.WARNING):
+        results = predict(old, images)
+    assert [r.unknown for r in results] == [None] * 3 and results[0].top
+    assert sum("has no OOD threshold" in r.message for r in caplog.records) == 1
+    assert main(["predict", str(old), str(images[0]), "--json"]) == 0
+    out = capsys.readouterr()
+    assert "unknown" not in out.out and "has no OOD threshold" in out.err
+
+
+def test_cli_prints_unknown(tiny, tmp_path, capsys):
+    ckpt, onnx_path, data = tiny
+    m = load_onnx(onnx_path)
+    c = read_contract(m)
+    write_contract(m, replace(c, ood={**c.ood, "threshold": -1e9}))
+    strict = tmp_path / "strict.onnx"
+    onnx.save(m, str(strict))
+    image = next((data / "val").rglob("*.png"))
+    assert main(["predict", str(strict), str(image)]) == 0
+    assert "unknown: OOD score" in capsys.readouterr().out
+    assert main(["predict", str(strict), str(image), "--no-ood"]) == 0
+    assert "unknown" not in capsys.readouterr().out
