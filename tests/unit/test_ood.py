@@ -95,3 +95,48 @@ def test_cli_prints_unknown(tiny, tmp_path, capsys):
     assert "unknown: OOD score" in capsys.readouterr().out
     assert main(["predict", str(strict), str(image), "--no-ood"]) == 0
     assert "unknown" not in capsys.readouterr().out
+
+
+def test_bench_ood_data_measures_and_gates_the_decisions(tiny, tmp_path):
+    """bench --ood-data on the tiny CNN: ID = its validation blobs, OOD = blue blobs and noise it
+    never saw. The ONNX export decides as the checkpoint does; a copy whose logits are scaled down
+    (so its energy moves while its top-1 does not) fails --max-ood-disagreement."""
+    from _images import make_blob_images
+
+    from tldeploy.bench.bench import BenchConfig, run_bench
+
+    ckpt, onnx_path, data = tiny
+    ood = tmp_path / "ood"
+    make_blob_images(ood, 12, seed=5, classes=("blue",))
+    m = load_onnx(onnx_path)
+    logits_node = next(n for n in m.graph.node if "logits" in n.output)
+    scaled = tmp_path / "scaled.onnx"
+    # logits / 3 under the old name: same top-1, higher energies.
+    from onnx import helper, numpy_helper
+
+    logits_node.output[0] = "logits_unscaled"
+    for n in m.graph.node:
+        for i, t in enumerate(n.input):
+            if t == "logits" and n is not logits_node:
+                n.input[i] = "logits_unscaled"
+    m.graph.initializer.append(numpy_helper.from_array(np.array(1 / 3, np.float32), "third"))
+    m.graph.node.append(helper.make_node("Mul", ["logits_unscaled", "third"], ["logits"], name="scale_logits"))
+    onnx.save(m, str(scaled))
+
+    doc = run_bench(BenchConfig((onnx_path, scaled), tmp_path / "b.json", reference=ckpt, data=data / "val", ood_data=ood,
+                                max_ood_disagreement=0.0, latency=_quick())).document
+    rows = {r["name"]: r["ood"] for r in doc["results"]}
+    assert rows[ckpt.name]["disagreement"] is None and rows[onnx_path.name]["disagreement"] == 0.0
+    assert rows[ckpt.name]["images"] == 12 and 0 <= rows[ckpt.name]["auroc"] <= 1
+    assert rows[ckpt.name]["tpr"] == pytest.approx(rows[onnx_path.name]["tpr"])
+    assert rows["scaled.onnx"]["disagreement"] > 0
+    assert not doc["gates"]["passed"] and any("scaled.onnx: unknown/known decisions differ" in f for f in doc["gates"]["failures"])
+    assert "unknown inputs (12 OOD)" in (tmp_path / "b.md").read_text()
+    with pytest.raises(ConfigError, match="--ood-data is set against in-distribution inputs"):
+        BenchConfig((onnx_path,), tmp_path / "c.json", ood_data=ood)
+
+
+def _quick():
+    from tldeploy.bench.latency import LatencyConfig
+
+    return LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0)

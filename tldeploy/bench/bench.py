@@ -77,13 +77,15 @@ class BenchConfig:
     device: str = "cpu"  # where the PyTorch reference and plain ONNX files run
     time_reference: bool = True
     gates: Gates = Gates()
+    ood_data: Path | None = None  # out-of-distribution inputs: AUROC, FPR at the stored TPR, decision agreement
+    max_ood_disagreement: float | None = None  # share (0-1) of inputs whose unknown/known decision may differ from the reference's
     report: Path | None = None  # default: OUTPUT with .md
     plots: Path | None = None  # default: OUTPUT's stem + "_plots"
     force: bool = False
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("output", "reference", "data", "report", "plots"):  # str paths from library callers
+        for name in ("output", "reference", "data", "ood_data", "report", "plots"):  # str paths from library callers
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "artifacts", tuple(Path(a) for a in self.artifacts))
@@ -102,6 +104,10 @@ class BenchConfig:
             raise ConfigError("the --max-top1-drop / --min-top1-agreement / --min-cosine gates compare with the reference; pass --reference RUN_DIR/model.pt")
         if self.gates.any() and self.data is None:
             raise ConfigError("the gates need real images; pass --data VAL_DIR")
+        if self.ood_data is not None and self.data is None:
+            raise ConfigError("--ood-data is set against in-distribution inputs; pass --data VAL_DIR too")
+        if self.max_ood_disagreement is not None and (self.ood_data is None or not 0 <= self.max_ood_disagreement <= 1):
+            raise ConfigError("--max-ood-disagreement is a share in [0, 1] and needs --ood-data DIR")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"--device must be cpu or cuda, got {self.device!r}")
 
@@ -206,7 +212,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     try:
         for e in all_entries:
             e.runner.activate()
-        _measure_outputs(cfg, ref, all_entries, x, labels, results, gate_failures)
+        logits = _measure_outputs(cfg, ref, all_entries, x, labels, results, gate_failures)
+        if cfg.ood_data is not None:
+            _measure_ood(cfg, all_entries, base, logits, results, gate_failures)
         _time_all(timed, x, cfg, results)
     finally:
         for e in all_entries:
@@ -255,13 +263,28 @@ def _inputs(cfg: BenchConfig, base) -> tuple[np.ndarray, np.ndarray | None, list
     return parity_inputs(base.preprocessing, None, max(cfg.batch_sizes)), None, []
 
 
+def _measure_ood(cfg: BenchConfig, all_entries: list[_Entry], base, logits: dict[str, np.ndarray],
+                 results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
+    from tldeploy.bench.ood import load_ood_inputs, measure_ood
+
+    x_out, _ = load_ood_inputs(cfg.ood_data, base.preprocessing, cfg.limit)
+    rows, failures = measure_ood(all_entries, base, logits, x_out, cfg.max_ood_disagreement)
+    for name, row in rows.items():
+        results[name]["ood"] = row
+        log.info("%s: OOD AUROC %.4f, TPR %.2f%%, FPR %.2f%%%s", name, row["auroc"], 100 * row["tpr"], 100 * row["fpr_at_tpr"],
+                 f", decisions differ from the reference's on {100 * row['disagreement']:.2f}%" if row["disagreement"] is not None else "")
+    gate_failures += failures
+
+
 def _measure_outputs(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], x: np.ndarray, labels,
-                     results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
-    """Each entry's row in `results`, with accuracy, parity against the reference and its gates."""
+                     results: dict[str, dict[str, Any]], gate_failures: list[str]) -> dict[str, np.ndarray]:
+    """Each entry's row in `results`, with accuracy, parity against the reference and its gates;
+    returns each entry's logits on `x`."""
     from tldeploy._io import sha256_file
     from tldeploy.runtime.runners import run_batches
 
     ref_out = run_batches(ref.runner, x) if ref and cfg.data is not None else None
+    logits: dict[str, np.ndarray] = {}
     for e in all_entries:
         results[e.name] = {
             "name": e.name, "path": str(e.path), "sha256": sha256_file(e.path), "role": e.role, "kind": e.kind,
@@ -272,6 +295,7 @@ def _measure_outputs(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_En
         if cfg.data is None:
             continue
         out = ref_out if e is ref else run_batches(e.runner, x)
+        logits[e.name] = out["logits"]
         if labels is not None:
             results[e.name]["accuracy"] = float(np.mean(out["logits"].argmax(1) == labels))
         if ref_out is not None and e is not ref:
@@ -282,6 +306,7 @@ def _measure_outputs(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_En
             log.info("%s: top-1 agreement %.2f%%, cosine %.6f, logits max |diff| %.3g%s", e.name, parity.top1_agreement * 100,
                      parity.cosine, parity.logits_max_abs,
                      f", accuracy {parity.accuracy:.4f} ({parity.accuracy_delta * 100:+.2f} points)" if parity.accuracy is not None else "")
+    return logits
 
 
 def _document(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], results: dict[str, dict[str, Any]],
@@ -303,12 +328,13 @@ def _document(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], r
             "settle_s": cfg.latency.settle_s,
             "threads": cfg.threads, "device": cfg.device,
             "gates": {"max_top1_drop": cfg.gates.max_top1_drop, "min_top1_agreement": cfg.gates.min_top1_agreement,
-                      "min_cosine": cfg.gates.min_cosine},
+                      "min_cosine": cfg.gates.min_cosine, "max_ood_disagreement": cfg.max_ood_disagreement},
         },
         "data": None if cfg.data is None else {
             "path": str(cfg.data), "images": len(x), "labelled": labels is not None, "sha256": _paths_hash(paths),
         },
         "reference": None if ref is None else {"name": ref.name, "path": str(ref.path)},
+        **({"ood_data": {"path": str(cfg.ood_data)}} if cfg.ood_data is not None else {}),
         "results": [results[e.name] for e in all_entries],
         "gates": {"passed": not gate_failures, "failures": gate_failures},
     }

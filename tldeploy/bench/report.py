@@ -105,6 +105,13 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
             if p["accuracy"] is not None:
                 rows.append(["accuracy (reference, delta)", f"{p['accuracy']:.4f} ({p['reference_accuracy']:.4f}, {p['accuracy_delta'] * 100:+.2f} points)"])
             lines += ["", *_table(["parity vs the reference", "value"], rows)]
+        o = r.get("ood")
+        if o:
+            rows = [["score, threshold", f"{o['score']} > {o['threshold']:.4g} is unknown"], ["AUROC (--data vs OOD inputs)", f"{o['auroc']:.4f}"],
+                    ["known at the threshold: in-distribution (TPR) / OOD (FPR)", f"{o['tpr']:.2%} / {o['fpr_at_tpr']:.2%}"]]
+            if o["disagreement"] is not None:
+                rows.append(["unknown/known decisions unlike the reference's", f"{o['disagreement']:.2%}"])
+            lines += ["", *_table([f"unknown inputs ({o['images']} OOD)", "value"], rows)]
         for g in r["gates"]:
             lines.append(f"- gate {g['gate']} {g['limit']:g}: {'passed' if g['passed'] else 'FAILED'} ({g['value']:.6g})")
         lines.append("")

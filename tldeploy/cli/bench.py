@@ -32,6 +32,8 @@ from tldeploy.engines.capabilities import DEVICES
 @click.option("--max-top1-drop", type=float, help="Gate: fail if an artifact's accuracy is more than this many points below the reference's.")
 @click.option("--min-top1-agreement", type=float, help="Gate: fail if an artifact agrees with the reference's top-1 on less than this share (0-1).")
 @click.option("--min-cosine", type=float, help="Gate: fail if the mean cosine similarity of the logits is below this.")
+@click.option("--ood-data", type=click.Path(path_type=Path), help="Inputs of no known class: per artifact, AUROC of its OOD score against --data, FPR at the stored TPR, and how often its unknown/known decision differs from the reference's.")
+@click.option("--max-ood-disagreement", type=float, help="Gate (with --ood-data): fail if an artifact's unknown/known decisions differ from the reference's on more than this share (0-1) of inputs.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; warnings only.")
 def bench_cmd(artifacts: tuple[Path, ...], output: Path, batch_sizes: str, warmup: int, warmup_s: float | None, iters: int,
