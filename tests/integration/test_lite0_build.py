@@ -203,3 +203,72 @@ def test_digits_bundle_verifies_elsewhere_and_deepstream_geometry_agrees(ort_bui
     agreement = float(np.mean(served == contract))
     print(f"\nDeepStream geometry (bilinear whole-frame scale) vs contract (bicubic resize + crop): top-1 agreement {agreement:.4f} on {len(files)}")
     assert agreement >= 0.99
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Inputs of no digit class: random crops of the photographs scikit-image ships (offline)."""
+    import skimage.data as skd
+    from PIL import Image
+    from skimage.util import img_as_ubyte
+
+    out = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    names = ["astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "page", "horse", "text", "clock",
+             "grass", "gravel", "brick", "immunohistochemistry", "cat"]
+    for name in names:
+        img = img_as_ubyte(getattr(skd, name)())  # some are boolean or float
+        img = np.stack([img] * 3, axis=-1) if img.ndim == 2 else img[..., :3]
+        for i in range(15):
+            side = int(rng.integers(48, min(img.shape[:2]) + 1))
+            top, left = (int(rng.integers(0, img.shape[k] - side + 1)) for k in (0, 1))
+            Image.fromarray(img[top : top + side, left : left + side]).save(out / f"{name}_{i:02d}.png")
+    return out
+
+
+def test_ood_gate_on_the_digits_model(ort_builds, fe_run, digits, photos, tmp_path):
+    """The stored threshold keeps 95% +- 2% of the validation set; on photographs the energy score
+    separates (AUROC >= 0.95); the ORT FP32 artifact decides unknown/known as the reference does
+    on >= 99.5% of inputs; the INT8 artifact's figure is reported."""
+    from tldeploy.bench.bench import BenchConfig, run_bench
+    from tldeploy.bench.latency import LatencyConfig
+    from tldeploy.models.checkpoints import load_checkpoint
+
+    _, meta = load_checkpoint(fe_run.checkpoint)
+    assert meta["ood"]["kind"] == "energy" and abs(meta["ood"]["kept"] - 0.95) <= 0.02
+    fp32, int8 = ort_builds
+    doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "b.json", reference=fe_run.checkpoint, data=digits / "val",
+                                ood_data=photos, latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0))).document
+    rows = {r["name"]: r["ood"] for r in doc["results"]}
+    ref = rows[fe_run.checkpoint.name]
+    print(f"\nOOD (energy) on {ref['images']} photo crops vs {doc['data']['images']} digits: reference AUROC {ref['auroc']:.4f}, "
+          f"TPR {ref['tpr']:.4f}, FPR {ref['fpr_at_tpr']:.4f}; decisions unlike the reference's: "
+          f"FP32 {rows['digits.fp32.ort.onnx']['disagreement']:.4f}, INT8 {rows['digits.int8.ort.onnx']['disagreement']:.4f}, "
+          f"INT8 AUROC {rows['digits.int8.ort.onnx']['auroc']:.4f}")
+    assert ref["auroc"] >= 0.95 and rows["digits.fp32.ort.onnx"]["auroc"] >= 0.95
+    assert rows["digits.fp32.ort.onnx"]["disagreement"] <= 0.005
+
+
+def test_shift_tells_a_shifted_target_from_the_training_data(fe_run, digits, tmp_path, capsys):
+    """Digits train (the checkpoint's feature sample) vs val: AUC <= 0.6; vs a blurred,
+    contrast-reduced copy of val: AUC >= 0.9 and a higher Fréchet distance; --max-auc 0.75 fails
+    only the shifted one."""
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    from tldeploy.cli import main
+
+    shifted = tmp_path / "shifted"
+    for p in sorted((digits / "val").rglob("*.png")):
+        target = shifted / p.parent.name / p.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        img = Image.open(p).convert("RGB").filter(ImageFilter.GaussianBlur(2))
+        ImageEnhance.Contrast(img).enhance(0.4).save(target)
+    assert main(["shift", "--reference", str(fe_run.checkpoint), "--data", str(digits / "val"), "-o", str(tmp_path / "same.json"),
+                 "--max-auc", "0.75", "-q"]) == 0
+    assert main(["shift", "--reference", str(fe_run.checkpoint), "--data", str(shifted), "-o", str(tmp_path / "shifted.json"),
+                 "--max-auc", "0.75", "-q"]) == 1
+    same, moved = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("same", "shifted"))
+    print(f"\nshift: val AUC {same['domain_auc']:.4f} FD {same['frechet_distance']:.4g}; shifted AUC {moved['domain_auc']:.4f} "
+          f"FD {moved['frechet_distance']:.4g}, unknown {moved['unknown_share']:.2%}, accuracy {moved['accuracy']:.4f}")
+    assert same["domain_auc"] <= 0.6 and moved["domain_auc"] >= 0.9 and moved["frechet_distance"] > same["frechet_distance"]
+    assert "the target has drifted" in capsys.readouterr().err

@@ -51,7 +51,9 @@ def plain(obj: Any) -> Any:
     return str(obj)
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """`tensors`: data beside the weights that is not part of the model (the source features
+    `tldeploy shift` compares with, the validation OOD scores)."""
     meta = dict(metadata)
     meta.setdefault("versions", versions())
     meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -60,9 +62,17 @@ def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any]
         "format_version": FORMAT_VERSION,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": plain(meta),
+        "tensors": {k: v.detach().cpu() for k, v in (tensors or {}).items()},
     }
     with atomic_path(Path(path)) as tmp:
         torch.save(obj, tmp)
+
+
+def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's data tensors (empty for checkpoints from before they were saved)."""
+    obj = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint", hint="pass a model.pt written by 'tldeploy train'")
+    t = obj.get("tensors") or {}
+    return {k: v for k, v in t.items() if isinstance(v, torch.Tensor)}
 
 
 def read_torch_file(

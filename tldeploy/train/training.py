@@ -38,6 +38,8 @@ __all__ = ["TrainConfig", "TrainResult", "train"]
 
 log = logging.getLogger(__name__)
 
+SHIFT_SAMPLE = 512  # training inputs whose pooled features the checkpoint keeps for `tldeploy shift`
+
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train an adapted model as `cfg` says; writes RUN_DIR/model.pt, metrics.json and plots/."""
@@ -269,6 +271,21 @@ class _Trainer:
             "ood": self.ood.to_dict() if self.ood is not None else None,
         }
 
+    def _shift_tensors(self) -> dict[str, torch.Tensor]:
+        """What `tldeploy shift` compares target data with, so the training data is not needed:
+        pooled backbone features of up to SHIFT_SAMPLE training inputs (float16), and the
+        validation set's OOD scores."""
+        paths = self.train_set.paths
+        if len(paths) > SHIFT_SAMPLE:
+            paths = [paths[i] for i in np.linspace(0, len(paths) - 1, SHIFT_SAMPLE).round().astype(int)]
+        if self.cfg.mode != "feature-extract":
+            self.cache.clear()  # maps of an earlier backbone
+        feats = self._features(list(paths), "features (shift sample)").float().mean(dim=(2, 3))
+        out = {"source_features": feats.half()}
+        if self.ood is not None:
+            out["val_ood_scores"] = torch.from_numpy(self.ood.scores(self.val_logits).astype(np.float32))
+        return out
+
     def _save_state(self, phase_idx: int, epoch_done: int, opt, sched) -> None:
         if not self.dist.main:
             return
@@ -385,7 +402,7 @@ class _Trainer:
         if self.dist.main:
             write_json(self.run_dir / "metrics.json", metrics)
             write_plots(self.run_dir / "plots", np.array(self.val_set.labels), probs, self.classes)
-            save_checkpoint(self.ckpt_path, self.model, self._metadata(metrics))
+            save_checkpoint(self.ckpt_path, self.model, self._metadata(metrics), self._shift_tensors())
             self.state_path.unlink(missing_ok=True)
         self.dist.barrier()
         self._info("best %s %.4f; accuracy %.4f; wrote %s", self.cfg.select_metric, self.progress.best_score[0], metrics["accuracy"], self.ckpt_path)
