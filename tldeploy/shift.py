@@ -16,6 +16,7 @@ instead (and is required for checkpoints from before the sample was kept).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,12 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(s_a @ s_b, disp=False)
-    root = np.real(root)
+    # With fewer samples than features the covariances are singular; a ridge of 1e-6 of their mean
+    # variance keeps the square root defined (pytorch-fid adds such an offset when it is not).
+    ridge = 1e-6 * float(np.mean(np.diag(s_a)) + np.mean(np.diag(s_b))) / 2 * np.eye(len(mu_a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = np.real(linalg.sqrtm((s_a + ridge) @ (s_b + ridge)))
     return float(max(0.0, np.sum((mu_a - mu_b) ** 2) + np.trace(s_a + s_b - 2 * root)))
 
 

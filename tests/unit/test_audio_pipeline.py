@@ -227,3 +227,23 @@ def test_cli_train_passes_the_audio_options_into_the_contract(tones, tmp_path, c
     assert meta["train_config"]["augment"]["freq_masks"] == 1 and meta["train_config"]["augment"]["enabled"]
     assert main(["train", str(tones), "-o", str(tmp_path / "r2"), "--modality", "audio", "--hflip", "-q"]) == 1
     assert "--hflip is image augmentation" in capsys.readouterr().err
+
+
+def test_audio_models_get_the_ood_gate_and_shift_too(tiny_audio, tones, tmp_path):
+    """The same OOD gate and shift on clips: the checkpoint and its ONNX carry the gate, predict
+    decides per clip, shift compares target clips with the kept sample of training clips."""
+    import json
+
+    from tldeploy.cli import main
+    from tldeploy.contract import read_contract
+    from tldeploy.models.checkpoints import checkpoint_tensors, load_checkpoint
+
+    ckpt, onnx_path = tiny_audio
+    _, meta = load_checkpoint(ckpt)
+    assert meta["ood"]["kind"] == "energy" and read_contract(onnx_path).ood == meta["ood"]
+    clips = sorted((tones / "val").rglob("*.wav"))[:3]
+    assert all(p.unknown is not None for p in predict(onnx_path, clips))
+    assert checkpoint_tensors(ckpt)["source_features"].shape[0] == 7 * 6  # every training clip
+    out = tmp_path / "s.json"
+    assert main(["shift", "--reference", str(ckpt), "--data", str(tones / "val"), "-o", str(out), "-q"]) == 0
+    assert json.loads(out.read_text())["target_inputs"] == 7 * 2

@@ -140,3 +140,39 @@ def _quick():
     from tldeploy.bench.latency import LatencyConfig
 
     return LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0)
+
+
+def test_shift_plumbing_on_the_tiny_cnn(tiny, tmp_path, capsys):
+    """The checkpoint keeps the source sample; shift reports, plots and gates; a checkpoint from
+    before the sample needs --source-data, said in one line."""
+    import json
+
+    import torch
+
+    from tldeploy.models.checkpoints import checkpoint_tensors
+
+    ckpt, _, data = tiny
+    t = checkpoint_tensors(ckpt)
+    assert t["source_features"].dtype == torch.float16 and t["source_features"].shape == (80, 32)  # all 80 training blobs
+    assert t["val_ood_scores"].shape == (16,)
+    out = tmp_path / "s.json"
+    assert main(["shift", "--reference", str(ckpt), "--data", str(data / "val"), "-o", str(out), "-q"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["features"] == 32 and doc["target_inputs"] == 16 and 0 <= doc["domain_auc"] <= 1 and doc["accuracy"] is not None
+    assert (tmp_path / "s_ood_scores.png").is_file() and "domain classifier AUC" in out.with_suffix(".md").read_text()
+    # Blue blobs are of no trained class: a shifted target, which a strict gate fails.
+    from _images import make_blob_images
+
+    make_blob_images(tmp_path / "blue", 16, seed=3, classes=("blue",))
+    assert main(["shift", "--reference", str(ckpt), "--data", str(tmp_path / "blue"), "-o", str(tmp_path / "b.json"),
+                 "--max-auc", "0.5", "-q"]) == 1
+    assert "error: the target has drifted" in capsys.readouterr().err
+    # An older checkpoint: no source sample.
+    doc = torch.load(ckpt, weights_only=True)
+    doc.pop("tensors")
+    old = tmp_path / "old.pt"
+    torch.save(doc, old)
+    assert main(["shift", "--reference", str(old), "--data", str(data / "val"), "-o", str(tmp_path / "o.json")]) == 1
+    assert "keeps no source features" in capsys.readouterr().err
+    assert main(["shift", "--reference", str(old), "--data", str(data / "val"), "--source-data", str(data / "train"),
+                 "-o", str(tmp_path / "o.json"), "-q"]) == 0
