@@ -81,6 +81,14 @@ def test_an_artifact_without_a_gate_still_predicts_and_says_so_once(tiny, tmp_pa
     assert main(["predict", str(old), str(images[0]), "--json"]) == 0
     out = capsys.readouterr()
     assert "unknown" not in out.out and "has no OOD threshold" in out.err
+    # A checkpoint from before the gate: the same.
+    import torch
+
+    doc = torch.load(ckpt, weights_only=True)
+    doc["metadata"].pop("ood")
+    old_ckpt = tmp_path / "old.pt"
+    torch.save(doc, old_ckpt)
+    assert [r.unknown for r in predict(old_ckpt, images)] == [None] * 3
 
 
 def test_cli_prints_unknown(tiny, tmp_path, capsys):
