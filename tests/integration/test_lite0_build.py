@@ -278,3 +278,34 @@ def test_shift_tells_a_shifted_target_from_the_training_data(fe_run, digits, tmp
               f"one shift run over {same['target_inputs']} images: {seconds:.1f} s")
     assert same["domain_auc"] <= 0.6 and moved["domain_auc"] >= 0.9 and moved["frechet_distance"] > same["frechet_distance"]
     assert "the target has drifted" in capsys.readouterr().err
+
+
+def test_robustness_parity_on_the_digits_model(ort_builds, fe_run, digits, tmp_path):
+    """Corruptions get no easier with severity for the reference; PGD at 8/255 breaks it (the
+    attack works); the ORT FP32 artifact is the same function under corruption and attack; the
+    INT8 artifact's flip rates are reported."""
+    import time
+
+    from tldeploy.bench.bench import BenchConfig, run_bench
+    from tldeploy.bench.latency import LatencyConfig
+
+    fp32, int8 = ort_builds
+    t0 = time.perf_counter()
+    doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "r.json", reference=fe_run.checkpoint, data=digits / "val",
+                                limit=80, robustness=True, epsilons=(8.0,), time_reference=False,
+                                latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), batch_sizes=(1,))).document
+    seconds = time.perf_counter() - t0
+    rows = {r["name"]: r["robustness"] for r in doc["results"]}
+    ref, f32, i8 = rows[fe_run.checkpoint.name], rows["digits.fp32.ort.onnx"], rows["digits.int8.ort.onnx"]
+    for name in {c["corruption"] for c in ref["corruptions"]}:
+        acc = [c["accuracy"] for c in ref["corruptions"] if c["corruption"] == name]
+        assert acc[2] <= acc[0] + 0.05, (name, acc)  # severity 5 no better than 1, beyond noise (4 of 80 images)
+    attacks = {(a["method"], a["epsilon"]): a["accuracy"] for a in ref["attacks"]}
+    assert attacks[("pgd", 8.0)] < 0.2 and attacks[("pgd", 8.0)] <= attacks[("fgsm", 8.0)] + 0.02
+    for a, b in zip(ref["attacks"], f32["attacks"], strict=True):
+        assert abs(a["accuracy"] - b["accuracy"]) <= 0.01, (a, b)
+    assert f32["max_flip_rate"] <= 0.005
+    flips = {f"{c['corruption']} {c['severity']}": c["flip_rate"] for c in i8["corruptions"]}
+    print(f"\nrobustness on 80 digits, {seconds:.0f} s: reference PGD 8/255 accuracy {attacks[('pgd', 8.0)]:.2f}, "
+          f"FGSM 8/255 {attacks[('fgsm', 8.0)]:.2f}; FP32 max flip {f32['max_flip_rate']:.3f}, mCE {f32['mce_vs_reference']:.3f}; "
+          f"INT8 mCE {i8['mce_vs_reference']:.3f}, flips {flips}; INT8 attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in i8['attacks']]}")

@@ -79,6 +79,9 @@ class BenchConfig:
     gates: Gates = Gates()
     ood_data: Path | None = None  # out-of-distribution inputs: AUROC, FPR at the stored TPR, decision agreement
     max_ood_disagreement: float | None = None  # share (0-1) of inputs whose unknown/known decision may differ from the reference's
+    robustness: bool = False  # corruptions and adversarial examples (bench/robustness.py); needs --reference and labelled --data
+    epsilons: tuple[float, ...] = (1.0, 4.0)  # adversarial L-infinity budgets, pixel levels of 255
+    max_robustness_flip: float | None = None  # share (0-1): an artifact's largest corruption flip rate may not exceed it
     report: Path | None = None  # default: OUTPUT with .md
     plots: Path | None = None  # default: OUTPUT's stem + "_plots"
     force: bool = False
@@ -108,6 +111,10 @@ class BenchConfig:
             raise ConfigError("--ood-data is set against in-distribution inputs; pass --data VAL_DIR too")
         if self.max_ood_disagreement is not None and (self.ood_data is None or not 0 <= self.max_ood_disagreement <= 1):
             raise ConfigError("--max-ood-disagreement is a share in [0, 1] and needs --ood-data DIR")
+        if (self.robustness or self.max_robustness_flip is not None) and (self.reference is None or self.data is None):
+            raise ConfigError("--robustness compares with the reference on labelled images; pass --reference RUN_DIR/model.pt and --data VAL_DIR")
+        if self.max_robustness_flip is not None and not self.robustness:
+            object.__setattr__(self, "robustness", True)
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"--device must be cpu or cuda, got {self.device!r}")
 
@@ -215,6 +222,8 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         logits = _measure_outputs(cfg, ref, all_entries, x, labels, results, gate_failures)
         if cfg.ood_data is not None:
             _measure_ood(cfg, all_entries, base, logits, results, gate_failures)
+        if cfg.robustness:
+            _measure_robustness(cfg, all_entries, base, paths, labels, results, gate_failures)
         _time_all(timed, x, cfg, results)
     finally:
         for e in all_entries:
@@ -261,6 +270,27 @@ def _inputs(cfg: BenchConfig, base) -> tuple[np.ndarray, np.ndarray | None, list
 
     log.info("no --data: timing on random inputs; no parity or accuracy")
     return parity_inputs(base.preprocessing, None, max(cfg.batch_sizes)), None, []
+
+
+def _measure_robustness(cfg: BenchConfig, all_entries: list[_Entry], base, paths: list[Path], labels,
+                        results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
+    from tldeploy.bench.robustness import measure_robustness
+    from tldeploy.models.checkpoints import load_checkpoint
+
+    if labels is None:
+        raise ConfigError("--robustness needs labelled images: --data with class folders")
+    if base.preprocessing.modality != "image":
+        raise ConfigError("--robustness covers image models so far; audio corruptions are not built yet")
+    model, _ = load_checkpoint(cfg.reference)
+    rows = measure_robustness(all_entries, base.preprocessing, paths, labels, model, cfg.epsilons)
+    for name, row in rows.items():
+        results[name]["robustness"] = row
+        if name != all_entries[0].name:
+            log.info("%s: mCE vs the reference %.3f, largest corruption flip rate %.2f%%", name, row["mce_vs_reference"],
+                     100 * (row["max_flip_rate"] or 0))
+            if cfg.max_robustness_flip is not None and (row["max_flip_rate"] or 0) > cfg.max_robustness_flip:
+                gate_failures.append(f"{name}: a corruption flips {row['max_flip_rate']:.2%} of top-1 answers against the reference "
+                                     f"(--max-robustness-flip {cfg.max_robustness_flip:.2%})")
 
 
 def _measure_ood(cfg: BenchConfig, all_entries: list[_Entry], base, logits: dict[str, np.ndarray],

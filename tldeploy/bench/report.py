@@ -105,6 +105,12 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
             if p["accuracy"] is not None:
                 rows.append(["accuracy (reference, delta)", f"{p['accuracy']:.4f} ({p['reference_accuracy']:.4f}, {p['accuracy_delta'] * 100:+.2f} points)"])
             lines += ["", *_table(["parity vs the reference", "value"], rows)]
+        rb = r.get("robustness")
+        if rb:
+            rows = [[f"{c['corruption']} {c['severity']}", f"{c['accuracy']:.4f}", "" if c["flip_rate"] is None else f"{c['flip_rate']:.2%}"]
+                    for c in rb["corruptions"]]
+            rows += [[f"{a['method']} eps {a['epsilon']:g}/255", f"{a['accuracy']:.4f}", ""] for a in rb["attacks"]]
+            lines += ["", *_table([f"robustness (mCE vs reference {rb['mce_vs_reference']:.3f})", "accuracy", "flips vs reference"], rows)]
         o = r.get("ood")
         if o:
             rows = [["score, threshold", f"{o['score']} > {o['threshold']:.4g} is unknown"], ["AUROC (--data vs OOD inputs)", f"{o['auroc']:.4f}"],

@@ -34,11 +34,14 @@ from tldeploy.engines.capabilities import DEVICES
 @click.option("--min-cosine", type=float, help="Gate: fail if the mean cosine similarity of the logits is below this.")
 @click.option("--ood-data", type=click.Path(path_type=Path), help="Inputs of no known class: per artifact, AUROC of its OOD score against --data, FPR at the stored TPR, and how often its unknown/known decision differs from the reference's.")
 @click.option("--max-ood-disagreement", type=float, help="Gate (with --ood-data): fail if an artifact's unknown/known decisions differ from the reference's on more than this share (0-1) of inputs.")
+@click.option("--robustness", is_flag=True, help="Corruptions (8 kinds, 3 severities) and FGSM/PGD attacks crafted on the reference: accuracy, and each artifact's top-1 flips against the reference on the same inputs.")
+@click.option("--epsilon", "epsilons", default="1,4", show_default=True, help="Adversarial L-infinity budgets in pixel levels of 255, comma-separated.")
+@click.option("--max-robustness-flip", type=float, help="Gate (implies --robustness): fail if a corruption flips more than this share (0-1) of an artifact's top-1 answers against the reference.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; warnings only.")
 def bench_cmd(artifacts: tuple[Path, ...], output: Path, batch_sizes: str, warmup: int, warmup_s: float | None, iters: int,
               duration: float | None, rounds: int, no_reference_latency: bool, max_top1_drop: float | None,
-              min_top1_agreement: float | None, min_cosine: float | None, **kw) -> None:
+              min_top1_agreement: float | None, min_cosine: float | None, epsilons: str, **kw) -> None:
     """Latency and parity of ARTIFACTS (.onnx, .engine, .pt) against the PyTorch reference.
 
     Every artifact runs on the same preprocessed images as the reference: logits and probs
@@ -63,7 +66,7 @@ def bench_cmd(artifacts: tuple[Path, ...], output: Path, batch_sizes: str, warmu
     cfg = BenchConfig(
         artifacts=artifacts, output=output, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
         latency=LatencyConfig(warmup=warmup, warmup_s=warmup_s, iters=iters, duration_s=duration, rounds=rounds),
-        time_reference=not no_reference_latency,
+        time_reference=not no_reference_latency, epsilons=tuple(float(e) for e in epsilons.split(",") if e.strip()),
         gates=Gates(max_top1_drop=max_top1_drop, min_top1_agreement=min_top1_agreement, min_cosine=min_cosine), **kw,
     )
     result = run_bench(cfg)
