@@ -214,3 +214,4 @@ def test_bench_robustness_rows_report_and_flip_gate(tiny, tmp_path):
     assert rows[onnx_path.name]["max_flip_rate"] == 0.0 and rows["negated.onnx"]["max_flip_rate"] > 0.5
     assert [f for f in doc["gates"]["failures"] if "corruption flips" in f] and "negated.onnx" in doc["gates"]["failures"][-1]
     assert "robustness (mCE vs reference" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r_plots" / "robustness.png").is_file()

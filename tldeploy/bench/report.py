@@ -9,7 +9,7 @@ from typing import Any
 
 from tldeploy._io import atomic_path, write_text
 
-PLOTS = ("latency.png", "accuracy_vs_latency.png")
+PLOTS = ("latency.png", "accuracy_vs_latency.png", "robustness.png")
 LATENCY_COLUMNS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
 
 
@@ -131,8 +131,9 @@ def write_report(doc: dict[str, Any], path: Path, plots: list[Path]) -> None:
 
 
 def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """latency.png (distribution per artifact, one panel per batch size) and, with labelled data,
-    accuracy_vs_latency.png (accuracy against p50 latency at the smallest batch)."""
+    """latency.png (distribution per artifact, one panel per batch size), with labelled data
+    accuracy_vs_latency.png (accuracy against p50 latency at the smallest batch), and with
+    --robustness robustness.png (accuracy against severity per corruption)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,7 +171,32 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(_save(fig, out_dir / PLOTS[1]))
+    robust = [r for r in doc["results"] if r.get("robustness")]
+    if robust:
+        written.append(_robustness_plot(plt, robust, out_dir / PLOTS[2]))
     return written
+
+
+def _robustness_plot(plt, results: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy against severity, one panel per corruption, one line per entry."""
+    names = list(dict.fromkeys(c["corruption"] for c in results[0]["robustness"]["corruptions"]))
+    cols = 4
+    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.6 * ((len(names) + cols - 1) // cols)),
+                             squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for r in results:
+            rows = [c for c in r["robustness"]["corruptions"] if c["corruption"] == name]
+            ax.plot([c["severity"] for c in rows], [100 * c["accuracy"] for c in rows], marker="o",
+                    linestyle="--" if r["role"] == "reference" else "-", label=r["name"])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("severity")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("top-1 accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _log_axis(axis, set_scale) -> None:
