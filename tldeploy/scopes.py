@@ -77,6 +77,20 @@ def keep_name_scopes(source, target) -> None:
 PORTABLE_NODE_KEYS = frozenset({SCOPES_KEY, "pkg.torch.onnx.class_hierarchy"})
 
 
+def save_portable(source, target) -> None:
+    """Write `source` (an ONNX path or ModelProto) to `target` without build-machine metadata; a
+    file that has none is copied byte for byte."""
+    from pathlib import Path
+
+    import onnx
+
+    model = onnx.load(str(source)) if isinstance(source, (str, Path)) else source
+    if strip_build_machine(model) or not isinstance(source, (str, Path)):
+        onnx.save(model, str(target))
+    else:
+        Path(target).write_bytes(Path(source).read_bytes())
+
+
 def strip_build_machine(model) -> int:
     """Drop node metadata and doc strings that describe where the model was made (absolute paths,
     stack traces), keeping the name scopes diagnosis reads. Returns the entries removed."""

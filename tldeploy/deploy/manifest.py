@@ -21,6 +21,18 @@ TOLERANCES: dict[str, dict[str, float | None]] = {
 }
 
 
+def tolerance_failures(report, tol: dict[str, float | None]) -> list[str]:
+    """What of `tol` a ParityReport against the reference misses (empty: within tolerance)."""
+    failures = []
+    if tol.get("min_top1_agreement") is not None and report.top1_agreement < tol["min_top1_agreement"]:
+        failures.append(f"top-1 agreement {report.top1_agreement:.2%} < {tol['min_top1_agreement']:.2%}")
+    if tol.get("min_cosine") is not None and report.cosine < tol["min_cosine"]:
+        failures.append(f"cosine {report.cosine:.6f} < {tol['min_cosine']}")
+    if tol.get("max_logit_diff") is not None and report.logits_max_abs > tol["max_logit_diff"]:
+        failures.append(f"logits max |diff| {report.logits_max_abs:.3g} > {tol['max_logit_diff']:g}")
+    return failures
+
+
 def bundle_files(root: Path) -> list[Path]:
     """Every file of the bundle (relative), without the manifest and what verify writes."""
     out = []

@@ -23,7 +23,7 @@ import numpy as np
 
 from tldeploy._io import now, sha256_file, write_json, write_text
 from tldeploy.deploy import BUILD_PRECISIONS
-from tldeploy.deploy.manifest import DEVICE_DIR, MANIFEST, VERIFY_DIR, check_files
+from tldeploy.deploy.manifest import DEVICE_DIR, MANIFEST, VERIFY_DIR, check_files, tolerance_failures
 from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.runtime import host
 
@@ -137,11 +137,8 @@ def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_sh
             out = run_batches(runner, x)
     except TldeployError as err:  # ConfigError included
         return Check(name, False, f"could not run here: {err}")
-    report = compare_outputs(reference, out, labels=inputs["labels"] if "labels" in inputs else None,
-                             max_logit_diff=tol.get("max_logit_diff"), min_top1_agreement=tol.get("min_top1_agreement"))
-    failures = list(report.failures)
-    if report.cosine < float(tol.get("min_cosine") or 0.0):
-        failures.append(f"cosine {report.cosine:.6f} < {tol['min_cosine']}")
+    report = compare_outputs(reference, out, labels=inputs["labels"] if "labels" in inputs else None)
+    failures = tolerance_failures(report, tol)
     detail = (f"top-1 agreement {report.top1_agreement:.2%}, cosine {report.cosine:.6f}, logits max |diff| {report.logits_max_abs:.3g}"
               + (f": {'; '.join(failures)}" if failures else ""))
     return Check(name, not failures, detail, report.to_dict())

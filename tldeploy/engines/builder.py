@@ -281,15 +281,9 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
 def _write_portable(source: Path, target: Path) -> None:
     """The ONNX at `source` without what describes the build machine (stack traces with absolute
     paths in node metadata, from exports before tldeploy stripped them)."""
-    import onnx
+    from tldeploy.scopes import save_portable
 
-    from tldeploy.scopes import strip_build_machine
-
-    model = onnx.load(str(source))
-    if strip_build_machine(model):
-        onnx.save(model, str(target))
-    else:
-        target.write_bytes(source.read_bytes())
+    save_portable(source, target)
 
 
 def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
