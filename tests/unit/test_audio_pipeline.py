@@ -247,3 +247,21 @@ def test_audio_models_get_the_ood_gate_and_shift_too(tiny_audio, tones, tmp_path
     out = tmp_path / "s.json"
     assert main(["shift", "--reference", str(ckpt), "--data", str(tones / "val"), "-o", str(out), "-q"]) == 0
     assert json.loads(out.read_text())["target_inputs"] == 7 * 2
+
+
+def test_audio_robustness_runs_the_clip_corruptions_attacks_and_search(tiny_audio, tones, tmp_path):
+    """bench --robustness on a clip model: the audio corruptions at every severity, attacks in
+    1/255 of full scale, the search; the export is the reference's function under all of them."""
+    from tldeploy.bench.robustness import CORRUPTIONS, SEVERITIES
+
+    ckpt, onnx_path = tiny_audio
+    result = run_bench(BenchConfig(artifacts=(onnx_path,), output=tmp_path / "r.json", reference=ckpt, data=tones / "val",
+                                   robustness="all", epsilons=(4.0,), disagreement=4, batch_sizes=(1,),
+                                   latency=LatencyConfig(warmup=1, iters=2, rounds=1), quiet=True))
+    ref, art = (r["robustness"] for r in result.document["results"])
+    n = result.document["data"]["images"]
+    assert [(c["corruption"], c["severity"]) for c in art["corruptions"]] == [(c, s) for c in CORRUPTIONS["audio"] for s in SEVERITIES]
+    assert art["max_flip_rate"] <= 1 / n and all(abs(a["accuracy"] - b["accuracy"]) <= 1 / n for a, b in zip(ref["attacks"], art["attacks"], strict=True))
+    assert result.document["config"]["robustness"]["budget_unit"] == "1/255 of full scale"
+    report = result.report.read_text()
+    assert "white_noise 5" in report and "pgd eps 4/255 of full scale" in report and "| disagreement search |" in report

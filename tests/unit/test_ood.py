@@ -184,34 +184,3 @@ def test_shift_plumbing_on_the_tiny_cnn(tiny, tmp_path, capsys):
     assert "keeps no source features" in capsys.readouterr().err
     assert main(["shift", "--reference", str(old), "--data", str(data / "val"), "--source-data", str(data / "train"),
                  "-o", str(tmp_path / "o.json"), "-q"]) == 0
-
-
-def test_bench_robustness_rows_report_and_flip_gate(tiny, tmp_path):
-    """bench --robustness on the tiny CNN: every corruption and severity and both attacks have a
-    row per entry; the export flips nothing against its checkpoint, a copy with negated logits
-    flips and fails --max-robustness-flip."""
-    from onnx import helper, numpy_helper
-
-    from tldeploy.bench.bench import BenchConfig, run_bench
-    from tldeploy.bench.robustness import CORRUPTIONS, SEVERITIES
-
-    ckpt, onnx_path, data = tiny
-    m = load_onnx(onnx_path)
-    node = next(n for n in m.graph.node if "logits" in n.output)
-    node.output[0] = "logits_raw"
-    for n in m.graph.node:
-        for i, t in enumerate(n.input):
-            if t == "logits" and n is not node:
-                n.input[i] = "logits_raw"
-    m.graph.initializer.append(numpy_helper.from_array(np.array(-1.0, np.float32), "minus_one"))
-    m.graph.node.append(helper.make_node("Mul", ["logits_raw", "minus_one"], ["logits"], name="negate"))
-    negated = tmp_path / "negated.onnx"
-    onnx.save(m, str(negated))
-    doc = run_bench(BenchConfig((onnx_path, negated), tmp_path / "r.json", reference=ckpt, data=data / "val", robustness=True,
-                                max_robustness_flip=0.0, epsilons=(4.0,), latency=_quick(), batch_sizes=(1,))).document
-    rows = {r["name"]: r["robustness"] for r in doc["results"]}
-    assert len(rows[ckpt.name]["corruptions"]) == len(CORRUPTIONS) * len(SEVERITIES) and len(rows[ckpt.name]["attacks"]) == 2
-    assert rows[onnx_path.name]["max_flip_rate"] == 0.0 and rows["negated.onnx"]["max_flip_rate"] > 0.5
-    assert [f for f in doc["gates"]["failures"] if "corruption flips" in f] and "negated.onnx" in doc["gates"]["failures"][-1]
-    assert "robustness (mCE vs reference" in (tmp_path / "r.md").read_text()
-    assert (tmp_path / "r_plots" / "robustness.png").is_file()

@@ -21,110 +21,16 @@ from typing import Any
 import numpy as np
 
 from tldeploy._io import check_writable, write_json
-from tldeploy.bench.latency import LatencyConfig, measure_interleaved
+from tldeploy.bench.config import BenchConfig, Gates
+from tldeploy.bench.document import BENCH_FORMAT, BENCH_VERSION, SCHEMA_PATH, load_bench, validate_bench
+from tldeploy.bench.latency import measure_interleaved
 from tldeploy.errors import ConfigError, TldeployError
-from tldeploy.parity import ParityReport, compare_outputs
+from tldeploy.parity import compare_outputs
+
+__all__ = ["SCHEMA_PATH", "BenchConfig", "BenchResult", "Gates", "load_bench", "run_bench", "validate_bench"]
 
 log = logging.getLogger(__name__)
 
-BENCH_FORMAT = "tldeploy.bench"
-BENCH_VERSION = 1
-SCHEMA_PATH = Path(__file__).with_name("bench.schema.json")
-
-
-@dataclass(frozen=True)
-class Gates:
-    """CI gates: a violated one makes `tldeploy bench` exit non-zero."""
-
-    max_top1_drop: float | None = None  # accuracy points (0-100) below the reference
-    min_top1_agreement: float | None = None  # share of images (0-1) with the reference's top-1
-    min_cosine: float | None = None  # mean cosine similarity of the logits
-
-    def __post_init__(self) -> None:
-        if self.max_top1_drop is not None and self.max_top1_drop < 0:
-            raise ConfigError(f"--max-top1-drop is in accuracy points and must not be negative, got {self.max_top1_drop}")
-        if self.min_top1_agreement is not None and not 0 <= self.min_top1_agreement <= 1:
-            raise ConfigError(f"--min-top1-agreement is a share in [0, 1], got {self.min_top1_agreement}")
-        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
-            raise ConfigError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
-
-    def any(self) -> bool:
-        return any(v is not None for v in (self.max_top1_drop, self.min_top1_agreement, self.min_cosine))
-
-    def check(self, parity: ParityReport) -> list[dict[str, Any]]:
-        results = []
-        if self.max_top1_drop is not None and parity.accuracy_delta is not None:
-            drop = -parity.accuracy_delta * 100
-            results.append({"gate": "max_top1_drop", "limit": self.max_top1_drop, "value": drop, "passed": drop <= self.max_top1_drop})
-        if self.min_top1_agreement is not None:
-            results.append({"gate": "min_top1_agreement", "limit": self.min_top1_agreement, "value": parity.top1_agreement,
-                            "passed": parity.top1_agreement >= self.min_top1_agreement})
-        if self.min_cosine is not None:
-            results.append({"gate": "min_cosine", "limit": self.min_cosine, "value": parity.cosine, "passed": parity.cosine >= self.min_cosine})
-        return results
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    artifacts: tuple[Path, ...]
-    output: Path
-    reference: Path | None = None  # a tldeploy checkpoint (.pt)
-    data: Path | None = None  # images: class folders (labelled) or a flat folder
-    limit: int | None = None  # at most this many images for parity and accuracy
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
-    latency: LatencyConfig = LatencyConfig()
-    threads: int | None = None
-    device: str = "cpu"  # where the PyTorch reference and plain ONNX files run
-    time_reference: bool = True
-    gates: Gates = Gates()
-    ood_data: Path | None = None  # out-of-distribution inputs: AUROC, FPR at the stored TPR, decision agreement
-    max_ood_disagreement: float | None = None  # share (0-1) of inputs whose unknown/known decision may differ from the reference's
-    robustness: bool = False  # corruptions and adversarial examples (bench/robustness.py); needs --reference and labelled --data
-    epsilons: tuple[float, ...] = (1.0, 4.0)  # adversarial L-infinity budgets, pixel levels of 255
-    max_robustness_flip: float | None = None  # share (0-1): an artifact's largest corruption flip rate may not exceed it
-    report: Path | None = None  # default: OUTPUT with .md
-    plots: Path | None = None  # default: OUTPUT's stem + "_plots"
-    force: bool = False
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("output", "reference", "data", "ood_data", "report", "plots"):  # str paths from library callers
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, Path(getattr(self, name)))
-        object.__setattr__(self, "artifacts", tuple(Path(a) for a in self.artifacts))
-        object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
-        if not self.artifacts:
-            raise ConfigError("no artifacts given; pass one or more .onnx, .engine or .pt files to benchmark")
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ConfigError(f"--batch-sizes must be positive integers, got {','.join(map(str, self.batch_sizes))}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
-        if self.reference is not None and self.reference.suffix not in (".pt", ".pth"):
-            raise ConfigError(f"--reference {self.reference} must be a tldeploy checkpoint (.pt) from 'tldeploy train'")
-        if self.gates.any() and self.reference is None:
-            raise ConfigError("the --max-top1-drop / --min-top1-agreement / --min-cosine gates compare with the reference; pass --reference RUN_DIR/model.pt")
-        if self.gates.any() and self.data is None:
-            raise ConfigError("the gates need real images; pass --data VAL_DIR")
-        if self.ood_data is not None and self.data is None:
-            raise ConfigError("--ood-data is set against in-distribution inputs; pass --data VAL_DIR too")
-        if self.max_ood_disagreement is not None and (self.ood_data is None or not 0 <= self.max_ood_disagreement <= 1):
-            raise ConfigError("--max-ood-disagreement is a share in [0, 1] and needs --ood-data DIR")
-        if (self.robustness or self.max_robustness_flip is not None) and (self.reference is None or self.data is None):
-            raise ConfigError("--robustness compares with the reference on labelled images; pass --reference RUN_DIR/model.pt and --data VAL_DIR")
-        if self.max_robustness_flip is not None and not self.robustness:
-            object.__setattr__(self, "robustness", True)
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"--device must be cpu or cuda, got {self.device!r}")
-
-    @property
-    def report_path(self) -> Path:
-        return self.report or self.output.with_suffix(".md")
-
-    @property
-    def plots_dir(self) -> Path:
-        return self.plots or self.output.with_name(self.output.stem + "_plots")
 
 
 @dataclass
@@ -222,7 +128,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         logits = _measure_outputs(cfg, ref, all_entries, x, labels, results, gate_failures)
         if cfg.ood_data is not None:
             _measure_ood(cfg, all_entries, base, logits, results, gate_failures)
-        if cfg.robustness:
+        if cfg.robustness is not None:
             _measure_robustness(cfg, all_entries, base, paths, labels, results, gate_failures)
         _time_all(timed, x, cfg, results)
     finally:
@@ -274,23 +180,13 @@ def _inputs(cfg: BenchConfig, base) -> tuple[np.ndarray, np.ndarray | None, list
 
 def _measure_robustness(cfg: BenchConfig, all_entries: list[_Entry], base, paths: list[Path], labels,
                         results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
-    from tldeploy.bench.robustness import measure_robustness
-    from tldeploy.models.checkpoints import load_checkpoint
+    from tldeploy.bench.robustness import bench_robustness
 
-    if labels is None:
-        raise ConfigError("--robustness needs labelled images: --data with class folders")
-    if base.preprocessing.modality != "image":
-        raise ConfigError("--robustness covers image models so far; audio corruptions are not built yet")
-    model, _ = load_checkpoint(cfg.reference)
-    rows = measure_robustness(all_entries, base.preprocessing, paths, labels, model, cfg.epsilons)
+    rows, failures = bench_robustness(all_entries, base.preprocessing, paths, labels, cfg.reference, cfg.robustness,
+                                      cfg.epsilons, cfg.disagreement, cfg.max_robustness_flip, log)
     for name, row in rows.items():
         results[name]["robustness"] = row
-        if name != all_entries[0].name:
-            log.info("%s: mCE vs the reference %.3f, largest corruption flip rate %.2f%%", name, row["mce_vs_reference"],
-                     100 * (row["max_flip_rate"] or 0))
-            if cfg.max_robustness_flip is not None and (row["max_flip_rate"] or 0) > cfg.max_robustness_flip:
-                gate_failures.append(f"{name}: a corruption flips {row['max_flip_rate']:.2%} of top-1 answers against the reference "
-                                     f"(--max-robustness-flip {cfg.max_robustness_flip:.2%})")
+    gate_failures += failures
 
 
 def _measure_ood(cfg: BenchConfig, all_entries: list[_Entry], base, logits: dict[str, np.ndarray],
@@ -358,7 +254,11 @@ def _document(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], r
             "settle_s": cfg.latency.settle_s,
             "threads": cfg.threads, "device": cfg.device,
             "gates": {"max_top1_drop": cfg.gates.max_top1_drop, "min_top1_agreement": cfg.gates.min_top1_agreement,
-                      "min_cosine": cfg.gates.min_cosine, "max_ood_disagreement": cfg.max_ood_disagreement},
+                      "min_cosine": cfg.gates.min_cosine, "max_ood_disagreement": cfg.max_ood_disagreement,
+                      "max_robustness_flip": cfg.max_robustness_flip},
+            "robustness": None if cfg.robustness is None else {
+                "suite": cfg.robustness, "epsilons": list(cfg.epsilons), "disagreement": cfg.disagreement,
+                "budget_unit": _budget_unit(all_entries[0].contract.preprocessing)},
         },
         "data": None if cfg.data is None else {
             "path": str(cfg.data), "images": len(x), "labelled": labels is not None, "sha256": _paths_hash(paths),
@@ -368,6 +268,12 @@ def _document(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], r
         "results": [results[e.name] for e in all_entries],
         "gates": {"passed": not gate_failures, "failures": gate_failures},
     }
+
+
+def _budget_unit(prep) -> str:
+    from tldeploy.bench.robustness.attacks import Domain
+
+    return Domain.of(prep).unit_text
 
 
 def _time_all(entries: list[_Entry], x: np.ndarray, cfg: BenchConfig, results: dict[str, dict[str, Any]]) -> None:
@@ -407,35 +313,3 @@ def _paths_hash(paths: list[Path]) -> str:
         h.update(p.name.encode())
         h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
-
-
-def load_bench(path: Path) -> dict[str, Any]:
-    """A bench document, checked for its format and version."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise TldeployError(f"{path} does not exist; pass a bench.json from 'tldeploy bench'")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise TldeployError(f"{path} is not readable JSON ({type(e).__name__}); rerun 'tldeploy bench'") from None
-    if not isinstance(doc, dict) or doc.get("format") != BENCH_FORMAT:
-        raise TldeployError(f"{path} is not a tldeploy bench result (no \"format\": \"{BENCH_FORMAT}\")")
-    if doc.get("schema_version") != BENCH_VERSION:
-        raise TldeployError(f"{path} has bench schema version {doc.get('schema_version')}; this tldeploy reads version {BENCH_VERSION}")
-    validate_bench(doc, str(path))
-    return doc
-
-
-def validate_bench(doc: dict[str, Any], source: str = "bench result") -> None:
-    """Check `doc` against bench.schema.json; the error names the first offending field."""
-    import json
-
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "the top level"
-        raise TldeployError(f"{source} does not follow the bench schema at {where}: {error.message}; rerun 'tldeploy bench'")

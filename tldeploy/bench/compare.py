@@ -113,6 +113,7 @@ class CompareConfig:
     confidence: float = 0.99
     max_accuracy_drop: float = 0.5  # accuracy points lost against the baseline's same artifact
     max_agreement_drop: float = 0.5  # top-1 agreement with the reference, points lost
+    max_robustness_drop: float = 1.0  # robustness: accuracy points lost, or flip / disagreement points gained
     allow_env_mismatch: bool = False
 
     def __post_init__(self) -> None:
@@ -122,8 +123,8 @@ class CompareConfig:
             raise ConfigError(f"--max-slowdown is a share (0.10 = 10%) and must not be negative, got {self.max_slowdown}")
         if not 0.5 <= self.confidence < 1:
             raise ConfigError(f"--confidence must be in [0.5, 1), got {self.confidence}")
-        if self.max_accuracy_drop < 0 or self.max_agreement_drop < 0:
-            raise ConfigError("--max-accuracy-drop and --max-agreement-drop are accuracy points and must not be negative")
+        if min(self.max_accuracy_drop, self.max_agreement_drop, self.max_robustness_drop) < 0:
+            raise ConfigError("--max-accuracy-drop, --max-agreement-drop and --max-robustness-drop are points and must not be negative")
 
 
 @dataclass
@@ -250,4 +251,43 @@ def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
             drop = (ba - ca) * 100
             checks.append(Check(name, "top-1 agreement", ba, ca, f"{-drop:+.2f} points, limit -{cfg.max_agreement_drop:g}",
                                 drop > cfg.max_agreement_drop))
+        checks += _robustness_checks(name, b.get("robustness"), c.get("robustness"), cfg.max_robustness_drop, notes)
     return CompareResult(checks, env_diff, unmatched, notes)
+
+
+def _robustness_checks(name: str, b: dict | None, c: dict | None, limit: float, notes: list[str]) -> list[Check]:
+    """Robustness of one entry in two runs, over the corruptions, attacks and budgets both measured:
+    mean corruption accuracy, mean attack accuracy (each may lose `limit` points), the largest
+    corruption flip rate and the share of searched inputs found to disagree (each may gain `limit`)."""
+    if not b and not c:
+        return []
+    if not (b and c):
+        notes.append(f"{name}: robustness was measured in the {'baseline' if b else 'current'} result only; not compared")
+        return []
+    checks = []
+
+    def check(what: str, rows_b: list[dict], rows_c: list[dict], key, value, worse: int, agg: str = "mean") -> None:
+        vb, vc = {key(r): value(r) for r in rows_b}, {key(r): value(r) for r in rows_c}
+        shared = [k for k in vb if k in vc and vb[k] is not None and vc[k] is not None]
+        if len(shared) < max(len(vb), len(vc)):
+            notes.append(f"{name}: {what} compared over the {len(shared)} rows both results have")
+        if not shared:
+            return
+        pick = max if agg == "max" else (lambda v: sum(v) / len(v))
+        base, cur = pick([vb[k] for k in shared]), pick([vc[k] for k in shared])
+        label = f"{what}, mean of {len(shared)}" if agg == "mean" else what
+        checks.append(Check(name, label, base, cur, f"{(cur - base) * 100:+.2f} points, limit {'+' if worse > 0 else '-'}{limit:g}",
+                            (cur - base) * 100 * worse > limit))
+
+    def by_row(r: dict) -> tuple:
+        return r["corruption"], r["severity"]
+
+    check("corruption accuracy", b["corruptions"], c["corruptions"], by_row, lambda r: r["accuracy"], -1)
+    check("largest corruption flip rate", b["corruptions"], c["corruptions"], by_row, lambda r: r["flip_rate"], +1, "max")
+    check("attack accuracy", b["attacks"], c["attacks"], lambda r: (r["method"], r["epsilon"]), lambda r: r["accuracy"], -1)
+    for d in b.get("disagreement") or []:
+        other = next((e for e in c.get("disagreement") or [] if e["epsilon"] == d["epsilon"]), None)
+        if other is not None and d["searched"] and other["searched"]:
+            check(f"share found to disagree, eps {d['epsilon']:g}", [d], [other], lambda r: r["epsilon"],
+                  lambda r: r["found"] / r["searched"], +1, "one")
+    return checks

@@ -42,10 +42,50 @@ def summary_header(doc: dict[str, Any]) -> list[str]:
 
 
 def summary_text(doc: dict[str, Any]) -> str:
-    """The summary as aligned plain text, for the terminal."""
+    """The summary as aligned plain text, for the terminal, and a robustness line per artifact."""
     rows = [summary_header(doc), *summary_rows(doc)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines + [line for r in doc["results"] if (line := robustness_line(r))])
+
+
+def robustness_line(r: dict[str, Any]) -> str:
+    """One line on an artifact's robustness against the reference, or "" without any."""
+    rb = r.get("robustness")
+    if not rb or r["role"] == "reference":
+        return ""
+    parts = []
+    if rb["max_flip_rate"] is not None:
+        parts.append(f"mCE vs reference {rb['mce_vs_reference']:.3f}, largest corruption flip rate {rb['max_flip_rate']:.2%}")
+    parts += [f"disagreements within eps {d['epsilon']:g}: {d['found']} of {d['searched']}" for d in rb.get("disagreement") or []]
+    return f"{r['name']}: " + "; ".join(parts) if parts else ""
+
+
+def _robustness_tables(rb: dict[str, Any] | None, unit: str | None) -> list[str]:
+    """The corruption and attack table and the disagreement search's, for one entry."""
+    if not rb:
+        return []
+    per = "/255" + (" of full scale" if unit and "full scale" in unit else "")
+    lines = []
+    rows = [[f"{c['corruption']} {c['severity']}", f"{c['accuracy']:.4f}", "" if c["flip_rate"] is None else f"{c['flip_rate']:.2%}"]
+            for c in rb["corruptions"]]
+    rows += [[f"{a['method']} eps {a['epsilon']:g}{per}", f"{a['accuracy']:.4f}", ""] for a in rb["attacks"]]
+    if rows:
+        mce = rb["mce_vs_reference"]
+        title = "robustness" + (f" (mCE vs reference {mce:.3f})" if mce is not None else "")
+        lines += ["", *_table([title, "accuracy", "flips vs reference"], rows)]
+    search = rb.get("disagreement") or []
+    if search:
+        rows = []
+        for d in search:
+            ex = min(d["examples"], key=lambda e: e["linf"], default=None)
+            closest = "" if ex is None else (f"{ex['input']}: class {ex['reference_class']} -> {ex['artifact_class']} at "
+                                             f"{ex['linf']:.3g}{per}, reference margin {ex['reference_margin']:.3g}")
+            found = str(d["found"]) if d["found"] else "none within the budget" if d["searched"] else "nothing left to search"
+            rows.append([f"eps {d['epsilon']:g}{per}", str(d["searched"]), found,
+                         str(d["clean_disagreements"]), closest])
+        lines += ["", *_table(["disagreement search", "searched", "found", "unlike before any nudge", "nearest found"], rows)]
+    return lines
 
 
 def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
@@ -105,12 +145,7 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
             if p["accuracy"] is not None:
                 rows.append(["accuracy (reference, delta)", f"{p['accuracy']:.4f} ({p['reference_accuracy']:.4f}, {p['accuracy_delta'] * 100:+.2f} points)"])
             lines += ["", *_table(["parity vs the reference", "value"], rows)]
-        rb = r.get("robustness")
-        if rb:
-            rows = [[f"{c['corruption']} {c['severity']}", f"{c['accuracy']:.4f}", "" if c["flip_rate"] is None else f"{c['flip_rate']:.2%}"]
-                    for c in rb["corruptions"]]
-            rows += [[f"{a['method']} eps {a['epsilon']:g}/255", f"{a['accuracy']:.4f}", ""] for a in rb["attacks"]]
-            lines += ["", *_table([f"robustness (mCE vs reference {rb['mce_vs_reference']:.3f})", "accuracy", "flips vs reference"], rows)]
+        lines += _robustness_tables(r.get("robustness"), (doc["config"].get("robustness") or {}).get("budget_unit"))
         o = r.get("ood")
         if o:
             rows = [["score, threshold", f"{o['score']} > {o['threshold']:.4g} is unknown"], ["AUROC (--data vs OOD inputs)", f"{o['auroc']:.4f}"],
@@ -171,7 +206,7 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(_save(fig, out_dir / PLOTS[1]))
-    robust = [r for r in doc["results"] if r.get("robustness")]
+    robust = [r for r in doc["results"] if (r.get("robustness") or {}).get("corruptions")]
     if robust:
         written.append(_robustness_plot(plt, robust, out_dir / PLOTS[2]))
     return written

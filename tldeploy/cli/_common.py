@@ -40,12 +40,20 @@ def cli() -> None:
 
 
 def _int_list(value: str, flag: str) -> tuple[int, ...]:
+    return _number_list(value, flag, int, "integers such as 1,8,32")
+
+
+def _float_list(value: str, flag: str) -> tuple[float, ...]:
+    return _number_list(value, flag, float, "numbers such as 1,4")
+
+
+def _number_list(value: str, flag: str, kind, example: str) -> tuple:
     from tldeploy.errors import ConfigError
 
     try:
-        out = tuple(int(v) for v in value.split(",") if v.strip())
+        out = tuple(kind(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise ConfigError(f"{flag} takes comma-separated integers such as 1,8,32, got {value!r}") from None
+        raise ConfigError(f"{flag} takes comma-separated {example}, got {value!r}") from None
     if not out:
         raise ConfigError(f"{flag} needs at least one value")
     return out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tldeploy.cli._common import CONTEXT, _int_list, _setup_logging, cli
+from tldeploy.cli._common import CONTEXT, _float_list, _int_list, _setup_logging, cli
 from tldeploy.engines.capabilities import DEVICES
 
 # ---------------------------------------------------------------- bench
@@ -34,8 +34,11 @@ from tldeploy.engines.capabilities import DEVICES
 @click.option("--min-cosine", type=float, help="Gate: fail if the mean cosine similarity of the logits is below this.")
 @click.option("--ood-data", type=click.Path(path_type=Path), help="Inputs of no known class: per artifact, AUROC of its OOD score against --data, FPR at the stored TPR, and how often its unknown/known decision differs from the reference's.")
 @click.option("--max-ood-disagreement", type=float, help="Gate (with --ood-data): fail if an artifact's unknown/known decisions differ from the reference's on more than this share (0-1) of inputs.")
-@click.option("--robustness", is_flag=True, help="Corruptions (8 kinds, 3 severities) and FGSM/PGD attacks crafted on the reference: accuracy, and each artifact's top-1 flips against the reference on the same inputs.")
-@click.option("--epsilon", "epsilons", default="1,4", show_default=True, help="Adversarial L-infinity budgets in pixel levels of 255, comma-separated.")
+@click.option("--robustness", metavar="[SUITE]", is_flag=False, flag_value="all", default=None,
+              help="Corruptions at 3 severities and FGSM/PGD attacks crafted on the reference: accuracy, and each artifact's top-1 flips against the reference on the same inputs. "
+                   "SUITE: all (the default), corruptions, attacks, or names, e.g. jpeg,gaussian_noise,pgd.")
+@click.option("--epsilon", "epsilons", default="1,4", show_default=True, help="Attack and search budgets (L-infinity), comma-separated: pixel levels of 255, or 1/255 of full scale for audio.")
+@click.option("--disagreement", type=int, metavar="N", help="Search N inputs for nudges within each --epsilon on which an artifact's top-1 differs from the reference's; alone, without the --robustness suite.")
 @click.option("--max-robustness-flip", type=float, help="Gate (implies --robustness): fail if a corruption flips more than this share (0-1) of an artifact's top-1 answers against the reference.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; warnings only.")
@@ -57,6 +60,8 @@ def bench_cmd(artifacts: tuple[Path, ...], output: Path, batch_sizes: str, warmu
           --data data/digits/val -o bench.json --max-top1-drop 1 --min-top1-agreement 0.99
       tldeploy bench digits.fp16.engine --reference runs/digits/model.pt --data data/digits/val \\
           --device cuda --batch-sizes 1,32 --duration 5 -o bench_gpu.json
+      tldeploy bench digits.int8.ort.onnx --reference runs/digits/model.pt --data data/digits/val \\
+          --limit 200 --epsilon 1,4 --disagreement 50 --max-robustness-flip 0.05 -o robust.json --robustness
     """
     from tldeploy.bench.bench import BenchConfig, Gates, run_bench
     from tldeploy.bench.latency import LatencyConfig
@@ -66,7 +71,7 @@ def bench_cmd(artifacts: tuple[Path, ...], output: Path, batch_sizes: str, warmu
     cfg = BenchConfig(
         artifacts=artifacts, output=output, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
         latency=LatencyConfig(warmup=warmup, warmup_s=warmup_s, iters=iters, duration_s=duration, rounds=rounds),
-        time_reference=not no_reference_latency, epsilons=tuple(float(e) for e in epsilons.split(",") if e.strip()),
+        time_reference=not no_reference_latency, epsilons=_float_list(epsilons, "--epsilon"),
         gates=Gates(max_top1_drop=max_top1_drop, min_top1_agreement=min_top1_agreement, min_cosine=min_cosine), **kw,
     )
     result = run_bench(cfg)
@@ -95,11 +100,12 @@ def _bench_side(spec: str) -> tuple[dict, str | None]:
 @click.option("--confidence", default=0.99, show_default=True, type=float, help="Confidence of the interval for the ratio of medians.")
 @click.option("--max-accuracy-drop", default=0.5, show_default=True, type=float, help="Accuracy regression: points lost against the baseline.")
 @click.option("--max-agreement-drop", default=0.5, show_default=True, type=float, help="Top-1 agreement with the reference: points lost.")
+@click.option("--max-robustness-drop", default=1.0, show_default=True, type=float, help="Robustness (bench --robustness on both sides): points of corruption or attack accuracy lost, or of flip rate or disagreements gained.")
 @click.option("--allow-env-mismatch", is_flag=True, help="Compare results from different environments (CPU, GPU, driver, threads, backend versions).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @click.option("--junit", type=click.Path(path_type=Path), help="Also write a JUnit XML file for CI systems.")
 def compare_cmd(baseline: str, current: str, as_json: bool, junit: Path | None, **kw) -> None:
-    """Flag latency, accuracy and parity regressions between two bench results; exit 1 on any.
+    """Flag latency, accuracy, parity and robustness regressions between two bench results; exit 1 on any.
 
     Entries are matched by name. A latency regression needs the ratio of medians above
     1 + --max-slowdown and its bootstrap confidence interval (rounds resampled) above 1. Name
