@@ -50,10 +50,17 @@ def test_imagenet_weights_beat_training_from_scratch(pretrained, tones, tmp_path
     assert pre >= 0.6 and pre >= base + 0.25, (pre, base)  # chance is 1/7
 
 
-def test_onnx_runtime_agrees_with_pytorch_on_the_audio_model(pretrained, tones, tmp_path):
-    onnx_path = export_onnx(ExportConfig(pretrained.checkpoint, tmp_path / "tones.onnx", data=tones / "val")).path
-    fp32 = build(BuildConfig(onnx_path, "fp32", backend="ort")).path
-    int8 = build(BuildConfig(onnx_path, "int8", backend="ort", calib_data=tones / "train")).path
+@pytest.fixture(scope="module")
+def audio_builds(pretrained, tones, tmp_path_factory):
+    """(ORT FP32, ORT INT8) of the pretrained tones model."""
+    onnx_path = export_onnx(ExportConfig(pretrained.checkpoint, tmp_path_factory.mktemp("audio_builds") / "tones.onnx",
+                                         data=tones / "val")).path
+    return (build(BuildConfig(onnx_path, "fp32", backend="ort")).path,
+            build(BuildConfig(onnx_path, "int8", backend="ort", calib_data=tones / "train")).path)
+
+
+def test_onnx_runtime_agrees_with_pytorch_on_the_audio_model(pretrained, audio_builds, tones, tmp_path):
+    fp32, int8 = audio_builds
     doc = run_bench(BenchConfig(
         artifacts=(fp32, int8), output=tmp_path / "bench.json", reference=pretrained.checkpoint, data=tones / "val",
         batch_sizes=(1,), latency=LatencyConfig(warmup=2, iters=5, rounds=2), quiet=True,
@@ -63,3 +70,32 @@ def test_onnx_runtime_agrees_with_pytorch_on_the_audio_model(pretrained, tones, 
           f"agreement {f32['parity']['top1_agreement']:.4f}; ORT INT8 {i8['accuracy']:.4f}, agreement {i8['parity']['top1_agreement']:.4f}")
     assert f32["parity"]["top1_agreement"] >= 0.995 and f32["parity"]["logits_max_abs"] < 1e-3
     assert i8["accuracy"] >= ref["accuracy"] - 0.05
+
+
+def test_robustness_of_the_audio_model_through_the_clip_corruptions(pretrained, audio_builds, tones, tmp_path):
+    """The tones model through the audio suite: the reference's accuracy does not rise with
+    severity beyond noise, the ORT FP32 artifact is its function under every corruption and
+    attack; the INT8 artifact's flips and search are reported."""
+    from tldeploy.bench.robustness import CORRUPTIONS
+
+    t0 = time.perf_counter()
+    result = run_bench(BenchConfig(
+        artifacts=audio_builds, output=tmp_path / "r.json", reference=pretrained.checkpoint, data=tones / "val", limit=42,
+        robustness="all", epsilons=(1.0, 4.0), disagreement=8, time_reference=False, batch_sizes=(1,),
+        latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), quiet=True,
+    ))
+    seconds = time.perf_counter() - t0
+    ref, f32, i8 = (r["robustness"] for r in result.document["results"])
+    assert {c["corruption"] for c in ref["corruptions"]} == set(CORRUPTIONS["audio"])
+    for name in CORRUPTIONS["audio"]:
+        acc = [c["accuracy"] for c in ref["corruptions"] if c["corruption"] == name]
+        assert acc[2] <= acc[0] + 2 / 42, (name, acc)  # severity 5 no better than 1, beyond 2 clips of noise
+    assert f32["max_flip_rate"] <= 1 / 42
+    for a, b in zip(ref["attacks"], f32["attacks"], strict=True):
+        assert abs(a["accuracy"] - b["accuracy"]) <= 1 / 42, (a, b)
+    assert "| disagreement search |" in result.report.read_text()
+    print(f"\naudio robustness on 42 clips, {seconds:.0f} s: reference {[(c['corruption'], c['severity'], c['accuracy']) for c in ref['corruptions']]}; "
+          f"attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in ref['attacks']]}; INT8 mCE {i8['mce_vs_reference']:.3f}, "
+          f"flips {[(c['corruption'], c['severity'], c['flip_rate']) for c in i8['corruptions']]}, "
+          f"INT8 attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in i8['attacks']]}; "
+          f"search {[(d['epsilon'], d['found'], d['searched']) for d in i8['disagreement']]}, FP32 {[(d['epsilon'], d['found'], d['searched']) for d in f32['disagreement']]}")

@@ -282,8 +282,9 @@ def test_shift_tells_a_shifted_target_from_the_training_data(fe_run, digits, tmp
 
 def test_robustness_parity_on_the_digits_model(ort_builds, fe_run, digits, tmp_path):
     """Corruptions get no easier with severity for the reference; PGD at 8/255 breaks it (the
-    attack works); the ORT FP32 artifact is the same function under corruption and attack; the
-    INT8 artifact's flip rates are reported."""
+    attack works); the ORT FP32 artifact is the same function under corruption and attack, and
+    disagrees with the reference only where the reference is undecided; the INT8 artifact's flip
+    rates and disagreement search are reported."""
     import time
 
     from tldeploy.bench.bench import BenchConfig, run_bench
@@ -292,7 +293,7 @@ def test_robustness_parity_on_the_digits_model(ort_builds, fe_run, digits, tmp_p
     fp32, int8 = ort_builds
     t0 = time.perf_counter()
     doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "r.json", reference=fe_run.checkpoint, data=digits / "val",
-                                limit=80, robustness=True, epsilons=(8.0,), time_reference=False,
+                                limit=80, robustness="all", epsilons=(8.0,), disagreement=16, time_reference=False,
                                 latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), batch_sizes=(1,))).document
     seconds = time.perf_counter() - t0
     rows = {r["name"]: r["robustness"] for r in doc["results"]}
@@ -305,7 +306,12 @@ def test_robustness_parity_on_the_digits_model(ort_builds, fe_run, digits, tmp_p
     for a, b in zip(ref["attacks"], f32["attacks"], strict=True):
         assert abs(a["accuracy"] - b["accuracy"]) <= 0.01, (a, b)
     assert f32["max_flip_rate"] <= 0.005
+    (s32,), (s8,) = f32["disagreement"], i8["disagreement"]
+    assert s32["searched"] + s32["clean_disagreements"] == s8["searched"] + s8["clean_disagreements"] == 16
+    assert all(ex["reference_margin"] < 1e-3 for ex in s32["examples"])  # float noise decides only at the boundary
+    assert s8["found"] >= 1, s8  # 8-bit noise is far larger than float noise: near the boundary it decides
     flips = {f"{c['corruption']} {c['severity']}": c["flip_rate"] for c in i8["corruptions"]}
     print(f"\nrobustness on 80 digits, {seconds:.0f} s: reference PGD 8/255 accuracy {attacks[('pgd', 8.0)]:.2f}, "
           f"FGSM 8/255 {attacks[('fgsm', 8.0)]:.2f}; FP32 max flip {f32['max_flip_rate']:.3f}, mCE {f32['mce_vs_reference']:.3f}; "
-          f"INT8 mCE {i8['mce_vs_reference']:.3f}, flips {flips}; INT8 attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in i8['attacks']]}")
+          f"INT8 mCE {i8['mce_vs_reference']:.3f}, flips {flips}; INT8 attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in i8['attacks']]}; "
+          f"search at 8/255: FP32 {s32['found']} of {s32['searched']}, INT8 {s8['found']} of {s8['searched']}")

@@ -150,21 +150,23 @@ def test_disagreement_search_finds_real_disagreements_only_where_the_artifact_di
     raw = dom.raw(paths, prep)
     same, biased = SimpleNamespace(name="same", runner=OrtRunner(onnx_path)), SimpleNamespace(name="biased", runner=OrtRunner(changed[1]))
     with same.runner, biased.runner:
-        found = search_disagreements(model.eval(), dom, raw, [same, biased], (32.0,), paths)
+        found = search_disagreements(model.eval(), dom, raw, [same, biased], (32.0, 2.0), paths)
         _check_found(found, same.runner, biased.runner, model, dom, raw, paths)
     assert found["biased"][0].found >= 1
-    assert all(ex["reference_margin"] < 1e-3 for ex in found["same"][0].examples)  # the same function differs only at the boundary
+    assert all(ex["reference_margin"] < 1e-3 for f in found["same"] for ex in f.examples)  # the same function differs only at the boundary
+    for wide, narrow in found.values():  # what is found within 2 levels is found within 32
+        assert set(narrow.rows) <= set(wide.rows) and wide.found >= narrow.found
 
 
 def _check_found(found, same, biased, model, dom, raw, paths) -> None:
     import torch
 
-    for name, (f,) in found.items():
+    for name, f in ((name, f) for name, per_eps in found.items() for f in per_eps):
         assert f.searched + f.clean_disagreements == len(paths) and f.found == len(f.examples) <= f.searched
         runner = same if name == "same" else biased
         for x, ex in zip(f.inputs, f.examples, strict=True):
             source = raw[[f"{p.parent.name}/{p.name}" for p in paths].index(ex["input"])]
-            assert np.abs(x - source).max() <= 32.0 + 1e-3 and ex["linf"] <= 32.0 + 1e-3
+            assert np.abs(x - source).max() <= f.epsilon + 1e-3 and ex["linf"] <= f.epsilon + 1e-3
             mine = run_batches(runner, dom.to_input(x[None]))["logits"].argmax(1)[0]
             with torch.no_grad():
                 theirs = model(dom.torch_input(torch.from_numpy(x[None]))).argmax(1)[0].item()

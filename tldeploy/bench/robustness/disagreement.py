@@ -40,6 +40,12 @@ class Found:
     clean_disagreements: int = 0  # already unlike the reference before any nudge (not searched)
     examples: list[dict[str, Any]] = field(default_factory=list)
     inputs: list[np.ndarray] = field(default_factory=list)  # the raw disagreeing inputs (not in the bench document)
+    rows: list[int] = field(default_factory=list)  # their indices in the searched inputs
+
+    def add(self, row: int, example: dict[str, Any], x: np.ndarray) -> None:
+        self.rows.append(row)
+        self.examples.append(example)
+        self.inputs.append(x)
 
     @property
     def found(self) -> int:
@@ -53,17 +59,25 @@ class Found:
 def search_disagreements(model, dom: Domain, raw: np.ndarray, artifacts: list[Any], epsilons: tuple[float, ...],
                          paths: list[Path] | None = None, steps: int = STEPS, bisect: int = BISECT,
                          batch: int = 16) -> dict[str, list[Found]]:
-    """Per artifact (objects with .name and .runner), one `Found` per budget in `epsilons`."""
+    """Per artifact (objects with .name and .runner), one `Found` per budget in `epsilons`.
+
+    Budgets are searched smallest first, and what one finds counts for every larger one without
+    a new search: within eps is within any larger eps, so the counts never fall as eps grows."""
     out = {a.name: [Found(eps) for eps in epsilons] for a in artifacts}
-    for k, eps in enumerate(epsilons):
+    known: dict[str, dict[int, tuple[dict[str, Any], np.ndarray]]] = {a.name: {} for a in artifacts}
+    for k in sorted(range(len(epsilons)), key=lambda k: epsilons[k]):
         for i in range(0, len(raw), batch):
-            _search_batch(model, dom, raw[i : i + batch], i, eps, artifacts, {a.name: out[a.name][k] for a in artifacts},
-                          paths, steps, bisect)
+            _search_batch(model, dom, raw[i : i + batch], i, epsilons[k], artifacts, {a.name: out[a.name][k] for a in artifacts},
+                          known, paths, steps, bisect)
+        for a in artifacts:
+            f = out[a.name][k]
+            known[a.name].update({r: (ex, x) for r, ex, x in zip(f.rows, f.examples, f.inputs, strict=True)})
     return out
 
 
 def _search_batch(model, dom: Domain, x0_np: np.ndarray, offset: int, eps: float, artifacts: list[Any], found: dict[str, Found],
-                  paths: list[Path] | None, steps: int, bisect: int) -> None:
+                  known: dict[str, dict[int, tuple[dict[str, Any], np.ndarray]]], paths: list[Path] | None, steps: int,
+                  bisect: int) -> None:
     import torch
 
     e = eps * dom.unit
@@ -74,6 +88,10 @@ def _search_batch(model, dom: Domain, x0_np: np.ndarray, offset: int, eps: float
     for a in artifacts:
         found[a.name].searched += int(open_[a.name].sum())
         found[a.name].clean_disagreements += int((~open_[a.name]).sum())
+        for r in np.flatnonzero(open_[a.name]):
+            if offset + r in known[a.name]:  # found within a smaller budget
+                found[a.name].add(offset + r, *known[a.name][offset + r])
+                open_[a.name][r] = False
 
     def visit(x: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         """Put points `x` (of batch rows `rows`) to every artifact; returns the reference's top-1 there."""
@@ -86,10 +104,10 @@ def _search_batch(model, dom: Domain, x0_np: np.ndarray, offset: int, eps: float
             for j in np.flatnonzero((mine != ref) & open_[a.name][rows]):
                 r = rows[j]
                 open_[a.name][r] = False
-                found[a.name].inputs.append(x[j].numpy().copy())
-                found[a.name].examples.append({
+                found[a.name].add(offset + r, {
                     "input": _name(paths[offset + r]) if paths else offset + r, "linf": float((x[j] - x0[r]).abs().max() / dom.unit),
-                    "reference_class": int(ref[j]), "artifact_class": int(mine[j]), "reference_margin": float(p[j, 0] - p[j, 1])})
+                    "reference_class": int(ref[j]), "artifact_class": int(mine[j]), "reference_margin": float(p[j, 0] - p[j, 1])},
+                    x[j].numpy().copy())
         return ref
 
     x = x0.clone()
