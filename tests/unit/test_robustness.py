@@ -209,6 +209,16 @@ def test_cli_robustness_takes_an_optional_suite_and_the_search_runs_alone(tiny, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "white_noise is an audio corruption and this is an image model" in err
     assert not (tmp_path / "c.json").exists()
+    flat = tmp_path / "flat"  # unlabelled: the search needs no labels, the suite does
+    flat.mkdir()
+    for i, f in enumerate(sorted((data / "val").rglob("*.png"))[:4]):
+        (flat / f"{i}.png").write_bytes(f.read_bytes())
+    common[3] = str(flat)
+    assert main(["bench", str(onnx_path), *common, "--disagreement", "2", "-o", str(tmp_path / "d.json")]) == 0
+    assert main(["bench", str(onnx_path), *common, "--robustness", "all", "-o", str(tmp_path / "e.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--robustness measures accuracy and needs labelled --data (class folders)" in err
+    assert not (tmp_path / "e.json").exists()
 
 
 # ------------------------------------------------------------ compare

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from tldeploy.bench.robustness.attacks import ATTACKS, Domain, attack_rows
 from tldeploy.bench.robustness.audio import AUDIO_CORRUPTIONS
 from tldeploy.bench.robustness.image import IMAGE_CORRUPTIONS
 from tldeploy.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SEVERITIES = (1, 3, 5)
 CORRUPTIONS = {"image": IMAGE_CORRUPTIONS, "audio": AUDIO_CORRUPTIONS}
@@ -134,8 +137,8 @@ def _summary(mine: dict[str, Any], ref: dict[str, Any], suite: Suite) -> dict[st
 
 
 def bench_robustness(entries: list[Any], prep, paths: list[Path], labels, reference: Path, suite_text: str,
-                     epsilons: tuple[float, ...], disagreement: int | None, max_flip: float | None,
-                     log) -> tuple[dict[str, dict[str, Any]], list[str]]:
+                     epsilons: tuple[float, ...], disagreement: int | None,
+                     max_flip: float | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """`tldeploy bench --robustness`: the rows per entry and the --max-robustness-flip failures."""
     from tldeploy.models.checkpoints import load_checkpoint
 
