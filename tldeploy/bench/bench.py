@@ -182,8 +182,8 @@ def _measure_robustness(cfg: BenchConfig, all_entries: list[_Entry], base, paths
                         results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
     from tldeploy.bench.robustness import bench_robustness
 
-    rows, failures = bench_robustness(all_entries, base.preprocessing, paths, labels, cfg.reference, cfg.robustness,
-                                      cfg.epsilons, cfg.disagreement, cfg.max_robustness_flip)
+    rows, failures = bench_robustness(all_entries, base.preprocessing, paths, labels, cfg.robustness, cfg.epsilons,
+                                      cfg.disagreement, cfg.max_robustness_flip)
     for name, row in rows.items():
         results[name]["robustness"] = row
     gate_failures += failures

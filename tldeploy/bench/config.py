@@ -98,7 +98,8 @@ class BenchConfig:
     def _check_robustness(self) -> None:
         from tldeploy.bench.robustness import check_suite_text
 
-        suite = {True: "all", False: None}.get(self.robustness, self.robustness) if isinstance(self.robustness, bool) else self.robustness
+        suite = ({True: "all", False: None}[self.robustness] if isinstance(self.robustness, bool)  # library callers of a flag
+                 else self.robustness)
         if suite is None and self.max_robustness_flip is not None:
             suite = "all"
         if suite is None and self.disagreement is not None:

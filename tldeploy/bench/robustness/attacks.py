@@ -55,7 +55,7 @@ class Domain:
     def torch_input(self, raw):
         import torch
 
-        return (raw - torch.from_numpy(self.shift)) / torch.from_numpy(self.scale)
+        return (raw - torch.from_numpy(self.shift).to(raw.device)) / torch.from_numpy(self.scale).to(raw.device)
 
     def project(self, x, x0, eps: float):
         """`x` back into the eps-ball around `x0` and the valid range (torch tensors)."""
@@ -72,18 +72,21 @@ def attack(model, dom: Domain, raw: np.ndarray, labels: np.ndarray, eps: float, 
     import torch
 
     e = eps * dom.unit
+    dev = next(model.parameters()).device  # where the reference runs
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, len(raw), batch):
-        x0 = torch.from_numpy(raw[i : i + batch])
-        y = torch.from_numpy(labels[i : i + batch]).long()
-        x = dom.project(x0 + (torch.rand(x0.shape, generator=g) * 2 - 1) * e, x0, e) if method == "pgd" else x0.clone()
+        x0 = torch.from_numpy(raw[i : i + batch]).to(dev)
+        y = torch.from_numpy(labels[i : i + batch]).long().to(dev)
+        x = x0.clone()
+        if method == "pgd":  # the start is drawn on the CPU: the same on any device
+            x = dom.project(x0 + (torch.rand(x0.shape, generator=g) * 2 - 1).to(dev) * e, x0, e)
         for _ in range(1 if method == "fgsm" else steps):
             x.requires_grad_(True)
             loss = torch.nn.functional.cross_entropy(model(dom.torch_input(x)), y)
             (grad,) = torch.autograd.grad(loss, x)
             x = dom.project(x.detach() + (e if method == "fgsm" else e / 4) * grad.sign(), x0, e)
-        out.append(x.detach().numpy())
+        out.append(x.detach().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 

@@ -81,10 +81,11 @@ def _search_batch(model, dom: Domain, x0_np: np.ndarray, offset: int, eps: float
     import torch
 
     e = eps * dom.unit
-    x0 = torch.from_numpy(x0_np)
+    dev = next(model.parameters()).device  # where the reference runs
+    x0 = torch.from_numpy(x0_np).to(dev)
     with torch.no_grad():
         y = model(dom.torch_input(x0)).argmax(1)
-    open_ = {a.name: _top1(a, dom, x0_np) == y.numpy() for a in artifacts}  # clean disagreements are not searched
+    open_ = {a.name: _top1(a, dom, x0_np) == y.cpu().numpy() for a in artifacts}  # clean disagreements are not searched
     for a in artifacts:
         found[a.name].searched += int(open_[a.name].sum())
         found[a.name].clean_disagreements += int((~open_[a.name]).sum())
@@ -97,17 +98,18 @@ def _search_batch(model, dom: Domain, x0_np: np.ndarray, offset: int, eps: float
         """Put points `x` (of batch rows `rows`) to every artifact; returns the reference's top-1 there."""
         with torch.no_grad():
             logits = model(dom.torch_input(x))
-        ref = logits.argmax(1).numpy()
-        p = torch.softmax(logits, 1).topk(2, dim=1).values.numpy()
+        ref = logits.argmax(1).cpu().numpy()
+        p = torch.softmax(logits, 1).topk(2, dim=1).values.cpu().numpy()
+        points = x.cpu().numpy()
         for a in artifacts:
-            mine = _top1(a, dom, x.numpy())
+            mine = _top1(a, dom, points)
             for j in np.flatnonzero((mine != ref) & open_[a.name][rows]):
                 r = rows[j]
                 open_[a.name][r] = False
                 found[a.name].add(offset + r, {
                     "input": _name(paths[offset + r]) if paths else offset + r, "linf": float((x[j] - x0[r]).abs().max() / dom.unit),
                     "reference_class": int(ref[j]), "artifact_class": int(mine[j]), "reference_margin": float(p[j, 0] - p[j, 1])},
-                    x[j].numpy().copy())
+                    points[j].copy())
         return ref
 
     x = x0.clone()
@@ -116,17 +118,19 @@ def _search_batch(model, dom: Domain, x0_np: np.ndarray, offset: int, eps: float
         rows = np.flatnonzero(walking & np.any([open_[a.name] for a in artifacts], axis=0))
         if not len(rows):
             break
-        xs, ys = x[rows].clone().requires_grad_(True), y[rows]
+        at = torch.from_numpy(rows).to(dev)
+        xs, ys = x[at].clone().requires_grad_(True), y[at]
         logits = model(dom.torch_input(xs))
         top = logits.gather(1, ys[:, None])[:, 0]
         rival = logits.scatter(1, ys[:, None], float("-inf")).max(1).values
         (grad,) = torch.autograd.grad((top - rival).sum(), xs)
         prev = xs.detach()
-        nxt = dom.project(prev - e / 4 * grad.sign(), x0[rows], e)
-        x[rows] = nxt
-        crossed = visit(nxt, rows) != ys.numpy()
+        nxt = dom.project(prev - e / 4 * grad.sign(), x0[at], e)
+        x[at] = nxt
+        crossed = visit(nxt, rows) != ys.cpu().numpy()
         if crossed.any():  # the boundary lies between prev and nxt: close in on it
-            _bisect(prev[crossed], nxt[crossed], rows[crossed], ys[crossed].numpy(), visit, bisect)
+            sel = torch.from_numpy(crossed).to(dev)
+            _bisect(prev[sel], nxt[sel], rows[crossed], ys[sel].cpu().numpy(), visit, bisect)
             walking[rows[crossed]] = False
 
 
@@ -136,7 +140,7 @@ def _bisect(lo, hi, rows: np.ndarray, y: np.ndarray, visit, times: int) -> None:
 
     for _ in range(times):
         mid = (lo + hi) / 2
-        same = torch.from_numpy(visit(mid, rows) == y).reshape(-1, *[1] * (mid.dim() - 1))
+        same = torch.from_numpy(visit(mid, rows) == y).to(mid.device).reshape(-1, *[1] * (mid.dim() - 1))
         lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
 
 

@@ -136,14 +136,12 @@ def _summary(mine: dict[str, Any], ref: dict[str, Any], suite: Suite) -> dict[st
     return {"mce_vs_reference": float(np.mean(ratios)), "max_flip_rate": max(flips) if flips else None}
 
 
-def bench_robustness(entries: list[Any], prep, paths: list[Path], labels, reference: Path, suite_text: str,
-                     epsilons: tuple[float, ...], disagreement: int | None,
-                     max_flip: float | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """`tldeploy bench --robustness`: the rows per entry and the --max-robustness-flip failures."""
-    from tldeploy.models.checkpoints import load_checkpoint
-
-    model, _ = load_checkpoint(reference)
-    rows = measure_robustness(entries, prep, paths, labels, model, Suite.parse(suite_text, prep.modality), epsilons, disagreement)
+def bench_robustness(entries: list[Any], prep, paths: list[Path], labels, suite_text: str, epsilons: tuple[float, ...],
+                     disagreement: int | None, max_flip: float | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """`tldeploy bench --robustness`: the rows per entry and the --max-robustness-flip failures.
+    entries[0] is the reference's active TorchRunner; its model crafts the attacks, on its device."""
+    rows = measure_robustness(entries, prep, paths, labels, entries[0].runner.model, Suite.parse(suite_text, prep.modality),
+                              epsilons, disagreement)
     failures = []
     for e in entries[1:]:
         row = rows[e.name]
