@@ -75,6 +75,17 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def save_png(fig, path: Path, dpi: float = 110) -> Path:
+    """A matplotlib figure as PNG at `path` (written atomically), then closed if pyplot holds it."""
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    if fig.canvas.manager is not None:  # made by pyplot, which keeps it until closed
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return Path(path)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

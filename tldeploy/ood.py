@@ -26,14 +26,13 @@ OOD_SCORES = ("energy", "msp")
 
 def ood_scores(logits: np.ndarray, kind: str, temperature: float = 1.0) -> np.ndarray:
     """(N,) scores, higher = more out-of-distribution."""
+    from scipy.special import logsumexp, softmax
+
     z = np.asarray(logits, dtype=np.float64)
     if kind == "energy":
-        t = float(temperature)
-        m = (z / t).max(axis=1, keepdims=True)
-        return -t * (m[:, 0] + np.log(np.exp(z / t - m).sum(axis=1)))
+        return -float(temperature) * logsumexp(z / float(temperature), axis=1)
     if kind == "msp":
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return -(e / e.sum(axis=1, keepdims=True)).max(axis=1)
+        return -softmax(z, axis=1).max(axis=1)
     raise ConfigError(f"--ood-score must be one of {', '.join(OOD_SCORES)}, got {kind!r}")
 
 
@@ -46,12 +45,17 @@ class OodGate:
     kept: float  # the share it kept on the validation set it was fitted on
     n: int  # validation inputs it was fitted on
 
-    @classmethod
-    def fit(cls, logits: np.ndarray, kind: str = "energy", tpr: float = 0.95, temperature: float = 1.0) -> OodGate:
+    @staticmethod
+    def check(tpr: float, temperature: float) -> None:
+        """A one-line ConfigError for settings no gate can be fitted with (also checked before training)."""
         if not 0.5 <= tpr < 1.0:
             raise ConfigError(f"--ood-tpr must be in [0.5, 1), got {tpr}")
         if temperature <= 0:
             raise ConfigError(f"--ood-temperature must be positive, got {temperature}")
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, kind: str = "energy", tpr: float = 0.95, temperature: float = 1.0) -> OodGate:
+        cls.check(tpr, temperature)
         s = ood_scores(logits, kind, temperature)
         if len(s) < 2:
             raise ConfigError("an OOD threshold needs at least two validation inputs")

@@ -72,8 +72,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(0.0, np.sum((mu_a - mu_b) ** 2) + np.trace(s_a + s_b - 2 * root)))
 
 
-def domain_auc(source: np.ndarray, target: np.ndarray, folds: int = 5, seed: int = 0) -> float:
-    """Cross-validated ROC AUC of a logistic regression telling source rows from target rows."""
+def domain_auc(source: np.ndarray, target: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, int]:
+    """Cross-validated ROC AUC of a logistic regression telling source rows from target rows, and
+    the folds it used (at most the rows of the smaller side)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -87,7 +88,7 @@ def domain_auc(source: np.ndarray, target: np.ndarray, folds: int = 5, seed: int
         raise ConfigError("the domain classifier needs at least two source and two target inputs")
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
     p = cross_val_predict(clf, x, y, cv=StratifiedKFold(k, shuffle=True, random_state=seed), method="predict_proba")[:, 1]
-    return float(roc_auc_score(y, p))
+    return float(roc_auc_score(y, p)), k
 
 
 def _features(model, x: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -106,68 +107,68 @@ def _features(model, x: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.nda
 def shift(cfg: ShiftConfig) -> ShiftResult:
     from tldeploy.data.folders import load_inputs
     from tldeploy.modalities.preprocessing import preprocessing_from_dict
-    from tldeploy.models.checkpoints import checkpoint_tensors, load_checkpoint
+    from tldeploy.models.checkpoints import load_checkpoint_and_tensors
     from tldeploy.ood import OodGate
 
     out = Path(cfg.output)
     check_writable(out, force=cfg.force)
-    model, meta = load_checkpoint(cfg.reference)
+    model, meta, tensors = load_checkpoint_and_tensors(cfg.reference)
+    if cfg.source_data is None and "source_features" not in tensors:
+        raise ConfigError(f"{cfg.reference} keeps no source features (trained before tldeploy saved them); pass --source-data TRAIN_DIR")
     prep = preprocessing_from_dict(meta["preprocessing"])
     classes = list(meta["classes"])
     gate = OodGate.from_dict(meta.get("ood"))
     x, labels, _ = load_inputs(Path(cfg.data), classes, prep, cfg.limit)
     target, logits = _features(model, x)
-    tensors = checkpoint_tensors(cfg.reference)
-    if cfg.source_data is not None:
-        xs, _, _ = load_inputs(Path(cfg.source_data), classes, prep, cfg.limit, flag="--source-data")
-        source, source_logits = _features(model, xs)
-        source_what = f"{len(source)} inputs from {cfg.source_data}"
-        source_scores = gate.scores(source_logits) if gate else None
-    elif "source_features" in tensors:
+    from_checkpoint = cfg.source_data is None
+    if from_checkpoint:
         source = tensors["source_features"].float().numpy()
         source_what = f"the checkpoint's sample of {len(source)} training inputs"
         source_scores = tensors["val_ood_scores"].numpy() if "val_ood_scores" in tensors else None
     else:
-        raise ConfigError(f"{cfg.reference} keeps no source features (trained before tldeploy saved them); pass --source-data TRAIN_DIR")
+        xs, _, _ = load_inputs(Path(cfg.source_data), classes, prep, cfg.limit, flag="--source-data")
+        source, source_logits = _features(model, xs)
+        source_what = f"{len(source)} inputs from {cfg.source_data}"
+        source_scores = gate.scores(source_logits) if gate else None
     log.info("source: %s; target: %d inputs from %s", source_what, len(target), cfg.data)
-    auc = domain_auc(source, target, cfg.folds)
+    auc, folds = domain_auc(source, target, cfg.folds)
     fd = frechet_distance(source, target)
-    unknown = float(np.mean(gate.unknown(logits))) if gate else None
+    target_scores = gate.scores(logits) if gate else None
+    unknown = float(np.mean(target_scores > gate.threshold)) if gate else None
     accuracy = float(np.mean(logits.argmax(1) == labels)) if labels is not None else None
     passed = cfg.max_auc is None or auc <= cfg.max_auc
     doc = {
         "format": "tldeploy.shift", "created": now(), "reference": str(cfg.reference), "target": str(cfg.data),
         "source": source_what, "target_inputs": len(target), "features": int(target.shape[1]),
-        "frechet_distance": fd, "domain_auc": auc, "domain_classifier": f"standardised logistic regression (C=0.1), {min(cfg.folds, len(source), len(target))}-fold CV",
+        "frechet_distance": fd, "domain_auc": auc, "domain_classifier": f"standardised logistic regression (C=0.1), {folds}-fold CV",
         "unknown_share": unknown, "ood": gate.to_dict() if gate else None, "accuracy": accuracy,
         "gate": {"max_auc": cfg.max_auc, "passed": passed},
     }
     plot = out.with_name(out.stem + "_ood_scores.png")
     if gate is not None and source_scores is not None:
-        _plot(plot, source_scores, gate.scores(logits), gate, source_what, str(cfg.data))
+        _plot(plot, source_scores, target_scores, gate, "validation" if from_checkpoint else "folder", str(cfg.data))
         doc["plot"] = plot.name
     write_json(out, doc)
     write_text(out.with_suffix(".md"), _markdown(doc))
     return ShiftResult(doc, out, passed)
 
 
-def _plot(path: Path, source: np.ndarray, target: np.ndarray, gate, source_what: str, target_what: str) -> None:
+def _plot(path: Path, source: np.ndarray, target: np.ndarray, gate, source_label: str, target_what: str) -> None:
     from matplotlib.figure import Figure
 
-    from tldeploy._io import atomic_path
+    from tldeploy._io import save_png
 
     fig = Figure(figsize=(6, 3.4), dpi=120)
     ax = fig.add_subplot()
     bins = np.linspace(min(source.min(), target.min()), max(source.max(), target.max()), 40)
-    ax.hist(source, bins=bins, alpha=0.6, density=True, label=f"source ({'validation' if 'checkpoint' in source_what else 'folder'})")
+    ax.hist(source, bins=bins, alpha=0.6, density=True, label=f"source ({source_label})")
     ax.hist(target, bins=bins, alpha=0.6, density=True, label=f"target ({Path(target_what).name})")
     ax.axvline(gate.threshold, color="k", linestyle="--", label="unknown beyond")
     ax.set_xlabel(f"{gate.kind} score (higher: less like the training data)")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_png(fig, path, dpi=120)
 
 
 def _markdown(doc: dict[str, Any]) -> str:

@@ -191,9 +191,10 @@ def _measure_robustness(cfg: BenchConfig, all_entries: list[_Entry], base, paths
 
 def _measure_ood(cfg: BenchConfig, all_entries: list[_Entry], base, logits: dict[str, np.ndarray],
                  results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
-    from tldeploy.bench.ood import load_ood_inputs, measure_ood
+    from tldeploy.bench.ood import measure_ood
+    from tldeploy.data.folders import load_inputs
 
-    x_out, _ = load_ood_inputs(cfg.ood_data, base.preprocessing, cfg.limit)
+    x_out = load_inputs(cfg.ood_data, [], base.preprocessing, cfg.limit, flag="--ood-data")[0]  # no folder is a class here
     rows, failures = measure_ood(all_entries, base, logits, x_out, cfg.max_ood_disagreement)
     for name, row in rows.items():
         results[name]["ood"] = row

@@ -7,24 +7,12 @@ must still mean the same)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tldeploy.errors import ConfigError
 from tldeploy.ood import OodGate
-
-
-def load_ood_inputs(folder: Path, prep, limit: int | None) -> tuple[np.ndarray, list[Path]]:
-    """Every readable file under FOLDER (class folders or not: none of them is a class here)."""
-    from tldeploy.data.folders import find_files
-
-    paths = find_files(Path(folder), flag="--ood-data", media=prep.media)
-    if limit is not None and len(paths) > limit:
-        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
-        paths = [paths[i] for i in keep]
-    return np.stack([prep.load(p) for p in paths]).astype(np.float32), paths
 
 
 def measure_ood(entries: list[Any], base_contract, logits_in: dict[str, np.ndarray], x_out: np.ndarray,

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tldeploy._io import atomic_path, write_text
+from tldeploy._io import save_png, write_text
 
 PLOTS = ("latency.png", "accuracy_vs_latency.png", "robustness.png")
 LATENCY_COLUMNS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
@@ -192,7 +192,7 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.set_xlabel("latency (ms), whiskers p1-p99")
             ax.set_title(f"batch {b}")
         fig.tight_layout()
-        written.append(_save(fig, out_dir / PLOTS[0]))
+        written.append(save_png(fig, out_dir / PLOTS[0]))
     points = [(r, next((s for s in r["latency"] if s["batch"] == min(batches)), None)) for r in doc["results"] if r["accuracy"] is not None]
     points = [(r, s) for r, s in points if s is not None]
     if points:
@@ -205,7 +205,7 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        written.append(_save(fig, out_dir / PLOTS[1]))
+        written.append(save_png(fig, out_dir / PLOTS[1]))
     robust = [r for r in doc["results"] if (r.get("robustness") or {}).get("corruptions")]
     if robust:
         written.append(_robustness_plot(plt, robust, out_dir / PLOTS[2]))
@@ -231,7 +231,7 @@ def _robustness_plot(plt, results: list[dict[str, Any]], path: Path) -> Path:
     axes[0][0].set_ylabel("top-1 accuracy (%)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _log_axis(axis, set_scale) -> None:
@@ -243,11 +243,3 @@ def _log_axis(axis, set_scale) -> None:
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path

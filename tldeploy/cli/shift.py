@@ -16,10 +16,11 @@ from tldeploy.cli._common import CONTEXT, _setup_logging, cli
 @click.option("-o", "--out", "output", type=click.Path(path_type=Path), default=Path("shift.json"), show_default=True, help="Report (JSON; .md and the score plot beside it).")
 @click.option("--limit", type=click.IntRange(1), help="At most N target (and source-folder) inputs.")
 @click.option("--max-auc", type=float, help="Gate: exit 1 when the domain classifier's AUC is above this (0.5 = no shift).")
+@click.option("--folds", default=5, show_default=True, type=int, help="Cross-validation folds of the domain classifier.")
 @click.option("--force", is_flag=True, help="Overwrite an existing report.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
 def shift_cmd(reference: Path, data: Path, source_data: Path | None, output: Path, limit: int | None, max_auc: float | None,
-              force: bool, quiet: bool) -> None:
+              folds: int, force: bool, quiet: bool) -> None:
     """How far target data is from the training data: Fréchet distance of pooled features, a domain
     classifier's cross-validated AUC, the share the OOD gate calls unknown, and accuracy.
 
@@ -32,7 +33,7 @@ def shift_cmd(reference: Path, data: Path, source_data: Path | None, output: Pat
     from tldeploy.shift import ShiftConfig, shift
 
     result = shift(ShiftConfig(reference=reference, data=data, output=output, source_data=source_data, limit=limit,
-                               max_auc=max_auc, force=force))
+                               max_auc=max_auc, folds=folds, force=force))
     d = result.document
     click.echo(f"domain classifier AUC {d['domain_auc']:.4f} (0.5 = indistinguishable), Fréchet distance {d['frechet_distance']:.4g}"
                + (f", unknown {d['unknown_share']:.2%}" if d["unknown_share"] is not None else "")

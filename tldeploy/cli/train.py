@@ -65,6 +65,7 @@ from tldeploy.train.options import BALANCE, BN_POLICIES, IN_CHANNELS, MODALITIES
 @click.option("--select-metric", type=click.Choice(SELECT_METRICS), default="f1_macro", show_default=True, help="Validation metric that picks the best checkpoint.")
 @click.option("--ood-score", type=click.Choice(OOD_CHOICES), default="energy", show_default=True, help="Unknown-input score whose threshold is fitted on the validation set and carried by every artifact (none: no gate).")
 @click.option("--ood-tpr", default=0.95, show_default=True, type=float, help="Share of in-distribution validation inputs the OOD threshold keeps known.")
+@click.option("--ood-temperature", default=1.0, show_default=True, type=float, help="Temperature T of the energy score -T*logsumexp(logits/T).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--workers", default=0, show_default=True, type=int, help="Data-loading processes.")

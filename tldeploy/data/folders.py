@@ -287,6 +287,11 @@ def write_digits(out_dir: Path, size: int = 64, val_fraction: float = 0.2, seed:
     return written
 
 
+def even_spread(n: int, k: int) -> np.ndarray:
+    """At most `k` of the indices 0..n-1, evenly spread (lists are in class order, so every class keeps its share)."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
+
+
 def load_inputs(data: Path, classes: list[str], prep, limit: int | None = None, flag: str = "--data") -> tuple[np.ndarray, np.ndarray | None, list[Path]]:
     """Preprocessed inputs (images or clips, by the contract `prep`) from DATA and their labels:
     class folders named like `classes` are labelled, a flat folder (or folders that are not classes)
@@ -309,8 +314,8 @@ def load_inputs(data: Path, classes: list[str], prep, limit: int | None = None, 
                         "use class folders named like the training set, or a folder without class folders")
     else:
         paths = find_files(data, flag=flag, media=media)
-    if limit is not None and len(paths) > limit:  # an even spread, so every class keeps its share
-        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+    if limit is not None and len(paths) > limit:
+        keep = even_spread(len(paths), limit)
         paths = [paths[i] for i in keep]
         labels = labels[keep] if labels is not None else None
     x = np.stack([prep.load(p) for p in paths]).astype(np.float32)

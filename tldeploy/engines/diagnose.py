@@ -284,6 +284,8 @@ def plot_sensitivity(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tldeploy._io import save_png
+
     units = doc["units"]
     kept = set(doc["plan"]["units"])
     scores = [max(u["score"], 1e-9) for u in units]
@@ -295,5 +297,4 @@ def plot_sensitivity(doc: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("score (nats of KL)")
     ax.set_title(f"{doc['precision'].upper()} sensitivity per unit, graph order (red: kept in higher precision by the plan)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import softmax
 
 from tldeploy.engines.mixed import fp16_emulated, mixed_int8
 from tldeploy.engines.units import Unit
@@ -42,18 +43,13 @@ def task_metrics(reference: np.ndarray, logits: np.ndarray) -> TaskMetrics:
     out = logits.astype(np.float64)
     bad = ~np.all(np.isfinite(out), axis=1)
     safe = np.where(bad[:, None], 0.0, out)
-    p, q = _softmax(ref), _softmax(safe)
+    p, q = softmax(ref, axis=1), softmax(safe, axis=1)
     p, q = np.clip(p, 1e-12, 1.0), np.clip(q, 1e-12, 1.0)
     kl_rows = np.where(bad, KL_NONFINITE, np.sum(p * (np.log(p) - np.log(q)), axis=1))
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(safe, axis=1)
     cos = np.where(bad, 0.0, np.sum(ref * safe, axis=1) / np.maximum(norms, 1e-30))
     agree = (ref.argmax(1) == safe.argmax(1)) & ~bad
     return TaskMetrics(len(ref), float(agree.mean()), float(kl_rows.mean()), float(cos.mean()), int(bad.sum()))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)

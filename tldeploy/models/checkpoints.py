@@ -70,9 +70,16 @@ def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any]
 
 def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's data tensors (empty for checkpoints from before they were saved)."""
-    obj = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint", hint="pass a model.pt written by 'tldeploy train'")
-    t = obj.get("tensors") or {}
-    return {k: v for k, v in t.items() if isinstance(v, torch.Tensor)}
+    return _tensors(_read_checkpoint(path))
+
+
+def _tensors(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in (obj.get("tensors") or {}).items() if isinstance(v, torch.Tensor)}
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    return read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint",
+                           hint="pass a model.pt written by 'tldeploy train' (foreign weights go to --weights)")
 
 
 def read_torch_file(
@@ -109,13 +116,17 @@ def read_torch_file(
 
 def load_checkpoint(path: Path):
     """Rebuild the adapted model from a checkpoint. Returns (model in eval mode, metadata)."""
+    model, meta, _ = load_checkpoint_and_tensors(path)
+    return model, meta
+
+
+def load_checkpoint_and_tensors(path: Path):
+    """(model in eval mode, metadata, data tensors) from one read of the checkpoint."""
     from tldeploy.modalities.preprocessing import preprocessing_from_dict
     from tldeploy.models.backbones import adapt_stem, create_backbone
     from tldeploy.models.heads import AdaptedModel, AttentionHead, HeadConfig
 
-    obj = read_torch_file(
-        path, CHECKPOINT_FORMAT, "checkpoint", hint="pass a model.pt written by 'tldeploy train' (foreign weights go to --weights)"
-    )
+    obj = _read_checkpoint(path)
     meta = obj["metadata"]
     try:
         backbone = create_backbone(meta["backbone"]["name"], "none")
@@ -127,7 +138,7 @@ def load_checkpoint(path: Path):
     except (KeyError, TypeError, RuntimeError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {path} is incomplete or does not match its metadata ({type(e).__name__}: {str(e)[:200]})") from None
     model.eval()
-    return model, meta
+    return model, meta, _tensors(obj)
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:

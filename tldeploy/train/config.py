@@ -10,6 +10,7 @@ from typing import Any
 from tldeploy.errors import ConfigError
 from tldeploy.modalities.audio import AudioAugmentConfig, LogMelConfig
 from tldeploy.modalities.preprocessing import AugmentConfig
+from tldeploy.ood import OodGate
 from tldeploy.train.options import BALANCE, BN_POLICIES, IN_CHANNELS, MODALITIES, MODES, OOD_CHOICES, SELECT_METRICS
 
 
@@ -80,8 +81,7 @@ class TrainConfig:
         need(self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.select_metric in SELECT_METRICS, f"--select-metric must be one of {', '.join(SELECT_METRICS)}")
         need(self.ood_score in OOD_CHOICES, f"--ood-score must be one of {', '.join(OOD_CHOICES)}, got {self.ood_score!r}")
-        need(0.5 <= self.ood_tpr < 1.0, f"--ood-tpr must be in [0.5, 1), got {self.ood_tpr}")
-        need(self.ood_temperature > 0, f"--ood-temperature must be positive, got {self.ood_temperature}")
+        OodGate.check(self.ood_tpr, self.ood_temperature)
         need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         need(self.lr > 0, f"--lr must be positive, got {self.lr}")

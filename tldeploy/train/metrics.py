@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tldeploy._io import atomic_path
+from tldeploy._io import save_png
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -82,10 +82,5 @@ def write_plots(out_dir: Path, y_true: np.ndarray, probs: np.ndarray, classes: l
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tldeploy._io import write_json
-from tldeploy.data.folders import MEDIA, find_files, limit_per_class, resolve_train_val
+from tldeploy.data.folders import MEDIA, even_spread, find_files, limit_per_class, resolve_train_val
 from tldeploy.errors import ConfigError, OutputExistsError
 from tldeploy.modalities.audio import AudioAugmentConfig, AudioPreprocessing
 from tldeploy.modalities.preprocessing import Preprocessing
@@ -277,7 +278,7 @@ class _Trainer:
         validation set's OOD scores."""
         paths = self.train_set.paths
         if len(paths) > SHIFT_SAMPLE:
-            paths = [paths[i] for i in np.linspace(0, len(paths) - 1, SHIFT_SAMPLE).round().astype(int)]
+            paths = [paths[i] for i in even_spread(len(paths), SHIFT_SAMPLE)]
         if self.cfg.mode != "feature-extract":
             self.cache.clear()  # maps of an earlier backbone
         feats = self._features(list(paths), "features (shift sample)").float().mean(dim=(2, 3))
@@ -410,6 +411,4 @@ class _Trainer:
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return softmax(logits, axis=1).astype(np.float32)

@@ -13,6 +13,7 @@ import numpy as np
 from tldeploy.bench.robustness.attacks import ATTACKS, Domain, attack_rows
 from tldeploy.bench.robustness.audio import AUDIO_CORRUPTIONS
 from tldeploy.bench.robustness.image import IMAGE_CORRUPTIONS
+from tldeploy.data.folders import even_spread
 from tldeploy.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -108,18 +109,13 @@ def measure_robustness(entries: list[Any], prep, paths: list[Path], labels: np.n
     if disagreement:
         from tldeploy.bench.robustness.disagreement import search_disagreements
 
-        pick = _spread(len(raw), disagreement)
+        pick = even_spread(len(raw), disagreement)
         found = search_disagreements(reference_model, dom, raw[pick], entries[1:], epsilons, [paths[i] for i in pick])
         for name, per_eps in found.items():
             rows[name]["disagreement"] = [f.to_dict() for f in per_eps]
     for e in entries:
         rows[e.name].update(_summary(rows[e.name], rows[ref.name], suite))
     return rows
-
-
-def _spread(n: int, k: int) -> np.ndarray:
-    """`k` of `n` indices, evenly spread (the inputs are in class order, so every class keeps its share)."""
-    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
 
 
 def _summary(mine: dict[str, Any], ref: dict[str, Any], suite: Suite) -> dict[str, float | None]:
