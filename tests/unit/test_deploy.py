@@ -290,3 +290,19 @@ def test_a_plugin_graph_travels_with_the_plugin_sources_and_library(tiny, tmp_pa
     assert result.passed and by["artifacts/tiny_trt.onnx"].skipped and by["model.onnx"].passed and not by["model.onnx"].skipped
     with pytest.raises(ConfigError, match="--plugins is for graphs with ChannelAttention plugin nodes"):
         bundle(BundleConfig((onnx_path,), ckpt, data / "val", tmp_path / "pb2", plugins=lib))
+
+
+def test_an_export_with_build_machine_metadata_bundles_and_verifies(tiny, tmp_path):
+    """An export from before exports were stripped (node doc strings: stack traces) and a build
+    of it: the bundle strips both, and the build's record still names its (stripped) source."""
+    ckpt, onnx_path, data = tiny
+    old = load_onnx(onnx_path)
+    old.graph.node[0].doc_string = "File \"/home/someone/train.py\", line 1"
+    src = tmp_path / "old.onnx"
+    onnx.save(old, str(src))
+    fp32 = build(BuildConfig(onnx=src, precision="fp32", backend="ort")).path
+    result = bundle(BundleConfig((src, fp32), ckpt, data / "val", tmp_path / "b"))
+    record = json.loads((result.path / "artifacts" / (fp32.name + ".json")).read_text())
+    assert record["input_onnx_sha256"] == sha256_file(result.path / "model.onnx") != sha256_file(src)
+    checks = verify(VerifyConfig(result.path, device="cpu")).checks
+    assert all(c.passed for c in checks), [c.detail for c in checks]

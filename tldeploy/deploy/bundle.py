@@ -182,8 +182,10 @@ def _write_plugins(tmp: Path, items: list[_Artifact], cfg: BundleConfig) -> None
 
 def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: list[str]) -> list[dict[str, Any]]:
     """model.onnx, model_raw.onnx where needed, artifacts/ with scrubbed records; the entries the
-    manifest lists (file, kind, precision, input format, record)."""
+    manifest lists (file, kind, precision, input format, record). Stripping build-machine metadata
+    can change an ONNX file, so each record's input_onnx_sha256 follows its source to the bundled copy."""
     save_portable(source.path, tmp / "model.onnx")
+    bundled_sha = {source.sha256: sha256_file(tmp / "model.onnx")}  # original -> bundled
     entries = [{"file": "model.onnx", "kind": "onnx", "precision": "fp32", "input": "normalized", "record": None, "backend": "ort",
                 "attention": "standard"}]
     prep = source.contract.preprocessing
@@ -197,20 +199,24 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
                         "attention": "standard"})
     (tmp / "artifacts").mkdir()
     for a in items:
+        if a is not source:
+            target = tmp / "artifacts" / a.path.name
+            if a.kind == "onnx":
+                save_portable(a.path, target)
+            else:
+                shutil.copyfile(a.path, target)
+            bundled_sha[a.sha256] = sha256_file(target)
+    for a in items:
         if a is source:
             continue
-        target = tmp / "artifacts" / a.path.name
-        if a.kind == "onnx":
-            save_portable(a.path, target)
-        else:
-            shutil.copyfile(a.path, target)
         entry: dict[str, Any] = {"file": f"artifacts/{a.path.name}", "kind": a.kind, "precision": a.precision,
                                  "input": "raw" if getattr(a.contract.preprocessing, "raw", False) else "normalized",
                                  "backend": a.record.get("backend") if a.record else "ort", "record": None,
                                  "qdq_flavour": (a.record or {}).get("qdq_flavour"), "attention": a.contract.attention}
         if a.record is not None:
             record = scrub(dict(a.record), roots)
-            record["artifact_sha256"] = sha256_file(target)  # the bundled file (stripped of build-machine metadata)
+            record["artifact_sha256"] = bundled_sha[a.sha256]
+            record["input_onnx_sha256"] = bundled_sha.get(record.get("input_onnx_sha256"), record.get("input_onnx_sha256"))
             (tmp / "artifacts" / (a.path.name + ".json")).write_text(json.dumps(record, indent=2) + "\n")
             entry["record"] = f"artifacts/{a.path.name}.json"
             layers = a.path.with_name(a.path.name + ".layers.json")
