@@ -154,7 +154,7 @@ def _entries(cfg: BenchConfig) -> tuple[_Entry | None, list[_Entry]]:
     base = ref.contract if ref else entries[0].contract
     for e in entries:
         c = e.contract
-        if getattr(c.preprocessing, "raw", False) != getattr(base.preprocessing, "raw", False):
+        if c.preprocessing.raw != base.preprocessing.raw:
             raise ConfigError(f"{e.name} takes raw pixels (--input-format raw), for serving stacks that scale frames themselves; "
                               "bench the normalised export, and check the raw one with 'tldeploy bundle' and 'tldeploy verify'")
         if c.preprocessing != base.preprocessing or c.classes != base.classes:

@@ -7,14 +7,10 @@ everything else is information for the reader.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import platform
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 # Dotted paths into the environment dict.
@@ -22,17 +18,6 @@ FINGERPRINT_FIELDS = (
     "cpu.model", "cpu.class", "cpu.features", "cpu.logical_cores", "threads", "gpu.name", "gpu.driver", "jetson.power_mode",
     "versions.onnxruntime", "versions.tensorrt", "versions.torch", "versions.cuda",
 )
-
-
-def _run(cmd: list[str]) -> str | None:
-    """Output of a small query tool, or None where it is missing or fails."""
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out or None
 
 
 def _gpu() -> dict[str, Any] | None:
@@ -48,35 +33,17 @@ def _gpu() -> dict[str, Any] | None:
         }
     except Exception:  # a broken driver: the benchmark says less rather than failing
         return None
-    driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    from tldeploy.runtime.host import run_query
+
+    driver = run_query(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     gpu["driver"] = driver.splitlines()[0].strip() if driver else None
     return gpu
-
-
-def _read(path: Path) -> str | None:
-    with contextlib.suppress(OSError):
-        return path.read_text().strip()
-    return None
-
-
-def _jetson() -> dict[str, Any] | None:
-    """L4T release, nvpmodel power mode and current clocks, as far as they are readable."""
-    release = _read(Path("/etc/nv_tegra_release"))
-    if release is None:
-        return None
-    mode = _run(["nvpmodel", "-q"])
-    clocks = {}
-    for f in sorted(Path("/sys/devices").glob("**/devfreq/*/cur_freq"))[:8]:
-        value = _read(f)
-        if value:
-            clocks[f.parent.name] = value
-    return {"l4t": release.splitlines()[0], "power_mode": " ".join(mode.split()) if mode else None, "clocks": clocks}
 
 
 def collect_environment(threads: int | None) -> dict[str, Any]:
     import numpy as np
 
-    from tldeploy.runtime.host import cpu_info, tool_versions
+    from tldeploy.runtime.host import cpu_info, jetson_info, tool_versions
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -87,7 +54,7 @@ def collect_environment(threads: int | None) -> dict[str, Any]:
                 "logical_cores": os.cpu_count(), "usable_cores": usable},
         "threads": threads,
         "gpu": _gpu(),
-        "jetson": _jetson(),
+        "jetson": jetson_info(),
         "versions": {**tool_versions(), "numpy": np.__version__, "python": platform.python_version()},
         "platform": platform.platform(),
     }

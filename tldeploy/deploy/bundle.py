@@ -29,7 +29,15 @@ import numpy as np
 from tldeploy._io import atomic_dir, atomic_path, now, sha256_file
 from tldeploy.contract import OUTPUT_NAMES, Contract, check_onnx, load_onnx, read_contract, write_contract
 from tldeploy.deploy import golden as gold
-from tldeploy.deploy.manifest import MANIFEST, TOLERANCES, file_digests, scrub, tolerance_failures
+from tldeploy.deploy.manifest import (
+    MANIFEST,
+    PLUGIN_LIB,
+    TOLERANCES,
+    file_digests,
+    record_mismatch,
+    scrub,
+    tolerance_failures,
+)
 from tldeploy.deploy.serving import deepstream_config, nvinfer_expresses, triton_config
 from tldeploy.errors import ConfigError
 from tldeploy.runtime import host
@@ -123,7 +131,7 @@ def _source(items: list[_Artifact]) -> _Artifact:
     """The FP32 export: an ONNX file without a build record, FP32 and normalised input."""
     for a in items:
         if (a.kind == "onnx" and a.record is None and a.contract.precision == "fp32" and a.contract.attention == "standard"
-                and not getattr(a.contract.preprocessing, "raw", False)):
+                and not a.contract.preprocessing.raw):
             return a
     raise ConfigError("bundle needs the FP32 ONNX export (the file 'tldeploy export' wrote without --attention-plugin, the "
                       "source every device can rebuild from) among the ARTIFACTs")
@@ -135,22 +143,18 @@ def _check_same_model(items: list[_Artifact], source: _Artifact, reference: Path
     for a in items:
         c = a.contract
         prep = c.preprocessing
-        plain = prep if not getattr(prep, "raw", False) else _normalised(prep)
+        plain = prep.as_normalized() if prep.raw else prep
         if c.classes != base.classes or plain != base.preprocessing or c.checkpoint_sha256 != base.checkpoint_sha256:
             raise ConfigError(f"{a.path} comes from another model than {source.path} (classes, preprocessing or checkpoint differ)")
-        if a.record is not None:
-            if a.record.get("artifact_sha256") != a.sha256:
-                raise ConfigError(f"{sidecar_path(a.path)} does not describe {a.path} (its artifact_sha256 differs); rebuild it")
-            if a.record.get("input_onnx_sha256") not in onnx_shas:
-                raise ConfigError(f"{a.path} was built from an ONNX file not in the bundle; pass the export it was built from")
+        wrong = record_mismatch(a.record, a.sha256, onnx_shas) if a.record is not None else None
+        if wrong == "artifact_sha256":
+            raise ConfigError(f"{sidecar_path(a.path)} does not describe {a.path} (its artifact_sha256 differs); rebuild it")
+        if wrong == "input_onnx_sha256":
+            raise ConfigError(f"{a.path} was built from an ONNX file not in the bundle; pass the export it was built from")
     if not reference.is_file():
         raise ConfigError(f"--reference {reference} does not exist; pass the checkpoint the export came from (RUN_DIR/model.pt)")
     if sha256_file(reference) != base.checkpoint_sha256:
         raise ConfigError(f"--reference {reference} is not the checkpoint {source.path} was exported from (SHA-256 differs)")
-
-
-def _normalised(prep):
-    return replace(prep, input_format="normalized")
 
 
 def _machine_roots(cfg: BundleConfig, items: list[_Artifact]) -> list[str]:
@@ -170,14 +174,14 @@ def _write_plugins(tmp: Path, items: list[_Artifact], cfg: BundleConfig) -> None
         if cfg.plugins is not None:
             raise ConfigError("--plugins is for graphs with ChannelAttention plugin nodes; none of the ARTIFACTs has them")
         return
-    from tldeploy.engines.plugins import PLUGIN_LIBRARY, source_dir
+    from tldeploy.engines.plugins import source_dir
 
     shutil.copytree(source_dir(), tmp / "plugins" / "src", ignore=shutil.ignore_patterns("build*", "__pycache__", ".*"))
     if cfg.plugins is not None:
         if not Path(cfg.plugins).is_file():
             raise ConfigError(f"--plugins {cfg.plugins} does not exist; build it with 'tldeploy plugins build' on (or for) the device")
-        (tmp / "plugins" / "lib").mkdir()
-        shutil.copyfile(cfg.plugins, tmp / "plugins" / "lib" / PLUGIN_LIBRARY)
+        (tmp / PLUGIN_LIB).parent.mkdir()
+        shutil.copyfile(cfg.plugins, tmp / PLUGIN_LIB)
 
 
 def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: list[str]) -> list[dict[str, Any]]:
@@ -210,7 +214,7 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
         if a is source:
             continue
         entry: dict[str, Any] = {"file": f"artifacts/{a.path.name}", "kind": a.kind, "precision": a.precision,
-                                 "input": "raw" if getattr(a.contract.preprocessing, "raw", False) else "normalized",
+                                 "input": "raw" if a.contract.preprocessing.raw else "normalized",
                                  "backend": a.record.get("backend") if a.record else "ort", "record": None,
                                  "qdq_flavour": (a.record or {}).get("qdq_flavour"), "attention": a.contract.attention}
         if a.record is not None:
@@ -315,7 +319,7 @@ def _write_triton(tmp: Path, e: dict[str, Any], source: _Artifact, cfg: BundleCo
         platform, filename = "tensorrt_plan", "model.plan"
     if static:  # a fixed batch: Triton takes the full dims and no batching of its own
         input_dims, outputs, max_batch = [static, *input_dims], [(k, [static, *d]) for k, d in outputs], 0
-    note = ("# The engine needs the ChannelAttention plugin: start tritonserver with LD_PRELOAD=plugins/lib/libtldeploy_trt_plugin.so\n"
+    note = (f"# The engine needs the ChannelAttention plugin: start tritonserver with LD_PRELOAD={PLUGIN_LIB}\n"
             if e.get("attention") == "plugin" else "")
     (folder / "config.pbtxt").write_text(note + triton_config(
         name=name, platform=platform, input_name=source.contract.input_name, input_dims=input_dims, outputs=outputs,

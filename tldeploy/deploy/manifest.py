@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from tldeploy._io import sha256_file
+from tldeploy.engines.plugins import PLUGIN_LIBRARY
 
 MANIFEST = "manifest.json"
+PLUGIN_LIB = f"plugins/lib/{PLUGIN_LIBRARY}"  # the ChannelAttention plugin built for the device, when bundled
 VERIFY_DIR = "verify"  # what `verify` writes inside a bundle; not part of it
 DEVICE_DIR = "device"  # engines `verify --build` makes on the device; not part of it
 
@@ -31,6 +33,16 @@ def tolerance_failures(report, tol: dict[str, float | None]) -> list[str]:
     if tol.get("max_logit_diff") is not None and report.logits_max_abs > tol["max_logit_diff"]:
         failures.append(f"logits max |diff| {report.logits_max_abs:.3g} > {tol['max_logit_diff']:g}")
     return failures
+
+
+def record_mismatch(record: dict[str, Any], sha256: str, onnx_sha256s: set[str]) -> str | None:
+    """Which of a build record's hashes does not hold: "artifact_sha256" (it describes another
+    file) or "input_onnx_sha256" (it was built from an ONNX file not at hand); None if both hold."""
+    if record.get("artifact_sha256") != sha256:
+        return "artifact_sha256"
+    if record.get("input_onnx_sha256") not in onnx_sha256s:
+        return "input_onnx_sha256"
+    return None
 
 
 def bundle_files(root: Path) -> list[Path]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,15 @@ import numpy as np
 
 from tldeploy._io import now, sha256_file, write_json, write_text
 from tldeploy.deploy import BUILD_PRECISIONS
-from tldeploy.deploy.manifest import DEVICE_DIR, MANIFEST, VERIFY_DIR, check_files, tolerance_failures
+from tldeploy.deploy.manifest import (
+    DEVICE_DIR,
+    MANIFEST,
+    PLUGIN_LIB,
+    VERIFY_DIR,
+    check_files,
+    record_mismatch,
+    tolerance_failures,
+)
 from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.runtime import host
 
@@ -75,7 +81,7 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     if not checks:
         device = _device(cfg.device)
         entries = list(manifest["artifacts"])
-        onnx_shas = {sha256_file(root / e["file"]) for e in entries if e["kind"] == "onnx"}
+        onnx_shas = {manifest["files"][e["file"]] for e in entries if e["kind"] == "onnx"}  # checked just now
         if cfg.build:
             entries += _build_here(root, manifest, cfg)
         inputs = np.load(root / "golden" / "inputs.npz")
@@ -118,11 +124,12 @@ def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_sh
 
     name, path = e["file"], root / e["file"]
     record = json.loads((root / e["record"]).read_text()) if e.get("record") else None
-    if record is not None:
-        if record.get("artifact_sha256") != sha256_file(path):
-            return Check(name, False, f"its build record {e['record']} describes another artifact (artifact_sha256 differs); refused before loading")
-        if record.get("input_onnx_sha256") not in onnx_shas and not e.get("built_here"):
-            return Check(name, False, f"its build record {e['record']} was made from another model's ONNX; refused before loading")
+    sha = manifest["files"].get(name) or sha256_file(path)  # bundled files were checked against the manifest
+    wrong = record_mismatch(record, sha, onnx_shas) if record is not None else None
+    if wrong == "artifact_sha256":
+        return Check(name, False, f"its build record {e['record']} describes another artifact (artifact_sha256 differs); refused before loading")
+    if wrong == "input_onnx_sha256":
+        return Check(name, False, f"its build record {e['record']} was made from another model's ONNX; refused before loading")
     if e["kind"] == "engine":
         why = _engine_mismatch(record or {})
         if why:
@@ -151,7 +158,7 @@ def _runner(root: Path, path: Path, e: dict[str, Any], device: str):
     if e["kind"] == "engine" and e.get("attention") == "plugin":
         from tldeploy.runtime.trt_runner import TrtRunner
 
-        lib = root / "plugins" / "lib" / "libtldeploy_trt_plugin.so"
+        lib = root / PLUGIN_LIB
         if not lib.is_file():
             raise ConfigError(f"{e['file']} needs the ChannelAttention plugin and the bundle has no plugins/lib; build it here "
                               f"with 'tldeploy plugins build' and bundle it with --plugins")
@@ -214,7 +221,7 @@ def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig) -> list
 
 def _plugin_library(root: Path, out: Path) -> Path:
     """The bundle's plugin library, or one built here from the bundle's cpp_plugins sources."""
-    lib = root / "plugins" / "lib" / "libtldeploy_trt_plugin.so"
+    lib = root / PLUGIN_LIB
     if lib.is_file():
         return lib
     from tldeploy.engines.plugins import PluginBuildConfig, build_plugins
@@ -226,17 +233,10 @@ def _plugin_library(root: Path, out: Path) -> Path:
 
 
 def fingerprint() -> dict[str, Any]:
-    """The device: CPU, GPU, tool versions (TensorRT, CUDA), and a Jetson's power mode where readable."""
+    """The device: CPU, GPU, tool versions (TensorRT, CUDA), and a Jetson's L4T release, power mode and clocks."""
     from tldeploy.runtime.trt import gpu_info
 
-    info: dict[str, Any] = {"cpu": host.cpu_info(), "gpu": gpu_info(), "tools": host.tool_versions()}
-    if shutil.which("nvpmodel"):
-        run = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True)
-        info["jetson_power_mode"] = run.stdout.strip().splitlines()[0] if run.returncode == 0 and run.stdout.strip() else None
-    release = Path("/etc/nv_tegra_release")
-    if release.is_file():
-        info["l4t"] = release.read_text().splitlines()[0].strip()
-    return info
+    return {"cpu": host.cpu_info(), "gpu": gpu_info(), "tools": host.tool_versions(), "jetson": host.jetson_info()}
 
 
 def _write_report(out: Path, root: Path, manifest: dict[str, Any], result: VerifyResult) -> Path:

@@ -21,6 +21,9 @@ class Modality(Protocol):
     in_channels: int  # channels the backbone's stem takes
 
     @property
+    def raw(self) -> bool: ...  # the graph takes raw pixels (--input-format raw) and normalises them itself
+
+    @property
     def input_shape(self) -> tuple[int, ...]: ...  # one input, without the batch dimension
 
     @property

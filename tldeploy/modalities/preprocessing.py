@@ -76,6 +76,10 @@ class Preprocessing:
         """The contract of a raw-input graph made from this one (`raw_input.raw_input_model`)."""
         return dataclasses.replace(self, input_format="raw")
 
+    def as_normalized(self) -> Preprocessing:
+        """The contract of the normalised graph a raw-input one was made from."""
+        return dataclasses.replace(self, input_format="normalized")
+
     @property
     def shape_text(self) -> str:
         return "x".join(map(str, self.input_shape))

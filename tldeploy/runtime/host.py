@@ -1,11 +1,14 @@
-"""The machine that runs artifacts: its CPU (name, the features that choose kernels, a class)
-and the versions of the tools. Build records and bench environments both carry them."""
+"""The machine that runs artifacts: its CPU (name, the features that choose kernels, a class),
+the versions of the tools, and a Jetson's release and power mode. Build records, bench
+environments and verify reports carry them."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import platform
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +74,34 @@ def tool_versions() -> dict[str, str | None]:
     except ImportError:
         out["torch"] = None
     return out
+
+
+def run_query(cmd: list[str]) -> str | None:
+    """Output of a small query tool, or None where it is missing or fails."""
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def _read(path: Path) -> str | None:
+    with contextlib.suppress(OSError):
+        return path.read_text().strip()
+    return None
+
+
+def jetson_info() -> dict[str, Any] | None:
+    """L4T release, nvpmodel power mode and current clocks, as far as they are readable."""
+    release = _read(Path("/etc/nv_tegra_release"))
+    if release is None:
+        return None
+    mode = run_query(["nvpmodel", "-q"])
+    clocks = {}
+    for f in sorted(Path("/sys/devices").glob("**/devfreq/*/cur_freq"))[:8]:
+        value = _read(f)
+        if value:
+            clocks[f.parent.name] = value
+    return {"l4t": release.splitlines()[0], "power_mode": " ".join(mode.split()) if mode else None, "clocks": clocks}

@@ -32,6 +32,7 @@ class AudioPreprocessing:
 
     modality = "audio"
     input_name = "audio"  # N x samples, float32 in [-1, 1]
+    raw = False  # clips have one input format (images also take raw pixels)
 
     def __post_init__(self) -> None:
         if self.in_channels not in (1, 3):
