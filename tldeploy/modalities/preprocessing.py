@@ -192,11 +192,13 @@ class Preprocessing:
         return T.Compose([T.Resize(side, interpolation=_interp(self.interpolation)), T.CenterCrop(self.input_size)])
 
     def eval_transform(self):  # -> torchvision transform
+        import torch
         from torchvision import transforms as T
+        from torchvision.transforms import v2
 
         if self.raw:  # the host's part only: the whole image scaled, RGB 0-255 (the graph does the rest)
             side = (self.resize_size, self.resize_size)
-            return T.Compose([T.Resize(side, interpolation=_interp(self.interpolation)), T.PILToTensor(), T.Lambda(_as_float)])
+            return T.Compose([T.Resize(side, interpolation=_interp(self.interpolation)), T.PILToTensor(), v2.ToDtype(torch.float32)])
         return T.Compose([self.geometry(), T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def train_transform(self, augment: AugmentConfig):
@@ -236,11 +238,6 @@ class AugmentConfig:
     @classmethod
     def off(cls) -> AugmentConfig:
         return cls(enabled=False)
-
-
-def _as_float(t):
-    """uint8 pixel tensor -> float32 with the same values (0-255), unlike ToTensor's [0, 1]."""
-    return t.float()
 
 
 def _interp(name: str):

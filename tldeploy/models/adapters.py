@@ -3,8 +3,8 @@ head, with the preprocessing its pretrained config or weights enum gives."""
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,22 +25,15 @@ from tldeploy.models.base import (
 # ---------------------------------------------------------------- timm
 
 
-class _TimmFeatures(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+class _TimmPart(nn.Module):
+    """One method of a timm model (forward_features, forward_head) as a module's forward."""
+
+    def __init__(self, model: nn.Module, method: str, **kw: Any) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.method, self.kw = model, method, kw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
-
-
-class _TimmHead(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(feats)
+        return getattr(self.model, self.method)(x, **self.kw)
 
 
 def timm_module():
@@ -90,9 +83,10 @@ def create_timm(
         std=tuple(cfg.get("std", IMAGENET_STD)),
         interpolation=cfg.get("interpolation", "bicubic"),
     )
-    head = _TimmHead(copy.deepcopy(model)).eval()
+    # The ImageNet head shares the body: timm's pooling (pre_logits) then the classifier it had.
+    head = nn.Sequential(_TimmPart(model, "forward_head", pre_logits=True), model.get_classifier())
     model.reset_classifier(0)
-    features = _TimmFeatures(model)
+    features = _TimmPart(model, "forward_features")
     loaded = weights_label or ("none" if weights.kind == "none" else "timm-default")
     spec = BackboneSpec(display_name, prep, cfg.get("classifier", "classifier"), loaded, description)
     return Backbone(features, spec, int(model.num_features), head)

