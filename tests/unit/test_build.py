@@ -203,7 +203,9 @@ def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
     assert honest["images"] == f"--check-data images from {val}" and honest["n"] == n_val > 0
     assert honest["top1_agreement"] == 1.0 and honest["logits_max_abs"] == 0.0
 
-    real = builder._write_portable
+    from tldeploy import scopes
+
+    real = scopes.save_portable
 
     def corrupting(source, target):
         real(source, target)
@@ -211,7 +213,7 @@ def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
         _negate_classifier(m)
         onnx.save(m, str(target))
 
-    monkeypatch.setattr(builder, "_write_portable", corrupting)
+    monkeypatch.setattr(scopes, "save_portable", corrupting)
     bad = build(BuildConfig(onnx=model_copy, backend="ort", check_data=val, output=model_copy.with_name("bad.onnx")))
     assert bad.record["check"]["n"] == n_val and bad.record["check"]["top1_agreement"] == 0.0, bad.record["check"]
 

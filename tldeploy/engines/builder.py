@@ -112,11 +112,11 @@ def _require_runtime(backend: str, device: str, precision: str) -> None:
 
 def build(cfg: BuildConfig) -> BuildResult:
     from tldeploy._io import sha256_file
-    from tldeploy.contract import check_onnx, load_onnx, read_contract
+    from tldeploy.contract import check_onnx, read_contract
 
     t0 = time.perf_counter()
     onnx_path = Path(cfg.onnx)
-    contract = read_contract(load_onnx(onnx_path, load_external_data=False) if onnx_path.is_file() else onnx_path)
+    contract = read_contract(onnx_path)
     check_onnx(onnx_path)
     onnx_sha = sha256_file(onnx_path)
     plan = None
@@ -226,64 +226,55 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
     from tldeploy.contract import load_onnx
     from tldeploy.engines.fp16 import fp16_model
     from tldeploy.engines.quantize import quantize_model
-
-    extra: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="tldeploy-build-") as tmp:
-        source = onnx_path
-        if cfg.precision == "int8":
-            q = quantize_model(onnx_path, calib, quant, artifacts.cache_dir() / "calibration", check=check, plan=plan,
-                               plan_path=cfg.precision_plan)
-            extra["qdq_flavour"] = quant.flavour
-            extra["quantization"] = q.summary()
-            source = Path(tmp) / "model.int8.onnx"
-            onnx.save(q.model, str(source))
-        elif cfg.precision == "fp16":
-            source = Path(tmp) / "model.fp16.onnx"
-            fp32_model = load_onnx(onnx_path)
-            if plan is not None:
-                plan.check_nodes(fp32_model, cfg.precision_plan, onnx_path)
-            onnx.save(fp16_model(fp32_model, keep_fp32=plan.nodes if plan else ()), str(source))
-            if plan is not None:
-                extra["fp32_units"] = [{k: u.get(k) for k in ("name", "module", "short", "op", "nodes")} for u in plan.units]
-        checked = contract.attention != "plugin" and cfg.precision != "int8"  # int8: the guard measured it already
-        if backend == "ort":
-            from tldeploy.runtime.runners import OrtRunner
-
-            with atomic_path(output) as out_tmp:  # checked before it takes the output's name
-                _write_portable(source, out_tmp)
-                if checked:
-                    provider = "cuda" if device == "cuda" else "cpu"
-                    extra["check"] = _check(OrtRunner(out_tmp, provider=provider), onnx_path, contract.preprocessing, check)
-        else:
-            from tldeploy.engines.tensorrt import EngineFromOnnx, default_timing_cache
-
-            needs_plugin = contract.attention == "plugin"
-            trt_cfg = cfg.trt if cfg.trt.timing_cache else _with_cache(cfg.trt, default_timing_cache())
-            engine, layers = EngineFromOnnx(source, trt_cfg, needs_plugin=needs_plugin)()
-            with atomic_path(output) as out_tmp:
-                out_tmp.write_bytes(engine)
-                if checked:
-                    from tldeploy.runtime.trt_runner import TrtRunner
-
-                    extra["check"] = _check(TrtRunner(out_tmp, plugins=cfg.trt.plugins), onnx_path, contract.preprocessing, check)
-            layers_path = output.with_name(output.name + ".layers.json")
-            with atomic_path(layers_path) as lt:
-                lt.write_text(layers)
-            extra["layer_info"] = layers_path.name
-            extra["timing_cache"] = str(trt_cfg.timing_cache)
-        if contract.attention == "plugin":
-            extra["check"] = {"skipped": "ChannelAttention plugin nodes: ONNX Runtime cannot run the reference"}
-        elif cfg.precision == "int8":
-            extra["check"] = extra["quantization"]["check"]  # the guard measured the artifact's graph already
-    return extra
-
-
-def _write_portable(source: Path, target: Path) -> None:
-    """The ONNX at `source` without what describes the build machine (stack traces with absolute
-    paths in node metadata, from exports before tldeploy stripped them)."""
     from tldeploy.scopes import save_portable
 
-    save_portable(source, target)
+    extra: dict[str, Any] = {}
+    model = None  # the converted graph, in memory; FP32 builds take the file as it is
+    if cfg.precision == "int8":
+        q = quantize_model(onnx_path, calib, quant, artifacts.cache_dir() / "calibration", check=check, plan=plan,
+                           plan_path=cfg.precision_plan)
+        extra["qdq_flavour"] = quant.flavour
+        extra["quantization"] = q.summary()
+        extra["check"] = extra["quantization"]["check"]  # the guard measured the artifact's graph already
+        model = q.model
+    elif cfg.precision == "fp16":
+        fp32_model = load_onnx(onnx_path)
+        if plan is not None:
+            plan.check_nodes(fp32_model, cfg.precision_plan, onnx_path)
+            extra["fp32_units"] = [{k: u.get(k) for k in ("name", "module", "short", "op", "nodes")} for u in plan.units]
+        model = fp16_model(fp32_model, keep_fp32=plan.nodes if plan else ())
+    if contract.attention == "plugin":
+        extra["check"] = {"skipped": "ChannelAttention plugin nodes: ONNX Runtime cannot run the reference"}
+    if backend == "ort":
+        from tldeploy.runtime.runners import OrtRunner
+
+        with atomic_path(output) as out_tmp:  # checked before it takes the output's name
+            save_portable(onnx_path if model is None else model, out_tmp)  # without the build machine's paths
+            if "check" not in extra:
+                provider = "cuda" if device == "cuda" else "cpu"
+                extra["check"] = _check(OrtRunner(out_tmp, provider=provider), onnx_path, contract.preprocessing, check)
+        return extra
+    from tldeploy.engines.tensorrt import EngineFromOnnx, default_timing_cache
+
+    trt_cfg = cfg.trt if cfg.trt.timing_cache else _with_cache(cfg.trt, default_timing_cache())
+    with tempfile.TemporaryDirectory(prefix="tldeploy-build-") as tmp:
+        source = onnx_path
+        if model is not None:  # TensorRT's parser reads a file
+            source = Path(tmp) / f"model.{cfg.precision}.onnx"
+            onnx.save(model, str(source))
+        engine, layers = EngineFromOnnx(source, trt_cfg, needs_plugin=contract.attention == "plugin")()
+    with atomic_path(output) as out_tmp:
+        out_tmp.write_bytes(engine)
+        if "check" not in extra:
+            from tldeploy.runtime.trt_runner import TrtRunner
+
+            extra["check"] = _check(TrtRunner(out_tmp, plugins=cfg.trt.plugins), onnx_path, contract.preprocessing, check)
+    layers_path = output.with_name(output.name + ".layers.json")
+    with atomic_path(layers_path) as lt:
+        lt.write_text(layers)
+    extra["layer_info"] = layers_path.name
+    extra["timing_cache"] = str(trt_cfg.timing_cache)
+    return extra
 
 
 def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:

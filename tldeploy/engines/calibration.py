@@ -37,11 +37,9 @@ class CalibrationSet:
         if samples < 1:
             raise ConfigError(f"--calib-samples must be at least 1, got {samples}")
         paths = find_files(folder, flag="--calib-data", media=prep.media)
-        step = max(1, len(paths) // samples)
-        chosen = paths[::step][:samples]
+        chosen = spread(paths, samples)
         taken = set(chosen)
-        rest = [p for p in paths if p not in taken]
-        held = rest[:: max(1, len(rest) // samples)][:samples]
+        held = spread([p for p in paths if p not in taken], samples)
         if len(chosen) < MIN_CALIB_IMAGES:
             log.warning(
                 "calibrating on only %d images from %s; ranges from fewer than %d images may not cover "
@@ -99,6 +97,7 @@ class ImageSet:
 CHECK_DEFAULTS = {"validation": (0.99, None), "held_out": (1.0, 2e-3)}
 
 
-def spread(x: np.ndarray, n: int) -> np.ndarray:
-    """At most `n` rows of `x`, evenly spaced (inputs are sorted by class, so each keeps its share)."""
+def spread(x, n: int):
+    """At most `n` items of `x` (rows of an array, files), evenly spaced (inputs are sorted by
+    class, so each keeps its share)."""
     return x if len(x) <= n else x[:: len(x) // n][:n]

@@ -88,13 +88,13 @@ class DiagnoseResult:
 
 def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
     from tldeploy._io import atomic_dir, check_writable, now, sha256_file
-    from tldeploy.contract import load_onnx, read_contract
+    from tldeploy.contract import read_contract
     from tldeploy.engines.calibration import ImageSet
     from tldeploy.runtime import host
 
     t0 = time.perf_counter()
     onnx_path = Path(cfg.onnx)
-    contract = read_contract(load_onnx(onnx_path, load_external_data=False) if onnx_path.is_file() else onnx_path)
+    contract = read_contract(onnx_path)
     if contract.attention == "plugin":
         raise ConfigError(f"{onnx_path} has ChannelAttention plugin nodes, which ONNX Runtime cannot run; diagnose the standard export")
     if contract.precision != "fp32":
@@ -217,7 +217,7 @@ def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
 
     model = load_onnx(onnx_path)
     floats = float_tensors(model)
-    units = fp16_units(model, fp16_exclusions(model, contract))
+    units = fp16_units(model, fp16_exclusions(model, contract), floats)
     accept = Acceptance(cfg.min_agreement, cfg.max_kl, f"{len(val.images)} images from {val.source}")
     small = Evaluator(spread(val.images, cfg.rank_images), contract.input_name, model, as_written=False)
     log.info("ranking %d FP16 units on %d images (FP16 storage, float32 arithmetic)", len(units), len(small.images))

@@ -18,8 +18,6 @@ import numpy as np
 
 from tldeploy.engines.units import float_tensors
 
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
 
 def _all_nodes(graph):
     """The graph's nodes and those of its subgraphs (If/Loop bodies), which may read its initializers."""

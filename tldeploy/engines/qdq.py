@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tldeploy.engines.graph import ancestors
 from tldeploy.errors import TldeployError
 
 
@@ -33,15 +34,8 @@ def split_backbone_head(model, frontend: frozenset[str] | set[str] = frozenset()
     conv_idx = [i for i, n in enumerate(nodes) if n.op_type == "Conv" and n.name not in frontend]
     if not conv_idx:
         raise TldeployError("the ONNX graph has no Conv node; INT8 here quantizes convolutional backbones")
-    producers = {o: n for n in nodes for o in n.output}
     last = nodes[conv_idx[-1]]
-    keep, stack = {last.name}, list(last.input)
-    while stack:
-        t = stack.pop()
-        n = producers.get(t)
-        if n is not None and n.name not in keep:
-            keep.add(n.name)
-            stack.extend(n.input)
+    keep = {last.name} | ancestors(model, *last.input)
     consumers = [n for n in nodes if last.output[0] in n.input]
     if len(consumers) == 1 and consumers[0].op_type in ("Clip", "Relu"):
         keep.add(consumers[0].name)

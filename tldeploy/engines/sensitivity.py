@@ -72,12 +72,6 @@ class Acceptance:
         return {"min_top1_agreement": self.min_agreement, "max_kl": self.max_kl, "images": self.images}
 
 
-# ---------------------------------------------------------------- units
-
-
-# ---------------------------------------------------------------- mixed models
-
-
 # ---------------------------------------------------------------- evaluation
 
 

@@ -74,9 +74,10 @@ def int8_units(float_model, qdq_model) -> list[Unit]:
     return group_units(float_model, names)
 
 
-def fp16_units(float_model, exclude: set[str]) -> list[Unit]:
-    """The compute nodes an FP16 conversion would run in half precision (all but `exclude`)."""
-    floats = float_tensors(float_model)
+def fp16_units(float_model, exclude: set[str], floats: set[str] | None = None) -> list[Unit]:
+    """The compute nodes an FP16 conversion would run in half precision (all but `exclude`);
+    `floats`: the model's `float_tensors`, where the caller has them."""
+    floats = float_tensors(float_model) if floats is None else floats
     names = [n.name for n in float_model.graph.node
              if n.name not in exclude and n.op_type not in DATA_MOVEMENT and any(o in floats for o in n.output)]
     return group_units(float_model, names)
