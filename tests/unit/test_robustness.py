@@ -91,6 +91,7 @@ def test_bench_config_settles_the_suite_and_refuses_bad_robustness_options(tiny,
     for kw, message in (
         ({"disagreement": 0}, "--disagreement is a number of inputs to search and must be at least 1, got 0"),
         ({"robustness": "all", "epsilons": (4.0, 0.0)}, "--epsilon takes positive budgets"),
+        ({"epsilons": (-1.0,)}, "--epsilon takes positive budgets"),
         ({"max_robustness_flip": 2.0}, r"--max-robustness-flip is a share in \[0, 1\], got 2.0"),
         ({"robustness": "all", "reference": None}, "pass --reference RUN_DIR/model.pt and --data VAL_DIR"),
         ({"robustness": "jpg"}, r"unknown suite item\(s\) jpg"),

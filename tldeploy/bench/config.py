@@ -98,6 +98,9 @@ class BenchConfig:
     def _check_robustness(self) -> None:
         from tldeploy.bench.robustness import check_suite_text
 
+        object.__setattr__(self, "epsilons", tuple(self.epsilons))
+        if not self.epsilons or any(not e > 0 for e in self.epsilons):  # checked with or without a suite: a typo fails now
+            raise ConfigError(f"--epsilon takes positive budgets (pixel levels of 255), got {','.join(map(str, self.epsilons)) or 'none'}")
         suite = ({True: "all", False: None}[self.robustness] if isinstance(self.robustness, bool)  # library callers of a flag
                  else self.robustness)
         if suite is None and self.max_robustness_flip is not None:
@@ -111,8 +114,6 @@ class BenchConfig:
         if self.reference is None or self.data is None:
             raise ConfigError("--robustness and --disagreement compare with the reference on real inputs; "
                               "pass --reference RUN_DIR/model.pt and --data VAL_DIR")
-        if not self.epsilons or any(not e > 0 for e in self.epsilons):
-            raise ConfigError(f"--epsilon takes positive budgets (pixel levels of 255), got {','.join(map(str, self.epsilons)) or 'none'}")
         if self.disagreement is not None and self.disagreement < 1:
             raise ConfigError(f"--disagreement is a number of inputs to search and must be at least 1, got {self.disagreement}")
         if self.max_robustness_flip is not None and not 0 <= self.max_robustness_flip <= 1:
