@@ -185,12 +185,19 @@ def test_bench_robustness_rows_report_and_flip_gate(tiny, robust_doc):
     rows = {r["name"]: r["robustness"] for r in doc["results"]}
     assert len(rows[ckpt.name]["corruptions"]) == len(CORRUPTIONS["image"]) * len(SEVERITIES) and len(rows[ckpt.name]["attacks"]) == 4
     assert rows[onnx_path.name]["max_flip_rate"] == 0.0 and rows["negated.onnx"]["max_flip_rate"] > 0.5
+    # Logit parity on every corrupted and adversarial input: the export is its checkpoint's function,
+    # the biased copy is off by exactly the 0.5 added to class 0's logit.
+    for name, diff, tol in ((onnx_path.name, 0.0, 1e-4), ("biased.onnx", 0.5, 1e-4)):
+        mine = rows[name]["corruptions"] + rows[name]["attacks"]
+        assert all(abs(r["logits_max_abs"] - diff) < tol for r in mine), (name, [r["logits_max_abs"] for r in mine])
+    assert all(r["flip_rate"] is None and r["logits_max_abs"] is None for r in rows[ckpt.name]["corruptions"] + rows[ckpt.name]["attacks"])
     assert rows[ckpt.name]["disagreement"] is None and [d["epsilon"] for d in rows["biased.onnx"]["disagreement"]] == [4.0, 32.0]
     assert doc["config"]["robustness"] == {"suite": "all", "epsilons": [4.0, 32.0], "disagreement": 8, "budget_unit": "pixel levels of 255"}
     failures = [f for f in doc["gates"]["failures"] if "corruption flips" in f]
     assert failures and all(onnx_path.name not in f for f in failures) and any("negated.onnx" in f for f in failures)
     report = robust_doc.report.read_text()
     assert "robustness (mCE vs reference" in report and "| disagreement search | searched | found |" in report
+    assert "| flips vs reference | logits max abs diff |" in report
     assert "pgd eps 32/255" in report and (robust_doc.path.parent / "r_plots" / "robustness.png").is_file()
 
 

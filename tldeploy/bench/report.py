@@ -67,13 +67,16 @@ def _robustness_tables(rb: dict[str, Any] | None, unit: str | None) -> list[str]
         return []
     per = "/255" + (" of full scale" if unit and "full scale" in unit else "")
     lines = []
-    rows = [[f"{c['corruption']} {c['severity']}", f"{c['accuracy']:.4f}", "" if c["flip_rate"] is None else f"{c['flip_rate']:.2%}"]
-            for c in rb["corruptions"]]
-    rows += [[f"{a['method']} eps {a['epsilon']:g}{per}", f"{a['accuracy']:.4f}", ""] for a in rb["attacks"]]
+    def against(row: dict[str, Any]) -> list[str]:  # the reference's rows, and rows of older documents, have none
+        flips, diff = row.get("flip_rate"), row.get("logits_max_abs")
+        return ["" if flips is None else f"{flips:.2%}", "" if diff is None else f"{diff:.3g}"]
+
+    rows = [[f"{c['corruption']} {c['severity']}", f"{c['accuracy']:.4f}", *against(c)] for c in rb["corruptions"]]
+    rows += [[f"{a['method']} eps {a['epsilon']:g}{per}", f"{a['accuracy']:.4f}", *against(a)] for a in rb["attacks"]]
     if rows:
         mce = rb["mce_vs_reference"]
         title = "robustness" + (f" (mCE vs reference {mce:.3f})" if mce is not None else "")
-        lines += ["", *_table([title, "accuracy", "flips vs reference"], rows)]
+        lines += ["", *_table([title, "accuracy", "flips vs reference", "logits max abs diff"], rows)]
     search = rb.get("disagreement") or []
     if search:
         rows = []

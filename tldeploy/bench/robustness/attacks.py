@@ -90,16 +90,29 @@ def attack(model, dom: Domain, raw: np.ndarray, labels: np.ndarray, eps: float, 
     return np.concatenate(out).astype(np.float32)
 
 
+def against_reference(logits: np.ndarray, reference: np.ndarray, is_reference: bool) -> dict[str, float | None]:
+    """An entry's top-1 flip rate and largest logit difference against the reference's on the
+    same inputs (None for the reference itself): the flips say what a user sees, the logit
+    difference whether the artifact computes the reference's function at all."""
+    if is_reference:
+        return {"flip_rate": None, "logits_max_abs": None}
+    return {"flip_rate": float(np.mean(logits.argmax(1) != reference.argmax(1))),
+            "logits_max_abs": float(np.abs(logits.astype(np.float64) - reference).max())}
+
+
 def attack_rows(entries: list[Any], model, dom: Domain, raw: np.ndarray, labels: np.ndarray, methods: tuple[str, ...],
                 epsilons: tuple[float, ...], seed: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Per entry, its accuracy on the reference's adversarial inputs for each method and budget."""
+    """Per entry (entries[0] the reference), its accuracy on the reference's adversarial inputs for
+    each method and budget, and its flips and logit difference against the reference there."""
     from tldeploy.runtime.runners import run_batches
 
     rows: dict[str, list[dict[str, Any]]] = {e.name: [] for e in entries}
     for method in methods:
         for eps in epsilons:
             x = dom.to_input(attack(model, dom, raw, labels, eps, method, seed=seed))
+            logits = {e.name: run_batches(e.runner, x)["logits"] for e in entries}
+            ref = logits[entries[0].name]
             for e in entries:
-                pred = run_batches(e.runner, x)["logits"].argmax(1)
-                rows[e.name].append({"method": method, "epsilon": eps, "accuracy": float(np.mean(pred == labels))})
+                rows[e.name].append({"method": method, "epsilon": eps, "accuracy": float(np.mean(logits[e.name].argmax(1) == labels)),
+                                     **against_reference(logits[e.name], ref, e is entries[0])})
     return rows

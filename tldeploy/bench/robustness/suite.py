@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tldeploy.bench.robustness.attacks import ATTACKS, Domain, attack_rows
+from tldeploy.bench.robustness.attacks import ATTACKS, Domain, against_reference, attack_rows
 from tldeploy.bench.robustness.audio import AUDIO_CORRUPTIONS
 from tldeploy.bench.robustness.image import IMAGE_CORRUPTIONS
 from tldeploy.data.folders import even_spread
@@ -81,8 +81,8 @@ def measure_robustness(entries: list[Any], prep, paths: list[Path], labels: np.n
                        epsilons: tuple[float, ...] = (1.0, 4.0), disagreement: int | None = None,
                        seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per entry (entries[0] the reference; objects with .name and .runner): corruption rows
-    (accuracy, top-1 flip rate against the reference on the same input), attack rows (accuracy on
-    the reference's adversarial inputs), the mean corruption error relative to the reference, and
+    (accuracy, top-1 flip rate and largest logit difference against the reference on the same
+    input), attack rows (the same on the reference's adversarial inputs), the mean corruption error relative to the reference, and
     with `disagreement` the search on that many inputs (`disagreement.search_disagreements`)."""
     from tldeploy.runtime.runners import run_batches
 
@@ -95,11 +95,11 @@ def measure_robustness(entries: list[Any], prep, paths: list[Path], labels: np.n
     for name in suite.corruptions:
         for s in SEVERITIES:
             x = corrupted_inputs(paths, prep, name, s, seed)
-            top = {e.name: run_batches(e.runner, x)["logits"].argmax(1) for e in entries}
+            logits = {e.name: run_batches(e.runner, x)["logits"] for e in entries}
             for e in entries:
                 rows[e.name]["corruptions"].append({
-                    "corruption": name, "severity": s, "accuracy": float(np.mean(top[e.name] == labels)),
-                    "flip_rate": None if e is ref else float(np.mean(top[e.name] != top[ref.name]))})
+                    "corruption": name, "severity": s, "accuracy": float(np.mean(logits[e.name].argmax(1) == labels)),
+                    **against_reference(logits[e.name], logits[ref.name], e is ref)})
     dom = Domain.of(prep)
     raw = dom.raw(paths, prep) if suite.attacks or disagreement else None
     reference_model.eval()
