@@ -26,22 +26,28 @@ def test_feature_extract_at_224_reaches_90_percent(fe_run):
     assert fe_run.metrics["accuracy"] >= 0.90
 
 
-def _fewshot(digits, out, weights):
-    return train(
-        TrainConfig(
-            data=digits, out_dir=out, mode="finetune", weights=weights, image_size=64, limit_per_class=20,
-            epochs=15, warmup_epochs=2, batch_size=32, augment=AugmentConfig(hflip=False), quiet=True,
-        )
-    ).metrics["accuracy"]
+@pytest.mark.parametrize("modality", ["image", "audio"])
+def test_training_starts_from_the_packaged_imagenet_weights(modality, digits, tmp_path):
+    """What transfer learning rests on, as computation: a feature-extract run's backbone is exactly
+    the packaged ImageNet network (audio: its stem's RGB filters summed for one input channel).
+    How much the weights gain over random ones is measured, not gated: benchmarks/transfer.py
+    (recorded: digits +40 points, tones +30 or more)."""
+    from tldeploy.data.tones import write_tones
+    from tldeploy.models.checkpoints import load_checkpoint
 
-
-def test_fewshot_finetune_shows_transfer(digits, tmp_path):
-    """Measured on a 2-core AVX-512 VM: 15 epochs ImageNet 0.919 vs scratch 0.515 (71 s for both);
-    30 epochs 0.953 vs 0.688 (206 s, contended)."""
-    pretrained = _fewshot(digits, tmp_path / "pre", "default")
-    scratch = _fewshot(digits, tmp_path / "scratch", "none")
-    print(f"20 images/class, 64 px, finetune: ImageNet {pretrained:.4f} vs from scratch {scratch:.4f}")
-    assert pretrained - scratch >= 0.10
+    if modality == "audio":
+        write_tones(tmp_path / "tones", per_class=4)
+        data, kw = tmp_path / "tones", {"modality": "audio"}
+    else:
+        data, kw = digits, {"image_size": 32}
+    result = train(TrainConfig(data=data, out_dir=tmp_path / "run", epochs=1, batch_size=16, limit_per_class=4, quiet=True, **kw))
+    trained = load_checkpoint(result.checkpoint)[0].backbone.state_dict()
+    packaged = create_backbone("efficientnet_lite0").state_dict()
+    assert list(trained) == list(packaged)
+    stem = next(k for k in packaged if packaged[k].ndim == 4)
+    for k, v in packaged.items():
+        expected = v.sum(dim=1, keepdim=True) if modality == "audio" and k == stem else v
+        assert torch.equal(trained[k], expected), k
 
 
 @pytest.mark.slow
