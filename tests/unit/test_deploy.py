@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -22,7 +23,14 @@ from tldeploy.cli import main
 from tldeploy.contract import load_onnx, read_contract, write_contract
 from tldeploy.deploy import verify as verify_mod
 from tldeploy.deploy.bundle import BundleConfig, bundle
-from tldeploy.deploy.manifest import MANIFEST, file_digests
+from tldeploy.deploy.manifest import (
+    MANIFEST,
+    TOLERANCES,
+    check_files,
+    file_digests,
+    record_mismatch,
+    tolerance_failures,
+)
 from tldeploy.deploy.serving import NvinferNormalisation, normalisation_from_config, parse_deepstream
 from tldeploy.deploy.verify import VerifyConfig, verify
 from tldeploy.engines.builder import BuildConfig, build
@@ -306,3 +314,53 @@ def test_an_export_with_build_machine_metadata_bundles_and_verifies(tiny, tmp_pa
     assert record["input_onnx_sha256"] == sha256_file(result.path / "model.onnx") != sha256_file(src)
     checks = verify(VerifyConfig(result.path, device="cpu")).checks
     assert all(c.passed for c in checks), [c.detail for c in checks]
+
+
+# ------------------------------------------------------------ the manifest and the tolerances
+
+
+def test_check_files_names_each_missing_changed_and_added_file(tmp_path):
+    """A folder checked against its own digests passes; a removed, an edited and an added file are each named once,
+    while the manifest itself and what verify writes (verify/, device/) are not bundle files."""
+    (tmp_path / "sub").mkdir()
+    for rel in ("a.txt", "b.txt", "sub/c.bin"):
+        (tmp_path / rel).write_bytes(rel.encode())
+    manifest = {"files": file_digests(tmp_path)}
+    assert sorted(manifest["files"]) == ["a.txt", "b.txt", "sub/c.bin"] and check_files(tmp_path, manifest) == []
+    for rel in (MANIFEST, "verify/verify.json", "device/model.engine"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text("{}")
+    assert check_files(tmp_path, manifest) == []
+    (tmp_path / "sub" / "new.txt").write_text("added after bundling")
+    assert check_files(tmp_path, manifest) == ["sub/new.txt is not in the manifest (added after bundling?)"]
+    (tmp_path / "sub" / "new.txt").unlink()
+    (tmp_path / "a.txt").write_bytes(b"a.txT")
+    (tmp_path / "sub" / "c.bin").unlink()
+    assert check_files(tmp_path, manifest) == ["a.txt changed: its SHA-256 differs from the manifest's (copy the bundle again)",
+                                               "sub/c.bin is missing from the bundle"]
+
+
+def test_tolerance_failures_name_each_violated_check_alone():
+    """At the FP32 limits nothing fails; each of top-1 agreement, cosine and logits max |diff| past its limit,
+    the others within, fails exactly that check; a limit of None is not checked."""
+    tol = TOLERANCES["fp32"]
+    at_limits = {"top1_agreement": 1.0, "cosine": 0.9999, "logits_max_abs": 1e-2}
+    assert tolerance_failures(SimpleNamespace(**at_limits), tol) == []
+    for key, bad, message in (("top1_agreement", 31 / 32, "top-1 agreement 96.88% < 100.00%"),
+                              ("cosine", 0.9998, "cosine 0.999800 < 0.9999"),
+                              ("logits_max_abs", 0.02, "logits max |diff| 0.02 > 0.01")):
+        assert tolerance_failures(SimpleNamespace(**{**at_limits, key: bad}), tol) == [message]
+    assert tolerance_failures(SimpleNamespace(top1_agreement=0.96, cosine=0.999, logits_max_abs=100.0), TOLERANCES["fp16"]) == []
+    assert len(tolerance_failures(SimpleNamespace(top1_agreement=0.5, cosine=0.5, logits_max_abs=1.0), tol)) == 3
+
+
+def test_record_mismatch_names_the_hash_that_does_not_hold():
+    """Both hashes holding give None; a record of another file is named first, then one built from an ONNX not at hand."""
+    record = {"artifact_sha256": "aa", "input_onnx_sha256": "0n"}
+    assert record_mismatch(record, "aa", {"0n", "1n"}) is None
+    assert record_mismatch(record, "bb", {"0n"}) == "artifact_sha256"
+    assert record_mismatch(record, "bb", {"1n"}) == "artifact_sha256"
+    assert record_mismatch(record, "aa", {"1n"}) == "input_onnx_sha256"
+    assert record_mismatch(record, "aa", set()) == "input_onnx_sha256"
+    assert record_mismatch({}, "aa", {"0n"}) == "artifact_sha256"
+    assert record_mismatch({"artifact_sha256": "aa"}, "aa", {"0n"}) == "input_onnx_sha256"

@@ -168,6 +168,34 @@ def test_the_search_prefers_fewer_float_regions(tiny):
     assert len(units) == 2
 
 
+def test_int8_scores_add_the_kl_a_unit_causes_alone_and_the_kl_its_float_copy_removes(monkeypatch):
+    """With a stand-in evaluator of chosen KLs per mix: score = KL with the unit alone in INT8 + (full INT8's KL -
+    KL with all but the unit in INT8), the removal counted only when positive; ranked by score, ties by graph order,
+    a unit whose output overflows FP16 first among equals."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import tldeploy.engines.sensitivity as sens
+    from tldeploy.engines.units import Unit
+
+    units = [Unit("conv_a", ("conv_a", "relu_a"), "Conv+Relu", "m.a", "a", 0), Unit("conv_b", ("conv_b",), "Conv", "m.b", "b", 2),
+             Unit("add_c", ("add_c",), "Add", "m.c", "c", 3)]
+    names = frozenset(n for u in units for n in u.nodes)
+    full = sens.TaskMetrics(10, 0.5, 1.0, 0.9, 0)
+    kl = {frozenset(u.nodes): low for u, low in zip(units, (0.05, 0.3, 0.1), strict=True)}  # the unit alone in INT8
+    kl |= {names - set(u.nodes): rest for u, rest in zip(units, (0.25, 0.875, 1.25), strict=True)}  # all but the unit
+    monkeypatch.setattr(sens, "mixed_int8", lambda float_model, qdq_model, nodes: frozenset(nodes))
+    ev = SimpleNamespace(metrics=lambda key: sens.TaskMetrics(10, 0.9, kl[key], 0.99, 0))
+    effects = sens.sweep_int8(ev, "float", "qdq", units, full)
+    assert [e.unit for e in effects] == units
+    assert [e.alone_low.kl for e in effects] == [0.05, 0.3, 0.1] and [e.alone_float.kl for e in effects] == [0.25, 0.875, 1.25]
+    assert [e.score for e in effects] == pytest.approx([0.05 + 0.75, 0.3 + 0.125, 0.1 + 0.0])  # c's float copy adds KL: 0
+    assert [e.unit.name for e in sens.rank(effects)] == ["conv_a", "conv_b", "add_c"]
+    tied = [sens.UnitEffect(u, None, full, 0.5 + 1e-12 * u.index, {"overflows_fp16": u.name == "add_c"}) for u in units]
+    assert [e.unit.name for e in sens.rank(tied[::-1])] == ["add_c", "conv_a", "conv_b"]  # equal to 1e-9 nats
+    assert [e.unit.name for e in sens.rank([replace(e, node=None) for e in tied[::-1]])] == ["conv_a", "conv_b", "add_c"]
+
+
 # ------------------------------------------------------------ planted faults
 
 

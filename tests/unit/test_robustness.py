@@ -17,7 +17,7 @@ from tldeploy.bench.bench import BenchConfig, load_bench, run_bench
 from tldeploy.bench.compare import compare_bench
 from tldeploy.bench.latency import LatencyConfig
 from tldeploy.bench.robustness import CORRUPTIONS, SEVERITIES, Suite, check_suite_text
-from tldeploy.bench.robustness.attacks import Domain
+from tldeploy.bench.robustness.attacks import Domain, attack
 from tldeploy.bench.robustness.disagreement import search_disagreements
 from tldeploy.cli import main
 from tldeploy.contract import load_onnx, read_contract
@@ -129,14 +129,97 @@ def test_audio_corruptions_do_what_they_say():
         noisy = fns["white_noise"](tone(440), s, rng(s), prep)
         assert abs(_db(tone(440)) - _db(noisy - tone(440)) - snr) < 0.3 and noisy.dtype == np.float32
     quiet = tone(440, 0.05)
-    assert sorted(round(abs(_db(fns["gain"](quiet, s, rng(k), prep)) - _db(quiet)), 2) for s in SEVERITIES for k in range(2)) == [
-        3.0, 3.0, 9.0, 9.0, 18.0, 18.0]
+    for s, db in zip(SEVERITIES, (3.0, 9.0, 18.0), strict=True):  # up or down, by the severity's level
+        assert {round(_db(fns["gain"](quiet, s, rng(k), prep)) - _db(quiet), 2) for k in range(8)} == {-db, db}
     assert np.abs(fns["gain"](tone(440, 0.9), 5, rng(0), prep)).max() <= 1.0  # louder clips clip at full scale
     click = np.zeros(rate, np.float32)
     click[8000] = 1.0
-    assert {int(np.argmax(fns["time_shift"](click, 3, rng(k), prep))) for k in range(8)} == {4000, 12000}  # 25% either way
-    assert _db(tone(6000)) - _db(fns["low_pass"](tone(6000), 1, rng(0), prep)) > 20  # cut-off 4 kHz
-    assert abs(_db(tone(500)) - _db(fns["low_pass"](tone(500), 5, rng(0), prep))) < 0.5  # cut-off 1 kHz
+    for s, share in zip(SEVERITIES, (0.10, 0.25, 0.40), strict=True):  # earlier or later by the severity's share
+        shifted = [fns["time_shift"](click, s, rng(k), prep) for k in range(8)]
+        assert {int(np.argmax(x)) for x in shifted} == {8000 - round(share * rate), 8000 + round(share * rate)}
+        assert all(np.count_nonzero(x) == 1 for x in shifted)  # the gap is silence
+
+
+def test_low_pass_cuts_off_at_the_severity_s_frequency():
+    """A 4th-order Butterworth run forward and backward takes 3 dB twice at its cut-off (1/2, 1/4, 1/8 of
+    Nyquist: 4, 2, 1 kHz at 16 kHz): -6.02 dB there, next to nothing an octave below, much more half an octave above."""
+    prep = AudioPreprocessing()
+    rate = prep.logmel.sample_rate
+    t = np.arange(rate) / rate
+    tone = lambda hz: (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)  # noqa: E731
+    low_pass = CORRUPTIONS["audio"]["low_pass"]
+    loss = lambda hz, s: _db(tone(hz)) - _db(low_pass(tone(hz), s, np.random.default_rng(0), prep))  # noqa: E731
+    assert rate == 16000
+    for s, cut in zip(SEVERITIES, (4000, 2000, 1000), strict=True):
+        assert abs(loss(cut, s) - 6.02) < 0.5  # measured 6.018, 6.020, 6.020
+        assert abs(loss(cut / 2, s)) < 0.2  # measured 0.008, 0.025, 0.031
+        assert loss(1.5 * cut, s) > 20  # measured 41.6, 32.3, 29.4
+
+
+# ------------------------------------------------------------ the attacks
+
+
+def _linear_case(d: int = 64, n: int = 200):
+    """(model, domain, raw, labels): a linear two-class model with logits (-v.x, v.x), v of +-1, on rows of d raw
+    values in [0, 255] (a quarter of them at 0 or 255), normalised as (raw - 128) / 64 and labelled by the model
+    (all correct when clean; logit margins at most 60, so no gradient underflows to 0), with a budget unit of half a
+    level."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    v = rng.choice((-1.0, 1.0), d)
+    model = torch.nn.Linear(d, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(np.stack([-v, v]), dtype=torch.float32))
+    dom = Domain(0.0, 255.0, 0.5, "half levels", np.full((1, 1), 128, np.float32), np.full((1, 1), 64, np.float32))
+    raw = rng.uniform(0, 255, (n, d)).astype(np.float32)
+    raw[:, : d // 4] = rng.choice((0.0, 255.0), (n, d // 4))
+    with torch.no_grad():
+        labels = model(dom.torch_input(torch.from_numpy(raw))).argmax(1).numpy()
+    return model, dom, raw, labels
+
+
+def _accuracy_and_loss(model, dom, x, labels) -> tuple[float, float]:
+    import torch
+
+    with torch.no_grad():
+        logits = model(dom.torch_input(torch.from_numpy(x)))
+    return float(np.mean(logits.argmax(1).numpy() == labels)), float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)))
+
+
+def test_attacks_climb_the_loss_further_than_random_signs():
+    """On a linear model the loss's gradient sign is known: FGSM and PGD lower accuracy far more than random
+    +-eps signs of the same size, and raise the cross-entropy loss."""
+    model, dom, raw, labels = _linear_case()
+    eps = 16.0  # 8 levels
+    noise = np.clip(raw + eps * dom.unit * np.random.default_rng(1).choice((-1.0, 1.0), raw.shape), 0, 255).astype(np.float32)
+    clean, noisy = _accuracy_and_loss(model, dom, raw, labels), _accuracy_and_loss(model, dom, noise, labels)
+    assert clean[0] == 1.0 and noisy[0] > 0.9  # measured loss 0.028 clean, accuracy 0.975 with random signs
+    for method in ("fgsm", "pgd"):
+        acc, loss = _accuracy_and_loss(model, dom, attack(model, dom, raw, labels, eps, method), labels)
+        assert acc < 0.6 and loss > 1.0 > noisy[1]  # measured accuracy 0.465 and loss 4.1 for both
+
+
+def test_attacks_stay_within_the_budget_and_the_valid_range():
+    """Every FGSM and PGD input is within eps budget units (eps * unit raw units, L-inf) of its source and in
+    [lo, hi]; FGSM moves every value not at the range's edge by exactly eps * unit; PGD's random start plus 10
+    steps of eps/4 would go 3.5 eps out without the projection."""
+    model, dom, raw, labels = _linear_case()
+    for eps in (4.0, 16.0):
+        e = eps * dom.unit
+        for method in ("fgsm", "pgd"):
+            x = attack(model, dom, raw, labels, eps, method, seed=3)
+            moved = np.abs(x - raw)
+            inside = (raw > e) & (raw < 255 - e)  # values the range does not stop
+            farthest, lowest, highest = float(moved.max()), float(x.min()), float(x.max())
+            assert x.shape == raw.shape and x.dtype == np.float32
+            assert farthest <= e + 1e-3 and lowest >= 0.0 and highest <= 255.0  # float32 at 255: 1.5e-5 apart
+            if method == "fgsm":
+                least, most = float(moved[inside].min()), float(moved[inside].max())
+                assert e - 1e-3 < least <= most < e + 1e-3
+            else:
+                assert float(moved[inside].max()) > 0.99 * e  # the budget is used
+        assert np.array_equal(attack(model, dom, raw, labels, eps, "pgd", seed=3), attack(model, dom, raw, labels, eps, "pgd", seed=3))
 
 
 # ------------------------------------------------------------ the disagreement search
