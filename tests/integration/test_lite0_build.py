@@ -119,6 +119,7 @@ def test_int8_with_the_other_weight_width_keeps_its_promise(exported, digits, la
     assert m.top1_agreement >= 0.99 and drop <= 0.005
 
 
+@pytest.mark.slow  # the same round trip runs on the tiny CNN in tests/unit/test_diagnose.py (seconds); this one takes a minute
 def test_diagnose_plan_build_bench_round_trip(exported, digits, fe_run, tmp_path, lite0_cache, monkeypatch):
     """diagnose -> plan -> build --precision-plan -> bench: the bench sees at least the agreement
     the plan promised on the same images."""
@@ -297,7 +298,7 @@ def test_robustness_parity_on_the_digits_model(ort_builds, fe_run, digits, tmp_p
     fp32, int8 = ort_builds
     t0 = time.perf_counter()
     doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "r.json", reference=fe_run.checkpoint, data=digits / "val",
-                                limit=32, robustness="all", epsilons=(8.0,), disagreement=8, time_reference=False,
+                                limit=16, robustness="all", epsilons=(8.0,), disagreement=8, time_reference=False,
                                 latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), batch_sizes=(1,))).document
     seconds = time.perf_counter() - t0
     rows = {r["name"]: r["robustness"] for r in doc["results"]}
@@ -312,15 +313,15 @@ def test_robustness_parity_on_the_digits_model(ort_builds, fe_run, digits, tmp_p
         worst = max(group, key=lambda r: r["logits_max_abs"])
         assert worst["logits_max_abs"] <= 1e-3, worst  # ONNX Runtime vs PyTorch float noise is ~1e-5 here
     attacks = {(a["method"], a["epsilon"]): a["accuracy"] for a in ref["attacks"]}
-    # The attack works through the contract's normalisation: PGD 8/255 left the reference 0.00 of 80
-    # images (avx512-vnni Xeon and AMD EPYC), far below the 0.2 asserted; clean accuracy is 0.96.
+    # The attack works through the contract's normalisation: PGD 8/255 left the reference 0.00 (80
+    # images, avx512-vnni Xeon; 32, AMD EPYC), far below the 0.2 asserted; clean accuracy is 0.96.
     assert attacks[("pgd", 8.0)] < 0.2
-    assert f32["max_flip_rate"] <= 1 / 32 and all(a["flip_rate"] <= 1 / 32 for a in f32["attacks"])  # a tie: one image at most
+    assert f32["max_flip_rate"] <= 1 / 16 and all(a["flip_rate"] <= 1 / 16 for a in f32["attacks"])  # a tie: one image at most
     (s32,), (s8,) = f32["disagreement"], i8["disagreement"]
     assert s32["searched"] + s32["clean_disagreements"] == s8["searched"] + s8["clean_disagreements"] == 8
     assert all(ex["reference_margin"] < 1e-3 for ex in s32["examples"])  # float noise decides only at the boundary
     flips = {f"{c['corruption']} {c['severity']}": c["flip_rate"] for c in i8["corruptions"]}
-    print(f"\nrobustness on 32 digits, {seconds:.0f} s: reference PGD 8/255 accuracy {attacks[('pgd', 8.0)]:.2f}, "
+    print(f"\nrobustness on 16 digits, {seconds:.0f} s: reference PGD 8/255 accuracy {attacks[('pgd', 8.0)]:.2f}, "
           f"FGSM 8/255 {attacks[('fgsm', 8.0)]:.2f}; FP32 max flip {f32['max_flip_rate']:.3f}, largest logit difference "
           f"{max(r['logits_max_abs'] for r in f32['corruptions'] + f32['attacks']):.2g}, mCE {f32['mce_vs_reference']:.3f}; "
           f"INT8 mCE {i8['mce_vs_reference']:.3f}, flips {flips}; INT8 attacks {[(a['method'], a['epsilon'], a['accuracy']) for a in i8['attacks']]}; "

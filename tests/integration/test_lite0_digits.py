@@ -30,8 +30,8 @@ def test_feature_extract_at_224_reaches_90_percent(fe_run):
 def test_training_starts_from_the_packaged_imagenet_weights(modality, digits, tmp_path):
     """What transfer learning rests on, as computation: a feature-extract run's backbone is exactly
     the packaged ImageNet network (audio: its stem's RGB filters summed for one input channel).
-    How much the weights gain over random ones is measured, not gated: benchmarks/transfer.py
-    (recorded: digits +40 points, tones +30 or more)."""
+    How much the weights gain over random ones is measured, not gated: benchmarks/transfer.py and
+    its results/transfer.json."""
     from tldeploy.data.tones import write_tones
     from tldeploy.models.checkpoints import load_checkpoint
 
