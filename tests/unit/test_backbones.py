@@ -19,7 +19,7 @@ from tldeploy.models.backbones import (
 
 def test_registry_lists_builtins_and_custom():
     assert "efficientnet_lite0" in list_backbones()
-    assert list_backbones("tiny*") == ["tiny_cnn"]
+    assert list_backbones("tiny*") == ["tiny_cnn", "tiny_vit"]
 
     @register_backbone("test_linear_probe", "1x1 conv")
     def _factory(weights):

@@ -86,14 +86,20 @@ def test_export_and_predict_errors_are_one_line(tmp_path, capsys):
 def test_backbones_lists_and_filters(capsys):
     from tldeploy.models.backbones import describe_backbone
 
+    def listed() -> tuple[list[str], str]:  # the registered rows, then the families timm and torchvision add
+        registered, families = capsys.readouterr().out.strip().split("\n\n")
+        return registered.splitlines(), families
+
     assert main(["backbones"]) == 0
-    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
-    assert {"tiny_cnn", "efficientnet_lite0"} <= set(rows)
+    lines, families = listed()
+    rows = dict(line.split(None, 1) for line in lines)
+    assert {"tiny_cnn", "tiny_vit", "efficientnet_lite0"} <= set(rows)
     assert all(desc == describe_backbone(name) for name, desc in rows.items())
+    assert "vision transformers (ViT, DeiT" in families and "Swin" in families and "torchvision" in families
     assert main(["backbones", "tiny*"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()] == ["tiny_cnn"]
+    assert [line.split()[0] for line in listed()[0]] == ["tiny_cnn", "tiny_vit"]
     assert main(["backbones", "efficientnet*"]) == 0
-    names = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
+    names = [line.split()[0] for line in listed()[0]]
     assert names and "tiny_cnn" not in names and all(n.startswith("efficientnet") for n in names)
 
 

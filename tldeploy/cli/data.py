@@ -76,7 +76,8 @@ def backbones_cmd(pattern: str) -> None:
     Example:
       tldeploy backbones 'efficientnet*'
     """
-    from tldeploy.models.backbones import describe_backbone, list_backbones
+    from tldeploy.models.backbones import TIMM_FAMILIES, describe_backbone, list_backbones
 
     for name in list_backbones(pattern):
         click.echo(f"{name:20s} {describe_backbone(name)}")
+    click.echo(f"\nalso timm:NAME: {TIMM_FAMILIES}.\nand torchvision's classification CNNs by name (resnet50, mobilenet_v3_large, efficientnet_b0, ...).")

@@ -30,6 +30,9 @@ class Modality(Protocol):
     def shape_text(self) -> str: ...  # the input shape as a log line says it
 
     @property
+    def backbone_size(self) -> tuple[int, int]: ...  # (height, width) of the backbone's input: a transformer is built for it
+
+    @property
     def media(self) -> Media: ...  # which files a data folder holds, and how bad ones are found
 
     def describe(self) -> str: ...  # the preprocessing in words, for contracts and reports

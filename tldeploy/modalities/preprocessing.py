@@ -72,6 +72,11 @@ class Preprocessing:
         side = self.resize_size if self.raw else self.input_size
         return (3, side, side)
 
+    @property
+    def backbone_size(self) -> tuple[int, int]:
+        """(height, width) of what the backbone sees (after the raw graph's crop)."""
+        return self.input_size, self.input_size
+
     def as_raw(self) -> Preprocessing:
         """The contract of a raw-input graph made from this one (`raw_input.raw_input_model`)."""
         return dataclasses.replace(self, input_format="raw")

@@ -36,6 +36,38 @@ class _TimmPart(nn.Module):
         return getattr(self.model, self.method)(x, **self.kw)
 
 
+class TimmSpatial(nn.Module):
+    """The last stage of a timm model as an (N, C, h, w) map, through timm's own
+    `forward_intermediates`: a transformer's patch tokens on their grid with the prefix tokens
+    (class, distillation, registers) dropped and the final norm applied; a channels-last map
+    (Swin) channels-first."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_intermediates(x, indices=1, intermediates_only=True, norm=True, output_fmt="NCHW")[-1]
+
+
+def gives_tokens(model: nn.Module) -> bool:
+    """Whether `forward_features` gives something other than an (N, C, h, w) map: tokens (ViT,
+    DeiT, EVA, BEiT: they have prefix tokens) or a channels-last map (Swin)."""
+    return hasattr(model, "num_prefix_tokens") or getattr(model, "output_fmt", "NCHW") != "NCHW"
+
+
+def _create_model(timm, arch: str, pretrained: bool, size: tuple[int, int] | None) -> nn.Module:
+    """timm's model, built for `size` where it is built for one input size (transformers: their
+    position embeddings and windows; timm resamples pretrained position embeddings itself)."""
+    if size is not None:
+        try:
+            return timm.create_model(arch, pretrained=pretrained, img_size=size)
+        except TypeError as e:  # convolutional models take any size and no img_size
+            if "img_size" not in str(e):
+                raise
+    return timm.create_model(arch, pretrained=pretrained)
+
+
 def timm_module():
     try:
         import timm
@@ -57,8 +89,10 @@ def create_timm(
     state_dict: dict[str, torch.Tensor] | None = None,
     weights_label: str | None = None,
     description: str = "",
+    input_size: tuple[int, int] | None = None,
 ) -> Backbone:
-    """timm's `arch`; `state_dict` (with its `weights_label`) overrides what `weights` names."""
+    """timm's `arch`; `state_dict` (with its `weights_label`) overrides what `weights` names.
+    `input_size` (height, width) builds a transformer for that input (convolutional models take any)."""
     timm = timm_module()
     check_timm_name(arch)
     if state_dict is None:
@@ -66,7 +100,10 @@ def create_timm(
         weights_label = weights.text if state_dict is not None else weights_label
     pretrained = weights.kind == "default" and state_dict is None
     try:
-        model = timm.create_model(arch, pretrained=pretrained)
+        model = _create_model(timm, arch, pretrained, input_size)
+    except (ConfigError, TypeError, AssertionError, ValueError) as e:
+        raise ConfigError(f"timm:{arch} cannot be built for a {input_size[0]}x{input_size[1]} input "
+                          f"({type(e).__name__}: {str(e)[:160]}); try another --image-size") from None
     except Exception as e:
         raise TldeployError(
             f"could not load pretrained weights for timm:{arch} ({type(e).__name__}); without internet "
@@ -83,13 +120,23 @@ def create_timm(
         std=tuple(cfg.get("std", IMAGENET_STD)),
         interpolation=cfg.get("interpolation", "bicubic"),
     )
-    # The ImageNet head shares the body: timm's pooling (pre_logits) then the classifier it had.
-    head = nn.Sequential(_TimmPart(model, "forward_head", pre_logits=True), model.get_classifier())
-    model.reset_classifier(0)
-    features = _TimmPart(model, "forward_features")
+    if gives_tokens(model):
+        if not hasattr(model, "forward_intermediates"):
+            raise ConfigError(f"timm:{arch} gives tokens, not a spatial feature map, and has no forward_intermediates to place them "
+                              f"on a grid, so the channel-attention head and its CAM cannot use it; choose a convolutional, "
+                              f"vision-transformer, Swin or hybrid model (tldeploy backbones lists the families)")
+        model.reset_classifier(0)
+        features: nn.Module = TimmSpatial(model)
+        channels = int(model.feature_info[-1]["num_chs"])
+        head = None  # timm's head pools tokens the map no longer has (class, distillation tokens)
+    else:
+        # The ImageNet head shares the body: timm's pooling (pre_logits) then the classifier it had.
+        head = nn.Sequential(_TimmPart(model, "forward_head", pre_logits=True), model.get_classifier())
+        model.reset_classifier(0)
+        features, channels = _TimmPart(model, "forward_features"), int(model.num_features)
     loaded = weights_label or ("none" if weights.kind == "none" else "timm-default")
     spec = BackboneSpec(display_name, prep, cfg.get("classifier", "classifier"), loaded, description)
-    return Backbone(features, spec, int(model.num_features), head)
+    return Backbone(features, spec, channels, head)
 
 
 # ---------------------------------------------------------------- torchvision

