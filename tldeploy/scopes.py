@@ -63,12 +63,17 @@ def short_names(paths: list[str]) -> dict[str, str]:
 
 def keep_name_scopes(source, target) -> None:
     """Copy the name scopes of `source`'s nodes onto `target`'s nodes of the same name, where
-    `target` (a simplified or rewritten copy) lost them."""
-    scopes = {n.name: p.value for n in source.graph.node for p in n.metadata_props if p.key == SCOPES_KEY}
+    `target` (a simplified or rewritten copy) lost them; a node that a rewrite renamed takes the
+    scope of the source node that wrote its output (ONNX Runtime's optimiser splits a HardSwish
+    into unnamed nodes, the last of which keeps its output)."""
+    scoped = [(n, p.value) for n in source.graph.node for p in n.metadata_props if p.key == SCOPES_KEY]
+    by_name = {n.name: v for n, v in scoped if n.name}
+    by_output = {o: v for n, v in scoped for o in n.output}
     for n in target.graph.node:
-        if n.name in scopes and not any(p.key == SCOPES_KEY for p in n.metadata_props):
+        scope = by_name.get(n.name) or next((by_output[o] for o in n.output if o in by_output), None)
+        if scope is not None and not any(p.key == SCOPES_KEY for p in n.metadata_props):
             entry = n.metadata_props.add()
-            entry.key, entry.value = SCOPES_KEY, scopes[n.name]
+            entry.key, entry.value = SCOPES_KEY, scope
 
 
 # Node metadata that says nothing about the build machine. The exporter also writes

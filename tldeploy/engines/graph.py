@@ -54,3 +54,38 @@ def sort_topologically(graph) -> None:
         c.CopyFrom(n)
     del graph.node[:]
     graph.node.extend(copies)
+
+
+def name_every_node(model) -> int:
+    """Give each unnamed or repeated node a name of its own (`<op>_<position>`); returns how many.
+    ONNX allows either, but ONNX Runtime's quantizer and the INT8 mixes match nodes by name, and
+    its optimiser writes the HardSigmoid and Mul it splits a HardSwish into without names (a timm
+    MobileNetV3: 36 unnamed nodes, and a mix that read a later tensor: a cyclic graph)."""
+    seen: set[str] = set()
+    renamed = 0
+    for k, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            base, i = f"{n.op_type}_{k}", 0
+            while (name := base if i == 0 else f"{base}_{i}") in seen:
+                i += 1
+            n.name, renamed = name, renamed + 1
+        seen.add(n.name)
+    return renamed
+
+
+def check_written_graph(model, what: str) -> None:
+    """onnx.checker and a topological-order check on a graph tldeploy rewrote, before it is
+    written: a failure is a bug in the rewrite (RuntimeError, with its traceback)."""
+    import onnx
+
+    known = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    for n in model.graph.node:
+        missing = [t for t in n.input if t not in known]
+        if missing:
+            raise RuntimeError(f"tldeploy wrote a {what} graph whose node {n.name} ({n.op_type}) reads {missing[0]} before it is "
+                               "computed (out of order or cyclic; a bug: please report it)")
+        known.update(n.output)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise RuntimeError(f"tldeploy wrote an invalid {what} graph (a bug; please report it): {str(e)[:300]}") from e

@@ -35,6 +35,8 @@ def mixed_int8(float_model, qdq_model, quantized: Iterable[str]):
 
     wanted = set(quantized)
     qnodes = {n.name: n for n in qdq_model.graph.node}
+    if len(qnodes) != len(qdq_model.graph.node):  # a mix matches nodes by name: see graph.name_every_node
+        raise ValueError("mixed_int8 needs unique node names; name the float model's nodes before quantizing it")
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
     qinits = {i.name: i for i in qdq_model.graph.initializer}
     have = {i.name for i in float_model.graph.initializer}

@@ -31,7 +31,7 @@ import numpy as np
 
 from tldeploy.engines.calibration import CHECK_DEFAULTS, MIN_CALIB_IMAGES, CalibrationSet, ImageSet, spread
 from tldeploy.engines.capabilities import CALIB_METHODS
-from tldeploy.engines.graph import frontend_nodes
+from tldeploy.engines.graph import check_written_graph, frontend_nodes, name_every_node
 from tldeploy.engines.qdq import QdqStats, qdq_stats, split_backbone_head
 from tldeploy.errors import ConfigError, MissingDependencyError
 
@@ -209,6 +209,8 @@ class Quantizer:
         with _quiet_root_logger():
             quant_pre_process(str(self.onnx_path), str(self.pre), skip_symbolic_shape=True)
         self.float_model = onnx.load(str(self.pre))
+        if name_every_node(self.float_model):  # the quantizer must see the names the mixes use
+            onnx.save(self.float_model, str(self.pre))
         keep_name_scopes(onnx.load(str(self.onnx_path), load_external_data=False), self.float_model)
         self.front = frontend_nodes(self.float_model, contract)  # the log-mel stays float: power spectra span many decades
         _, self.head = split_backbone_head(self.float_model, self.front)
@@ -384,6 +386,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
         contract = q.contract
         regions = float_regions(q.float_model, list(units)) if units else 0
     write_contract(model, _with_precision(contract, "int8", cfg))
+    check_written_graph(model, "INT8")
     return QuantResult(model, cfg, calib, list(units), m, accept, passed, history, time.perf_counter() - t0, qdq_stats(model),
                        str(plan_path) if plan_path else None, regions)
 
