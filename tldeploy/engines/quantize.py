@@ -364,10 +364,12 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
             log.info("INT8 with the %d unit(s) of %s in float: top-1 agreement %.2f%%, KL %.2e on %s",
                      len(units), plan_path, 100 * m.top1_agreement, m.kl, accept.images)
         else:
-            log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", len(q.units()),
-                     min(cfg.rank_images, len(check.images)), accept.images, accept.describe())
-            _, ranked = rank_int8(q, spread(check.images, cfg.rank_images))
-            order = [e.unit for e in ranked]
+            order: list = []
+            if cfg.keep_float == "auto" or int(cfg.keep_float) > 0:  # fully quantized needs no ranking
+                log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", len(q.units()),
+                         min(cfg.rank_images, len(check.images)), accept.images, accept.describe())
+                _, ranked = rank_int8(q, spread(check.images, cfg.rank_images))
+                order = [e.unit for e in ranked]
             if cfg.keep_float == "auto":
                 # Errors of early layers compound, which a one-at-a-time ranking underrates, so
                 # graph order is tried beside it: the guard never needs more units than either.
