@@ -113,3 +113,21 @@ def test_audio_spectrograms_through_a_vit(tmp_path):
     assert all(r and r.logits_max_abs <= 1e-4 for _, r in result.parity)
     with OrtRunner(result.path) as r:
         assert run_batches(r, parity_inputs(model_prep(meta), None, 2))["cam"].shape == (2, *grid)
+
+
+def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run, tmp_path):
+    """The backbone ends where its name scopes end, not at its last convolution (a ViT's only one is
+    the patch embedding, which left every block in float): the blocks' MatMuls, LayerNorms,
+    Softmaxes and residual Adds read Q/DQ; the head's linear layers do not."""
+    import onnx
+
+    from tldeploy.engines.builder import BuildConfig, build
+
+    ckpt, data = vit_run
+    exported = export_onnx(ExportConfig(ckpt, tmp_path / "vit.onnx")).path
+    result = build(BuildConfig(exported, "int8", backend="ort", calib_data=data / "train", keep_float=0))
+    model = onnx.load(str(result.path))
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    fed = {n.op_type for n in model.graph.node if any(i in dq_out for i in n.input)}
+    assert {"MatMul", "LayerNormalization", "Softmax", "Add"} <= fed, sorted(fed)
+    assert "Gemm" not in fed  # the head's attention MLP and classifier (the blocks' linear layers are MatMuls)

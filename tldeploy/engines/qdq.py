@@ -1,5 +1,5 @@
 """Reading a Q/DQ graph: what it quantized and how (`qdq_stats`), and where the backbone ends and
-the head (kept float) begins (`split_backbone_head`)."""
+the head (kept float) begins (`head_nodes`)."""
 
 from __future__ import annotations
 
@@ -24,23 +24,32 @@ class QdqStats:
         return self.__dict__.copy()
 
 
-def split_backbone_head(model, frontend: frozenset[str] | set[str] = frozenset()) -> tuple[list[str], list[str]]:
-    """(convolutions of the backbone in graph order, names of head nodes); `frontend` nodes (an
-    audio model's log-mel) belong to neither.
+def head_nodes(model, frontend: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Names of the nodes after the backbone (attention head, pooling, classifier, CAM), which
+    INT8 keeps in float; `frontend` nodes (an audio model's log-mel) belong to neither.
 
-    The head is every node that does not feed the last convolution, except the activation right
-    after it (so that convolution stays fused with its activation)."""
+    The backbone is every node its modules' name scopes place in it (`backbone.…`) and every node
+    those read: a transformer's blocks after its one convolution (the patch embedding) included.
+    A graph without scopes falls back on the last convolution: what feeds it, and the activation
+    right after it (so that convolution stays fused with its activation)."""
+    from tldeploy.scopes import module_paths
+
     nodes = list(model.graph.node)
-    conv_idx = [i for i, n in enumerate(nodes) if n.op_type == "Conv" and n.name not in frontend]
-    if not conv_idx:
-        raise TldeployError("the ONNX graph has no Conv node; INT8 here quantizes convolutional backbones")
-    last = nodes[conv_idx[-1]]
-    keep = {last.name} | ancestors(model, *last.input)
-    consumers = [n for n in nodes if last.output[0] in n.input]
-    if len(consumers) == 1 and consumers[0].op_type in ("Clip", "Relu"):
-        keep.add(consumers[0].name)
-    convs = [nodes[i].name for i in conv_idx]
-    return convs, [n.name for n in nodes if n.name not in keep and n.name not in frontend]
+    paths = module_paths(model)
+    body = [n for n in nodes if paths.get(n.name, "").startswith("backbone.") and n.name not in frontend]
+    if body:
+        keep = {n.name for n in body} | ancestors(model, *(t for n in body for t in n.input))
+    else:
+        conv_idx = [i for i, n in enumerate(nodes) if n.op_type == "Conv" and n.name not in frontend]
+        if not conv_idx:
+            raise TldeployError("the ONNX graph has no Conv node and no backbone name scopes; INT8 here needs a tldeploy export "
+                                "or a convolutional backbone")
+        last = nodes[conv_idx[-1]]
+        keep = {last.name} | ancestors(model, *last.input)
+        consumers = [n for n in nodes if last.output[0] in n.input]
+        if len(consumers) == 1 and consumers[0].op_type in ("Clip", "Relu"):
+            keep.add(consumers[0].name)
+    return [n.name for n in nodes if n.name not in keep and n.name not in frontend]
 
 
 def qdq_stats(model) -> QdqStats:

@@ -32,7 +32,7 @@ import numpy as np
 from tldeploy.engines.calibration import CHECK_DEFAULTS, MIN_CALIB_IMAGES, CalibrationSet, ImageSet, spread
 from tldeploy.engines.capabilities import CALIB_METHODS
 from tldeploy.engines.graph import check_written_graph, frontend_nodes, name_every_node
-from tldeploy.engines.qdq import QdqStats, qdq_stats, split_backbone_head
+from tldeploy.engines.qdq import QdqStats, head_nodes, qdq_stats
 from tldeploy.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Quantizer:
             onnx.save(self.float_model, str(self.pre))
         keep_name_scopes(onnx.load(str(self.onnx_path), load_external_data=False), self.float_model)
         self.front = frontend_nodes(self.float_model, contract)  # the log-mel stays float: power spectra span many decades
-        _, self.head = split_backbone_head(self.float_model, self.front)
+        self.head = head_nodes(self.float_model, self.front)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache = self.cache_dir / f"calib-{_cache_key(sha256_file(self.onnx_path), self.calib, self.cfg, ort.__version__)}.json"
         self._full = None

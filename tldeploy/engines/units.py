@@ -67,10 +67,12 @@ def group_units(model, names: Iterable[str]) -> list[Unit]:
 
 
 def int8_units(float_model, qdq_model) -> list[Unit]:
-    """The units of `float_model` that `qdq_model` quantized (their inputs come from DequantizeLinear)."""
+    """The units of `float_model` that `qdq_model` quantized (their inputs come from DequantizeLinear);
+    a Reshape or Transpose between Q/DQ pairs (a transformer has many) moves data, never a unit."""
     qnodes = {n.name: n for n in qdq_model.graph.node}
     dq_out = {o for n in qdq_model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    names = [n.name for n in float_model.graph.node if n.name in qnodes and any(i in dq_out for i in qnodes[n.name].input)]
+    names = [n.name for n in float_model.graph.node if n.name in qnodes and n.op_type not in DATA_MOVEMENT
+             and any(i in dq_out for i in qnodes[n.name].input)]
     return group_units(float_model, names)
 
 
