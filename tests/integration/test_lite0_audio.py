@@ -58,7 +58,7 @@ def test_onnx_runtime_agrees_with_pytorch_on_the_audio_model(pretrained, audio_b
     print(f"\naudio bench on {doc['data']['images']} clips: reference {ref['accuracy']:.4f}; ORT FP32 {f32['accuracy']:.4f}, "
           f"agreement {f32['parity']['top1_agreement']:.4f}; ORT INT8 {i8['accuracy']:.4f}, agreement {i8['parity']['top1_agreement']:.4f}")
     assert f32["parity"]["top1_agreement"] >= 0.995 and f32["parity"]["logits_max_abs"] < 1e-3
-    assert i8["accuracy"] >= ref["accuracy"] - 0.05
+    assert i8["accuracy"] >= ref["accuracy"] - 0.05  # measured 0.800 vs 0.810 (AMD EPYC); passed on the Xeon VNNI class
 
 
 def test_robustness_of_the_audio_model_through_the_clip_corruptions(pretrained, audio_builds, tones, tmp_path):

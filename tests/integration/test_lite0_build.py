@@ -86,14 +86,16 @@ def test_demo_bench_on_the_real_model_validates_against_the_schema(ort_builds, f
     out = tmp_path / "bench.json"
     rc = main(["bench", str(fp32.path), str(int8.path), "--reference", str(fe_run.checkpoint), "--data", str(digits / "val"),
                "-o", str(out), "--batch-sizes", "1,8", "--iters", "10", "--rounds", "2", "--limit", "180", "-q",
-               "--max-top1-drop", "1", "--min-top1-agreement", "0.98"])
+               "--max-top1-drop", "2", "--min-top1-agreement", "0.98"])
     print("\n" + capsys.readouterr().out)
     assert rc == 0
     doc = json.loads(out.read_text())
     jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text())).validate(doc)
     ref, a32, a8 = doc["results"]
     assert doc["data"]["images"] == 180 and a32["parity"]["top1_agreement"] == 1.0 and a32["accuracy"] == ref["accuracy"]
-    assert a8["parity"]["accuracy_delta"] >= -0.01 and all(g["passed"] for g in a8["gates"])
+    # The guard kept >= 99% agreement on all 359 (at most 3 disagreements), so on these 180: agreement
+    # >= 177/180 > 0.98 and a drop of at most 3/180 < 2 points (measured 98.89% and -0.56 here).
+    assert a8["parity"]["accuracy_delta"] >= -0.02 and all(g["passed"] for g in a8["gates"])
     assert (out.parent / "bench_plots" / "latency.png").is_file() and "## digits.int8.ort.onnx" in out.with_suffix(".md").read_text()
 
 
@@ -208,7 +210,7 @@ def test_digits_bundle_verifies_elsewhere_and_deepstream_geometry_agrees(ort_bui
         contract = run_batches(normal, np.stack([prep.load(f) for f in files]))["logits"].argmax(1)
     agreement = float(np.mean(served == contract))
     print(f"\nDeepStream geometry (bilinear whole-frame scale) vs contract (bicubic resize + crop): top-1 agreement {agreement:.4f} on {len(files)}")
-    assert agreement >= 0.99
+    assert agreement >= 0.99  # measured 0.9972 at 160 px, 0.9944 at 224 (AMD EPYC and Xeon)
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +253,9 @@ def test_ood_gate_on_the_digits_model(ort_builds, fe_run, digits, photos, tmp_pa
           f"TPR {ref['tpr']:.4f}, FPR {ref['fpr_at_tpr']:.4f}; decisions unlike the reference's: "
           f"FP32 {rows['digits.fp32.ort.onnx']['disagreement']:.4f}, INT8 {rows['digits.int8.ort.onnx']['disagreement']:.4f}, "
           f"INT8 AUROC {rows['digits.int8.ort.onnx']['auroc']:.4f}")
-    assert ref["auroc"] >= 0.95 and rows["digits.fp32.ort.onnx"]["auroc"] >= 0.95
+    assert ref["auroc"] >= 0.95 and rows["digits.fp32.ort.onnx"]["auroc"] >= 0.95  # 0.9981 here at 160 px, 0.9956 at 224 (Xeon)
+    # Parity of the decision: 0 of 487 here, 1 of 599 on the Xeon (the threshold is a validation score,
+    # so one input can sit on it and float noise decides it).
     assert rows["digits.fp32.ort.onnx"]["disagreement"] <= 0.005
 
 
@@ -282,6 +286,8 @@ def test_shift_tells_a_shifted_target_from_the_training_data(fe_run, digits, tmp
         print(f"\nshift: val AUC {same['domain_auc']:.4f} FD {same['frechet_distance']:.4g}; shifted AUC {moved['domain_auc']:.4f} "
               f"FD {moved['frechet_distance']:.4g}, unknown {moved['unknown_share']:.2%}, accuracy {moved['accuracy']:.4f}; "
               f"one shift run over {same['target_inputs']} images: {seconds:.1f} s")
+    # Frozen ImageNet features, little training in them: val AUC 0.480 (160 px here; 0.465 at 224 on
+    # the AMD EPYC and the Xeon), shifted 0.998-1.000.
     assert same["domain_auc"] <= 0.6 and moved["domain_auc"] >= 0.9 and moved["frechet_distance"] > same["frechet_distance"]
     assert "the target has drifted" in capsys.readouterr().err
 
