@@ -101,7 +101,9 @@ def create_timm(
     pretrained = weights.kind == "default" and state_dict is None
     try:
         model = _create_model(timm, arch, pretrained, input_size)
-    except (ConfigError, TypeError, AssertionError, ValueError) as e:
+    except (TypeError, AssertionError, ValueError) as e:
+        if input_size is None:  # not a size the user chose: a bug or a broken timm model keeps its traceback
+            raise
         raise ConfigError(f"timm:{arch} cannot be built for a {input_size[0]}x{input_size[1]} input "
                           f"({type(e).__name__}: {str(e)[:160]}); try another --image-size") from None
     except Exception as e:
