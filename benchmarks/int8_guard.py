@@ -30,7 +30,6 @@ from tldeploy.contract import read_contract  # noqa: E402
 from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
 from tldeploy.engines.calibration import CalibrationSet, ImageSet  # noqa: E402
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose  # noqa: E402
-from tldeploy.engines.qdq import split_backbone_head  # noqa: E402
 from tldeploy.engines.quantize import QuantConfig, Quantizer  # noqa: E402
 from tldeploy.engines.sensitivity import Evaluator, task_metrics  # noqa: E402
 from tldeploy.runtime.host import cpu_info  # noqa: E402
@@ -45,7 +44,8 @@ def leading_search(onnx_path: Path, data: Path, rr: bool, target: float, val: Im
 
     with Quantizer(onnx_path, calib, QuantConfig.ort_x86(reduce_range=rr), artifacts.cache_dir() / "calibration") as q:
         ev = q.evaluator(val.images)
-        convs, _ = split_backbone_head(q.float_model, q.front)
+        outside = set(q.head) | q.front
+        convs = [n.name for n in q.float_model.graph.node if n.op_type == "Conv" and n.name not in outside]
         for k in range(limit + 1):
             if ev.metrics(q.mix(convs[:k])).top1_agreement >= target:
                 return k

@@ -30,13 +30,19 @@ def _scopes(node) -> list[str]:
 def module_path(node, initializers: set[str] | frozenset[str] = frozenset()) -> str:
     """The module `node` belongs to, relative to the adapted model ("" when none is recorded).
 
-    A weight named like a parameter wins over the scope: a convolution with a folded BatchNorm
-    carries the BatchNorm's scope, but its weight is still `model.<conv path>.weight`."""
-    for name in node.input[1:]:
-        if name in initializers and name.startswith(_ROOT) and name.endswith(".weight"):
-            return name[len(_ROOT) : -len(".weight")]
+    A convolution or linear layer's weight named like a parameter of a sibling module wins over
+    the scope: a convolution with a folded BatchNorm carries the BatchNorm's scope, but its weight
+    is still `model.<conv path>.weight`. Elsewhere the scope wins: the exporter keeps one copy of
+    identical initializers (untrained LayerNorms' all-ones weights), whose name is the first's."""
     modules = [s for s in _scopes(node)[:-1] if s.startswith(_ROOT)]  # the last entry is the op
-    return modules[-1][len(_ROOT) :] if modules else ""
+    scope = modules[-1][len(_ROOT) :] if modules else ""
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        for name in node.input[1:]:
+            if name in initializers and name.startswith(_ROOT) and name.endswith(".weight"):
+                path = name[len(_ROOT) : -len(".weight")]
+                if not scope or path.rpartition(".")[0] == scope.rpartition(".")[0]:
+                    return path
+    return scope
 
 
 def module_paths(model) -> dict[str, str]:
@@ -45,16 +51,34 @@ def module_paths(model) -> dict[str, str]:
     return {n.name: module_path(n, inits) for n in model.graph.node}
 
 
+def op_instances(model) -> dict[str, str]:
+    """{node name: the PyTorch op call it came from} for the nodes that record one: the nodes one
+    op decomposed into (GELU into Div, Erf, Add, Mul, Mul) share it."""
+    out = {}
+    for n in model.graph.node:
+        scopes = _scopes(n)
+        if scopes:
+            out[n.name] = ".".join(scopes)
+    return out
+
+
 def short_names(paths: list[str]) -> dict[str, str]:
     """Paths without the dotted prefix that every backbone path shares (`backbone.features.model.`
     for a timm backbone), so a report can say `blocks.1.0.conv_pw`; other paths stay whole."""
     inside = [p.split(".") for p in paths if p.startswith("backbone.")]
     common: list[str] = []
-    if len(inside) > 1:
+    while len(inside) > 1:
+        common = []
         for parts in zip(*inside):
             if len(set(parts)) != 1:
                 break
             common.append(parts[0])
+        # a node of the wrapper itself (a ViT's position-embedding Add, scoped `backbone.features`)
+        # would cut the prefix short of `model.`: such paths stay whole, the rest are shortened
+        deeper = [parts for parts in inside if len(parts) > len(common)]
+        if len(deeper) == len(inside):
+            break
+        inside = deeper
     cut = len(common)
     while cut and any(len(parts) > cut and parts[cut].isdigit() for parts in inside):
         cut -= 1  # `stages.2.0`, not `2.0`: a bare index names nothing

@@ -86,6 +86,30 @@ def test_units_are_named_by_their_pytorch_module(tiny):
     assert short == {"backbone.features.model.blocks.1.0.conv_pw": "blocks.1.0.conv_pw",
                      "backbone.features.model.conv_stem": "conv_stem", "head.classifier": "head.classifier"}
     assert short_names(convs)[convs[2]] == "stages.2.0"  # never a bare index
+    # a node of the wrapper itself (a ViT's position-embedding Add) stays whole and shortens nothing
+    vit = short_names(["backbone.features", "backbone.features.model.blocks.0.attn.qkv", "backbone.features.model.norm"])
+    assert vit == {"backbone.features": "backbone.features", "backbone.features.model.blocks.0.attn.qkv": "blocks.0.attn.qkv",
+                   "backbone.features.model.norm": "norm"}
+
+
+def test_a_shared_weight_does_not_rename_a_layer():
+    """The exporter keeps one copy of identical initializers (untrained LayerNorms' all-ones weights),
+    named after the first: a LayerNorm is named by its scope, a convolution by its weight only where
+    the weight's module is a sibling of the scope's (a folded BatchNorm)."""
+    from onnx import helper
+
+    from tldeploy.scopes import SCOPES_KEY, module_path
+
+    def node(op: str, scope: str, weight: str):
+        n = helper.make_node(op, ["x", f"model.{weight}.weight"], ["y"])
+        entry = n.metadata_props.add()
+        entry.key, entry.value = SCOPES_KEY, str(["", f"model.{scope}", "op"])
+        return n
+
+    inits = {"model.blocks.0.norm1.weight", "model.blocks.1.0.conv_pw.weight", "model.stem.conv.weight"}
+    assert module_path(node("LayerNormalization", "blocks.1.norm1", "blocks.0.norm1"), inits) == "blocks.1.norm1"
+    assert module_path(node("Conv", "blocks.1.0.bn1", "blocks.1.0.conv_pw"), inits) == "blocks.1.0.conv_pw"
+    assert module_path(node("Conv", "blocks.1.0.bn1", "stem.conv"), inits) == "blocks.1.0.bn1"
 
 
 def test_simplified_export_keeps_the_module_names(tiny, tmp_path):

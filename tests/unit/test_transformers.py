@@ -68,6 +68,26 @@ def test_a_vit_trains_exports_with_parity_and_its_cam_is_the_patch_grid(vit_run,
         assert f"backbone.features.model.{name}" in paths, sorted(p for p in paths if "blocks" in p)[:20]
 
 
+def test_a_vits_cam_overlay_and_attention_plugin_export(vit_run, tmp_path):
+    """predict draws the 12 x 12 patch-grid CAM upsampled to the 48 px input; the head's plugin
+    export replaces the channel attention with one ChannelAttention node, blocks untouched."""
+    from collections import Counter
+
+    import onnx
+    from PIL import Image
+
+    from tldeploy.predict import predict
+
+    ckpt, data = vit_run
+    image = sorted((data / "val").rglob("*.png"))[0]
+    [pred] = predict(ckpt, [image], top_k=2, cam_out=tmp_path / "cams")
+    assert pred.cam.shape == (12, 12) and Image.open(pred.cam_png).size == (48, 48)
+    plugin = onnx.load(str(export_onnx(ExportConfig(ckpt, tmp_path / "p.onnx", attention_plugin=True)).path))
+    ops = Counter(n.op_type for n in plugin.graph.node)
+    # Softmax: the two blocks' attention and `probs`; LayerNorm: two per block and the final one
+    assert ops["ChannelAttention"] == 1 and ops["Softmax"] == 3 and ops["LayerNormalization"] == 5
+
+
 def model_prep(meta):
     from tldeploy.modalities.preprocessing import preprocessing_from_dict
 
@@ -115,7 +135,29 @@ def test_audio_spectrograms_through_a_vit(tmp_path):
         assert run_batches(r, parity_inputs(model_prep(meta), None, 2))["cam"].shape == (2, *grid)
 
 
-def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run, tmp_path):
+@pytest.fixture(scope="module")
+def vit_onnx(vit_run, tmp_path_factory):
+    return export_onnx(ExportConfig(vit_run[0], tmp_path_factory.mktemp("vit_onnx") / "vit.onnx")).path
+
+
+def test_a_transformers_units_are_its_layers(vit_onnx):
+    """A linear layer on tokens (MatMul + bias Add) is one unit, so is the exact GELU (Div, Erf, Add,
+    Mul, Mul from one call); the attention's two MatMuls and Softmax are units of their own."""
+    import onnx
+
+    from tldeploy.engines.units import fp16_units
+
+    listed = [(u.short, u.op) for u in fp16_units(onnx.load(str(vit_onnx)), exclude=set())]
+    units = set(listed)
+    for block in (0, 1):
+        assert {(f"blocks.{block}.attn.qkv", "MatMul+Add"), (f"blocks.{block}.mlp.fc2", "MatMul+Add"),
+                (f"blocks.{block}.mlp.act", "Div+Erf+Add+Mul+Mul"), (f"blocks.{block}.attn", "Softmax"),
+                (f"blocks.{block}.norm1", "LayerNormalization"), (f"blocks.{block}", "Add")} <= units, sorted(units)
+    assert listed.count(("blocks.0.attn", "MatMul")) == 2 and listed.count(("blocks.0.attn", "Softmax")) == 1  # Q·K, A·V
+    assert ("backbone.features", "Add") in units  # the position embedding: the wrapper's own node keeps its whole path
+
+
+def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run, vit_onnx):
     """The backbone ends where its name scopes end, not at its last convolution (a ViT's only one is
     the patch embedding, which left every block in float): the blocks' MatMuls, LayerNorms,
     Softmaxes and residual Adds read Q/DQ; the head's linear layers do not."""
@@ -123,9 +165,8 @@ def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run,
 
     from tldeploy.engines.builder import BuildConfig, build
 
-    ckpt, data = vit_run
-    exported = export_onnx(ExportConfig(ckpt, tmp_path / "vit.onnx")).path
-    result = build(BuildConfig(exported, "int8", backend="ort", calib_data=data / "train", keep_float=0))
+    _, data = vit_run
+    result = build(BuildConfig(vit_onnx, "int8", backend="ort", calib_data=data / "train", keep_float=0))
     model = onnx.load(str(result.path))
     dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     fed = {n.op_type for n in model.graph.node if any(i in dq_out for i in n.input)}

@@ -6,7 +6,9 @@
 INT8: everything is quantized once (calibration ranges cached as for `build`), then each unit is
 measured twice against the float model on the validation images: with only it left in float, and
 with only it quantized (`sensitivity.sweep_int8`). FP16: each unit alone runs with FP16 storage,
-and its own output is compared with float32 (range, inf/NaN, relative error) as well as the task.
+and its own output is compared with float32 (range, inf/NaN, relative error) as well as the task;
+a LayerNormalization computes each of its steps in FP16, as TensorRT's FP16 normalization does, so
+squared deviations that overflow inside it (input and output in range) show (`mixed.fp16_emulated`).
 Units are ranked by score (nats of KL: the error a unit causes alone plus the error its float
 copy removes) and named by ONNX node and module path. The plan keeps the fewest top-ranked units
 in higher precision that reach the acceptance bar, measured on all the validation images.
@@ -235,7 +237,8 @@ def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
     search = choose({"ranked": [e.unit for e in ranked]}, scored, accept, cfg.max_units)
     section, plan = _plan_section(search, scored, accept, ranked, val.labels)
     return {
-        "fp16": {"evaluated": "FP16 storage of each unit's inputs, weights and outputs, float32 arithmetic (ONNX Runtime CPU)"},
+        "fp16": {"evaluated": "FP16 storage of each unit's inputs, weights and outputs, float32 arithmetic (ONNX Runtime CPU); "
+                              "LayerNormalization rounded to FP16 after each step, as TensorRT's FP16 normalization"},
         "reference": {"accuracy": _accuracy(val.labels, ev.reference)},
         "all_low": full.to_dict(),
         "units": _effect_rows(ranked, units),
@@ -261,8 +264,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         + ("" if plan["passed"] else f" — short of the bar ({plan['acceptance']['min_top1_agreement']:.2%})"),
         "",
         f"| rank | module | op | node | score | {low} alone: agreement / KL | rest {low}, it {high}: agreement / KL |"
-        + (" FP32 absmax | rel. error |" if doc["precision"] == "fp16" else ""),
-        "|---:|---|---|---|---:|---|---|" + ("---:|---:|" if doc["precision"] == "fp16" else ""),
+        + (" FP32 absmax | rel. error | FP16 internal peak |" if doc["precision"] == "fp16" else ""),
+        "|---:|---|---|---|---:|---|---|" + ("---:|---:|---:|" if doc["precision"] == "fp16" else ""),
     ]
     for u in ranked[:25]:
         af = u.get("alone_float")
@@ -270,7 +273,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
                  f"{u['alone_low']['top1_agreement']:.2%} / {u['alone_low']['kl']:.2e}",
                  f"{af['top1_agreement']:.2%} / {af['kl']:.2e}" if af else "—"]
         if "node" in u:
-            cells += [f"{u['node']['output_absmax']:.3g}" + (" (overflows)" if u["node"]["overflows_fp16"] else ""), f"{u['node']['relative_error']:.2e}"]
+            nd = u["node"]
+            peak = nd.get("internal_absmax")  # a LayerNormalization's squared deviations; none for other ops
+            cells += [f"{nd['output_absmax']:.3g}" + (" (overflows)" if nd["overflows_fp16"] else ""), f"{nd['relative_error']:.2e}",
+                      "—" if peak is None else f"{peak:.3g}" + (" (overflows)" if nd.get("internal_overflow") else "")]
         lines.append("| " + " | ".join(cells) + " |")
     if len(ranked) > 25:
         lines.append(f"\n{len(ranked) - 25} more unit(s) in diagnose.json.")

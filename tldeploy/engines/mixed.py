@@ -8,15 +8,25 @@
   (Cast pairs) and computes in float32: FP16 storage with FP32 arithmetic, which is what ONNX
   Runtime's CPU provider does with an FP16 graph and what TensorRT's FP16 convolutions and matrix
   products do (FP32 accumulation). Values beyond FP16's range become inf, as on the device.
+  A LayerNormalization is computed step by step with every intermediate rounded to FP16, as
+  TensorRT's normalization does in FP16 (it warns "layernorm ... in FP16 may cause overflow"):
+  a transformer's residual stream past about 256 squares to more than 65504 inside the layer
+  while its input and output fit, and only the steps show it (`_layer_norm_fp16`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 
 from tldeploy.engines.units import float_tensors
+
+# The probe's largest FP16 intermediate, before rounding, is exposed as `<output>` + INTERNAL for
+# the ops emulated step by step (a LayerNormalization's squared deviations).
+INTERNAL = "__internal"
+STEPWISE = ("LayerNormalization",)
 
 
 def _all_nodes(graph):
@@ -92,8 +102,10 @@ def mixed_int8(float_model, qdq_model, quantized: Iterable[str]):
 
 def fp16_emulated(float_model, nodes: Iterable[str], probe: str | None = None, floats: set[str] | None = None):
     """`float_model` with `nodes` computing on FP16-rounded inputs and weights and writing
-    FP16-rounded outputs. With `probe` (a node name), its output is also exposed as
-    `<output>` (rounded) and `<output>__ref` (the same node on unrounded inputs)."""
+    FP16-rounded outputs; a LayerNormalization among them also rounds each of its steps
+    (`_layer_norm_fp16`). With `probe` (a node name), its output is also exposed as `<output>`
+    (rounded) and `<output>__ref` (the same node on unrounded inputs), and for a LayerNormalization
+    `<output>__internal` (its squared deviations before rounding: beyond 65504 they overflow)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -105,10 +117,20 @@ def fp16_emulated(float_model, nodes: Iterable[str], probe: str | None = None, f
     del out.graph.node[:]
     rounded: dict[str, str] = {}
     F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    opset = next((o.version for o in float_model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    ranks: dict[str, int] = {}
 
     def cast_pair(src: str, dst: str) -> list:
         return [helper.make_node("Cast", [src], [dst + "__h"], to=F16, name=dst + "__to_fp16"),
                 helper.make_node("Cast", [dst + "__h"], [dst], to=F32, name=dst + "__to_fp32")]
+
+    def rank_of(tensor: str) -> int:
+        if not ranks:  # shape inference only for a LayerNormalization with a non-negative axis
+            inferred = onnx.shape_inference.infer_shapes(float_model)
+            for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+                if vi.type.tensor_type.HasField("shape"):
+                    ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+        return ranks.get(tensor, -1)
 
     for n in float_model.graph.node:
         if n.name not in wanted:
@@ -134,7 +156,12 @@ def fp16_emulated(float_model, nodes: Iterable[str], probe: str | None = None, f
                 node.output[j] = o + "__f32"
                 tail += cast_pair(o + "__f32", o)
                 rounded[o] = o  # already rounded: consumers in FP16 need no second cast
-        out.graph.node.append(node)
+        if n.op_type == "LayerNormalization":
+            steps, consts, internal = _layer_norm_fp16(node, opset, partial(rank_of, n.input[0]), cast_pair)
+            out.graph.node.extend(steps)
+            out.graph.initializer.extend(consts)
+        else:
+            out.graph.node.append(node)
         out.graph.node.extend(tail)
         if n.name == probe:
             ref = onnx.NodeProto()
@@ -147,4 +174,71 @@ def fp16_emulated(float_model, nodes: Iterable[str], probe: str | None = None, f
                 if o in floats:
                     out.graph.output.extend([helper.make_tensor_value_info(o, F32, None),
                                              helper.make_tensor_value_info(o + "__ref", F32, None)])
+            if n.op_type in STEPWISE:
+                out.graph.node.append(helper.make_node("Identity", [internal], [n.output[0] + INTERNAL], name=n.name + INTERNAL))
+                out.graph.output.append(helper.make_tensor_value_info(n.output[0] + INTERNAL, F32, None))
     return out
+
+
+def _layer_norm_fp16(node, opset: int, rank: Callable[[], int], cast_pair) -> tuple[list, list, str]:
+    """A LayerNormalization (`node`, its inputs already rounded) as the ONNX function that defines
+    it, each step computed in float32 and rounded to FP16: mean, d = X - mean, d*d, variance (their
+    mean), + epsilon, sqrt, d / sqrt, * Scale, + B. This is TensorRT's normalization running in
+    FP16: d*d beyond 65504 (|d| past about 256, common in a transformer's residual stream) is inf,
+    although X and Y fit. stash_type is not followed, so this is the worst case: TensorRT's ONNX
+    parser sets the layer's compute precision from it (FLOAT, torch's export, asks for float32),
+    while a LayerNorm exported before opset 17 (ReduceMean, Pow, ...) runs in FP16 as it stands.
+    A variance that overflowed makes the layer's output NaN: on the device the row collapses to
+    the bias (d / inf = 0) or turns NaN (E[x^2] - E[x]^2 = inf - inf, as fused kernels compute it),
+    meaningless either way, so the emulation marks it non-finite for the ranking to count it.
+    `rank()` gives X's rank (asked only for a non-negative axis). Returns (nodes, initializers,
+    the squared deviations' tensor before rounding)."""
+    from onnx import TensorProto, helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
+    r = rank() if axis >= 0 else -1  # a negative axis needs no rank
+    if axis < 0:
+        axes = list(range(axis, 0))
+    elif r >= 0:
+        axes = list(range(axis, r))
+    else:
+        raise ValueError(f"LayerNormalization {node.name!r} has axis {axis} and an input of unknown rank; "
+                         "FP16 emulation needs the rank (run onnx shape inference on the model, or export with a negative axis)")
+    p = node.name + "__fp16"
+    consts = [helper.make_tensor(p + "_eps", TensorProto.FLOAT, [], [eps]),
+              helper.make_tensor(p + "_nan", TensorProto.FLOAT, [], [float("nan")])]
+    if opset >= 18:  # ReduceMean's axes became an input in opset 18
+        consts.append(helper.make_tensor(p + "_axes", TensorProto.INT64, [len(axes)], axes))
+        reduce = {"inputs": [p + "_axes"], "attrs": {"keepdims": 1}}
+    else:
+        reduce = {"inputs": [], "attrs": {"keepdims": 1, "axes": axes}}
+    nodes: list = []
+
+    def step(op: str, inputs: list[str], out: str, rounded: bool = True, **kw) -> str:
+        """`op` in float32 writing `out`, then rounded to FP16 (unless `out` is the node's own
+        output, which the caller rounds)."""
+        nodes.append(helper.make_node(op, inputs, [out + "__f32" if rounded else out], name=out, **kw))
+        if rounded:
+            nodes.extend(cast_pair(out + "__f32", out))
+        return out
+
+    x, scale = node.input[0], node.input[1]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    y = node.output[0]
+    mean = step("ReduceMean", [x, *reduce["inputs"]], p + "_mean", **reduce["attrs"])
+    d = step("Sub", [x, mean], p + "_d")
+    sq = step("Mul", [d, d], p + "_sq")
+    var = step("ReduceMean", [sq, *reduce["inputs"]], p + "_var", **reduce["attrs"])
+    nodes.append(helper.make_node("IsInf", [var], [p + "_overflow"], name=p + "_overflow"))
+    var = step("Where", [p + "_overflow", p + "_nan", var], p + "_var_checked", rounded=False)
+    std = step("Sqrt", [step("Add", [var, p + "_eps"], p + "_var_eps")], p + "_std")
+    normed = step("Div", [d, std], p + "_normed")
+    step("Mul", [normed, scale], p + "_scaled" if bias else y, rounded=bias is not None)
+    if bias:
+        step("Add", [p + "_scaled", bias], y, rounded=False)
+    if len(node.output) > 1 and node.output[1]:
+        nodes.append(helper.make_node("Identity", [mean], [node.output[1]], name=p + "_mean_out"))
+    if len(node.output) > 2 and node.output[2]:
+        nodes.append(helper.make_node("Reciprocal", [std], [node.output[2]], name=p + "_inv_std_out"))
+    return nodes, consts, sq + "__f32"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import softmax
 
-from tldeploy.engines.mixed import fp16_emulated, mixed_int8
+from tldeploy.engines.mixed import INTERNAL, STEPWISE, fp16_emulated, mixed_int8
 from tldeploy.engines.units import Unit
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class UnitEffect:
     alone_float: TaskMetrics | None
     alone_low: TaskMetrics
     score: float  # nats: KL it causes alone + KL removed by keeping it in float
-    node: dict | None = None  # FP16: output absmax in float32, overflow, non-finite share, relative error
+    node: dict | None = None  # FP16: output absmax in float32, overflow, non-finite share, relative error, internal peak
 
     def to_dict(self) -> dict:
         return {**self.unit.to_dict(), "score": self.score,
@@ -136,9 +136,15 @@ class UnitEffect:
 
 
 def rank(effects: list[UnitEffect]) -> list[UnitEffect]:
-    """Most sensitive first; among equals, a unit whose own output leaves FP16's range, then graph
-    order (the first layer that breaks is where to look: everything after it inherits inf/NaN)."""
-    return sorted(effects, key=lambda e: (-round(e.score, 9), not (e.node or {}).get("overflows_fp16", False), e.unit.index))
+    """Most sensitive first: the most rows it alone makes inf/NaN; among those equal, a unit whose
+    own output or internal steps leave FP16's range (the first layer that breaks is where to look:
+    everything after it inherits inf/NaN, and their scores differ only in the finite rows' KL);
+    then the score, then graph order."""
+
+    def overflows(e: UnitEffect) -> bool:
+        return bool((e.node or {}).get("overflows_fp16") or (e.node or {}).get("internal_overflow"))
+
+    return sorted(effects, key=lambda e: (-e.alone_low.nonfinite, not overflows(e), -round(e.score, 9), e.unit.index))
 
 
 def sweep_int8(ev: Evaluator, float_model, qdq_model, units: list[Unit], full: TaskMetrics) -> list[UnitEffect]:
@@ -152,14 +158,25 @@ def sweep_int8(ev: Evaluator, float_model, qdq_model, units: list[Unit], full: T
 
 
 def sweep_fp16(ev: Evaluator, float_model, units: list[Unit], floats: set[str]) -> list[UnitEffect]:
+    """Each unit alone in FP16 (`fp16_emulated`), with its last node's output measured against
+    float32; for a node emulated step by step (a LayerNormalization), also its largest intermediate
+    before rounding (`internal_absmax`: the squared deviations), which overflows FP16 inside the
+    layer while its input and output fit (`internal_overflow`). Other nodes have no internal record
+    (`internal_absmax` None)."""
+    by_name = {n.name: n for n in float_model.graph.node}
     effects = []
     for u in units:
-        outputs = [o for n in float_model.graph.node if n.name == u.nodes[-1] for o in n.output if o in floats]
+        last = by_name[u.nodes[-1]]
+        outputs = [o for o in last.output if o in floats]
+        internal = [last.output[0] + INTERNAL] if last.op_type in STEPWISE else []
         model = fp16_emulated(float_model, u.nodes, probe=u.nodes[-1], floats=floats)
-        names = ["logits", *(x for o in outputs for x in (o, o + "__ref"))]
+        names = ["logits", *(x for o in outputs for x in (o, o + "__ref")), *internal]
 
-        def fold(acc, res, outputs=outputs):
-            acc = acc or {"absmax": 0.0, "nonfinite": 0, "size": 0, "err2": 0.0, "ref2": 0.0}
+        def fold(acc, res, outputs=outputs, internal=internal):
+            acc = acc or {"absmax": 0.0, "nonfinite": 0, "size": 0, "err2": 0.0, "ref2": 0.0, "internal": 0.0}
+            for t in internal:  # float32 squares of FP16-rounded deviations: finite, or NaN where X overflowed
+                v = res[t]
+                acc["internal"] = max(acc["internal"], float(np.abs(v[np.isfinite(v)]).max(initial=0.0)))
             for o in outputs:
                 low, ref = res[o].astype(np.float64), res[o + "__ref"].astype(np.float64)
                 fin = np.isfinite(low) & np.isfinite(ref)
@@ -175,7 +192,8 @@ def sweep_fp16(ev: Evaluator, float_model, units: list[Unit], floats: set[str]) 
         m = task_metrics(ev.reference, res["logits"])
         node = {"output_absmax": st["absmax"], "overflows_fp16": st["absmax"] > FP16_MAX,
                 "nonfinite_share": st["nonfinite"] / max(1, st["size"]),
-                "relative_error": (st["err2"] / st["ref2"]) ** 0.5 if st["ref2"] > 0 else 0.0}
+                "relative_error": (st["err2"] / st["ref2"]) ** 0.5 if st["ref2"] > 0 else 0.0,
+                "internal_absmax": st["internal"] if internal else None, "internal_overflow": bool(internal) and st["internal"] > FP16_MAX}
         effects.append(UnitEffect(u, None, m, m.kl, node))
     return effects
 

@@ -1,8 +1,10 @@
 """Units: what a builder keeps in higher precision as one piece.
 
-A unit is a Conv, Gemm or MatMul with the Relu/Clip that alone consumes its output (runtimes fuse
-the pair), or any other compute node (Add, Mul, pooling, a normalisation). Units are named by ONNX
-node and PyTorch module path.
+A unit is a Conv, Gemm or MatMul with what runtimes fuse into it: a MatMul's bias Add (a linear
+layer on tokens exports as MatMul + Add) and the Relu/Clip that alone consumes the output; the
+elementwise nodes one PyTorch op decomposed into (an exact GELU: Div, Erf, Add, Mul, Mul); or any
+other compute node (Add, Mul, Softmax, pooling, a normalisation). Units are named by ONNX node and
+PyTorch module path.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tldeploy.scopes import module_paths, short_names
+from tldeploy.scopes import module_paths, op_instances, short_names
 
 LEADS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FUSED_ACTIVATIONS = ("Relu", "Clip")
 # Nodes that only move or index data: exact in any precision, never a unit of their own.
+# Never merged into one op's unit: each is a unit of its own (the attention's two MatMuls and its
+# Softmax come from one scaled_dot_product_attention call, and each is ranked apart).
+OWN_UNIT = (*LEADS, "Softmax", "LayerNormalization")
 DATA_MOVEMENT = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Gather", "Slice", "Concat",
                  "Identity", "Cast", "Constant", "ArgMax", "ArgMin", "Expand", "Split", "Tile", "Pad", "Size")
 
@@ -39,8 +44,8 @@ class Unit:
 
 
 def group_units(model, names: Iterable[str]) -> list[Unit]:
-    """`names` (nodes of `model`) as units in graph order: a lead op takes the Relu/Clip that is the
-    sole consumer of its output."""
+    """`names` (nodes of `model`) as units in graph order: the nodes of one elementwise PyTorch op
+    together; a lead op with a MatMul's bias Add and the Relu/Clip that alone consumes its output."""
     wanted = set(names)
     nodes = list(model.graph.node)
     consumers: dict[str, list] = {}
@@ -48,17 +53,34 @@ def group_units(model, names: Iterable[str]) -> list[Unit]:
         for t in n.input:
             consumers.setdefault(t, []).append(n)
     graph_outputs = {o.name for o in model.graph.output}
+    constants = {i.name for i in model.graph.initializer}
     paths = module_paths(model)
+    instance = op_instances(model)
+    calls: dict[str, list] = {}  # PyTorch op call -> its nodes, in graph order
+    for n in nodes:
+        if n.name in instance:
+            calls.setdefault(instance[n.name], []).append(n)
     taken: set[str] = set()
     raw: list[tuple[int, list]] = []
+
+    def sole_user(node, ops: tuple[str, ...]):
+        users = consumers.get(node.output[0], []) if node.output[0] not in graph_outputs else []
+        return users[0] if len(users) == 1 and users[0].op_type in ops and users[0].name not in taken else None
+
     for i, n in enumerate(nodes):
         if n.name not in wanted or n.name in taken:
             continue
         group = [n]
-        if n.op_type in LEADS and n.output[0] not in graph_outputs:
-            users = consumers.get(n.output[0], [])
-            if len(users) == 1 and users[0].op_type in FUSED_ACTIVATIONS:
-                group.append(users[0])
+        siblings = calls.get(instance.get(n.name, ""), [])
+        if n.op_type not in OWN_UNIT and len(siblings) > 1 and not any(x.op_type in OWN_UNIT for x in siblings):
+            group = [x for x in siblings if x.name not in taken and x.op_type not in DATA_MOVEMENT]
+        elif n.op_type in LEADS:
+            bias = sole_user(n, ("Add",)) if n.op_type == "MatMul" else None
+            if bias is not None and any(t in constants for t in bias.input if t != n.output[0]):
+                group.append(bias)
+            act = sole_user(group[-1], FUSED_ACTIVATIONS)
+            if act is not None:
+                group.append(act)
         taken.update(g.name for g in group)
         raw.append((i, group))
     short = short_names([paths.get(g[0].name, "") for _, g in raw])
