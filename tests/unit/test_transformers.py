@@ -159,16 +159,23 @@ def test_a_transformers_units_are_its_layers(vit_onnx):
 
 def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run, vit_onnx):
     """The backbone ends where its name scopes end, not at its last convolution (a ViT's only one is
-    the patch embedding, which left every block in float): the blocks' MatMuls, LayerNorms,
-    Softmaxes and residual Adds read Q/DQ; the head's linear layers do not."""
+    the patch embedding, which left every block in float): with `--int8-preset none` the blocks'
+    MatMuls, LayerNorms, Softmaxes and residual Adds read Q/DQ; by default (the transformer preset)
+    only the matrix products do; the head's linear layers never."""
     import onnx
 
     from tldeploy.engines.builder import BuildConfig, build
 
     _, data = vit_run
-    result = build(BuildConfig(vit_onnx, "int8", backend="ort", calib_data=data / "train", keep_float=0))
-    model = onnx.load(str(result.path))
-    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    fed = {n.op_type for n in model.graph.node if any(i in dq_out for i in n.input)}
-    assert {"MatMul", "LayerNormalization", "Softmax", "Add"} <= fed, sorted(fed)
-    assert "Gemm" not in fed  # the head's attention MLP and classifier (the blocks' linear layers are MatMuls)
+
+    def fed_by_dq(preset: str):
+        result = build(BuildConfig(vit_onnx, "int8", backend="ort", calib_data=data / "train", keep_float=0, int8_preset=preset,
+                                   output=vit_onnx.with_name(f"vit.{preset}.int8.onnx"), force=True))
+        model = onnx.load(str(result.path))
+        dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return {n.op_type for n in model.graph.node if any(i in dq_out for i in n.input)}, result.record["quantization"]["preset"]
+
+    fed, preset = fed_by_dq("none")
+    assert {"MatMul", "LayerNormalization", "Softmax", "Add"} <= fed and "Gemm" not in fed and preset is None, sorted(fed)
+    fed, preset = fed_by_dq("auto")
+    assert fed == {"Conv", "MatMul"} and "blocks.1.norm2" in preset["float_units"] and "blocks.0.mlp.fc1" not in preset["float_units"]

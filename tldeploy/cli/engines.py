@@ -61,6 +61,7 @@ def _build_help() -> str:
 @click.option("--calib-samples", default=256, show_default=True, type=int, help="int8: images used (all if fewer).")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="minmax", show_default=True)
 @click.option("--int8-keep-float", "keep_float", default="auto", show_default=True, help="int8: units kept in float, most sensitive first: a number, or auto (as few as pass the guard, see above).")
+@click.option("--int8-preset", "int8_preset", type=click.Choice(("auto", "none")), default="auto", show_default=True, help="int8: auto: for a transformer backbone (LayerNorms, Softmaxes) only the matrix products are quantized and searched (measured better than quantizing all); none: every unit.")
 @click.option("--int8-min-agreement", "min_agreement", type=float, help="int8 auto: top-1 agreement with the FP32 ONNX to reach [default: 0.99 on --check-data, 1.0 on held-out calibration images].")
 @click.option("--int8-max-kl", "max_kl", type=float, help="int8 auto: mean KL divergence to stay under as well [default: none on --check-data, 0.002 on held-out images].")
 @click.option("--check-data", type=click.Path(path_type=Path), help="Images the model was not trained on (the validation set) to check the artifact on; the INT8 guard's promise is about them.")
@@ -108,8 +109,10 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
     q = r.get("quantization")
     if q:
         kept = [u["short"] or u["name"] for u in q["float_units"]]
+        preset = q.get("preset")
         click.echo(f"int8 {q['flavour']}: {q['activations']} activations, {q['weights']} weights; {q['qdq']['quantize']} Q / "
-                   f"{q['qdq']['dequantize']} DQ nodes; {len(kept)} unit(s) in float{': ' + ', '.join(kept) if kept else ''}")
+                   f"{q['qdq']['dequantize']} DQ nodes; {len(kept)} unit(s) in float{': ' + ', '.join(kept) if kept else ''}"
+                   + (f" besides the {len(preset['float_units'])} the {preset['name']} preset keeps" if preset else ""))
     check = r.get("check", {})
     if "top1_agreement" in check:
         click.echo(f"check vs FP32 ONNX on {check['images']}: top-1 agreement {check['top1_agreement']:.2%}, KL {check['kl']:.2e}"

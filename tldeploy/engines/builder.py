@@ -42,6 +42,7 @@ class BuildConfig:
     calib_samples: int = 256
     calib_method: str = "minmax"
     keep_float: int | str = "auto"
+    int8_preset: str = "auto"  # auto: the transformer preset (matrix products only) where the backbone has LayerNorms/Softmaxes
     min_agreement: float | None = None  # None: 0.99 on --check-data images, 1.0 on held-out calibration images
     max_kl: float | None = None  # None: none on --check-data images, a margin on held-out calibration images
     check_data: Path | None = None  # images the model was not trained on (validation), to hold INT8 to
@@ -200,7 +201,7 @@ def _build_data(cfg: BuildConfig, contract, backend: str) -> tuple[CalibrationSe
         assert cfg.calib_data is not None  # checked in BuildConfig
         calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
         quant = QuantConfig.for_backend(backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
-                                        keep_float=cfg.keep_float, min_agreement=cfg.min_agreement, max_kl=cfg.max_kl,
+                                        keep_float=cfg.keep_float, min_agreement=cfg.min_agreement, max_kl=cfg.max_kl, preset=cfg.int8_preset,
                                         **({"reduce_range": cfg.reduce_range} if backend == "ort" else {}))
     return calib, quant, check
 
@@ -210,7 +211,7 @@ def _quant_options(quant: QuantConfig | None) -> dict | None:
         return None
     return {"flavour": quant.flavour, "activation_type": quant.activation_type, "activation_symmetric": quant.activation_symmetric,
             "per_channel": quant.per_channel, "reduce_range": quant.reduce_range, "keep_float": quant.keep_float,
-            "min_agreement": quant.min_agreement, "max_kl": quant.max_kl}
+            "min_agreement": quant.min_agreement, "max_kl": quant.max_kl, "preset": quant.preset}
 
 
 def _trt_options(t: TrtConfig) -> dict:

@@ -147,12 +147,15 @@ def rank(effects: list[UnitEffect]) -> list[UnitEffect]:
     return sorted(effects, key=lambda e: (-e.alone_low.nonfinite, not overflows(e), -round(e.score, 9), e.unit.index))
 
 
-def sweep_int8(ev: Evaluator, float_model, qdq_model, units: list[Unit], full: TaskMetrics) -> list[UnitEffect]:
-    names = {n for u in units for n in u.nodes}
+def sweep_int8(ev: Evaluator, float_model, qdq_model, units: list[Unit], full: TaskMetrics,
+               floats: frozenset[str] | set[str] = frozenset()) -> list[UnitEffect]:
+    """Each unit's effect against `full`, the metrics of `units` quantized with `floats` (nodes a
+    preset keeps in float) and everything else in float."""
+    names = {n for u in units for n in u.nodes} - floats
     effects = []
     for u in units:
         alone_float = ev.metrics(mixed_int8(float_model, qdq_model, names - set(u.nodes)))
-        alone_low = ev.metrics(mixed_int8(float_model, qdq_model, u.nodes))
+        alone_low = ev.metrics(mixed_int8(float_model, qdq_model, set(u.nodes) - floats))
         effects.append(UnitEffect(u, alone_float, alone_low, alone_low.kl + max(0.0, full.kl - alone_float.kl)))
     return effects
 
