@@ -1,9 +1,15 @@
 """timm's transformers and hybrids end to end, with random weights on a few blob images per class:
 train -> export (parity within 1e-4, checked by export) -> ONNX Runtime FP32 and INT8 (every
 matrix product quantized, no guard: a random model has nothing to guard) -> bench against the
-checkpoint -> bundle -> verify in another folder. Small input sizes, one epoch, so the six run in
-the suite's budget; the real MobileNetV3 (the once-cyclic INT8 graph, guarded and fully quantized)
-is behind --runslow, where tests/unit/test_int8_graphs.py reproduces its block in seconds."""
+checkpoint -> bundle -> verify in another folder. Small input sizes, one epoch.
+
+Seconds from training to verify, 2 cores, AMD EPYC avx512-vnni: DeiT 18, DINOv2 28, Swin V2 47,
+EfficientViT 14, FastViT 17, ConvNeXt V2 17 (141 for the six), MobileNetV3 with its guarded build
+59. Most of it is the export (the ONNX optimiser's passes) and ONNX Runtime's quantizer on graphs
+of up to 28M parameters, so the suite (10 minutes) runs DeiT (two prefix tokens) and EfficientViT
+(a hybrid); the rest, and the real MobileNetV3 (the once-cyclic INT8 graph, guarded and fully
+quantized; tests/unit/test_int8_graphs.py reproduces its block in seconds), are behind --runslow.
+tests/unit/test_transformers.py covers the token path on the tiny ViT in seconds."""
 
 from __future__ import annotations
 
@@ -23,13 +29,15 @@ from tldeploy.train.training import TrainConfig, train
 
 MODELS = {  # name: input size (a multiple of the patch; DINOv2's patch is 14)
     "deit_tiny_distilled_patch16_224": 32,  # class and distillation tokens
-    "vit_small_patch14_reg4_dinov2": 56,  # class token and four registers
-    "swinv2_tiny_window8_256": 64,  # channels-last map
-    "efficientvit_b0": 64,  # hybrid: convolutions and linear attention
-    "fastvit_t8": 64,  # hybrid: reparameterised convolutions and attention
-    "convnextv2_atto": 32,
+    "efficientvit_b0": 32,  # hybrid: convolutions and linear attention
 }
-SLOW = {"mobilenetv3_large_100": 64}  # hard-swish and squeeze-excite: once a cyclic INT8 graph
+SLOW = {
+    "vit_small_patch14_reg4_dinov2": 28,  # class token and four registers
+    "swinv2_tiny_window8_256": 32,  # channels-last map
+    "fastvit_t8": 32,  # hybrid: reparameterised convolutions and attention
+    "convnextv2_atto": 32,  # a CNN with LayerNorms: the transformer INT8 preset applies
+    "mobilenetv3_large_100": 64,  # hard-swish and squeeze-excite: once a cyclic INT8 graph
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +58,7 @@ def test_a_timm_backbone_goes_from_training_to_a_verified_bundle(arch, blobs, tm
     assert all(r and r.logits_max_abs <= 1e-4 for _, r in exported.parity)
     fp32 = build(BuildConfig(exported.path, "fp32", backend="ort"))
     int8 = build(BuildConfig(exported.path, "int8", backend="ort", calib_data=blobs / "train", keep_float=0))
-    if arch in SLOW:  # and the guarded build: its ranking writes the mixed graphs that were cyclic
+    if arch.startswith("mobilenetv3"):  # and the guarded build: its ranking writes the mixed graphs that were cyclic
         guarded = build(BuildConfig(exported.path, "int8", backend="ort", calib_data=blobs / "train", check_data=blobs / "val",
                                     output=tmp_path / "guarded.int8.onnx"))
         assert guarded.record["quantization"]["search"]
