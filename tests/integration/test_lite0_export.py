@@ -56,6 +56,7 @@ def test_fp16_export_agrees_on_top1(fe_run, val_inputs, tmp_path):
     assert report.top1_agreement >= 0.995  # 100% here (AMD EPYC, 160 px): FP16 storage, FP32 arithmetic on this CPU
 
 
+@pytest.mark.slow  # a second export of the real model (12 s); tests/unit/test_export.py checks the plugin export on the tiny CNN
 def test_attention_plugin_export_has_one_node_per_block(fe_run, tmp_path):
     result = export_onnx(ExportConfig(fe_run.checkpoint, tmp_path / "p.onnx", attention_plugin=True))
     model = onnx.load(str(result.path))

@@ -6,8 +6,7 @@ checkpoint -> bundle -> verify in another folder. Small input sizes, one epoch.
 Seconds from training to verify, 2 cores, AMD EPYC avx512-vnni: DeiT 18, DINOv2 28, Swin V2 47,
 EfficientViT 14, FastViT 17, ConvNeXt V2 17 (141 for the six), MobileNetV3 with its guarded build
 59. Most of it is the export (the ONNX optimiser's passes) and ONNX Runtime's quantizer on graphs
-of up to 28M parameters, so the suite (10 minutes) runs DeiT (two prefix tokens) and EfficientViT
-(a hybrid); the rest, and the real MobileNetV3 (the once-cyclic INT8 graph, guarded and fully
+of up to 28M parameters, so the suite (10 minutes) runs DeiT (two prefix tokens); the rest, and the real MobileNetV3 (the once-cyclic INT8 graph, guarded and fully
 quantized; tests/unit/test_int8_graphs.py reproduces its block in seconds), are behind --runslow.
 tests/unit/test_transformers.py covers the token path on the tiny ViT in seconds."""
 
@@ -29,9 +28,9 @@ from tldeploy.train.training import TrainConfig, train
 
 MODELS = {  # name: input size (a multiple of the patch; DINOv2's patch is 14)
     "deit_tiny_distilled_patch16_224": 32,  # class and distillation tokens
-    "efficientvit_b0": 32,  # hybrid: convolutions and linear attention
 }
 SLOW = {
+    "efficientvit_b0": 32,  # hybrid: convolutions and linear attention
     "vit_small_patch14_reg4_dinov2": 28,  # class token and four registers
     "swinv2_tiny_window8_256": 32,  # channels-last map
     "fastvit_t8": 32,  # hybrid: reparameterised convolutions and attention
