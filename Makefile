@@ -17,7 +17,7 @@ demo: $(BIN)/.installed
 	$(BIN)/tldeploy demo --workdir $(WORK) --force
 
 # TensorRT cannot be installed here, so its code is checked against the real Python bindings of each
-# supported version (10.8, 10.16, 11.4), imported over stand-in libraries: mypy against stubs
+# supported version (10.3, 10.8, 10.16, 11.4), imported over stand-in libraries: mypy against stubs
 # generated from them, and every trt.<name> the code reads looked up in each (tools/trt_api.py,
 # which downloads the bindings wheels, about 1 MB each).
 TRT_API := $(VENV)/trt-api

@@ -1,4 +1,4 @@
-"""TensorRT end to end on the digits model, for a machine with an NVIDIA GPU and TensorRT >= 10.8.
+"""TensorRT end to end on the digits model, for a machine with an NVIDIA GPU and TensorRT >= 10.3.
 
     pip install -e '.[tensorrt]'
     python benchmarks/trt_digits.py --workdir /tmp/trt-digits

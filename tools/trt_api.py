@@ -34,8 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "tensorrt-cu12-bindings"  # the cu12 wheels cover 10.x and 11.x alike
-# Oldest supported, newest 10.x, newest 11.x. Each is a ~1 MB download and ~10 s of mypy.
-VERSIONS = {"10.8": "10.8.0.43", "10.16": "10.16.1.11", "11.4": "11.4.0.106"}
+# Oldest supported (JetPack 6.1/6.2 on Jetson Orin), the newest without
+# HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY (10.9 added it), newest 10.x, newest 11.x.
+# Each is a ~1 MB download and ~10 s of mypy.
+VERSIONS = {"10.3": "10.3.0", "10.8": "10.8.0.43", "10.16": "10.16.1.11", "11.4": "11.4.0.106"}
 STUBGEN = "pybind11-stubgen==2.5.5"
 NV_LIBRARIES = ("libnvinfer.so", "libnvinfer_plugin.so", "libnvonnxparser.so")
 

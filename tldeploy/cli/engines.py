@@ -72,7 +72,7 @@ def _build_help() -> str:
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT: timing cache file [default: one per TensorRT version and GPU in the cache].")
 @click.option("--plugins", multiple=True, type=click.Path(path_type=Path), help="TensorRT: plugin library to load, or auto (the one 'tldeploy plugins build' made); needed for ChannelAttention nodes.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: an engine later TensorRT versions can run (lean runtime).")
-@click.option("--hardware-compat", type=click.Choice(HARDWARE_COMPAT), default="none", show_default=True, help="TensorRT: run on other GPU architectures.")
+@click.option("--hardware-compat", type=click.Choice(HARDWARE_COMPAT), default="none", show_default=True, help="TensorRT: run on other GPU architectures (same-compute-capability needs TensorRT 10.9+).")
 @click.option("--force", is_flag=True, help="Rebuild even if an artifact is there (up to date or not).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")

@@ -4,6 +4,6 @@ its build record (the runners that run every artifact kind live in `tldeploy.run
 - `capabilities`: which backend builds which precision on which device
 - `quantize`: INT8 Q/DQ presets per target, calibration, the float-fallback guard
 - `fp16`: FP16 ONNX from an FP32 export
-- `tensorrt`: strongly typed engines (TensorRT 10.8+ and 11), imported lazily
+- `tensorrt`: strongly typed engines (TensorRT 10.3+ and 11), imported lazily
 - `builder`: `build(BuildConfig)`, the command's library function; `artifacts`: records and cache keys
 """

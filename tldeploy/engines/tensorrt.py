@@ -1,4 +1,4 @@
-"""TensorRT engines from ONNX, for TensorRT 10.8+ and 11.x.
+"""TensorRT engines from ONNX, for TensorRT 10.3+ and 11.x.
 
 Every engine is a strongly typed network: the precision is the ONNX file's (FP32, FP16, or INT8
 Q/DQ), never a builder flag. TensorRT 11 removed the FP16/INT8 flags and the calibrators and
@@ -87,6 +87,7 @@ class EngineFromOnnx:
                 f"{self.onnx_path} has ChannelAttention plugin nodes; pass --plugins PATH to the library from "
                 "cpp_plugins/ ('tldeploy plugins build'), or build the standard export"
             )
+        level = hardware_compatibility_level(cfg.hardware_compat)  # refused before any parsing where this TensorRT lacks it
         logger = create_logger()
         load_plugins(cfg.plugins)
         builder = trt.Builder(logger)
@@ -113,7 +114,7 @@ class EngineFromOnnx:
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
             if cfg.plugins:
                 config.plugins_to_serialize = [str(p) for p in cfg.plugins]
-        config.hardware_compatibility_level = hardware_compatibility_level(cfg.hardware_compat)
+        config.hardware_compatibility_level = level
         cache = None
         if cfg.timing_cache is not None:
             blob = cfg.timing_cache.read_bytes() if cfg.timing_cache.is_file() else b""

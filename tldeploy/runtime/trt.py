@@ -15,11 +15,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MIN_VERSION = (10, 8)
+MIN_VERSION = (10, 3)  # JetPack 6.1 and 6.2 (Jetson Orin) ship TensorRT 10.3
 
 
 def require_tensorrt() -> None:
-    """Raise a MissingDependencyError naming the extra unless TensorRT >= 10.8 imports."""
+    """Raise a MissingDependencyError naming the extra unless TensorRT >= 10.3 imports."""
     try:
         import tensorrt
     except ImportError:
@@ -85,7 +85,7 @@ HARDWARE_COMPAT = ("none", "ampere+", "same-compute-capability")  # --hardware-c
 
 def hardware_compatibility_level(name: str) -> trt.HardwareCompatibilityLevel:
     """The level `--hardware-compat NAME` asks for, chosen by what this TensorRT has rather than by
-    its version number: SAME_COMPUTE_CAPABILITY is in 10.16 and 11.x but not in 10.8."""
+    its version number: SAME_COMPUTE_CAPABILITY came in 10.9 (10.3 and 10.8 lack it)."""
     import tensorrt as trt
 
     levels = {
@@ -96,8 +96,8 @@ def hardware_compatibility_level(name: str) -> trt.HardwareCompatibilityLevel:
     level = levels[name]
     if level is None:
         raise ConfigError(
-            f"--hardware-compat {name} needs TensorRT with HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY "
-            f"(this is {trt.__version__}); use --hardware-compat ampere+ or none, or a newer TensorRT"
+            f"--hardware-compat {name} needs TensorRT >= 10.9 (HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY; "
+            f"this is {trt.__version__}); use --hardware-compat ampere+ or none, or a newer TensorRT"
         )
     return level
 
