@@ -193,6 +193,21 @@ def test_fp32_build_record_reuse_and_force(model_copy):
     assert not build(BuildConfig(onnx=other, backend="ort", output=first.path, force=True)).reused
 
 
+def test_build_record_names_the_jetpack_release(model_copy, tmp_path, monkeypatch):
+    """On a Jetson the record says which JetPack (and L4T) the artifact was built under; it is
+    information, not part of the cache key (TensorRT's version and the GPU are)."""
+    from tldeploy.runtime import host
+
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n")
+    monkeypatch.setattr(host, "NV_TEGRA_RELEASE", release)
+    first = build(BuildConfig(onnx=model_copy, backend="ort"))
+    assert first.record["jetson"] == {"l4t": "36.4.3", "jetpack": "6.2"}
+    assert json.loads(Path(str(first.path) + ".json").read_text())["jetson"] == {"l4t": "36.4.3", "jetpack": "6.2"}
+    monkeypatch.setattr(host, "NV_TEGRA_RELEASE", tmp_path / "absent")  # the same build seen from a machine that is no Jetson
+    assert build(BuildConfig(onnx=model_copy, backend="ort")).reused
+
+
 def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
     """The build's own check runs the file it wrote (before it takes the output's name) against the
     FP32 ONNX on the --check-data images: an honest copy agrees everywhere, a copy corrupted on its

@@ -35,6 +35,7 @@ from tldeploy.deploy.serving import NvinferNormalisation, normalisation_from_con
 from tldeploy.deploy.verify import VerifyConfig, verify
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.errors import ConfigError
+from tldeploy.runtime import host
 from tldeploy.runtime.runners import OrtRunner, run_batches
 
 
@@ -99,6 +100,9 @@ def test_bundle_is_self_contained_and_names_nothing_of_this_machine(bundled):
 
 def test_verify_in_another_folder_passes_then_names_a_changed_byte(bundled, tmp_path, monkeypatch):
     root = _moved(bundled, tmp_path)
+    release = tmp_path / "nv_tegra_release"  # verify as on a Jetson flashed with JetPack 6.0
+    release.write_text("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: Mon May  6 17:34:21 UTC 2024\n")
+    monkeypatch.setattr(host, "NV_TEGRA_RELEASE", release)
     result = verify(VerifyConfig(root, device="cpu"))
     by = {c.artifact: c for c in result.checks}
     assert by["model.onnx"].passed and by["artifacts/tiny.fp32.ort.onnx"].passed and by["artifacts/tiny.int8.ort.onnx"].passed
@@ -106,7 +110,10 @@ def test_verify_in_another_folder_passes_then_names_a_changed_byte(bundled, tmp_
     # The engine from the Orin is refused from its record, before anything tries to deserialize it.
     engine = by["artifacts/tiny.fp16.orin.engine"]
     assert not engine.passed and "built with TensorRT 10.8.0.43 on Orin (sm 8.7)" in engine.detail and "--build" in engine.detail
+    assert "under JetPack 6.0 (L4T 36.3.0)" in engine.detail
     assert not result.passed and (root / "verify" / "verify.json").is_file() and (root / "verify" / "verify.md").is_file()
+    assert ", JetPack 6.0 (L4T 36.3.0)" in (root / "verify" / "verify.md").read_text().splitlines()[2]
+    assert json.loads((root / "verify" / "verify.json").read_text())["device"]["jetson"]["release"] == {"l4t": "36.3.0", "jetpack": "6.0"}
 
     # One flipped byte: named, and nothing runs.
     loaded = []
@@ -144,6 +151,27 @@ def test_another_models_record_is_refused_before_loading(bundled, built, tmp_pat
     ckpt, data, work, artifacts = built
     with pytest.raises(ConfigError, match="built from an ONNX file not in the bundle"):
         bundle(BundleConfig((_other_export(tmp_path, artifacts[0]), artifacts[2]), ckpt, data / "val", tmp_path / "b2"))
+
+
+def test_engine_refusal_names_the_jetpack_of_the_build_and_of_this_device(tmp_path, monkeypatch):
+    """The one line that refuses an engine built by another TensorRT says under which JetPack it
+    was built and which this device runs, where each is known."""
+    import tldeploy.engines.tensorrt as trt_engines
+    import tldeploy.runtime.trt as trt_runtime
+
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: Mon May  6 17:34:21 UTC 2024\n")
+    monkeypatch.setattr(host, "NV_TEGRA_RELEASE", release)
+    monkeypatch.setattr(trt_engines, "trt_version", lambda: "8.6.2.3")
+    monkeypatch.setattr(trt_runtime, "gpu_info", lambda: {"gpu": "Orin", "compute_capability": "8.7"})
+    record = {"tools": {"tensorrt": "10.3.0.30"}, "gpu": {"gpu": "Orin", "compute_capability": "8.7"},
+              "jetson": {"l4t": "36.4.3", "jetpack": "6.2"}}
+    assert verify_mod._engine_mismatch(record) == ("built with TensorRT 10.3.0.30 on Orin (sm 8.7) under JetPack 6.2 (L4T 36.4.3); "
+                                                   "this machine has TensorRT 8.6.2.3 under JetPack 6.0 (L4T 36.3.0)")
+    # A record from a non-Jetson, read on a non-Jetson: the message names neither.
+    monkeypatch.setattr(host, "NV_TEGRA_RELEASE", tmp_path / "absent")
+    del record["jetson"]
+    assert verify_mod._engine_mismatch(record) == "built with TensorRT 10.3.0.30 on Orin (sm 8.7); this machine has TensorRT 8.6.2.3"
 
 
 def _other_export(tmp_path: Path, onnx_path: Path) -> Path:

@@ -91,6 +91,14 @@ def _robustness_tables(rb: dict[str, Any] | None, unit: str | None) -> list[str]
     return lines
 
 
+def _jetson_release(jetson: dict[str, Any]) -> str:
+    """"JetPack 6.2 (L4T 36.4.3)" where the release was parsed; else nv_tegra_release's line as recorded."""
+    from tldeploy.runtime.host import JetsonRelease
+
+    release = JetsonRelease.from_dict(jetson.get("release"))
+    return release.describe() if release else jetson["l4t"]
+
+
 def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
     env, cfg = doc["environment"], doc["config"]
     gpu = env.get("gpu") or {}
@@ -99,7 +107,7 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
         f"- CPU: {env['cpu']['model']}, {env['cpu']['logical_cores']} logical cores; threads: {cfg['threads'] or 'backend default'}"
         + (f"; class {env['cpu']['class']} ({', '.join(env['cpu'].get('features') or []) or 'no listed features'})" if env["cpu"].get("class") else ""),
         f"- GPU: {gpu.get('name', 'none')}" + (f", driver {gpu.get('driver')}" if gpu else ""),
-        *([f"- Jetson: {env['jetson']['l4t']}, power mode {env['jetson'].get('power_mode')}"] if env.get("jetson") else []),
+        *([f"- Jetson: {_jetson_release(env['jetson'])}, power mode {env['jetson'].get('power_mode')}"] if env.get("jetson") else []),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         f"- environment fingerprint: `{env['fingerprint']}`",
     ]

@@ -174,15 +174,19 @@ def _engine_mismatch(record: dict[str, Any]) -> str | None:
     built_trt = (record.get("tools") or {}).get("tensorrt")
     built_gpu = record.get("gpu") or {}
     here_trt, here_gpu = trt_version(), gpu_info()
-    where = f"built with TensorRT {built_trt} on {built_gpu.get('gpu', 'an unknown GPU')} (sm {built_gpu.get('compute_capability', '?')})"
+    # The JetPack releases, where known, say which JetPack to flash or build under.
+    built_os, here_os = host.JetsonRelease.from_dict(record.get("jetson")), host.read_jetson_release()
+    where = (f"built with TensorRT {built_trt} on {built_gpu.get('gpu', 'an unknown GPU')} (sm {built_gpu.get('compute_capability', '?')})"
+             + (f" under {built_os.describe()}" if built_os else ""))
+    here = f" under {here_os.describe()}" if here_os else ""
     if here_trt is None:
-        return f"{where}; this machine has no TensorRT"
+        return f"{where}; this machine has no TensorRT{here}"
     if not here_gpu:
-        return f"{where}; this machine has no visible CUDA GPU"
+        return f"{where}; this machine has no visible CUDA GPU{here}"
     if built_trt != here_trt:
-        return f"{where}; this machine has TensorRT {here_trt}"
+        return f"{where}; this machine has TensorRT {here_trt}{here}"
     if built_gpu.get("compute_capability") != here_gpu.get("compute_capability"):
-        return f"{where}; this GPU is {here_gpu.get('gpu')} (sm {here_gpu.get('compute_capability')})"
+        return f"{where}; this machine has {here_gpu.get('gpu')} (sm {here_gpu.get('compute_capability')}){here}"
     return None
 
 
@@ -233,7 +237,7 @@ def _plugin_library(root: Path, out: Path) -> Path:
 
 
 def fingerprint() -> dict[str, Any]:
-    """The device: CPU, GPU, tool versions (TensorRT, CUDA), and a Jetson's L4T release, power mode and clocks."""
+    """The device: CPU, GPU, tool versions (TensorRT, CUDA), and a Jetson's L4T and JetPack release, power mode and clocks."""
     from tldeploy.runtime.trt import gpu_info
 
     return {"cpu": host.cpu_info(), "gpu": gpu_info(), "tools": host.tool_versions(), "jetson": host.jetson_info()}
@@ -249,9 +253,11 @@ def _write_report(out: Path, root: Path, manifest: dict[str, Any], result: Verif
         "checks": [c.__dict__ for c in result.checks],
     }
     write_json(out / "verify.json", doc)
+    release = host.JetsonRelease.from_dict((doc["device"]["jetson"] or {}).get("release"))
     lines = [f"# verify {root.name}: {'passed' if result.passed else 'FAILED'}", "",
              f"device: CPU {doc['device']['cpu']['name']} ({doc['device']['cpu']['class']}), "
-             f"GPU {doc['device']['gpu'].get('gpu', 'none')}, TensorRT {doc['device']['tools'].get('tensorrt') or 'none'}", "",
+             f"GPU {doc['device']['gpu'].get('gpu', 'none')}, TensorRT {doc['device']['tools'].get('tensorrt') or 'none'}"
+             + (f", {release.describe()}" if release else ""), "",
              "| artifact | result | detail |", "|---|---|---|"]
     lines += [f"| {c.artifact} | {'skip' if c.skipped else 'pass' if c.passed else 'FAIL'} | {c.detail} |" for c in result.checks]
     write_text(out / "verify.md", "\n".join(lines) + "\n")

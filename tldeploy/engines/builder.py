@@ -22,6 +22,7 @@ from tldeploy._io import atomic_path, now, write_json
 from tldeploy.engines import artifacts
 from tldeploy.engines.calibration import CalibrationSet
 from tldeploy.engines.capabilities import PRECISIONS, check_target, default_device
+from tldeploy.engines.inspector import summarize_layers
 from tldeploy.engines.quantize import QuantConfig
 from tldeploy.engines.tensorrt import TrtConfig
 from tldeploy.errors import ConfigError, OutputExistsError, TldeployError
@@ -167,6 +168,7 @@ def build(cfg: BuildConfig) -> BuildResult:
         record["artifact_sha256"] = sha256_file(output)
         record["size_bytes"] = output.stat().st_size
         record["cpu"] = host.cpu_info()
+        record["jetson"] = release.to_dict() if (release := host.read_jetson_release()) else None  # JetPack and L4T on a Jetson
         # An ONNX artifact carries its own (updated) contract; an engine's record carries the input's.
         record["contract"] = (read_contract(output) if output.suffix == ".onnx" else replace(contract, precision=cfg.precision)).to_props()
         record["created"] = now()
@@ -274,8 +276,19 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
     with atomic_path(layers_path) as lt:
         lt.write_text(layers)
     extra["layer_info"] = layers_path.name
+    extra["layers"] = _layer_summary(layers, layers_path)
     extra["timing_cache"] = str(trt_cfg.timing_cache)
     return extra
+
+
+def _layer_summary(text: str, path: Path) -> dict[str, Any] | None:
+    """Layer count, types, output precisions and I/O tensors of the engine inspector's document;
+    None, with a warning, where TensorRT wrote one this tldeploy cannot read (the engine is fine)."""
+    try:
+        return summarize_layers(text, path).to_dict()
+    except TldeployError as e:
+        log.warning("%s; the engine is built, its record has no layer summary", e)
+        return None
 
 
 def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
