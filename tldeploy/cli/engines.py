@@ -112,7 +112,8 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
         preset = q.get("preset")
         click.echo(f"int8 {q['flavour']}: {q['activations']} activations, {q['weights']} weights; {q['qdq']['quantize']} Q / "
                    f"{q['qdq']['dequantize']} DQ nodes; {len(kept)} unit(s) in float{': ' + ', '.join(kept) if kept else ''}"
-                   + (f" besides the {len(preset['float_units'])} the {preset['name']} preset keeps" if preset else ""))
+                   + (f"; the transformer preset keeps {len(preset['float_units'])} more and the bias Adds in float "
+                      "(only the matrix products quantized)" if preset else ""))
     check = r.get("check", {})
     if "top1_agreement" in check:
         click.echo(f"check vs FP32 ONNX on {check['images']}: top-1 agreement {check['top1_agreement']:.2%}, KL {check['kl']:.2e}"
