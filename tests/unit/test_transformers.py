@@ -164,6 +164,7 @@ def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run,
     only the matrix products do; the head's linear layers never."""
     import onnx
 
+    from tldeploy.bench.bench import build_summary
     from tldeploy.engines.builder import BuildConfig, build
 
     _, data = vit_run
@@ -173,9 +174,12 @@ def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run,
                                    output=vit_onnx.with_name(f"vit.{preset}.int8.onnx"), force=True))
         model = onnx.load(str(result.path))
         dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        return {n.op_type for n in model.graph.node if any(i in dq_out for i in n.input)}, result.record["quantization"]["preset"]
+        return {n.op_type for n in model.graph.node if any(i in dq_out for i in n.input)}, result.record
 
-    fed, preset = fed_by_dq("none")
-    assert {"MatMul", "LayerNormalization", "Softmax", "Add"} <= fed and "Gemm" not in fed and preset is None, sorted(fed)
-    fed, preset = fed_by_dq("auto")
+    fed, record = fed_by_dq("none")
+    assert {"MatMul", "LayerNormalization", "Softmax", "Add"} <= fed and "Gemm" not in fed, sorted(fed)
+    assert record["quantization"]["preset"] is None and build_summary(record)["preset"] is None
+    fed, record = fed_by_dq("auto")
+    preset = record["quantization"]["preset"]
     assert fed == {"Conv", "MatMul"} and "blocks.1.norm2" in preset["float_units"] and "blocks.0.mlp.fc1" not in preset["float_units"]
+    assert build_summary(record)["preset"] == preset["name"]  # bench says what else the build kept in float

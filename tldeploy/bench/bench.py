@@ -85,6 +85,7 @@ def build_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
     check = record.get("check") or {}
     return {
         "kept_high_precision": [u.get("short") or u.get("module") or u.get("name") for u in units or []],
+        "preset": ((q.get("preset") or {}).get("name") if q else None),  # INT8: the transformer preset, when it applied
         "precision_plan": (record.get("precision_plan") or {}).get("path"),
         "check": {k: check.get(k) for k in ("top1_agreement", "kl", "n", "images")} if "top1_agreement" in check else None,
     }

@@ -138,7 +138,8 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
         b = r.get("build")
         if b:
             kept = ", ".join(f"`{k}`" for k in b["kept_high_precision"]) or "none"
-            lines.append(f"- kept in higher precision by the build: {kept}" + (f" (plan {b['precision_plan']})" if b["precision_plan"] else ""))
+            lines.append(f"- kept in higher precision by the build: {kept}" + (f" (plan {b['precision_plan']})" if b["precision_plan"] else "")
+                         + (f"; besides, the {b['preset']} preset" if b.get("preset") else ""))
             if b["check"]:
                 c = b["check"]
                 kl = f", KL {c['kl']:.3g}" if c.get("kl") is not None else ""
