@@ -382,11 +382,11 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
         ev = q.evaluator(check.images)
         floats = transformer_preset(q.units()) if plan is None and cfg.preset == "auto" else set()
         base = sorted(floats)
-        candidates = [u for u in q.units() if not set(u.nodes) <= floats]
-        preset = [u for u in q.units() if set(u.nodes) <= floats]
+        preset = [u for u in q.units() if set(u.nodes) <= floats]  # wholly in float; the others are searched
+        searched = len(q.units()) - len(preset)
         if base:
             log.info("INT8 transformer preset: the %d matrix products quantized, their bias Adds and %d other units "
-                     "(normalisations, Softmaxes, activations, Adds) in float (--int8-preset none quantizes all)", len(candidates), len(preset))
+                     "(normalisations, Softmaxes, activations, Adds) in float (--int8-preset none quantizes all)", searched, len(preset))
 
         def metrics_for(units) -> object:
             return ev.metrics(q.mix(base + [n for u in units for n in u.nodes]))
@@ -402,7 +402,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
         else:
             order: list = []
             if cfg.keep_float == "auto" or int(cfg.keep_float) > 0:  # fully quantized needs no ranking
-                log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", len(candidates),
+                log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", searched,
                          min(cfg.rank_images, len(check.images)), accept.images, accept.describe())
                 _, ranked = rank_int8(q, spread(check.images, cfg.rank_images), floats)
                 order = [e.unit for e in ranked]
