@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from tldeploy.cli import bench, data, demo, deploy, engines, export, plugins, predict, shift, train  # noqa: F401  (they register the commands)
+from tldeploy.cli import bench, data, demo, deploy, engines, export, plugins, predict, qat, shift, train  # noqa: F401  (they register the commands)
 from tldeploy.cli._common import cli
 from tldeploy.errors import TldeployError
 

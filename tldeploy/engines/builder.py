@@ -55,8 +55,6 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.precision == "int8" and self.calib_data is None:
-            raise ConfigError("--precision int8 needs --calib-data DIR: real images to calibrate on (the training folder works)")
         if self.precision != "int8" and self.calib_data is not None:
             raise ConfigError(f"--calib-data is for --precision int8; {self.precision} needs no calibration")
         if self.precision == "fp32" and self.precision_plan is not None:
@@ -131,8 +129,9 @@ def build(cfg: BuildConfig) -> BuildResult:
     device = cfg.device or default_device(backend)
     cap = check_target(cfg.precision, backend, device)
     output = _checked_output(cfg, onnx_path, contract, backend, device)
+    qat = _qat_target(cfg, contract, backend, onnx_path)
     _require_runtime(backend, device, cfg.precision)
-    calib, quant, check = _build_data(cfg, contract, backend)
+    calib, quant, check = _build_data(cfg, contract, backend, qat)
     from tldeploy.runtime.trt import gpu_info
 
     record: dict[str, Any] = {
@@ -192,19 +191,38 @@ def _checked_output(cfg: BuildConfig, onnx_path: Path, contract, backend: str, d
     return output
 
 
-def _build_data(cfg: BuildConfig, contract, backend: str) -> tuple[CalibrationSet | None, QuantConfig | None, Any]:
-    """(calibration images, quantization options) for INT8, and the check images when given."""
+def _qat_target(cfg: BuildConfig, contract, backend: str, onnx_path: Path):
+    """The QAT record of an INT8 build's input (None for a float-trained one), refused for a
+    target it was not trained for; a float-trained one needs calibration images."""
+    from tldeploy.engines.quantize import QatRecord
+
+    qat = QatRecord.from_contract(contract, str(onnx_path)) if cfg.precision == "int8" else None
+    if cfg.precision == "int8" and cfg.calib_data is None and qat is None:
+        raise ConfigError("--precision int8 needs --calib-data DIR: real images to calibrate on (the training folder works)")
+    if qat is not None:
+        width = qat.reduce_range if cfg.reduce_range is None else cfg.reduce_range  # unset: as trained
+        qat.check_target(QuantConfig.for_backend(backend, **({"reduce_range": width} if backend == "ort" else {})), str(onnx_path))
+        if cfg.calib_data is not None:
+            log.info("--calib-data %s ignored: %s was quantization-aware trained, its ranges are built in", cfg.calib_data, onnx_path)
+    return qat
+
+
+def _build_data(cfg: BuildConfig, contract, backend: str, qat) -> tuple[CalibrationSet | None, QuantConfig | None, Any]:
+    """(calibration images, quantization options) for INT8, and the check images when given. A
+    quantization-aware trained export (`qat`) is built as it was trained: no calibration."""
     calib = quant = check = None
     if cfg.check_data is not None:
         from tldeploy.engines.calibration import ImageSet
 
         check = ImageSet.from_folder(cfg.check_data, contract.preprocessing, contract.classes)
     if cfg.precision == "int8":
-        assert cfg.calib_data is not None  # checked in BuildConfig
+        options = dict(calib_method=cfg.calib_method, calib_samples=cfg.calib_samples, keep_float=cfg.keep_float,
+                       min_agreement=cfg.min_agreement, max_kl=cfg.max_kl, preset=cfg.int8_preset)
+        ort_width = {"reduce_range": cfg.reduce_range} if backend == "ort" else {}
+        if qat is not None:
+            return None, qat.quant_config(**{**options, "calib_method": "minmax"}), check
         calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
-        quant = QuantConfig.for_backend(backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
-                                        keep_float=cfg.keep_float, min_agreement=cfg.min_agreement, max_kl=cfg.max_kl, preset=cfg.int8_preset,
-                                        **({"reduce_range": cfg.reduce_range} if backend == "ort" else {}))
+        quant = QuantConfig.for_backend(backend, **options, **ort_width)
     return calib, quant, check
 
 
@@ -238,7 +256,8 @@ def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path
                            plan_path=cfg.precision_plan)
         extra["qdq_flavour"] = quant.flavour
         extra["quantization"] = q.summary()
-        extra["check"] = extra["quantization"]["check"]  # the guard measured the artifact's graph already
+        if q.metrics is not None:
+            extra["check"] = extra["quantization"]["check"]  # the guard measured the artifact's graph already
         model = q.model
     elif cfg.precision == "fp16":
         fp32_model = load_onnx(onnx_path)

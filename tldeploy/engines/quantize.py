@@ -128,13 +128,99 @@ class QuantConfig:
         return cls.tensorrt(**kw) if backend == "tensorrt" else cls.ort_x86(**kw)
 
 
+QAT_KEY = "qat"  # the contract entry (and checkpoint metadata) of a quantization-aware trained model
+QAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class QatRecord:
+    """What `tldeploy qat` trained for, carried from its checkpoint through the export's contract
+    to the build: the flavour and weight width, every calibrated range (the trained ones
+    replaced), and the nodes it computed in float. The build writes Q/DQ from these ranges
+    instead of calibrating."""
+
+    flavour: str
+    reduce_range: bool
+    ranges: dict[str, tuple[float, float]]
+    float_nodes: tuple[str, ...]
+    info: dict = field(default_factory=dict)  # epochs, validation, source: recorded, not interpreted
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ConfigError(f"QAT record: flavour must be one of {', '.join(FLAVOURS)}, got {self.flavour!r}")
+        for name, (lo, hi) in self.ranges.items():
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+                raise ConfigError(f"QAT record: range of {name} is not a finite [lo, hi] ({lo}, {hi})")
+
+    def to_dict(self) -> dict:
+        return {"format_version": QAT_VERSION, "flavour": self.flavour, "reduce_range": self.reduce_range,
+                "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in self.ranges.items()},
+                "float_nodes": list(self.float_nodes), **self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> QatRecord:
+        try:
+            if int(d.get("format_version", 0)) > QAT_VERSION:
+                raise ConfigError(f"{source}: QAT record version {d['format_version']} is newer than this tldeploy ({QAT_VERSION}); upgrade tldeploy")
+            ranges = {str(k): (float(v[0]), float(v[1])) for k, v in d["ranges"].items()}
+            nodes = tuple(str(n) for n in d.get("float_nodes", []))
+            info = {k: v for k, v in d.items() if k not in ("format_version", "flavour", "reduce_range", "ranges", "float_nodes")}
+            return cls(str(d["flavour"]), bool(d["reduce_range"]), ranges, nodes, info)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise ConfigError(f"{source} has a broken QAT record ({type(e).__name__}: {e}); re-run tldeploy qat and export again") from None
+
+    @classmethod
+    def from_contract(cls, contract, source: str) -> QatRecord | None:
+        text = contract.extra.get(QAT_KEY)
+        if not text:
+            return None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source} has a broken QAT record ({e}); re-export it") from None
+        return cls.from_dict(doc, source)
+
+    def quant_config(self, **kw) -> QuantConfig:
+        """The quantization QAT simulated."""
+        if self.flavour == "tensorrt":
+            return QuantConfig.tensorrt(**kw)
+        return QuantConfig.ort_x86(reduce_range=self.reduce_range, **kw)
+
+    def check_target(self, cfg: QuantConfig, source: str) -> None:
+        """A build for another flavour or weight width would not compute what QAT trained."""
+        if cfg.flavour != self.flavour or (cfg.flavour == "ort-x86" and cfg.reduce_range != self.reduce_range):
+            trained = f"{self.flavour}{' with 7-bit weights' if self.reduce_range and self.flavour == 'ort-x86' else ''}"
+            asked = f"{cfg.flavour}{' with 7-bit weights' if cfg.reduce_range and cfg.flavour == 'ort-x86' else ''}"
+            backend = "tensorrt" if self.flavour == "tensorrt" else "ort"
+            raise ConfigError(f"{source} was quantization-aware trained for {trained}, not {asked}; build it with --backend {backend}"
+                              f"{(' --reduce-range' if self.reduce_range else ' --no-reduce-range') if backend == 'ort' else ''}, "
+                              f"or run tldeploy qat --flavour {'tensorrt' if cfg.flavour == 'tensorrt' else 'ort-x86'} for that target")
+
+    def write_cache(self, path: Path) -> None:
+        """The ranges as ONNX Runtime's calibration cache, which quantize_static reads instead of calibrating."""
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+
+        data = {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in self.ranges.items()}
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
+
+
+def read_ranges(path: Path) -> dict[str, tuple[float, float]]:
+    """{tensor: (lo, hi)} of an ONNX Runtime calibration cache."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    return {k: (float(np.asarray(v.range_value[0]).item()), float(np.asarray(v.range_value[1]).item()))
+            for k, v in load_tensors_data(path).data.items()}
+
+
 @dataclass
 class QuantResult:
     model: object  # onnx.ModelProto
     config: QuantConfig
-    calibration: CalibrationSet
+    calibration: CalibrationSet | None  # None: quantization-aware trained ranges, nothing calibrated
     float_units: list  # sensitivity.Unit kept in float, most sensitive first
-    metrics: object  # sensitivity.TaskMetrics of the result on the check images
+    metrics: object  # sensitivity.TaskMetrics of the result on the check images (None: no check images)
     acceptance: object  # sensitivity.Acceptance it was held to
     passed: bool
     history: list  # (units in float, TaskMetrics) of the search
@@ -143,24 +229,31 @@ class QuantResult:
     plan: str | None = None  # the precision plan applied, if any
     float_regions: int = 0  # connected pieces the float units form (each costs a float/INT8 boundary)
     preset_units: list = field(default_factory=list)  # sensitivity.Unit the transformer preset kept in float
+    qat: QatRecord | None = None  # the quantization-aware training the ranges come from
 
     def summary(self) -> dict:
         m = self.metrics
+        if m is None:
+            check: dict = {"skipped": "no check images (pass --check-data)", "images": self.acceptance.images}
+        else:
+            check = {**m.to_dict(), "images": self.acceptance.images, "criterion": self.acceptance.to_dict(), "passed": self.passed,
+                     "evaluated": "Q/DQ graph as written" if self.config.evaluated_as_written else "onnxruntime CPU kernels"}
+        calibration = ({"method": self.config.calib_method, "images": len(self.calibration.images), "source": self.calibration.source,
+                        "sha256": self.calibration.sha256} if self.calibration is not None else None)
         return {
             "flavour": self.config.flavour,
             "activations": f"{self.config.activation_type} {'symmetric' if self.config.activation_symmetric else 'asymmetric'}",
             "weights": f"int8 symmetric {'per-channel' if self.config.per_channel else 'per-tensor'}"
             + (", 7-bit (reduce_range)" if self.config.reduce_range else ""),
-            "calibration": {"method": self.config.calib_method, "images": len(self.calibration.images),
-                            "source": self.calibration.source, "sha256": self.calibration.sha256},
+            "calibration": calibration,
+            "qat": {k: v for k, v in self.qat.to_dict().items() if k not in ("ranges", "float_nodes")} if self.qat else None,
             "float_units": [{"name": u.name, "module": u.module, "short": u.short, "op": u.op, "nodes": list(u.nodes)}
                             for u in self.float_units],
             "plan": self.plan,
-            "preset": {"name": "transformer: matrix products only", "float_units": [u.short or u.name for u in self.preset_units]}
+            "preset": {"name": "as quantization-aware training computed" if self.qat else "transformer: matrix products only", "float_units": [u.short or u.name for u in self.preset_units]}
             if self.preset_units else None,
             "float_regions": self.float_regions,
-            "check": {**m.to_dict(), "images": self.acceptance.images, "criterion": self.acceptance.to_dict(), "passed": self.passed,
-                      "evaluated": "Q/DQ graph as written" if self.config.evaluated_as_written else "onnxruntime CPU kernels"},
+            "check": check,
             "search": [{"order": o, "float_units": k, "top1_agreement": h.top1_agreement, "kl": h.kl} for o, k, h in self.history],
             "qdq": self.stats.to_dict(),
         }
@@ -200,7 +293,7 @@ class Quantizer:
     """Calibrates once (the ranges are cached across builds), then writes Q/DQ models with any
     set of nodes left in float. A context manager: it owns a temporary folder."""
 
-    def __init__(self, onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cache_dir: Path) -> None:
+    def __init__(self, onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path) -> None:
         self.onnx_path, self.calib, self.cfg, self.cache_dir = Path(onnx_path), calib, cfg, Path(cache_dir)
         self._tmp: tempfile.TemporaryDirectory | None = None
 
@@ -233,8 +326,18 @@ class Quantizer:
         keep_name_scopes(onnx.load(str(self.onnx_path), load_external_data=False), self.float_model)
         self.front = frontend_nodes(self.float_model, contract)  # the log-mel stays float: power spectra span many decades
         self.head = head_nodes(self.float_model, self.front)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.cache = self.cache_dir / f"calib-{_cache_key(sha256_file(self.onnx_path), self.calib, self.cfg, ort.__version__)}.json"
+        # A quantization-aware trained export brings its ranges: they are written as the cache
+        # quantize_static reads, so nothing is calibrated and the trained scales are the ones written.
+        self.qat = QatRecord.from_contract(contract, str(self.onnx_path))
+        if self.qat is not None:
+            self.qat.check_target(self.cfg, str(self.onnx_path))
+            self.cache = self.tmp / "qat-ranges.json"
+            self.qat.write_cache(self.cache)
+        elif self.calib is None:
+            raise ConfigError(f"--precision int8 needs --calib-data DIR to calibrate {self.onnx_path} on (the training folder works)")
+        else:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self.cache = self.cache_dir / f"calib-{_cache_key(sha256_file(self.onnx_path), self.calib, self.cfg, ort.__version__)}.json"
         self._full = None
         self._units: list | None = None
         return self
@@ -285,7 +388,8 @@ class Quantizer:
             quantize_static,
         )
 
-        cfg, images, name = self.cfg, self.calib.images, self.contract.input_name
+        cfg, name = self.cfg, self.contract.input_name
+        images = self.calib.images if self.calib is not None else np.zeros((0,), np.float32)
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
@@ -357,15 +461,21 @@ def transformer_preset(units: list) -> set[str]:
     return {n for u in units for i, n in enumerate(u.nodes) if i or u.op.split("+")[0] not in MATRIX_PRODUCTS}
 
 
-def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cache_dir: Path,
+def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path,
                    check: ImageSet | None = None, plan=None, plan_path: Path | None = None) -> QuantResult:
     """The Q/DQ ModelProto of the float ONNX at `onnx_path`, calibrated on `calib`, with the units
-    the plan names, or the guard chooses, left in float (see the module docstring)."""
-    from tldeploy.contract import write_contract
+    the plan names, or the guard chooses, left in float (see the module docstring). A quantization-
+    aware trained export needs no `calib`: its own ranges are written (`_qat_model`)."""
+    from tldeploy.contract import read_contract, write_contract
     from tldeploy.engines.sensitivity import Acceptance, choose
     from tldeploy.engines.units import Unit, float_regions
 
     t0 = time.perf_counter()
+    if QatRecord.from_contract(read_contract(onnx_path), str(onnx_path)) is not None:
+        with Quantizer(onnx_path, None, cfg, cache_dir) as q:
+            return _qat_model(q, cfg, check, plan, plan_path, t0)
+    if calib is None:
+        raise ConfigError(f"--precision int8 needs --calib-data DIR to calibrate {onnx_path} on (the training folder works)")
     held_out = check is None
     if held_out:
         check = ImageSet.holdout_of(calib)
@@ -427,6 +537,50 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet, cfg: QuantConfig, cac
     check_written_graph(model, "INT8")
     return QuantResult(model, cfg, calib, list(units), m, accept, passed, history, time.perf_counter() - t0, qdq_stats(model),
                        str(plan_path) if plan_path else None, regions, preset)
+
+
+def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, plan_path: Path | None, t0: float) -> QuantResult:
+    """The Q/DQ model of a quantization-aware trained export: its trained ranges, the nodes QAT
+    computed in float, and only what a plan or `--int8-keep-float N` adds; the check images (if
+    any) measure it, the guard searches nothing."""
+    from tldeploy.contract import write_contract
+    from tldeploy.engines.sensitivity import Acceptance
+    from tldeploy.engines.units import Unit, float_regions
+
+    assert q.qat is not None
+    floats = set(q.qat.float_nodes)
+    units: list = []
+    if plan is not None:
+        plan.check_nodes(q.float_model, plan_path, q.onnx_path)
+        units = [Unit.from_dict(u) for u in plan.units]
+    elif cfg.keep_float != "auto" and int(cfg.keep_float) > 0:
+        if check is None:
+            raise ConfigError("--int8-keep-float N on a quantization-aware trained export needs --check-data DIR to rank the units on")
+        _, ranked = rank_int8(q, spread(check.images, cfg.rank_images), floats)
+        units = [e.unit for e in ranked][: int(cfg.keep_float)]
+    floats |= {n for u in units for n in u.nodes}
+    model = q.mix(sorted(floats))
+    preset = [u for u in q.units() if set(u.nodes) <= set(q.qat.float_nodes)]
+    accept = Acceptance(cfg.min_agreement if cfg.min_agreement is not None else CHECK_DEFAULTS["validation"][0],
+                        cfg.max_kl if cfg.max_kl is not None else CHECK_DEFAULTS["validation"][1],
+                        check.describe() if check is not None else "no check images")
+    m, passed, history = None, True, []
+    if check is not None:
+        m = q.evaluator(check.images).metrics(model)
+        passed, history = accept.accepts(m), [("qat", len(units), m)]
+        log.info("INT8 from quantization-aware training (%s), %d unit(s) kept in float: top-1 agreement with FP32 %.2f%%, KL %.2e on %s",
+                 q.qat.flavour, len(units), 100 * m.top1_agreement, m.kl, accept.images)
+        if not passed:
+            log.warning("the QAT artifact stays short of %s on %s; keep units in float with --int8-keep-float N or a plan, "
+                        "or train QAT longer", accept.describe(), accept.images)
+    else:
+        log.info("INT8 from quantization-aware training (%s): written from its trained ranges, nothing calibrated; "
+                 "pass --check-data DIR to measure its agreement with FP32", q.qat.flavour)
+    write_contract(model, _with_precision(q.contract, "int8", cfg))
+    check_written_graph(model, "INT8")
+    regions = float_regions(q.float_model, units) if units else 0
+    return QuantResult(model, cfg, None, units, m, accept, passed, history, time.perf_counter() - t0, qdq_stats(model),
+                       str(plan_path) if plan_path else None, regions, preset, qat=q.qat)
 
 
 def _with_precision(contract, precision: str, cfg: QuantConfig):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -106,6 +107,8 @@ def export_onnx(cfg: ExportConfig) -> ExportResult:
     check_writable(out, force=cfg.force)
     model, meta = load_checkpoint(cfg.checkpoint)
     prep = preprocessing_from_dict(meta["preprocessing"])
+    if meta.get("qat") and cfg.input_format == "raw":
+        raise ConfigError(f"{cfg.checkpoint} is quantization-aware trained on normalised inputs; export it without --input-format raw")
     contract = Contract(
         classes=list(meta["classes"]),
         preprocessing=prep,
@@ -114,7 +117,9 @@ def export_onnx(cfg: ExportConfig) -> ExportResult:
         tldeploy_version=tldeploy.__version__,
         precision="fp16" if cfg.fp16 else "fp32",
         attention="plugin" if cfg.attention_plugin else "standard",
-        extra={"opset": str(cfg.opset), "batch": str(cfg.static_batch) if cfg.static_batch else "dynamic"},
+        # A quantization-aware trained checkpoint's record (tldeploy qat) goes on to the build.
+        extra={"opset": str(cfg.opset), "batch": str(cfg.static_batch) if cfg.static_batch else "dynamic",
+               **({"qat": json.dumps(meta["qat"])} if meta.get("qat") else {})},
         ood=meta.get("ood"),
     )
     proto = _export_proto(model, prep, cfg)

@@ -1,0 +1,372 @@
+"""`tldeploy qat`: a trained checkpoint -> a quantization-aware trained one, for one INT8 target.
+
+1. The checkpoint is exported (in memory's temporary folder) and quantized as `tldeploy build
+   --precision int8` would for the flavour: the same calibration, units, transformer preset and
+   precision plan. That graph's Q/DQ points are found in the PyTorch model (`placement.py`).
+2. The model is fine-tuned with fake quantization at exactly those points (`fakequant.py`):
+   distilled from its own float predictions (so a folder of unlabelled images is enough, and
+   agreement with FP32 is what is optimised), BatchNorm statistics and dropout frozen (the whole
+   model runs in eval mode, as the export computes), activation ranges learnt from their
+   calibrated start. The validation images pick the best epoch; epoch 0 is the calibrated
+   starting point, so QAT never returns a model worse on them than post-training quantization.
+3. The checkpoint records what it is (`QatRecord`: flavour, weight width, every range, the float
+   nodes); `tldeploy export` carries it into the ONNX contract and `tldeploy build --precision
+   int8` writes Q/DQ from it without calibrating. Before writing, the run builds that artifact
+   itself and measures it as the target computes, so the numbers in metrics.json are the
+   artifact's, not the simulation's.
+
+Under torchrun each process trains on its shard (DistributedSampler); the ranges are parameters of
+the wrapped model, so DDP starts them from rank 0's values and averages their gradients like the
+weights'. Rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tldeploy._io import atomic_dir, sha256_file, write_json
+from tldeploy.engines.quantize import FLAVOURS, PRESETS, QatRecord, QuantConfig
+from tldeploy.errors import ConfigError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+PROBE_IMAGES = 4  # images the placement compares PyTorch and ONNX values on
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    checkpoint: Path
+    calib_data: Path  # the training images: calibration and fine-tuning (labels not needed)
+    data: Path  # validation images in class folders: the best epoch, and the report
+    out_dir: Path
+    flavour: str = "ort-x86"
+    reduce_range: bool | None = None  # ort-x86: 7-bit weights; None = on for CPUs without VNNI, as build decides
+    epochs: int = 3
+    lr: float = 1e-5
+    range_lr: float = 1e-3  # the activation ranges learn faster than the weights: they start calibrated, not trained
+    batch_size: int = 32
+    samples_per_epoch: int | None = None  # None: every training image each epoch
+    calib_samples: int = 256
+    keep_float: Path | None = None  # a precision plan (tldeploy diagnose) whose units QAT and the build keep in float
+    preset: str = "auto"
+    device: str = "cpu"
+    seed: int = 0
+    workers: int = 0
+    quiet: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ConfigError(f"--flavour must be one of {', '.join(FLAVOURS)}, got {self.flavour!r}")
+        if self.flavour == "tensorrt" and self.reduce_range:
+            raise ConfigError("--reduce-range is for --flavour ort-x86; TensorRT takes 8-bit weights")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if not (self.lr > 0 and self.range_lr >= 0):
+            raise ConfigError(f"--lr must be > 0 and --range-lr >= 0, got {self.lr} and {self.range_lr}")
+        if self.batch_size < 1 or self.calib_samples < 1:
+            raise ConfigError(f"--batch-size and --calib-samples must be at least 1, got {self.batch_size} and {self.calib_samples}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise ConfigError(f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--int8-preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+
+    def quant_config(self) -> QuantConfig:
+        if self.flavour == "tensorrt":
+            return QuantConfig.tensorrt()
+        return QuantConfig.ort_x86(reduce_range=self.reduce_range)
+
+
+@dataclass
+class QatResult:
+    checkpoint: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def qat(cfg: QatConfig) -> QatResult:
+    """Quantization-aware training as `cfg` says; writes OUT_DIR/model.pt and metrics.json."""
+    from tldeploy.train.distributed import Dist
+
+    dist = Dist(cfg.device)
+    try:
+        return _Qat(cfg, dist).run()
+    finally:
+        dist.close()
+
+
+class _Qat:
+    def __init__(self, cfg: QatConfig, dist) -> None:
+        from tldeploy.models.checkpoints import load_checkpoint_and_tensors
+
+        self.cfg, self.dist = cfg, dist
+        self.out = Path(cfg.out_dir)
+        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())) and not cfg.force:
+            raise OutputExistsError(f"QAT run folder {self.out} already exists; pass --force to replace it")
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        if dist.enabled and self.device.type == "cuda":
+            import os
+
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.model, self.meta, self.tensors = load_checkpoint_and_tensors(cfg.checkpoint)
+        if self.meta.get("qat"):
+            src = (self.meta["qat"].get("source") or {}).get("checkpoint", "the float checkpoint it came from")
+            raise ConfigError(f"{cfg.checkpoint} is already quantization-aware trained ({self.meta['qat'].get('flavour')}); "
+                              f"run tldeploy qat on the float checkpoint ({src}) instead")
+        self.plan = None
+        if cfg.keep_float is not None:
+            from tldeploy.engines.plan import load_plan
+
+            self.plan = load_plan(cfg.keep_float)
+        self.qcfg = cfg.quant_config()
+
+    # ------------------------------------------------------------ setup
+
+    def run(self) -> QatResult:
+        from tldeploy.engines import artifacts
+        from tldeploy.engines.calibration import CalibrationSet, ImageSet
+        from tldeploy.engines.quantize import Quantizer, read_ranges, transformer_preset
+        from tldeploy.modalities.preprocessing import preprocessing_from_dict
+        from tldeploy.qat.placement import find_placement
+
+        cfg, t0 = self.cfg, time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        prep = preprocessing_from_dict(self.meta["preprocessing"])
+        classes = list(self.meta["classes"])
+        calib = CalibrationSet.from_folder(cfg.calib_data, prep, cfg.calib_samples)
+        val = ImageSet.from_folder(cfg.data, prep, classes, flag="--data")
+        if val.labels is None:
+            raise ConfigError(f"--data {cfg.data} should hold one folder per class ({', '.join(classes[:3])}, ...) to measure accuracy on")
+        with tempfile.TemporaryDirectory(prefix="tldeploy-qat-") as tmp:
+            onnx_path = self._export(cfg.checkpoint, Path(tmp) / "float.onnx")
+            with Quantizer(onnx_path, calib, self.qcfg, artifacts.cache_dir() / "calibration") as q:
+                floats = transformer_preset(q.units()) if cfg.preset == "auto" and self.plan is None else set()
+                if self.plan is not None:
+                    self.plan.check_applies(cfg.keep_float, sha256_file(onnx_path), "int8", cfg.checkpoint)
+                    self.plan.check_nodes(q.float_model, cfg.keep_float, cfg.checkpoint)
+                    floats |= set(self.plan.nodes)
+                graph = q.mix(sorted(floats))
+                calibrated = read_ranges(q.cache)
+                placement = find_placement(self.model, q.float_model, graph, calibrated, calib.images[:PROBE_IMAGES], self.qcfg)
+                ptq = q.evaluator(val.images).metrics(graph)
+            log.info("QAT for %s: %d activation ranges, %d weights fake-quantized; post-training quantization starts at "
+                     "%.2f%% top-1 agreement with FP32 on %s", self._target(), len(placement.ranges), len(placement.weights),
+                     100 * ptq.top1_agreement, val.describe())
+            fq, history, best = self._train(placement, prep, val)
+            record = self._record(placement, calibrated, fq, floats, calib, history, best, ptq)
+            final, mismatched = self._measure(record, val, Path(tmp), fq)
+        metrics = {
+            "target": self._target(), "flavour": self.qcfg.flavour, "reduce_range": self.qcfg.reduce_range,
+            "validation": val.describe(), "fp32_accuracy": _accuracy(self.val_teacher, val.labels),
+            "ptq": {"top1_agreement": ptq.top1_agreement, "kl": ptq.kl, "evaluated": _evaluated(self.qcfg)},
+            "qat": {**final, "evaluated": _evaluated(self.qcfg)},
+            "scales_differing_from_simulation": mismatched,
+            "best_epoch": best, "history": history, "seconds": round(time.perf_counter() - t0, 1),
+        }
+        ckpt = self.out / "model.pt"
+        if self.dist.main:
+            self._write(record, metrics)
+        self.dist.barrier()
+        return QatResult(ckpt, metrics, time.perf_counter() - t0)
+
+    def _target(self) -> str:
+        q = self.qcfg
+        return "TensorRT" if q.flavour == "tensorrt" else f"ONNX Runtime x86 ({'7' if q.reduce_range else '8'}-bit weights)"
+
+    def _export(self, checkpoint: Path, out: Path) -> Path:
+        from tldeploy.export.onnx_export import ExportConfig, export_onnx
+
+        loggers = [logging.getLogger(n) for n in ("tldeploy.export", "onnxscript", "onnx_ir")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            return export_onnx(ExportConfig(Path(checkpoint), out, parity_samples=4, parity_batches=(4,))).path
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+    # ------------------------------------------------------------ training
+
+    def _loader(self, paths: list[Path], prep, *, shuffle: bool, epoch: int = 0):
+        from tldeploy.train.loaders import make_loader
+
+        ds = prep.dataset(paths, list(range(len(paths))), None)  # the label is the image's index into the teacher's logits
+        loader = make_loader(ds, batch_size=self.cfg.batch_size, seed=self.cfg.seed + epoch, workers=self.cfg.workers,
+                             distributed=self.dist.enabled and shuffle, shuffle=shuffle, infer=not shuffle)
+        if isinstance(loader.sampler, torch.utils.data.DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        return loader
+
+    @torch.no_grad()
+    def _logits(self, model: nn.Module, images) -> np.ndarray:
+        model.eval()
+        if isinstance(images, np.ndarray):
+            batches = (torch.from_numpy(images[i : i + 64]) for i in range(0, len(images), 64))
+            return torch.cat([model(x.to(self.device)).float().cpu() for x in batches]).numpy()
+        return torch.cat([model(x.to(self.device)).float().cpu() for x, _ in images]).numpy()
+
+    def _train(self, placement, prep, val) -> tuple[Any, list[dict], int]:
+        from tldeploy.data.folders import find_files
+        from tldeploy.engines.sensitivity import task_metrics
+        from tldeploy.qat.fakequant import FakeQuantModel
+
+        cfg = self.cfg
+        paths = find_files(Path(cfg.calib_data), flag="--calib-data", media=prep.media)
+        self.model.to(self.device)
+        reference = copy.deepcopy(self.model).eval()  # the FP32 model QAT distils from, frozen
+        teacher: dict[int, torch.Tensor] = {}  # its logits per training image, computed when first drawn
+        self.val_teacher = self._logits(reference, val.images)
+        fq = FakeQuantModel(self.model, placement).to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        if cfg.range_lr == 0:
+            for q in fq.quantizers:
+                q.range.requires_grad_(False)
+        trained: nn.Module = fq
+        if self.dist.enabled:
+            trained = nn.parallel.DistributedDataParallel(fq)
+        ranges = [q.range for q in fq.quantizers if q.range.requires_grad]
+        groups = [{"params": list(self.model.parameters()), "lr": cfg.lr}] + ([{"params": ranges, "lr": cfg.range_lr}] if ranges else [])
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
+
+        def evaluate(epoch: int, seconds: float, loss: float | None) -> dict:
+            logits = self._logits(fq, val.images)
+            m = task_metrics(self.val_teacher, logits)
+            row = {"epoch": epoch, "top1_agreement": m.top1_agreement, "kl": m.kl,
+                   "accuracy": _accuracy(logits, val.labels), "train_kl": loss, "seconds": round(seconds, 1)}
+            log.info("QAT epoch %d/%d: simulated INT8 top-1 agreement with FP32 %.2f%%, accuracy %.4f, KL %.2e (%.0f s)",
+                     epoch, cfg.epochs, 100 * row["top1_agreement"], row["accuracy"], row["kl"], seconds)
+            return row
+
+        history = [evaluate(0, 0.0, None)]
+        best, best_state = 0, copy.deepcopy(fq.state_dict())
+        for epoch in range(1, cfg.epochs + 1):
+            t0, total, seen = time.perf_counter(), 0.0, 0
+            loader = self._loader(paths, prep, shuffle=True, epoch=epoch)
+            for step, (x, idx) in enumerate(loader):
+                if cfg.samples_per_epoch is not None and step * cfg.batch_size * self.dist.world >= cfg.samples_per_epoch:
+                    break
+                x = x.to(self.device)
+                todo = [i for i in idx.tolist() if i not in teacher]
+                if todo:
+                    with torch.no_grad():
+                        rows = reference(x[[idx.tolist().index(i) for i in todo]]).float()
+                    teacher.update(zip(todo, rows))
+                target = F.log_softmax(torch.stack([teacher[i] for i in idx.tolist()]), dim=1)
+                loss = F.kl_div(F.log_softmax(trained(x), dim=1), target, log_target=True, reduction="batchmean")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, seen = total + loss.item() * len(x), seen + len(x)
+            history.append(evaluate(epoch, time.perf_counter() - t0, total / max(seen, 1)))
+            if _better(history[-1], history[best]):
+                best, best_state = epoch, copy.deepcopy(fq.state_dict())
+        fq.load_state_dict(best_state)
+        log.info("QAT: epoch %d chosen by the validation images", best)
+        return fq, history, best
+
+    # ------------------------------------------------------------ results
+
+    def _record(self, placement, calibrated, fq, floats, calib, history, best, ptq) -> QatRecord:
+        ranges = dict(calibrated)
+        for spec in placement.ranges:
+            lo, hi = fq.quantizer(spec.name).range.detach().tolist()
+            for name in (spec.name, *spec.ties):
+                ranges[name] = (float(np.float32(lo)), float(np.float32(hi)))
+        info = {
+            "epochs": self.cfg.epochs, "best_epoch": best, "lr": self.cfg.lr, "range_lr": self.cfg.range_lr,
+            "trained_ranges": len(placement.ranges), "quantized_weights": len(placement.weights),
+            "source": {"checkpoint": str(self.cfg.checkpoint), "sha256": sha256_file(Path(self.cfg.checkpoint))},
+            "calibration": {"source": calib.source, "images": len(calib.images), "sha256": calib.sha256},
+            "plan": str(self.cfg.keep_float) if self.cfg.keep_float else None,
+            "validation": {"ptq_top1_agreement": ptq.top1_agreement, "simulated": history[best]},
+        }
+        return QatRecord(self.qcfg.flavour, self.qcfg.reduce_range, ranges, tuple(sorted(floats)), info)
+
+    def _measure(self, record: QatRecord, val, tmp: Path, fq) -> tuple[dict, int]:
+        """The artifact `build --precision int8` makes from this record, measured as the target
+        computes on the validation images; and how many of its scales differ from the simulation's."""
+        from tldeploy.engines import artifacts
+        from tldeploy.engines.quantize import quantize_model
+        from tldeploy.models.checkpoints import save_checkpoint
+
+        ckpt = tmp / "qat.pt"
+        save_checkpoint(ckpt, self.model.cpu(), self._meta(record), self.tensors)
+        onnx_path = self._export(ckpt, tmp / "qat.onnx")
+        result = quantize_model(onnx_path, None, record.quant_config(), artifacts.cache_dir() / "calibration", check=val)
+        written = _written_scales(result.model)
+        mismatched = 0
+        for spec in fq.placement.ranges:
+            scale, zp = fq.quantizer(spec.name).written()
+            got = written.get(spec.name)
+            if got is not None and (not np.isclose(got[0], scale, rtol=1e-6) or got[1] != zp):
+                mismatched += 1
+        if mismatched:
+            log.warning("%d of the written scales differ from the simulation's; the measured numbers are the artifact's", mismatched)
+        m = result.metrics
+        logits = _artifact_logits(result.model, val.images, self.qcfg)
+        return {"top1_agreement": m.top1_agreement, "kl": m.kl, "accuracy": _accuracy(logits, val.labels),
+                "qdq": result.stats.to_dict()}, mismatched
+
+    def _meta(self, record: QatRecord) -> dict:
+        meta = {k: v for k, v in self.meta.items() if k not in ("created", "versions")}
+        return {**meta, "qat": record.to_dict()}
+
+    def _write(self, record: QatRecord, metrics: dict) -> None:
+        from tldeploy.models.checkpoints import save_checkpoint
+
+        with atomic_dir(self.out, force=self.cfg.force) as tmp:
+            save_checkpoint(tmp / "model.pt", self.model.cpu(), self._meta(record), self.tensors)
+            write_json(tmp / "metrics.json", metrics)
+        log.info("QAT checkpoint written to %s: export it and build --precision int8 (no --calib-data needed)", self.out / "model.pt")
+
+
+def _better(a: dict, b: dict) -> bool:
+    return (a["top1_agreement"], a["accuracy"], -a["kl"]) > (b["top1_agreement"], b["accuracy"], -b["kl"])
+
+
+def _accuracy(logits: np.ndarray, labels) -> float | None:
+    return None if labels is None else float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean())
+
+
+def _evaluated(q: QuantConfig) -> str:
+    return "Q/DQ graph as written" if q.evaluated_as_written else "onnxruntime CPU kernels"
+
+
+def _written_scales(model) -> dict[str, tuple[float, int]]:
+    """{range name: (scale, zero point)} of the activation Q nodes of a Q/DQ model."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits and n.input[1].endswith("_scale"):
+            out[n.input[1][: -len("_scale")]] = (float(inits[n.input[1]]), int(inits[n.input[2]]))
+    return out
+
+
+def _artifact_logits(model, images: np.ndarray, q: QuantConfig) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if q.evaluated_as_written:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(["logits"], {name: images[i : i + 32]})[0] for i in range(0, len(images), 32)])
+
