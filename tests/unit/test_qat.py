@@ -5,7 +5,11 @@ with its trained ranges, refusing what would not compute what it trained."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import onnx
 import pytest
@@ -179,3 +183,18 @@ def test_qat_on_a_vit_trains_only_the_matrix_products_placement(vit, tmp_path):
     with pytest.raises(ConfigError, match="trained for tensorrt, not ort-x86"):
         build(BuildConfig(onnx_path, "int8", backend="ort", output=tmp_path / "v.int8.onnx"))
     shutil.rmtree(tmp_path / "run")
+
+
+def test_qat_under_torchrun_keeps_the_ranges_equal_across_processes(tiny, tmp_path):
+    ckpt, _, data = tiny
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tldeploy", "qat", str(ckpt),
+           "--calib-data", str(data / "train"), "--data", str(data / "val"), "-o", str(out), "--epochs", "1", "--batch-size", "8",
+           "--no-reduce-range"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Each process trains on its own shard; without DDP averaging the ranges' gradients they would part.
+    found = re.findall(r"QAT ranges digest (\w+) \(process (\d) of 2\)", proc.stderr)
+    assert sorted(p for _, p in found) == ["0", "1"] and len({d for d, _ in found}) == 1, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt"]  # rank 0 wrote, once
+    assert json.loads((out / "metrics.json").read_text())["processes"] == 2

@@ -45,6 +45,8 @@ def qat_cmd(**kw) -> None:
 
     _setup_logging(kw["quiet"])
     result = qat(QatConfig(**kw))
+    if not result.wrote:  # a torchrun process other than rank 0
+        return
     m = result.metrics
     click.echo(f"INT8 ({m['target']}) as built from it: top-1 agreement with FP32 {100 * m['qat']['top1_agreement']:.2f}% "
                f"(post-training quantization: {100 * m['ptq']['top1_agreement']:.2f}%), accuracy {m['qat']['accuracy']:.4f} "

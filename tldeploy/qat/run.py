@@ -23,7 +23,10 @@ weights'. Rank 0 writes.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ from tldeploy.errors import ConfigError, OutputExistsError
 log = logging.getLogger(__name__)
 
 PROBE_IMAGES = 4  # images the placement compares PyTorch and ONNX values on
+BIAS_LR_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,9 @@ class QatConfig:
 @dataclass
 class QatResult:
     checkpoint: Path
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # another torchrun process than rank 0's: its training history only
     seconds: float
+    wrote: bool = True  # False in the torchrun processes that do not write
 
 
 def qat(cfg: QatConfig) -> QatResult:
@@ -139,6 +144,7 @@ class _Qat:
         from tldeploy.engines import artifacts
         from tldeploy.engines.calibration import CalibrationSet, ImageSet
         from tldeploy.engines.quantize import Quantizer, read_ranges, transformer_preset
+        from tldeploy.engines.sensitivity import task_metrics
         from tldeploy.modalities.preprocessing import preprocessing_from_dict
         from tldeploy.qat.placement import find_placement
 
@@ -161,12 +167,20 @@ class _Qat:
                 graph = q.mix(sorted(floats))
                 calibrated = read_ranges(q.cache)
                 placement = find_placement(self.model, q.float_model, graph, calibrated, calib.images[:PROBE_IMAGES], self.qcfg)
-                ptq = q.evaluator(val.images).metrics(graph)
+                self.model.to(self.device)
+                self.val_teacher = self._logits(self.model, val.images)  # the FP32 model's: what agreement is measured against
+                ptq = task_metrics(self.val_teacher, _artifact_logits(graph, val.images, self.qcfg))
             log.info("QAT for %s: %d activation ranges, %d weights fake-quantized; post-training quantization starts at "
                      "%.2f%% top-1 agreement with FP32 on %s", self._target(), len(placement.ranges), len(placement.weights),
                      100 * ptq.top1_agreement, val.describe())
             fq, history, best = self._train(placement, prep, val)
             record = self._record(placement, calibrated, fq, floats, calib, history, best, ptq)
+            if self.dist.enabled:  # DDP kept every process's ranges equal; the log shows it
+                digest = hashlib.sha256(json.dumps(fq.ranges(), sort_keys=True).encode()).hexdigest()[:16]
+                log.info("QAT ranges digest %s (process %d of %d)", digest, self.dist.rank, self.dist.world)
+            if not self.dist.main:
+                self.dist.barrier()
+                return QatResult(self.out / "model.pt", {"history": history, "best_epoch": best}, time.perf_counter() - t0, wrote=False)
             final, mismatched = self._measure(record, val, Path(tmp), fq)
         metrics = {
             "target": self._target(), "flavour": self.qcfg.flavour, "reduce_range": self.qcfg.reduce_range,
@@ -174,13 +188,11 @@ class _Qat:
             "ptq": {"top1_agreement": ptq.top1_agreement, "kl": ptq.kl, "evaluated": _evaluated(self.qcfg)},
             "qat": {**final, "evaluated": _evaluated(self.qcfg)},
             "scales_differing_from_simulation": mismatched,
-            "best_epoch": best, "history": history, "seconds": round(time.perf_counter() - t0, 1),
+            "best_epoch": best, "history": history, "processes": self.dist.world, "seconds": round(time.perf_counter() - t0, 1),
         }
-        ckpt = self.out / "model.pt"
-        if self.dist.main:
-            self._write(record, metrics)
+        self._write(record, metrics)
         self.dist.barrier()
-        return QatResult(ckpt, metrics, time.perf_counter() - t0)
+        return QatResult(self.out / "model.pt", metrics, time.perf_counter() - t0)
 
     def _target(self) -> str:
         q = self.qcfg
@@ -216,8 +228,8 @@ class _Qat:
         model.eval()
         if isinstance(images, np.ndarray):
             batches = (torch.from_numpy(images[i : i + 64]) for i in range(0, len(images), 64))
-            return torch.cat([model(x.to(self.device)).float().cpu() for x in batches]).numpy()
-        return torch.cat([model(x.to(self.device)).float().cpu() for x, _ in images]).numpy()
+            return torch.cat([model(_layout(x.to(self.device))).float().cpu() for x in batches]).numpy()
+        return torch.cat([model(_layout(x.to(self.device))).float().cpu() for x, _ in images]).numpy()
 
     def _train(self, placement, prep, val) -> tuple[Any, list[dict], int]:
         from tldeploy.data.folders import find_files
@@ -229,8 +241,7 @@ class _Qat:
         self.model.to(self.device)
         reference = copy.deepcopy(self.model).eval()  # the FP32 model QAT distils from, frozen
         teacher: dict[int, torch.Tensor] = {}  # its logits per training image, computed when first drawn
-        self.val_teacher = self._logits(reference, val.images)
-        fq = FakeQuantModel(self.model, placement).to(self.device).eval()
+        fq = FakeQuantModel(self.model, placement).to(self.device, memory_format=torch.channels_last).eval()
         for p in self.model.parameters():
             p.requires_grad_(True)
         if cfg.range_lr == 0:
@@ -240,8 +251,16 @@ class _Qat:
         if self.dist.enabled:
             trained = nn.parallel.DistributedDataParallel(fq)
         ranges = [q.range for q in fq.quantizers if q.range.requires_grad]
-        groups = [{"params": list(self.model.parameters()), "lr": cfg.lr}] + ([{"params": ranges, "lr": cfg.range_lr}] if ranges else [])
+        # Biases and normalisation parameters take most of quantization's shift of each channel's
+        # mean (what PTQ's bias correction fixes), and are few: they learn faster than the weights.
+        params = list(self.model.parameters())
+        groups = [{"params": [p for p in params if p.dim() > 1], "lr": cfg.lr},
+                  {"params": [p for p in params if p.dim() <= 1], "lr": cfg.lr * BIAS_LR_FACTOR}]
+        groups += [{"params": ranges, "lr": cfg.range_lr}] if ranges else []
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
+        per_epoch = math.ceil(min(len(paths), cfg.samples_per_epoch or len(paths)) / (cfg.batch_size * self.dist.world))
+        # Cosine decay to zero over the run: the last steps settle instead of jumping between epochs.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / (per_epoch * cfg.epochs), 1.0))))
 
         def evaluate(epoch: int, seconds: float, loss: float | None) -> dict:
             logits = self._logits(fq, val.images)
@@ -260,7 +279,7 @@ class _Qat:
             for step, (x, idx) in enumerate(loader):
                 if cfg.samples_per_epoch is not None and step * cfg.batch_size * self.dist.world >= cfg.samples_per_epoch:
                     break
-                x = x.to(self.device)
+                x = _layout(x.to(self.device))
                 todo = [i for i in idx.tolist() if i not in teacher]
                 if todo:
                     with torch.no_grad():
@@ -271,6 +290,7 @@ class _Qat:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sched.step()
                 total, seen = total + loss.item() * len(x), seen + len(x)
             history.append(evaluate(epoch, time.perf_counter() - t0, total / max(seen, 1)))
             if _better(history[-1], history[best]):
@@ -302,12 +322,13 @@ class _Qat:
         computes on the validation images; and how many of its scales differ from the simulation's."""
         from tldeploy.engines import artifacts
         from tldeploy.engines.quantize import quantize_model
+        from tldeploy.engines.sensitivity import task_metrics
         from tldeploy.models.checkpoints import save_checkpoint
 
         ckpt = tmp / "qat.pt"
         save_checkpoint(ckpt, self.model.cpu(), self._meta(record), self.tensors)
         onnx_path = self._export(ckpt, tmp / "qat.onnx")
-        result = quantize_model(onnx_path, None, record.quant_config(), artifacts.cache_dir() / "calibration", check=val)
+        result = quantize_model(onnx_path, None, record.quant_config(), artifacts.cache_dir() / "calibration")
         written = _written_scales(result.model)
         mismatched = 0
         for spec in fq.placement.ranges:
@@ -317,8 +338,8 @@ class _Qat:
                 mismatched += 1
         if mismatched:
             log.warning("%d of the written scales differ from the simulation's; the measured numbers are the artifact's", mismatched)
-        m = result.metrics
         logits = _artifact_logits(result.model, val.images, self.qcfg)
+        m = task_metrics(self.val_teacher, logits)
         return {"top1_agreement": m.top1_agreement, "kl": m.kl, "accuracy": _accuracy(logits, val.labels),
                 "qdq": result.stats.to_dict()}, mismatched
 
@@ -333,6 +354,12 @@ class _Qat:
             save_checkpoint(tmp / "model.pt", self.model.cpu(), self._meta(record), self.tensors)
             write_json(tmp / "metrics.json", metrics)
         log.info("QAT checkpoint written to %s: export it and build --precision int8 (no --calib-data needed)", self.out / "model.pt")
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    # oneDNN's convolutions (and their gradients) run about a quarter faster channels-last on CPU
+    # (measured on the digits EfficientNet-Lite0 with fake quantization, AMD EPYC avx512-vnni).
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def _better(a: dict, b: dict) -> bool:

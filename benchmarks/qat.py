@@ -1,0 +1,115 @@
+"""Quantization-aware training on the digits EfficientNet-Lite0 (224 px): every unit INT8.
+
+    python benchmarks/qat.py --workdir /tmp/int8bench     # trains the digits model if needed (as ort_int8_latency.py)
+
+For ONNX Runtime x86 with 8-bit and with 7-bit weights, and for TensorRT: `tldeploy qat` (timed),
+export, and the INT8 build from its trained ranges with no unit in float, measured on the whole
+validation set as the target computes (ONNX Runtime's kernels on a VNNI CPU; the Q/DQ graph as
+written for TensorRT and for 8-bit weights on a CPU without VNNI), against the FP32 model. Then
+batch-1 p50 of FP32, the guarded post-training INT8 and the QAT INT8 for this CPU's width, in one
+interleaved run at each thread count. Results: benchmarks/results/qat.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ort_int8_latency import interleaved_p50, prepare  # noqa: E402
+
+from tldeploy.contract import read_contract  # noqa: E402
+from tldeploy.data.folders import find_files, load_image  # noqa: E402
+from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
+from tldeploy.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
+from tldeploy.qat import QatConfig, qat  # noqa: E402
+from tldeploy.runtime.host import cpu_info, has_vnni  # noqa: E402
+from tldeploy.runtime.loader import load_runner  # noqa: E402
+from tldeploy.runtime.runners import run_batches  # noqa: E402
+
+TARGETS = {"ort-x86 8-bit": ("ort-x86", False), "ort-x86 7-bit": ("ort-x86", True), "tensorrt": ("tensorrt", None)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("int8-bench"))
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--samples-per-epoch", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--range-lr", type=float, default=1e-3)
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "qat.json")
+    args = ap.parse_args()
+    data, onnx_path = prepare(args.workdir)
+    run_ckpt = args.workdir / "run" / "model.pt"
+    out = args.workdir / "qat"
+    results: dict = {"cpu": cpu_info(), "machine": platform.machine(), "input": "224x224",
+                     "settings": {"epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch, "lr": args.lr, "range_lr": args.range_lr},
+                     "targets": {}}
+    artifacts: dict[str, Path] = {}
+    for name in args.targets.split(","):
+        flavour, rr = TARGETS[name]
+        t0 = time.perf_counter()
+        r = qat(QatConfig(run_ckpt, data / "train", data / "val", out / name.replace(" ", "-"), flavour=flavour, reduce_range=rr,
+                          epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, lr=args.lr, range_lr=args.range_lr,
+                          quiet=True, force=True))
+        seconds = time.perf_counter() - t0
+        m = r.metrics
+        fp32_acc = m["fp32_accuracy"]
+        results["targets"][name] = {
+            "qat_seconds": round(seconds, 1), "evaluated": m["qat"]["evaluated"],
+            "ptq_fully_int8_top1_agreement": m["ptq"]["top1_agreement"],
+            "qat_top1_agreement": m["qat"]["top1_agreement"], "qat_accuracy": m["qat"]["accuracy"], "fp32_accuracy": fp32_acc,
+            "accuracy_drop_points": 100 * (fp32_acc - m["qat"]["accuracy"]), "best_epoch": m["best_epoch"],
+            "history": m["history"], "scales_differing_from_simulation": m["scales_differing_from_simulation"],
+        }
+        print(f"{name}: QAT {seconds:.0f} s; fully INT8 agreement PTQ {100 * m['ptq']['top1_agreement']:.2f}% -> QAT "
+              f"{100 * m['qat']['top1_agreement']:.2f}%, accuracy {m['qat']['accuracy']:.4f} (FP32 {fp32_acc:.4f}), {m['qat']['evaluated']}",
+              flush=True)
+        if flavour == "ort-x86" and rr == (not has_vnni()):  # the width this CPU builds by default: time it
+            qat_onnx = export_onnx(ExportConfig(r.checkpoint, out / f"{name.replace(' ', '-')}.onnx", force=True)).path
+            artifacts["int8_qat"] = build(BuildConfig(qat_onnx, "int8", backend="ort", reduce_range=rr, output=out / "int8_qat.onnx",
+                                                      force=True)).path
+    if "int8_qat" in artifacts:
+        artifacts["fp32"] = build(BuildConfig(onnx=onnx_path, backend="ort", output=out / "fp32.onnx", force=True)).path
+        artifacts["int8_guarded_ptq"] = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train",
+                                                          check_data=data / "val", output=out / "int8_ptq.onnx", force=True)).path
+        contract = read_contract(onnx_path)
+        tf = contract.preprocessing.eval_transform()
+        paths = find_files(data / "val")
+        x = np.stack([tf(load_image(p)).numpy() for p in paths])
+        y = np.array([contract.classes.index(p.parent.name) for p in paths])
+        runners = {k: load_runner(p).activate() for k, p in artifacts.items()}
+        logits = {k: run_batches(r, x)["logits"] for k, r in runners.items()}
+        for r in runners.values():
+            r.deactivate()
+        results["onnxruntime_kernels"] = {k: {"accuracy": float(np.mean(v.argmax(1) == y)),
+                                              "top1_agreement_with_fp32": float(np.mean(v.argmax(1) == logits["fp32"].argmax(1)))}
+                                          for k, v in logits.items()}
+        latency = {}
+        for threads in (int(t) for t in args.threads.split(",")):
+            runners = {k: load_runner(p, threads=threads).activate() for k, p in artifacts.items()}
+            p50 = interleaved_p50(runners, {"images": x[:1]}, args.rounds, args.iters)
+            for r in runners.values():
+                r.deactivate()
+            latency[str(threads)] = {"p50_ms": p50, **{f"ratio_{k}_to_fp32": p50[k] / p50["fp32"] for k in p50 if k != "fp32"}}
+            print(f"{threads} thread(s), p50 batch 1: " + ", ".join(f"{k} {v:.2f} ms" for k, v in p50.items())
+                  + f"; QAT INT8/FP32 {p50['int8_qat'] / p50['fp32']:.3f}, guarded PTQ/FP32 {p50['int8_guarded_ptq'] / p50['fp32']:.3f}",
+                  flush=True)
+        results["latency_batch1"] = latency
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
