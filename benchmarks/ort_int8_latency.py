@@ -56,6 +56,28 @@ def interleaved_p50(runners: dict, feed: dict, rounds: int, iters: int, settle_s
     return {k: float(np.median(v) * 1e3) for k, v in samples.items()}
 
 
+def validation_logits(artifacts: dict[str, Path], x: np.ndarray) -> dict[str, np.ndarray]:
+    runners = {k: load_runner(p).activate() for k, p in artifacts.items()}
+    logits = {k: run_batches(r, x)["logits"] for k, r in runners.items()}
+    for r in runners.values():
+        r.deactivate()
+    return logits
+
+
+def latency_by_threads(artifacts: dict[str, Path], x1: np.ndarray, threads: str, rounds: int, iters: int) -> dict:
+    """{threads: p50 ms of each artifact on batch `x1` (one interleaved run) and each one's ratio to "fp32"}."""
+    latency = {}
+    for n in (int(t) for t in threads.split(",")):
+        runners = {k: load_runner(p, threads=n).activate() for k, p in artifacts.items()}
+        p50 = interleaved_p50(runners, {"images": x1}, rounds, iters)
+        for r in runners.values():
+            r.deactivate()
+        latency[str(n)] = {"p50_ms": p50, **{f"ratio_{k}_to_fp32": p50[k] / p50["fp32"] for k in p50 if k != "fp32"}}
+        print(f"{n} thread(s), p50 batch 1: " + ", ".join(f"{k} {v:.2f} ms" for k, v in p50.items())
+              + "; to FP32: " + ", ".join(f"{k} {p50[k] / p50['fp32']:.3f}" for k in p50 if k != "fp32"), flush=True)
+    return latency
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("int8-bench"))
@@ -78,22 +100,11 @@ def main() -> None:
     tf = contract.preprocessing.eval_transform()
     x = np.stack([tf(load_image(p)).numpy() for p in paths])
     y = np.array([contract.classes.index(p.parent.name) for p in paths])
-    runners = {k: load_runner(p).activate() for k, p in artifacts.items()}
-    logits = {k: run_batches(r, x)["logits"] for k, r in runners.items()}
-    for r in runners.values():
-        r.deactivate()
+    logits = validation_logits(artifacts, x)
     accuracy = {k: float(np.mean(v.argmax(1) == y)) for k, v in logits.items()}
     agreement = {k: float(np.mean(v.argmax(1) == logits["fp32"].argmax(1))) for k, v in logits.items() if k != "fp32"}
 
-    latency = {}
-    for threads in (int(t) for t in args.threads.split(",")):
-        runners = {k: load_runner(p, threads=threads).activate() for k, p in artifacts.items()}
-        p50 = interleaved_p50(runners, {"images": x[:1]}, args.rounds, args.iters)
-        for r in runners.values():
-            r.deactivate()
-        latency[str(threads)] = {"p50_ms": p50, **{f"ratio_{k}_to_fp32": p50[k] / p50["fp32"] for k in p50 if k != "fp32"}}
-        print(f"{threads} thread(s), p50 batch 1: " + ", ".join(f"{k} {v:.2f} ms" for k, v in p50.items())
-              + f"; INT8/FP32 {p50['int8'] / p50['fp32']:.3f}, fully INT8/FP32 {p50['int8_full'] / p50['fp32']:.3f}")
+    latency = latency_by_threads(artifacts, x[:1], args.threads, args.rounds, args.iters)
     result = {
         "cpu": cpu_info(), "machine": platform.machine(), "batch": 1, "input": "224x224",
         "validation_images": len(x), "latency": latency,

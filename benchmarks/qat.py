@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ort_int8_latency import interleaved_p50, prepare  # noqa: E402
+from ort_int8_latency import latency_by_threads, prepare, validation_logits  # noqa: E402
 
 from tldeploy.contract import read_contract  # noqa: E402
 from tldeploy.data.folders import find_files, load_image  # noqa: E402
@@ -30,8 +30,6 @@ from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
 from tldeploy.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from tldeploy.qat import QatConfig, qat  # noqa: E402
 from tldeploy.runtime.host import cpu_info, has_vnni  # noqa: E402
-from tldeploy.runtime.loader import load_runner  # noqa: E402
-from tldeploy.runtime.runners import run_batches  # noqa: E402
 
 TARGETS = {"ort-x86 8-bit": ("ort-x86", False), "ort-x86 7-bit": ("ort-x86", True), "tensorrt": ("tensorrt", None)}
 
@@ -40,8 +38,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("int8-bench"))
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--samples-per-epoch", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--samples-per-epoch", type=int, default=640)
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--range-lr", type=float, default=1e-3)
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--rounds", type=int, default=10)
@@ -53,14 +52,15 @@ def main() -> None:
     run_ckpt = args.workdir / "run" / "model.pt"
     out = args.workdir / "qat"
     results: dict = {"cpu": cpu_info(), "machine": platform.machine(), "input": "224x224",
-                     "settings": {"epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch, "lr": args.lr, "range_lr": args.range_lr},
+                     "settings": {"epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch, "lr": args.lr, "range_lr": args.range_lr,
+                                  "batch_size": args.batch_size},
                      "targets": {}}
     artifacts: dict[str, Path] = {}
     for name in args.targets.split(","):
         flavour, rr = TARGETS[name]
         t0 = time.perf_counter()
         r = qat(QatConfig(run_ckpt, data / "train", data / "val", out / name.replace(" ", "-"), flavour=flavour, reduce_range=rr,
-                          epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, lr=args.lr, range_lr=args.range_lr,
+                          epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, lr=args.lr, range_lr=args.range_lr, batch_size=args.batch_size,
                           quiet=True, force=True))
         seconds = time.perf_counter() - t0
         m = r.metrics
@@ -88,23 +88,11 @@ def main() -> None:
         paths = find_files(data / "val")
         x = np.stack([tf(load_image(p)).numpy() for p in paths])
         y = np.array([contract.classes.index(p.parent.name) for p in paths])
-        runners = {k: load_runner(p).activate() for k, p in artifacts.items()}
-        logits = {k: run_batches(r, x)["logits"] for k, r in runners.items()}
-        for r in runners.values():
-            r.deactivate()
+        logits = validation_logits(artifacts, x)
         results["onnxruntime_kernels"] = {k: {"accuracy": float(np.mean(v.argmax(1) == y)),
                                               "top1_agreement_with_fp32": float(np.mean(v.argmax(1) == logits["fp32"].argmax(1)))}
                                           for k, v in logits.items()}
-        latency = {}
-        for threads in (int(t) for t in args.threads.split(",")):
-            runners = {k: load_runner(p, threads=threads).activate() for k, p in artifacts.items()}
-            p50 = interleaved_p50(runners, {"images": x[:1]}, args.rounds, args.iters)
-            for r in runners.values():
-                r.deactivate()
-            latency[str(threads)] = {"p50_ms": p50, **{f"ratio_{k}_to_fp32": p50[k] / p50["fp32"] for k in p50 if k != "fp32"}}
-            print(f"{threads} thread(s), p50 batch 1: " + ", ".join(f"{k} {v:.2f} ms" for k, v in p50.items())
-                  + f"; QAT INT8/FP32 {p50['int8_qat'] / p50['fp32']:.3f}, guarded PTQ/FP32 {p50['int8_guarded_ptq'] / p50['fp32']:.3f}",
-                  flush=True)
+        latency = latency_by_threads(artifacts, x[:1], args.threads, args.rounds, args.iters)
         results["latency_batch1"] = latency
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -221,6 +221,7 @@ def _build_data(cfg: BuildConfig, contract, backend: str, qat) -> tuple[Calibrat
         ort_width = {"reduce_range": cfg.reduce_range} if backend == "ort" else {}
         if qat is not None:
             return None, qat.quant_config(**{**options, "calib_method": "minmax"}), check
+        assert cfg.calib_data is not None  # _qat_target refused an INT8 build without one
         calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
         quant = QuantConfig.for_backend(backend, **options, **ort_width)
     return calib, quant, check

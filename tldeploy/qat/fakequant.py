@@ -184,6 +184,8 @@ def fake_quantize_weight(w: torch.Tensor, site: WeightSite, fold: torch.Tensor |
 
 
 def batchnorm_scale(bn: nn.Module) -> torch.Tensor:
+    """What the export folds into the preceding weight, per channel: gamma / sqrt(var + eps)."""
+    assert isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_var is not None
     return bn.weight / torch.sqrt(bn.running_var + bn.eps)
 
 

@@ -45,7 +45,6 @@ from tldeploy.errors import ConfigError, OutputExistsError
 log = logging.getLogger(__name__)
 
 PROBE_IMAGES = 4  # images the placement compares PyTorch and ONNX values on
-BIAS_LR_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -56,10 +55,10 @@ class QatConfig:
     out_dir: Path
     flavour: str = "ort-x86"
     reduce_range: bool | None = None  # ort-x86: 7-bit weights; None = on for CPUs without VNNI, as build decides
-    epochs: int = 3
-    lr: float = 1e-5
+    epochs: int = 2
+    lr: float = 3e-5
     range_lr: float = 1e-3  # the activation ranges learn faster than the weights: they start calibrated, not trained
-    batch_size: int = 32
+    batch_size: int = 16  # more, smaller steps: QAT runs briefly
     samples_per_epoch: int | None = None  # None: every training image each epoch
     calib_samples: int = 256
     keep_float: Path | None = None  # a precision plan (tldeploy diagnose) whose units QAT and the build keep in float
@@ -160,7 +159,7 @@ class _Qat:
             onnx_path = self._export(cfg.checkpoint, Path(tmp) / "float.onnx")
             with Quantizer(onnx_path, calib, self.qcfg, artifacts.cache_dir() / "calibration") as q:
                 floats = transformer_preset(q.units()) if cfg.preset == "auto" and self.plan is None else set()
-                if self.plan is not None:
+                if self.plan is not None and cfg.keep_float is not None:
                     self.plan.check_applies(cfg.keep_float, sha256_file(onnx_path), "int8", cfg.checkpoint)
                     self.plan.check_nodes(q.float_model, cfg.keep_float, cfg.checkpoint)
                     floats |= set(self.plan.nodes)
@@ -241,7 +240,7 @@ class _Qat:
         self.model.to(self.device)
         reference = copy.deepcopy(self.model).eval()  # the FP32 model QAT distils from, frozen
         teacher: dict[int, torch.Tensor] = {}  # its logits per training image, computed when first drawn
-        fq = FakeQuantModel(self.model, placement).to(self.device, memory_format=torch.channels_last).eval()
+        fq = FakeQuantModel(self.model, placement).to(self.device).to(memory_format=torch.channels_last).eval()
         for p in self.model.parameters():
             p.requires_grad_(True)
         if cfg.range_lr == 0:
@@ -251,12 +250,7 @@ class _Qat:
         if self.dist.enabled:
             trained = nn.parallel.DistributedDataParallel(fq)
         ranges = [q.range for q in fq.quantizers if q.range.requires_grad]
-        # Biases and normalisation parameters take most of quantization's shift of each channel's
-        # mean (what PTQ's bias correction fixes), and are few: they learn faster than the weights.
-        params = list(self.model.parameters())
-        groups = [{"params": [p for p in params if p.dim() > 1], "lr": cfg.lr},
-                  {"params": [p for p in params if p.dim() <= 1], "lr": cfg.lr * BIAS_LR_FACTOR}]
-        groups += [{"params": ranges, "lr": cfg.range_lr}] if ranges else []
+        groups = [{"params": list(self.model.parameters()), "lr": cfg.lr}] + ([{"params": ranges, "lr": cfg.range_lr}] if ranges else [])
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         per_epoch = math.ceil(min(len(paths), cfg.samples_per_epoch or len(paths)) / (cfg.batch_size * self.dist.world))
         # Cosine decay to zero over the run: the last steps settle instead of jumping between epochs.
@@ -265,7 +259,7 @@ class _Qat:
         def evaluate(epoch: int, seconds: float, loss: float | None) -> dict:
             logits = self._logits(fq, val.images)
             m = task_metrics(self.val_teacher, logits)
-            row = {"epoch": epoch, "top1_agreement": m.top1_agreement, "kl": m.kl,
+            row: dict[str, Any] = {"epoch": epoch, "top1_agreement": m.top1_agreement, "kl": m.kl,
                    "accuracy": _accuracy(logits, val.labels), "train_kl": loss, "seconds": round(seconds, 1)}
             log.info("QAT epoch %d/%d: simulated INT8 top-1 agreement with FP32 %.2f%%, accuracy %.4f, KL %.2e (%.0f s)",
                      epoch, cfg.epochs, 100 * row["top1_agreement"], row["accuracy"], row["kl"], seconds)
@@ -277,7 +271,7 @@ class _Qat:
             t0, total, seen = time.perf_counter(), 0.0, 0
             loader = self._loader(paths, prep, shuffle=True, epoch=epoch)
             for step, (x, idx) in enumerate(loader):
-                if cfg.samples_per_epoch is not None and step * cfg.batch_size * self.dist.world >= cfg.samples_per_epoch:
+                if step * cfg.batch_size * self.dist.world >= (cfg.samples_per_epoch or len(paths)):
                     break
                 x = _layout(x.to(self.device))
                 todo = [i for i in idx.tolist() if i not in teacher]
