@@ -173,6 +173,7 @@ def test_qat_refuses_bad_input_in_one_line_and_writes_nothing(qat_run, tiny, vit
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.slow  # ~10 s; the ViT's simulation is checked in the suite above, this runs its training end to end
 def test_qat_on_a_vit_trains_only_the_matrix_products_placement(vit, tmp_path):
     ckpt, _, data = vit
     result = qat(QatConfig(ckpt, data / "train", data / "val", tmp_path / "run", flavour="tensorrt", epochs=1, quiet=True))
