@@ -212,23 +212,22 @@ class _Qat:
 
     # ------------------------------------------------------------ training
 
-    def _loader(self, paths: list[Path], prep, *, shuffle: bool, epoch: int = 0):
+    def _loader(self, paths: list[Path], prep, epoch: int):
+        """Shuffled training images, sharded under torchrun."""
         from tldeploy.train.loaders import make_loader
 
         ds = prep.dataset(paths, list(range(len(paths))), None)  # the label is the image's index into the teacher's logits
         loader = make_loader(ds, batch_size=self.cfg.batch_size, seed=self.cfg.seed + epoch, workers=self.cfg.workers,
-                             distributed=self.dist.enabled and shuffle, shuffle=shuffle, infer=not shuffle)
+                             distributed=self.dist.enabled, shuffle=True)
         if isinstance(loader.sampler, torch.utils.data.DistributedSampler):
             loader.sampler.set_epoch(epoch)
         return loader
 
     @torch.no_grad()
-    def _logits(self, model: nn.Module, images) -> np.ndarray:
+    def _logits(self, model: nn.Module, images: np.ndarray) -> np.ndarray:
         model.eval()
-        if isinstance(images, np.ndarray):
-            batches = (torch.from_numpy(images[i : i + 64]) for i in range(0, len(images), 64))
-            return torch.cat([model(_layout(x.to(self.device))).float().cpu() for x in batches]).numpy()
-        return torch.cat([model(_layout(x.to(self.device))).float().cpu() for x, _ in images]).numpy()
+        batches = (torch.from_numpy(images[i : i + 64]) for i in range(0, len(images), 64))
+        return torch.cat([model(_layout(x.to(self.device))).float().cpu() for x in batches]).numpy()
 
     def _train(self, placement, prep, val) -> tuple[Any, list[dict], int]:
         from tldeploy.data.folders import find_files
@@ -269,7 +268,7 @@ class _Qat:
         best, best_state = 0, copy.deepcopy(fq.state_dict())
         for epoch in range(1, cfg.epochs + 1):
             t0, total, seen = time.perf_counter(), 0.0, 0
-            loader = self._loader(paths, prep, shuffle=True, epoch=epoch)
+            loader = self._loader(paths, prep, epoch)
             for step, (x, idx) in enumerate(loader):
                 if step * cfg.batch_size * self.dist.world >= (cfg.samples_per_epoch or len(paths)):
                     break
