@@ -19,7 +19,7 @@ from tldeploy.cli._common import CONTEXT, _setup_logging, cli
 @click.option("--keep-float", type=click.Path(path_type=Path), help="plan.json from tldeploy diagnose: its units stay float in QAT and in the build.")
 @click.option("--int8-preset", "preset", type=click.Choice(("auto", "none")), default="auto", show_default=True, help="auto: for a transformer backbone only the matrix products are quantized, as build does.")
 @click.option("--epochs", default=2, show_default=True, type=int)
-@click.option("--lr", default=3e-5, show_default=True, type=float, help="Learning rate of the weights (cosine decay to 0 over the run).")
+@click.option("--lr", default=5e-6, show_default=True, type=float, help="Learning rate of the weights (cosine decay to 0 over the run).")
 @click.option("--range-lr", default=1e-3, show_default=True, type=float, help="Learning rate of the activation ranges (0: keep the calibrated ones).")
 @click.option("--batch-size", default=16, show_default=True, type=int)
 @click.option("--samples-per-epoch", type=int, help="Training images per epoch [default: all].")

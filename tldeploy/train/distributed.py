@@ -28,6 +28,14 @@ class Dist:
         if self.enabled:
             torch.distributed.barrier()
 
+    def broadcast(self, obj):
+        """Rank 0's `obj` in every process (a picklable value)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
     def close(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
