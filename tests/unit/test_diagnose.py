@@ -330,8 +330,9 @@ def test_a_plan_for_another_onnx_is_refused(outlier_onnx, tiny, tmp_path, capsys
 
 
 def test_diagnose_bad_input(tiny, tmp_path, capsys):
-    with pytest.raises(ConfigError, match="needs --calib-data"):
-        DiagnoseConfig(onnx=tiny[1], precision="int8", data=tiny[2] / "val")
+    with pytest.raises(ConfigError, match="needs --calib-data"):  # a float-trained export (a QAT one needs none)
+        diagnose(DiagnoseConfig(onnx=tiny[1], precision="int8", data=tiny[2] / "val", output=tmp_path / "nocalib"))
+    assert not (tmp_path / "nocalib").exists()
     rc = main(["diagnose", str(tmp_path / "missing.onnx"), "--precision", "fp16", "--data", str(tiny[2] / "val")])
     err = capsys.readouterr().err
     assert rc != 0 and "missing.onnx" in err and "Traceback" not in err

@@ -20,6 +20,7 @@ from tldeploy.cli import main
 from tldeploy.contract import read_contract
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.calibration import CalibrationSet
+from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
 from tldeploy.engines.quantize import QatRecord, QuantConfig, Quantizer, read_ranges, transformer_preset
 from tldeploy.errors import ConfigError, DataError, OutputExistsError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
@@ -136,6 +137,16 @@ def test_a_qat_export_builds_without_calibration_and_refuses_another_target(qat_
         built = build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=False, calib_data=data / "train", output=tmp_path / "a.onnx"))
     assert "--calib-data" in caplog.text and "ignored" in caplog.text
     assert built.record["quantization"]["check"]["skipped"] and built.record["check"]["against"]  # parity on random inputs instead
+    # diagnose ranks the units of the graph the build writes: from the trained ranges, even given calibration images.
+    checked = build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=False, check_data=data / "val", output=tmp_path / "v.onnx"))
+    report = diagnose(DiagnoseConfig(onnx_path, "int8", data / "val", calib_data=data / "train", reduce_range=False, output=tmp_path / "d",
+                                     rank_images=8, max_units=1))
+    q = report.document["quantization"]
+    assert q["qat"] and q["calibration"] is None and q["flavour"] == "ort-x86" and not q["reduce_range"]
+    assert report.document["all_low"]["kl"] == pytest.approx(checked.record["quantization"]["check"]["kl"], rel=1e-6)
+    with pytest.raises(ConfigError, match=r"trained for ort-x86, not tensorrt"):
+        diagnose(DiagnoseConfig(onnx_path, "int8", data / "val", backend="tensorrt", output=tmp_path / "d2"))
+    assert not (tmp_path / "d2").exists()
     with pytest.raises(ConfigError, match=r"trained for ort-x86, not ort-x86 with 7-bit weights; build it with --backend ort --no-reduce-range"):
         build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=True, output=tmp_path / "b.onnx"))
     with pytest.raises(ConfigError, match=r"trained for ort-x86, not tensorrt"):

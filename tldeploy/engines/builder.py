@@ -192,19 +192,9 @@ def _checked_output(cfg: BuildConfig, onnx_path: Path, contract, backend: str, d
 
 
 def _qat_target(cfg: BuildConfig, contract, backend: str, onnx_path: Path):
-    """The QAT record of an INT8 build's input (None for a float-trained one), refused for a
-    target it was not trained for; a float-trained one needs calibration images."""
     from tldeploy.engines.quantize import QatRecord
 
-    qat = QatRecord.from_contract(contract, str(onnx_path)) if cfg.precision == "int8" else None
-    if cfg.precision == "int8" and cfg.calib_data is None and qat is None:
-        raise ConfigError("--precision int8 needs --calib-data DIR: real images to calibrate on (the training folder works)")
-    if qat is not None:
-        width = qat.reduce_range if cfg.reduce_range is None else cfg.reduce_range  # unset: as trained
-        qat.check_target(QuantConfig.for_backend(backend, **({"reduce_range": width} if backend == "ort" else {})), str(onnx_path))
-        if cfg.calib_data is not None:
-            log.info("--calib-data %s ignored: %s was quantization-aware trained, its ranges are built in", cfg.calib_data, onnx_path)
-    return qat
+    return QatRecord.for_int8(contract, str(onnx_path), backend, cfg.reduce_range, cfg.calib_data) if cfg.precision == "int8" else None
 
 
 def _build_data(cfg: BuildConfig, contract, backend: str, qat) -> tuple[CalibrationSet | None, QuantConfig | None, Any]:

@@ -58,8 +58,6 @@ class DiagnoseConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.precision == "int8" and self.calib_data is None:
-            raise ConfigError("diagnose --precision int8 needs --calib-data DIR: real images to calibrate on (the training folder works)")
         if self.precision == "fp16" and self.calib_data is not None:
             raise ConfigError("--calib-data is for --precision int8; FP16 needs no calibration")
         if self.rank_images < 8:
@@ -176,14 +174,16 @@ def _plan_section(search: tuple, scored: _Scored, accept, ranked, labels) -> tup
 def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from tldeploy.engines import artifacts
     from tldeploy.engines.calibration import CalibrationSet, spread
-    from tldeploy.engines.quantize import QuantConfig, Quantizer, rank_int8
+    from tldeploy.engines.quantize import QatRecord, QuantConfig, Quantizer, rank_int8
     from tldeploy.engines.sensitivity import Acceptance, choose
     from tldeploy.engines.units import float_regions
 
-    assert cfg.calib_data is not None
-    calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
-    qcfg = QuantConfig.for_backend(cfg.backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
-                                   **({"reduce_range": cfg.reduce_range} if cfg.backend == "ort" else {}))
+    qat = QatRecord.for_int8(contract, str(onnx_path), cfg.backend, cfg.reduce_range, cfg.calib_data)
+    # A quantization-aware trained export is diagnosed with its trained ranges, as it builds.
+    calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples) if qat is None and cfg.calib_data else None
+    qcfg = (qat.quant_config() if qat is not None else
+            QuantConfig.for_backend(cfg.backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
+                                    **({"reduce_range": cfg.reduce_range} if cfg.backend == "ort" else {})))
     accept = Acceptance(cfg.min_agreement, cfg.max_kl, f"{len(val.images)} images from {val.source}")
     with Quantizer(onnx_path, calib, qcfg, artifacts.cache_dir() / "calibration") as q:
         log.info("ranking %d quantized units on %d images (%s)", len(q.units()), min(cfg.rank_images, len(val.images)),
@@ -200,7 +200,8 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
     section, plan = _plan_section(search, scored, accept, ranked, val.labels)
     return {
         "quantization": {"flavour": qcfg.flavour, "reduce_range": qcfg.reduce_range, "calib_method": qcfg.calib_method,
-                         "calibration": {"source": calib.source, "images": len(calib.images), "sha256": calib.sha256},
+                         "calibration": {"source": calib.source, "images": len(calib.images), "sha256": calib.sha256} if calib else None,
+                         "qat": qat is not None,
                          "evaluated": "Q/DQ graph as written" if qcfg.evaluated_as_written else "onnxruntime CPU kernels"},
         "reference": {"accuracy": _accuracy(val.labels, ev.reference)},
         "all_low": {**full.to_dict(), "ranking_images": full_small.to_dict()},

@@ -198,6 +198,22 @@ class QatRecord:
                               f"{(' --reduce-range' if self.reduce_range else ' --no-reduce-range') if backend == 'ort' else ''}, "
                               f"or run tldeploy qat --flavour {'tensorrt' if cfg.flavour == 'tensorrt' else 'ort-x86'} for that target")
 
+    @classmethod
+    def for_int8(cls, contract, source: str, backend: str, reduce_range: bool | None, calib_data: Path | None) -> QatRecord | None:
+        """The QAT record of an INT8 build's or diagnosis's input, refused for a target it was not
+        trained for (`reduce_range` None: as trained); None for a float-trained export, which
+        needs calibration images."""
+        qat = cls.from_contract(contract, source)
+        if qat is None:
+            if calib_data is None:
+                raise ConfigError("--precision int8 needs --calib-data DIR: real images to calibrate on (the training folder works)")
+            return None
+        width = qat.reduce_range if reduce_range is None else reduce_range
+        qat.check_target(QuantConfig.for_backend(backend, **({"reduce_range": width} if backend == "ort" else {})), source)
+        if calib_data is not None:
+            log.info("--calib-data %s ignored: %s was quantization-aware trained, its ranges are built in", calib_data, source)
+        return qat
+
     def write_cache(self, path: Path) -> None:
         """The ranges as ONNX Runtime's calibration cache, which quantize_static reads instead of calibrating."""
         from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
