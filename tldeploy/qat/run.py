@@ -22,6 +22,7 @@ weights'. Rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -29,6 +30,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,7 @@ class _Setup:
     floats: tuple[str, ...]
     calib: Any
     ptq: Any
+    source_sha256: str  # the float checkpoint's, hashed once (the record is made every epoch)
 
 
 @dataclass
@@ -181,7 +184,7 @@ class _Qat:
                 self.evaluator = q.evaluator(val.images)  # the FP32 ONNX's logits: what agreement is measured against
                 ptq_logits = self.evaluator.outputs(graph, ["logits"])["logits"]
             ptq = task_metrics(self.evaluator.reference, ptq_logits)
-            self.setup = _Setup(placement, calibrated, tuple(sorted(floats)), calib, ptq)
+            self.setup = _Setup(placement, calibrated, tuple(sorted(floats)), calib, ptq, sha256_file(Path(cfg.checkpoint)))
             log.info("QAT for %s: %d activation ranges, %d weights fake-quantized; post-training quantization starts at "
                      "%.2f%% top-1 agreement with FP32 on %s", self._target(), len(placement.ranges), len(placement.weights),
                      100 * ptq.top1_agreement, val.describe())
@@ -217,15 +220,8 @@ class _Qat:
     def _export(self, checkpoint: Path, out: Path) -> Path:
         from tldeploy.export.onnx_export import ExportConfig, export_onnx
 
-        loggers = [logging.getLogger(n) for n in ("tldeploy.export", "onnxscript", "onnx_ir")]
-        levels = [lg.level for lg in loggers]
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
-        try:
+        with _quiet("tldeploy.export", "onnxscript", "onnx_ir"):
             return export_onnx(ExportConfig(Path(checkpoint), out, parity_samples=4, parity_batches=(4,))).path
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
     # ------------------------------------------------------------ training
 
@@ -317,7 +313,7 @@ class _Qat:
         info = {
             "epochs": self.cfg.epochs, "best_epoch": best, "lr": self.cfg.lr, "range_lr": self.cfg.range_lr,
             "trained_ranges": len(placement.ranges), "quantized_weights": len(placement.weights),
-            "source": {"checkpoint": str(self.cfg.checkpoint), "sha256": sha256_file(Path(self.cfg.checkpoint))},
+            "source": {"checkpoint": str(self.cfg.checkpoint), "sha256": self.setup.source_sha256},
             "calibration": {"source": calib.source, "images": len(calib.images), "sha256": calib.sha256},
             "plan": str(self.cfg.keep_float) if self.cfg.keep_float else None,
             "validation": {"ptq_top1_agreement": ptq.top1_agreement, "measured": measured},
@@ -336,12 +332,8 @@ class _Qat:
         ckpt = tmp / "qat.pt"
         save_checkpoint(ckpt, self.model, self._meta(record), self.tensors)
         onnx_path = self._export(ckpt, tmp / "qat.onnx")
-        quiet = logging.getLogger("tldeploy.engines.quantize")
-        level, _ = quiet.level, quiet.setLevel(logging.WARNING)  # its note on how to check is for users of build, not here
-        try:
+        with _quiet("tldeploy.engines.quantize"):  # its note on how to check is for users of build, not here
             result = quantize_model(onnx_path, None, record.quant_config(), artifacts.cache_dir() / "calibration")
-        finally:
-            quiet.setLevel(level)
         written = _written_scales(result.model)
         mismatched = 0
         for spec in fq.placement.ranges:
@@ -381,6 +373,21 @@ def _distillation(logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     means the same at any temperature)."""
     t = TEMPERATURE
     return F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True, reduction="batchmean") * t * t
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """The loggers `names` at WARNING for the block: the steps QAT runs for itself (export, the
+    Q/DQ writer) each epoch, whose progress lines are for users running them."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:
