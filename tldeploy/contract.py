@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tldeploy.errors import TldeployError
+from tldeploy.errors import TldeployError, is_user_path_error
 from tldeploy.modalities.audio import AudioPreprocessing
 from tldeploy.modalities.preprocessing import Preprocessing
 
@@ -135,6 +135,8 @@ def load_onnx(path: Path, *, load_external_data: bool = True):
     try:
         model = onnx.load(str(path), load_external_data=load_external_data)
     except (DecodeError, ValueError, OSError, RuntimeError) as e:
+        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+            raise
         raise TldeployError(f"cannot read {path}: it is truncated or not an ONNX file ({type(e).__name__}); re-export it") from None
     if not model.graph.node:
         raise TldeployError(f"{path} holds no ONNX graph (truncated or not an ONNX file); re-export it")

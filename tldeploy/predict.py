@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tldeploy._io import atomic_path
+from tldeploy._io import atomic_path, probe_output
 from tldeploy.errors import ConfigError, DataError, TldeployError
 from tldeploy.modalities.audio import AudioPreprocessing
 from tldeploy.modalities.preprocessing import Preprocessing
@@ -73,6 +73,8 @@ def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | 
         raise ConfigError("no inputs given; pass one or more image or audio files after the artifact")
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    if cam_out is not None:
+        probe_output(Path(cam_out) / "cam.png")  # an unwritable --cam-out is found before any work
     classes, prep, run, gate = load_artifact(artifact)
     if ood and gate is None:
         log.warning("%s has no OOD threshold (made before tldeploy fitted one, or trained with --ood-score none); "

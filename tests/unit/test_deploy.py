@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -284,15 +285,6 @@ def test_deepstream_formula_gives_the_contracts_outputs_and_a_wrong_config_does_
         assert np.abs(approx["logits"] - want["logits"]).max() > 1e-2
 
 
-def test_polygraphy_accepts_the_golden_files(bundled):
-    root = bundled[0].path
-    exe = Path(sys.executable).with_name("polygraphy")
-    cmd = [str(exe), "run", str(root / "model.onnx"), "--onnxrt", "--load-inputs", str(root / "golden" / "inputs.json"),
-           "--load-outputs", str(root / "golden" / "reference.json"), "--atol", "1e-4", "--rtol", "1e-3"]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    assert run.returncode == 0 and "PASSED" in run.stdout + run.stderr, (run.stdout + run.stderr)[-2000:]
-
-
 def test_bundle_refuses_bad_input_in_one_line(built, tmp_path, capsys):
     ckpt, data, work, artifacts = built
     assert main(["bundle", str(artifacts[1]), "--reference", str(ckpt), "--data", str(data / "val"), "-o", str(tmp_path / "b")]) == 1
@@ -392,3 +384,214 @@ def test_record_mismatch_names_the_hash_that_does_not_hold():
     assert record_mismatch(record, "aa", set()) == "input_onnx_sha256"
     assert record_mismatch({}, "aa", {"0n"}) == "artifact_sha256"
     assert record_mismatch({"artifact_sha256": "aa"}, "aa", {"0n"}) == "input_onnx_sha256"
+
+
+# ---------------------------------------------------------------- a bundle the device can trust
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    assert main(["keygen", str(d / "release")]) == 0 and main(["keygen", str(d / "other")]) == 0
+    assert (d / "release.pem").stat().st_mode & 0o777 == 0o600
+    return d
+
+
+@pytest.fixture(scope="module")
+def signed(built, keys, tmp_path_factory):
+    """`tldeploy bundle --sign` of the tiny export and its two ONNX Runtime builds."""
+    ckpt, data, work, artifacts = built
+    out = tmp_path_factory.mktemp("signed") / "b"
+    assert main(["bundle", *map(str, artifacts[:3]), "--reference", str(ckpt), "--data", str(data / "val"), "-o", str(out),
+                 "--sign", str(keys / "release.pem"), "--quiet"]) == 0
+    return out
+
+
+def _copy(root: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(root, tmp_path / root.name))
+
+
+def _nothing_runs(monkeypatch) -> list[str]:
+    """The files any runner is asked to load during the test."""
+    import tldeploy.runtime.loader as loader
+
+    loaded: list[str] = []
+    monkeypatch.setattr(loader, "load_runner", lambda path, **kw: loaded.append(str(path)) or pytest.fail(f"{path} was run"))
+    return loaded
+
+
+def test_a_signed_bundle_verifies_with_its_key_and_the_report_names_the_signer(signed, keys, tmp_path, capsys):
+    from tldeploy.deploy.signing import key_id, load_public_key
+
+    root = _copy(signed, tmp_path)
+    assert (root / "bundle.sig").is_file() and "bundle.sig" not in json.loads((root / MANIFEST).read_text())["files"]
+    assert main(["verify", str(root), "--device", "cpu", "--public-key", str(keys / "release.pub")]) == 0
+    signer = key_id(load_public_key(keys / "release.pub"))
+    assert f"pass  signature verified: signed by {signer}" in capsys.readouterr().out
+    report = json.loads((root / "verify" / "verify.json").read_text())
+    assert report["passed"] and report["signature"]["verified"] and report["signature"]["key_id"] == signer
+    # verify's own output inside the bundle is outside the signature: a second verify passes too.
+    assert verify(VerifyConfig(root, device="cpu", public_key=keys / "release.pub")).passed
+    # Without the key: integrity as before, and a warning that the signer was not checked.
+    assert main(["verify", str(root), "--device", "cpu"]) == 0
+    assert "signed, but the signer was not checked (pass --public-key KEY.pub)" in capsys.readouterr().err
+    assert json.loads((root / "verify" / "verify.json").read_text())["signature"] == {
+        "present": True, "checked": False, "verified": False, "key_id": None, "detail": ""}
+
+
+def test_a_changed_artifact_with_its_manifest_hash_rewritten_is_refused_by_the_signature(signed, keys, tmp_path, monkeypatch, capsys):
+    root = _copy(signed, tmp_path)
+    target = root / "artifacts" / "tiny.int8.ort.onnx"
+    blob = bytearray(target.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    target.write_bytes(bytes(blob))
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"]["artifacts/tiny.int8.ort.onnx"] = sha256_file(target)  # what a manifest alone cannot catch
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    loaded = _nothing_runs(monkeypatch)
+    assert main(["verify", str(root), "--device", "cpu", "--public-key", str(keys / "release.pub")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: signature: the bundle differs from what was signed: artifacts/tiny.int8.ort.onnx, manifest.json changed"]
+    assert loaded == []
+    report = json.loads((root / "verify" / "verify.json").read_text())
+    assert not report["passed"] and report["signature"]["checked"] and not report["signature"]["verified"]
+
+
+def test_a_bundle_resigned_with_another_key_or_unsigned_is_refused(signed, keys, tmp_path, monkeypatch, capsys):
+    from tldeploy.deploy.signing import sign_bundle
+
+    root = _copy(signed, tmp_path)
+    sign_bundle(root, keys / "other.pem")
+    loaded = _nothing_runs(monkeypatch)
+    assert main(["verify", str(root), "--public-key", str(keys / "release.pub")]) == 1
+    assert capsys.readouterr().err.strip() == ("error: signature: bundle.sig does not verify with release.pub (Key mismatch: The public key "
+                                               "hash in the signature's verification material does not match the provided public key.)")
+    (root / "bundle.sig").write_text("{")
+    assert main(["verify", str(root), "--public-key", str(keys / "release.pub")]) == 1
+    assert "error: signature: bundle.sig does not verify with release.pub" in capsys.readouterr().err
+    (root / "bundle.sig").unlink()
+    assert main(["verify", str(root), "--public-key", str(keys / "release.pub")]) == 1
+    assert "error: signature: bundle.sig is missing: the bundle is not signed" in capsys.readouterr().err
+    assert main(["verify", str(root), "--public-key", str(keys / "release.pem")]) == 1  # the private half by mistake
+    assert "is not a PEM public key (that is the private key: give the .pub beside it)" in capsys.readouterr().err
+    assert loaded == []
+    with pytest.raises(ConfigError, match="is not a PEM private key"):
+        bundle(BundleConfig((signed / "model.onnx",), signed, signed, tmp_path / "b2", sign=keys / "release.pub"))
+    assert not (tmp_path / "b2").exists()
+
+
+@pytest.fixture
+def opened():
+    """Every path Python opens while the test runs (the `open` audit event: open() and os.open())."""
+    seen: list[str] = []
+    _AUDIT.append(seen)
+    yield seen
+    _AUDIT.remove(seen)
+
+
+_AUDIT: list[list[str]] = []
+
+
+def _audit(event: str, args) -> None:
+    if event == "open" and _AUDIT and isinstance(args[0], (str, bytes, os.PathLike)):
+        _AUDIT[-1].append(os.path.realpath(os.fsdecode(args[0])))
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed; this one records only while a test holds `opened`
+
+
+def _escape(root: Path, name: str, outside: Path) -> None:
+    """The manifest's INT8 entry renamed to `name` (meant to reach `outside`), its hash made to match."""
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"][name] = sha256_file(outside)
+    del manifest["files"]["artifacts/tiny.int8.ort.onnx"]
+    for e in manifest["artifacts"]:
+        if e["file"] == "artifacts/tiny.int8.ort.onnx":
+            e["file"] = name
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    (root / "artifacts" / "tiny.int8.ort.onnx").unlink()
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink-out", "symlink-in", "symlink-folder"])
+def test_verify_reads_nothing_outside_the_bundle(how, signed, tmp_path, opened, monkeypatch, capsys):
+    root = _copy(signed, tmp_path / "device")
+    sentinel = tmp_path / "outside.onnx"
+    shutil.copyfile(signed / "artifacts" / "tiny.int8.ort.onnx", sentinel)  # a valid artifact: only the refusal keeps it out
+    if how == "dotdot":
+        _escape(root, "../../outside.onnx", sentinel)
+        want = "names '../../outside.onnx', which is outside the bundle (it climbs out with '..')"
+    elif how == "absolute":
+        _escape(root, str(sentinel), sentinel)
+        want = f"names '{sentinel}', which is outside the bundle (an absolute path)"
+    elif how == "symlink-out":
+        _escape(root, "artifacts/linked.onnx", sentinel)
+        (root / "artifacts" / "linked.onnx").symlink_to(sentinel)
+        want = "artifacts/linked.onnx is a symbolic link"
+    elif how == "symlink-in":  # even a link to a file of the bundle: a bundle holds only files
+        (root / "labels.txt").unlink()
+        (root / "labels.txt").symlink_to(root / "model.onnx")
+        want = "labels.txt is a symbolic link"
+    else:
+        (root / "verify").symlink_to(tmp_path, target_is_directory=True)  # verify's own report would be written through it
+        want = "verify is a symbolic link"
+    loaded = _nothing_runs(monkeypatch)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    opened.clear()  # what the test itself read to set this up
+    assert main(["verify", str(root), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and want in errors[0] and "Traceback" not in err, err
+    assert str(sentinel.resolve()) not in opened and loaded == []
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # nothing written outside either
+
+
+def test_a_plugin_library_loads_only_from_a_verified_bundle_or_with_trust_plugins(tiny, keys, tmp_path, monkeypatch):
+    """`verify --build` of a plugin graph compiles and loads the bundle's library: refused unless
+    the signature verified or --trust-plugins says so (which the report records)."""
+    from tldeploy.deploy.signing import sign_bundle
+    from tldeploy.export.onnx_export import ExportConfig, export_onnx
+
+    ckpt, onnx_path, data = tiny
+    plugin = export_onnx(ExportConfig(ckpt, tmp_path / "tiny_trt.onnx", attention_plugin=True)).path
+    lib = tmp_path / "libtldeploy_trt_plugin.so"
+    lib.write_bytes(b"a library built on the device")
+    root = bundle(BundleConfig((onnx_path, plugin), ckpt, data / "val", tmp_path / "pb", plugins=lib, golden=4)).path
+    built_with = []
+    monkeypatch.setattr(verify_mod, "_plugin_library", lambda root_, out: built_with.append(root_) or lib)
+    import tldeploy.engines.builder as builder
+
+    monkeypatch.setattr(builder, "build", lambda cfg: _stop())  # the TensorRT build: past the gate
+    with pytest.raises(ConfigError, match="carries the ChannelAttention plugin .native code. and its signature was not verified"):
+        verify(VerifyConfig(root, build=True, device="cpu"))
+    assert built_with == []
+    with pytest.raises(_Stop):
+        verify(VerifyConfig(root, build=True, device="cpu", trust_plugins=True))
+    sign_bundle(root, keys / "release.pem")
+    with pytest.raises(_Stop):
+        verify(VerifyConfig(root, build=True, device="cpu", public_key=keys / "release.pub"))
+    assert len(built_with) == 2
+    shutil.rmtree(root / "device")
+    assert verify(VerifyConfig(root, device="cpu", trust_plugins=True)).passed
+    assert json.loads((root / "verify" / "verify.json").read_text())["trust_plugins"] is True
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop():
+    raise _Stop
+
+
+def test_the_golden_readme_command_passes_as_written(bundled):
+    """golden/README.md gives the Polygraphy command with verify's FP32 tolerance; run exactly it."""
+    import shlex
+
+    root = bundled[0].path
+    text = (root / "golden" / "README.md").read_text()
+    cmds = [ln.strip() for ln in text.splitlines() if ln.startswith("    polygraphy run ")]
+    assert cmds and all(f"--atol {TOLERANCES['fp32']['max_logit_diff']:g} --rtol 0" in c for c in cmds)
+    exe = Path(sys.executable).with_name("polygraphy")
+    for cmd in cmds:
+        run = subprocess.run([str(exe), *shlex.split(cmd)[1:]], cwd=root, capture_output=True, text=True)
+        assert run.returncode == 0 and "PASSED" in run.stdout + run.stderr, (cmd, (run.stdout + run.stderr)[-2000:])

@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from tldeploy.errors import TldeployError
+from tldeploy.errors import TldeployError, is_user_path_error
 
 BENCH_FORMAT = "tldeploy.bench"
 BENCH_VERSION = 2  # 2: robustness rows (suite, disagreement) and config.robustness; version 1 documents are read too
@@ -23,6 +23,8 @@ def load_bench(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
+        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+            raise
         raise TldeployError(f"{path} is not readable JSON ({type(e).__name__}); rerun 'tldeploy bench'") from None
     if not isinstance(doc, dict) or doc.get("format") != BENCH_FORMAT:
         raise TldeployError(f"{path} is not a tldeploy bench result (no \"format\": \"{BENCH_FORMAT}\")")

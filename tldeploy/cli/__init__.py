@@ -10,7 +10,7 @@ import click
 
 from tldeploy.cli import bench, data, demo, deploy, engines, export, plugins, predict, qat, shift, train  # noqa: F401  (they register the commands)
 from tldeploy.cli._common import cli
-from tldeploy.errors import TldeployError
+from tldeploy.errors import TldeployError, os_error_line
 
 __all__ = ["cli", "main"]
 
@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except TldeployError as e:
         click.echo(f"error: {e}", err=True)
+        return 1
+    except OSError as e:
+        line = os_error_line(e)
+        if line is None:  # not about a path the user gave: a programming error keeps its traceback
+            raise
+        click.echo(f"error: {line}", err=True)
         return 1
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ def scan_class_folders(root: Path, *, strict: bool = False, classes: list[str] |
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; pass a folder with one sub-folder per class")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in found:
+        check_class_name(root / name)
     if classes is None:
         classes = found
     else:
@@ -146,6 +149,16 @@ def scan_class_folders(root: Path, *, strict: bool = False, classes: list[str] |
             "add some or remove the folder"
         )
     return FileList(paths, labels, list(classes), skipped)
+
+
+def check_class_name(folder: Path) -> None:
+    """A class is one line of labels.txt and of DeepStream's and Triton's label files: a folder name
+    holding a line break or another control character is refused, naming the folder."""
+    bad = [c for c in folder.name if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    if bad:
+        shown = ", ".join(sorted({repr(c) for c in bad}))
+        raise DataError(f"class folder {str(folder)!r} has a control character in its name ({shown}); a class name must fit on "
+                        "one line of a label file: rename the folder")
 
 
 def stratified_split(images: FileList, val_fraction: float, seed: int) -> tuple[FileList, FileList]:

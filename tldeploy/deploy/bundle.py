@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tldeploy._io import atomic_dir, atomic_path, now, sha256_file
+from tldeploy._io import atomic_dir, atomic_path, now, probe_output, sha256_file
 from tldeploy.contract import OUTPUT_NAMES, Contract, check_onnx, load_onnx, read_contract, write_contract
 from tldeploy.deploy import golden as gold
 from tldeploy.deploy.manifest import (
@@ -59,6 +59,7 @@ class BundleConfig:
     classifier_threshold: float = 0.5
     tar: bool = False
     force: bool = False
+    sign: Path | None = None  # an EC private key (PEM): sign every file with OpenSSF model-signing
 
     def __post_init__(self) -> None:
         if not self.artifacts:
@@ -87,12 +88,18 @@ class BundleResult:
     path: Path
     manifest: dict[str, Any]
     tar: Path | None
+    signed_by: str | None = None  # the signing key's id (SHA-256 of its public key)
 
 
 def bundle(cfg: BundleConfig) -> BundleResult:
     out = Path(cfg.output)
     if out.exists() and not cfg.force:
         raise ConfigError(f"{out} already exists; pass --force to replace it")
+    probe_output(out)
+    if cfg.sign is not None:
+        from tldeploy.deploy.signing import load_private_key
+
+        load_private_key(Path(cfg.sign))  # a wrong key is refused now, not after the golden run
     items = [_read(Path(p)) for p in cfg.artifacts]
     source = _source(items)
     _check_same_model(items, source, Path(cfg.reference))
@@ -106,12 +113,17 @@ def bundle(cfg: BundleConfig) -> BundleResult:
         measured = _measure(tmp, entries, g)
         manifest = _manifest(tmp, source, entries, g, measured, cfg)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        signed_by = None
+        if cfg.sign is not None:
+            from tldeploy.deploy.signing import sign_bundle
+
+            signed_by = sign_bundle(tmp, Path(cfg.sign))
     tar = None
     if cfg.tar:
         tar = out.with_name(out.name + ".tar")
         with atomic_path(tar) as t, tarfile.open(t, "w") as tf:
             tf.add(out, arcname=out.name)
-    return BundleResult(out, manifest, tar)
+    return BundleResult(out, manifest, tar, signed_by)
 
 
 # ---------------------------------------------------------------- inputs
@@ -252,6 +264,9 @@ def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[di
     (d / "reference.json").write_text(gold.polygraphy_outputs(g.reference, batch))
     if "inputs_raw" in arrays:
         (d / "inputs_raw.json").write_text(gold.polygraphy_inputs(name, arrays["inputs_raw"], batch))
+    max_diff = TOLERANCES["fp32"]["max_logit_diff"]
+    assert max_diff is not None  # the FP32 tolerance bounds the logits
+    (d / "README.md").write_text(gold.readme(len(g.inputs), max_diff, raw=(tmp / "model_raw.onnx").is_file()))
 
 
 def _static_batch(onnx_path: Path) -> int | None:

@@ -1,6 +1,6 @@
 """Golden data: real validation inputs, the raw files they came from, and the PyTorch reference's
-outputs on them, as `.npz` and in Polygraphy's JSON format (`polygraphy run MODEL --onnxrt
---load-inputs golden/inputs.json --load-outputs golden/reference.json`)."""
+outputs on them, as `.npz` and in Polygraphy's JSON format; golden/README.md gives the Polygraphy
+command that checks the FP32 ONNX at verify's own FP32 tolerance (`polygraphy_commands`)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,36 @@ def polygraphy_outputs(outputs: dict[str, np.ndarray], batch: int | None, runner
         for s in batches(n, batch)
     ]
     return json.dumps({"lst": [[runner, iterations]], "polygraphy_class": "RunResults"}, indent=1)
+
+
+def polygraphy_commands(max_logit_diff: float, raw: bool) -> list[str]:
+    """The Polygraphy runs (from the bundle folder) that check the FP32 ONNX against the reference
+    at verify's FP32 logit tolerance. Polygraphy fails an element only when it misses both --atol
+    and --rtol, so `--rtol 0` makes `--atol` the whole test: every output element within it."""
+    tol = f"--atol {max_logit_diff:g} --rtol 0"
+    cmds = [f"polygraphy run model.onnx --onnxrt --load-inputs golden/inputs.json --load-outputs golden/reference.json {tol}"]
+    if raw:
+        cmds.append(f"polygraphy run model_raw.onnx --onnxrt --load-inputs golden/inputs_raw.json --load-outputs golden/reference.json {tol}")
+    return cmds
+
+
+def readme(n: int, max_logit_diff: float, raw: bool) -> str:
+    """golden/README.md: what the files are, and how to check the FP32 ONNX without tldeploy."""
+    cmds = "\n".join(f"    {c}" for c in polygraphy_commands(max_logit_diff, raw))
+    return f"""# Golden inputs
+
+{n} validation inputs (`files/`), the model's inputs for them (`inputs.npz`, `inputs.json`{", and `inputs_raw.*` for model_raw.onnx" if raw else ""})
+and the PyTorch reference's outputs (`reference.npz`, `reference.json`): logits, probs and CAM.
+
+`tldeploy verify` runs every artifact of the bundle on them under the manifest's tolerances.
+Without tldeploy, [Polygraphy](https://github.com/NVIDIA/TensorRT/tree/main/tools/Polygraphy)
+checks the FP32 ONNX at verify's FP32 tolerance (every output element within {max_logit_diff:g}
+of the reference; `--rtol 0` makes that the only test). From the bundle folder:
+
+{cmds}
+
+Polygraphy's default tolerance (1e-5) is tighter than two correct FP32 runs on different CPUs
+agree (1.9e-5 measured on an AMD EPYC); verify's FP32 tolerance also admits TensorRT's TF32
+convolutions. FP16 and INT8 artifacts are held to top-1 agreement and cosine, which an element-wise
+comparison does not express: check them with `tldeploy verify`.
+"""

@@ -9,6 +9,7 @@ from tldeploy._io import sha256_file
 from tldeploy.engines.plugins import PLUGIN_LIBRARY
 
 MANIFEST = "manifest.json"
+SIGNATURE = "bundle.sig"  # OpenSSF model-signing signature over every file, the manifest included (deploy/signing.py)
 PLUGIN_LIB = f"plugins/lib/{PLUGIN_LIBRARY}"  # the ChannelAttention plugin built for the device, when bundled
 VERIFY_DIR = "verify"  # what `verify` writes inside a bundle; not part of it
 DEVICE_DIR = "device"  # engines `verify --build` makes on the device; not part of it
@@ -50,7 +51,7 @@ def bundle_files(root: Path) -> list[Path]:
     out = []
     for p in sorted(Path(root).rglob("*")):
         rel = p.relative_to(root)
-        if p.is_file() and rel.as_posix() != MANIFEST and rel.parts[0] not in (VERIFY_DIR, DEVICE_DIR):
+        if p.is_file() and rel.as_posix() not in (MANIFEST, SIGNATURE) and rel.parts[0] not in (VERIFY_DIR, DEVICE_DIR):
             out.append(rel)
     return out
 

@@ -1,6 +1,10 @@
 """`tldeploy verify BUNDLE`: on the device, prove the shipped artifacts equal the reference.
 
-In order: every file against the manifest (a changed byte is named and nothing runs); every build
+In order: the bundle holds only regular files and folders (a symbolic link, FIFO or device is
+refused before any file is opened); with `--public-key`, the signature over every file (a missing,
+foreign or broken signature, or a file that differs from what was signed, fails here and nothing
+else is read); the manifest's names stay inside the bundle (absolute, `..` or escaping names are
+refused before any of them is opened); every file against the manifest (a changed byte is named and nothing runs); every build
 record against its artifact and the bundle's ONNX (another model's record is refused before
 anything loads); an engine's TensorRT version and GPU against this machine's, before
 deserializing it; then the golden inputs through every artifact, compared with the reference's
@@ -13,8 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -45,6 +51,8 @@ class VerifyConfig:
     precisions: tuple[str, ...] = ()  # --build: engines to build here (fp32, fp16) [default: fp16]
     device: str = "auto"  # where ONNX artifacts run: cpu, cuda, or auto (cuda where visible)
     output: Path | None = None  # default: BUNDLE/verify/
+    public_key: Path | None = None  # check the bundle's signature with this key first
+    trust_plugins: bool = False  # load the bundle's plugin library (native code) though its signature was not verified
 
     def __post_init__(self) -> None:
         bad = [p for p in self.precisions if p not in PRECISIONS]
@@ -64,10 +72,31 @@ class Check:
 
 
 @dataclass
+class Signature:
+    """What verify knows of who made the bundle."""
+
+    present: bool  # the bundle has bundle.sig
+    checked: bool = False  # checked against --public-key
+    verified: bool = False
+    key_id: str | None = None  # the --public-key's SHA-256 (the signer, when verified)
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.verified:
+            return f"signature verified: signed by {self.key_id}"
+        if self.checked:
+            return f"signature REFUSED: {self.detail}"
+        return ("signed, but the signer was not checked (pass --public-key KEY.pub)" if self.present
+                else "unsigned: integrity against its own manifest only (anyone can rewrite a manifest)")
+
+
+@dataclass
 class VerifyResult:
     passed: bool
     checks: list[Check] = field(default_factory=list)
     report: Path | None = None
+    signature: Signature | None = None
+    trust_plugins: bool = False
 
     def failures(self) -> list[str]:
         return [f"{c.artifact}: {c.detail}" for c in self.checks if not c.passed]
@@ -75,22 +104,87 @@ class VerifyResult:
 
 def verify(cfg: VerifyConfig) -> VerifyResult:
     root = Path(cfg.bundle)
-    manifest = _manifest(root)
+    _refuse_links(root)  # before any file of the bundle is opened
     out = Path(cfg.output) if cfg.output else root / VERIFY_DIR
+    signature = _signature(root, cfg.public_key)
+    if signature.checked and not signature.verified:
+        result = VerifyResult(False, [Check("signature", False, signature.detail)], signature=signature)
+        result.report = _write_report(out, root, result)
+        return result
+    if signature.present and not signature.checked:
+        log.warning("%s: %s", root, signature.describe())
+    manifest = _manifest(root)
+    _refuse_outside_names(root, manifest)
+    trust_plugins = signature.verified or cfg.trust_plugins
     checks = [Check("bundle", False, p) for p in check_files(root, manifest)]
     if not checks:
         device = _device(cfg.device)
         entries = list(manifest["artifacts"])
         onnx_shas = {manifest["files"][e["file"]] for e in entries if e["kind"] == "onnx"}  # checked just now
         if cfg.build:
-            entries += _build_here(root, manifest, cfg)
+            entries += _build_here(root, manifest, cfg, trust_plugins)
         inputs = np.load(root / "golden" / "inputs.npz")
         reference = dict(np.load(root / "golden" / "reference.npz"))
         for e in entries:
-            checks.append(_verify_one(root, e, manifest, onnx_shas, inputs, reference, device))
-    result = VerifyResult(all(c.passed for c in checks) and bool(checks), checks)
-    result.report = _write_report(out, root, manifest, result)
+            checks.append(_verify_one(root, e, manifest, onnx_shas, inputs, reference, device, trust_plugins))
+    result = VerifyResult(all(c.passed for c in checks) and bool(checks), checks, signature=signature, trust_plugins=cfg.trust_plugins)
+    result.report = _write_report(out, root, result)
     return result
+
+
+def _refuse_links(root: Path) -> None:
+    """A bundle is regular files in folders: a symbolic link (which could name any file of the
+    device), FIFO, socket or device file anywhere under ROOT is refused, naming it; only entries'
+    names are read here, no file is opened."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            p = Path(folder) / name
+            mode = p.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise TldeployError(f"{p} is a symbolic link; a bundle holds only regular files and verify follows no link out of it "
+                                    "(copy the bundle with its files, e.g. from its .tar)")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise TldeployError(f"{p} is not a regular file (a FIFO, socket or device); refused: a bundle holds only files")
+
+
+def _refuse_outside_names(root: Path, manifest: dict[str, Any]) -> None:
+    """Every name the manifest gives (files, artifacts, records) is a relative path that stays in
+    ROOT; an absolute one, one with `..` or one resolving elsewhere is refused before any is opened."""
+    names = list(manifest.get("files") or {})
+    for e in manifest.get("artifacts") or []:
+        names += [e.get("file"), *([e["record"]] if e.get("record") else [])]
+    top = root.resolve()
+    for name in names:
+        why = None
+        if not isinstance(name, str) or not name:
+            why = "not a file name"
+        elif name.startswith(("/", "\\")) or PureWindowsPath(name).drive or Path(name).is_absolute():
+            why = "an absolute path"
+        elif ".." in PurePosixPath(name.replace("\\", "/")).parts:
+            why = "it climbs out with '..'"
+        elif not (root / name).resolve().is_relative_to(top):
+            why = "it resolves outside the bundle"
+        if why:
+            raise TldeployError(f"{root / MANIFEST} names {name!r}, which is outside the bundle ({why}); refused before reading "
+                                "any file: verify reads only inside the bundle (make the bundle again with 'tldeploy bundle')")
+
+
+def _signature(root: Path, public_key: Path | None) -> Signature:
+    from tldeploy.deploy.manifest import SIGNATURE
+
+    sig = Signature(present=(root / SIGNATURE).is_file())
+    if public_key is None:
+        return sig
+    from tldeploy.deploy.signing import SignatureError, key_id, load_public_key, verify_signature
+
+    sig.checked, sig.key_id = True, key_id(load_public_key(Path(public_key)))
+    try:
+        verify_signature(root, Path(public_key))
+    except SignatureError as e:
+        sig.detail = str(e)
+        return sig
+    sig.verified, sig.detail = True, f"signed by {sig.key_id}"
+    return sig
 
 
 def _manifest(root: Path) -> dict[str, Any]:
@@ -117,7 +211,8 @@ def _device(choice: str) -> str:
         return "cpu"
 
 
-def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_shas: set[str], inputs, reference, device: str) -> Check:
+def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_shas: set[str], inputs, reference, device: str,
+                trust_plugins: bool) -> Check:
     from tldeploy.deploy.manifest import TOLERANCES
     from tldeploy.parity import compare_outputs
     from tldeploy.runtime.runners import run_batches
@@ -140,7 +235,7 @@ def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_sh
     x = inputs["inputs_raw" if e["input"] == "raw" else "inputs"]
     tol = manifest["tolerances"][e["precision"]] if e["precision"] in manifest.get("tolerances", {}) else TOLERANCES[e["precision"]]
     try:
-        with _runner(root, path, e, device) as runner:
+        with _runner(root, path, e, device, trust_plugins) as runner:
             out = run_batches(runner, x)
     except TldeployError as err:  # ConfigError included
         return Check(name, False, f"could not run here: {err}")
@@ -151,14 +246,15 @@ def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_sh
     return Check(name, not failures, detail, report.to_dict())
 
 
-def _runner(root: Path, path: Path, e: dict[str, Any], device: str):
-    """The artifact's runner; an engine that needs the plugin loads the bundle's library."""
+def _runner(root: Path, path: Path, e: dict[str, Any], device: str, trust_plugins: bool):
+    """The artifact's runner; an engine that needs the plugin loads the bundle's library, if trusted."""
     from tldeploy.runtime.loader import load_runner
 
     if e["kind"] == "engine" and e.get("attention") == "plugin":
         from tldeploy.runtime.trt_runner import TrtRunner
 
         lib = root / PLUGIN_LIB
+        _refuse_untrusted_plugins(root, trust_plugins)
         if not lib.is_file():
             raise ConfigError(f"{e['file']} needs the ChannelAttention plugin and the bundle has no plugins/lib; build it here "
                               f"with 'tldeploy plugins build' and bundle it with --plugins")
@@ -190,7 +286,7 @@ def _engine_mismatch(record: dict[str, Any]) -> str | None:
     return None
 
 
-def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig) -> list[dict[str, Any]]:
+def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig, trust_plugins: bool) -> list[dict[str, Any]]:
     """TensorRT engines built on this device from the bundle's ONNX: the raw-input variant where
     there is one (what DeepStream serves), and each plugin graph with the bundle's plugin library.
     An unchanged build is reused (the builder's cache key), a stale one rebuilt."""
@@ -207,6 +303,7 @@ def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig) -> list
     sources = [(root / ("model_raw.onnx" if raw else "model.onnx"), "raw" if raw else "normalized", "standard", ())]
     plugin_graphs = [e for e in manifest["artifacts"] if e["kind"] == "onnx" and e.get("attention") == "plugin"]
     if plugin_graphs:
+        _refuse_untrusted_plugins(root, trust_plugins)
         sources += [(root / e["file"], e["input"], "plugin", (_plugin_library(root, out),)) for e in plugin_graphs]
     entries = []
     for source, input_format, attention, plugins in sources:
@@ -221,6 +318,14 @@ def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig) -> list
                             "input": input_format, "attention": attention, "record": str(Path(DEVICE_DIR) / (target.name + ".json")),
                             "backend": "tensorrt", "build_seconds": result.record.get("build_seconds")})
     return entries
+
+
+def _refuse_untrusted_plugins(root: Path, trust_plugins: bool) -> None:
+    """The plugin library (or its sources, compiled here) is native code run in this process: only
+    from a bundle whose signature verified, or when the user says so with --trust-plugins."""
+    if not trust_plugins:
+        raise ConfigError(f"{root} carries the ChannelAttention plugin (native code) and its signature was not verified; "
+                          "pass --public-key KEY.pub of its signer, or --trust-plugins to load it anyway (recorded in the report)")
 
 
 def _plugin_library(root: Path, out: Path) -> Path:
@@ -243,12 +348,14 @@ def fingerprint() -> dict[str, Any]:
     return {"cpu": host.cpu_info(), "gpu": gpu_info(), "tools": host.tool_versions(), "jetson": host.jetson_info()}
 
 
-def _write_report(out: Path, root: Path, manifest: dict[str, Any], result: VerifyResult) -> Path:
+def _write_report(out: Path, root: Path, result: VerifyResult) -> Path:
     doc = {
         "format": "tldeploy.verify",
         "bundle": root.name,
         "created": now(),
         "passed": result.passed,
+        "signature": result.signature.__dict__ if result.signature else None,
+        "trust_plugins": result.trust_plugins,
         "device": fingerprint(),
         "checks": [c.__dict__ for c in result.checks],
     }
@@ -258,6 +365,8 @@ def _write_report(out: Path, root: Path, manifest: dict[str, Any], result: Verif
              f"device: CPU {doc['device']['cpu']['name']} ({doc['device']['cpu']['class']}), "
              f"GPU {doc['device']['gpu'].get('gpu', 'none')}, TensorRT {doc['device']['tools'].get('tensorrt') or 'none'}"
              + (f", {release.describe()}" if release else ""), "",
+             (result.signature.describe() if result.signature else "signature: not looked at")
+             + ("; plugins trusted by --trust-plugins" if result.trust_plugins else ""), "",
              "| artifact | result | detail |", "|---|---|---|"]
     lines += [f"| {c.artifact} | {'skip' if c.skipped else 'pass' if c.passed else 'FAIL'} | {c.detail} |" for c in result.checks]
     write_text(out / "verify.md", "\n".join(lines) + "\n")

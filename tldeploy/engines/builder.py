@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tldeploy._io import atomic_path, now, write_json
+from tldeploy._io import atomic_path, now, probe_output, write_json
 from tldeploy.engines import artifacts
 from tldeploy.engines.calibration import CalibrationSet
 from tldeploy.engines.capabilities import PRECISIONS, check_target, default_device
@@ -188,6 +188,7 @@ def _checked_output(cfg: BuildConfig, onnx_path: Path, contract, backend: str, d
         raise ConfigError(f"{onnx_path} is an FP16 export; build {cfg.precision} from the FP32 export")
     if contract.attention == "plugin" and backend != "tensorrt":
         raise ConfigError(f"{onnx_path} has ChannelAttention plugin nodes, which only TensorRT runs; use --backend tensorrt or the standard export")
+    probe_output(output)
     return output
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tldeploy.errors import TldeployError
+from tldeploy.errors import TldeployError, is_user_path_error
 
 # Precision words as the inspector spells them, most specific first ("BFloat16" before "Float",
 # "UInt8" before "Int8"): "Row major linear FP16 format" (10.x), "Half" (Myelin layers; 11.x's "Datatype").
@@ -63,6 +63,8 @@ def read_layer_summary(path: Path) -> LayerSummary:
     try:
         return summarize_layers(Path(path).read_text(), path)
     except (OSError, UnicodeDecodeError) as e:
+        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+            raise
         raise TldeployError(f"cannot read {path} ({e}); {fix}") from None
     except TldeployError as e:
         raise TldeployError(f"{e}; {fix}") from None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tldeploy._io import write_json
-from tldeploy.errors import ConfigError
+from tldeploy.errors import ConfigError, is_user_path_error
 
 PLAN_FORMAT = "tldeploy.precision_plan"
 PLAN_VERSION = 1
@@ -84,6 +84,8 @@ def load_plan(path: Path) -> PrecisionPlan:
     except FileNotFoundError:
         raise ConfigError(f"--precision-plan {path} does not exist; write one with tldeploy diagnose") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+            raise
         raise ConfigError(f"--precision-plan {path} is not a JSON precision plan ({e}); write one with tldeploy diagnose") from None
     if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
         raise ConfigError(f"--precision-plan {path} is not a tldeploy precision plan (format {PLAN_FORMAT!r} expected)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tldeploy.errors import ConfigError, DataError
+from tldeploy.errors import ConfigError, DataError, is_user_path_error
 
 if TYPE_CHECKING:
     import numpy as np
@@ -125,6 +125,8 @@ class Preprocessing:
         try:
             return load_image(path)
         except Exception as e:
+            if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+                raise
             raise DataError(f"cannot decode image {path} ({type(e).__name__}); pass a PNG, JPEG or other Pillow-readable file") from None
 
     def source_input(self, source) -> np.ndarray:

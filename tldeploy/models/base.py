@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from tldeploy.errors import CheckpointError, ConfigError
+from tldeploy.errors import CheckpointError, ConfigError, is_user_path_error
 from tldeploy.modalities.preprocessing import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -101,6 +101,8 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
+        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+            raise
         raise CheckpointError(f"cannot read weights file {path} ({type(e).__name__}); is it a truncated or non-PyTorch file?") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -14,7 +14,7 @@ import torch
 
 import tldeploy
 from tldeploy._io import atomic_path
-from tldeploy.errors import CheckpointError, ConfigError
+from tldeploy.errors import CheckpointError, ConfigError, is_user_path_error
 
 CHECKPOINT_FORMAT = "tldeploy.checkpoint"
 TRAIN_STATE_FORMAT = "tldeploy.train-state"
@@ -92,6 +92,8 @@ def read_torch_file(
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle with code, random bytes...
+        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+            raise
         if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
             # torch's message advises loading it unsafely (and holds terminal escapes): not ours to print
             raise CheckpointError(

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tldeploy._io import atomic_dir, sha256_file, write_json
+from tldeploy._io import atomic_dir, probe_output, sha256_file, write_json
 from tldeploy.engines.quantize import FLAVOURS, PRESETS, QatRecord, QuantConfig
 from tldeploy.errors import ConfigError, OutputExistsError
 
@@ -133,6 +133,7 @@ class _Qat:
         self.out = Path(cfg.out_dir)
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())) and not cfg.force:
             raise OutputExistsError(f"QAT run folder {self.out} already exists; pass --force to replace it")
+        probe_output(self.out)  # an unwritable -o is found before the fine-tuning
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")

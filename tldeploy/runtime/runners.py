@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tldeploy.contract import OUTPUT_NAMES, Contract
-from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
+from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError, is_user_path_error
 from tldeploy.modalities.preprocessing import preprocessing_from_dict
 
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -248,6 +248,8 @@ def read_sidecar(artifact: Path) -> dict | None:
     try:
         data = json.loads(p.read_text())
     except (OSError, ValueError) as e:
+        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+            raise
         raise TldeployError(f"build record {p} is unreadable ({type(e).__name__}); rebuild with 'tldeploy build --force'") from None
     if not isinstance(data, dict) or data.get("format") != "tldeploy.build":
         raise TldeployError(f"{p} is not a tldeploy build record; rebuild with 'tldeploy build --force'")

@@ -19,7 +19,7 @@ from scipy.special import softmax
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from tldeploy._io import write_json
+from tldeploy._io import probe_output, write_json
 from tldeploy.data.folders import MEDIA, even_spread, find_files, limit_per_class, resolve_train_val
 from tldeploy.errors import ConfigError, OutputExistsError
 from tldeploy.modalities.audio import AudioAugmentConfig, AudioPreprocessing
@@ -112,6 +112,7 @@ class _Trainer:
             raise OutputExistsError(
                 f"run folder {self.run_dir} already holds files; pass --force to overwrite or --resume to continue"
             )
+        probe_output(self.ckpt_path)  # an unwritable -o is found before the training, not after it
 
     def _configure(self, phase: Phase) -> tuple[torch.optim.Optimizer, nn.Module]:
         opt = optimizer_for(self.model, self.blocks, phase, self.cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tldeploy.data.folders import soundfile_module
-from tldeploy.errors import ConfigError, DataError
+from tldeploy.errors import ConfigError, DataError, is_user_path_error
 
 
 def fit_clip(wave: np.ndarray, num_samples: int, *, random_crop: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -31,6 +31,8 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
+        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+            raise
         raise DataError(f"cannot decode audio file {path} ({type(e).__name__}); pass a WAV, FLAC or OGG file") from None
     if data.shape[0] == 0:
         raise DataError(f"audio file {path} holds a zero-length clip; remove it")
