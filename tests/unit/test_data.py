@@ -106,3 +106,25 @@ def test_find_files_names_the_flag(tmp_path):
     _folder(tmp_path / "d", {"a": 2})
     (tmp_path / "d" / "a" / "x.png").write_bytes(b"broken")
     assert len(find_files(tmp_path / "d")) == 2
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "carriage\rreturn", "tab\there", "bell\x07", "sep\u2028line"])
+def test_a_class_folder_name_that_cannot_be_one_label_line_is_refused(tmp_path, name, capsys):
+    """labels.txt, DeepStream's and Triton's label files hold one class per line: `train` refuses a
+    class folder whose name holds a line break or another control character, naming it, before
+    writing anything; so does every command that reads labelled folders (bench, bundle, shift)."""
+    from tldeploy.cli import main
+    from tldeploy.data.folders import load_inputs
+    from tldeploy.modalities.preprocessing import Preprocessing
+
+    data = tmp_path / "data"
+    for cls in ("fine", name):
+        (data / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(data / cls / "0.png")
+    assert main(["train", str(data), "-o", str(tmp_path / "run"), "--backbone", "tiny_cnn", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: class folder {str(data / name)!r} has a control character in its name"), err
+    assert err[0].endswith("a class name must fit on one line of a label file: rename the folder")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DataError, match="has a control character in its name"):
+        load_inputs(data, ["fine", name], Preprocessing(8, 8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))

@@ -297,18 +297,26 @@ def test_bundle_refuses_bad_input_in_one_line(built, tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
-def test_a_plugin_graph_travels_with_the_plugin_sources_and_library(tiny, tmp_path):
-    """An export with ChannelAttention plugin nodes is bundled with cpp_plugins' sources (and the
-    library built for the device, when given); verify skips it on a machine without TensorRT,
-    saying so, and checks the rest."""
+@pytest.fixture(scope="module")
+def plugin_bundle(tiny, tmp_path_factory):
+    """A bundle of the tiny export and its ChannelAttention plugin graph, with a plugin library."""
     from tldeploy.export.onnx_export import ExportConfig, export_onnx
 
     ckpt, onnx_path, data = tiny
-    plugin = export_onnx(ExportConfig(ckpt, tmp_path / "tiny_trt.onnx", attention_plugin=True)).path
-    lib = tmp_path / "libtldeploy_trt_plugin.so"
+    work = tmp_path_factory.mktemp("plugin-bundle")
+    plugin = export_onnx(ExportConfig(ckpt, work / "tiny_trt.onnx", attention_plugin=True)).path
+    lib = work / "libtldeploy_trt_plugin.so"
     lib.write_bytes(b"a library built on the device")
-    b = bundle(BundleConfig((onnx_path, plugin), ckpt, data / "val", tmp_path / "pb", plugins=lib))
-    root = b.path
+    return bundle(BundleConfig((onnx_path, plugin), ckpt, data / "val", work / "pb", plugins=lib)), lib
+
+
+def test_a_plugin_graph_travels_with_the_plugin_sources_and_library(plugin_bundle, tiny, tmp_path):
+    """An export with ChannelAttention plugin nodes is bundled with cpp_plugins' sources (and the
+    library built for the device, when given); verify skips it on a machine without TensorRT,
+    saying so, and checks the rest."""
+    ckpt, onnx_path, data = tiny
+    b, lib = plugin_bundle
+    root = _copy(b.path, tmp_path)
     assert (root / "plugins" / "src" / "CMakeLists.txt").is_file() and (root / "plugins" / "lib" / lib.name).read_bytes() == lib.read_bytes()
     entry = next(e for e in b.manifest["artifacts"] if e["file"] == "artifacts/tiny_trt.onnx")
     assert entry["attention"] == "plugin" and "TensorRT" in entry["measured_here"]["not_run"]
@@ -545,17 +553,13 @@ def test_verify_reads_nothing_outside_the_bundle(how, signed, tmp_path, opened, 
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # nothing written outside either
 
 
-def test_a_plugin_library_loads_only_from_a_verified_bundle_or_with_trust_plugins(tiny, keys, tmp_path, monkeypatch):
+def test_a_plugin_library_loads_only_from_a_verified_bundle_or_with_trust_plugins(plugin_bundle, keys, tmp_path, monkeypatch):
     """`verify --build` of a plugin graph compiles and loads the bundle's library: refused unless
     the signature verified or --trust-plugins says so (which the report records)."""
     from tldeploy.deploy.signing import sign_bundle
-    from tldeploy.export.onnx_export import ExportConfig, export_onnx
 
-    ckpt, onnx_path, data = tiny
-    plugin = export_onnx(ExportConfig(ckpt, tmp_path / "tiny_trt.onnx", attention_plugin=True)).path
-    lib = tmp_path / "libtldeploy_trt_plugin.so"
-    lib.write_bytes(b"a library built on the device")
-    root = bundle(BundleConfig((onnx_path, plugin), ckpt, data / "val", tmp_path / "pb", plugins=lib, golden=4)).path
+    b, lib = plugin_bundle
+    root = _copy(b.path, tmp_path)
     built_with = []
     monkeypatch.setattr(verify_mod, "_plugin_library", lambda root_, out: built_with.append(root_) or lib)
     import tldeploy.engines.builder as builder
