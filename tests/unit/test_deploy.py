@@ -438,8 +438,12 @@ def test_a_signed_bundle_verifies_with_its_key_and_the_report_names_the_signer(s
     assert f"pass  signature verified: signed by {signer}" in capsys.readouterr().out
     report = json.loads((root / "verify" / "verify.json").read_text())
     assert report["passed"] and report["signature"]["verified"] and report["signature"]["key_id"] == signer
-    # verify's own output inside the bundle is outside the signature: a second verify passes too.
+    # verify's own output inside the bundle is outside the signature: a second verify passes too,
+    # and so does model-signing's own CLI, as the README gives it (no tldeploy needed on the device).
     assert verify(VerifyConfig(root, device="cpu", public_key=keys / "release.pub")).passed
+    cli = subprocess.run([str(Path(sys.executable).with_name("model_signing")), "verify", "key", str(root), "--signature",
+                          str(root / "bundle.sig"), "--public_key", str(keys / "release.pub")], capture_output=True, text=True)
+    assert cli.returncode == 0 and "Verification succeeded" in cli.stdout + cli.stderr, cli.stdout + cli.stderr
     # Without the key: integrity as before, and a warning that the signer was not checked.
     assert main(["verify", str(root), "--device", "cpu"]) == 0
     assert "signed, but the signer was not checked (pass --public-key KEY.pub)" in capsys.readouterr().err
