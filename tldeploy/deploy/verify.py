@@ -4,8 +4,8 @@ In order: the bundle holds only regular files and folders (a symbolic link, FIFO
 refused before any file is opened); with `--public-key`, the signature over every file (a missing,
 foreign or broken signature, or a file that differs from what was signed, fails here and nothing
 else is read); the manifest's names stay inside the bundle (absolute, `..` or escaping names are
-refused before any of them is opened); every file against the manifest (a changed byte is named and nothing runs); every build
-record against its artifact and the bundle's ONNX (another model's record is refused before
+refused before any of them is opened); every file against the manifest (a changed byte is named
+and nothing runs); every build record against its artifact and the bundle's ONNX (another model's record is refused before
 anything loads); an engine's TensorRT version and GPU against this machine's, before
 deserializing it; then the golden inputs through every artifact, compared with the reference's
 outputs under the manifest's tolerances. With `--build`, engines are built here from the bundle's
@@ -150,8 +150,11 @@ def _refuse_links(root: Path) -> None:
 def _refuse_outside_names(root: Path, manifest: dict[str, Any]) -> None:
     """Every name the manifest gives (files, artifacts, records) is a relative path that stays in
     ROOT; an absolute one, one with `..` or one resolving elsewhere is refused before any is opened."""
-    names = list(manifest.get("files") or {})
-    for e in manifest.get("artifacts") or []:
+    files, entries = manifest.get("files"), manifest.get("artifacts")
+    if not isinstance(files, dict) or not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise TldeployError(f"{root / MANIFEST} is not a tldeploy bundle manifest (files or artifacts malformed); make the bundle again")
+    names = list(files)
+    for e in entries:
         names += [e.get("file"), *([e["record"]] if e.get("record") else [])]
     top = root.resolve()
     for name in names:
@@ -166,7 +169,7 @@ def _refuse_outside_names(root: Path, manifest: dict[str, Any]) -> None:
             why = "it resolves outside the bundle"
         if why:
             raise TldeployError(f"{root / MANIFEST} names {name!r}, which is outside the bundle ({why}); refused before reading "
-                                "any file: verify reads only inside the bundle (make the bundle again with 'tldeploy bundle')")
+                                "any file it names: verify reads only inside the bundle (make the bundle again with 'tldeploy bundle')")
 
 
 def _signature(root: Path, public_key: Path | None) -> Signature:

@@ -63,8 +63,6 @@ def read_layer_summary(path: Path) -> LayerSummary:
     try:
         return summarize_layers(Path(path).read_text(), path)
     except (OSError, UnicodeDecodeError) as e:
-        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
-            raise
         raise TldeployError(f"cannot read {path} ({e}); {fix}") from None
     except TldeployError as e:
         raise TldeployError(f"{e}; {fix}") from None
