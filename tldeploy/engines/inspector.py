@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tldeploy.errors import TldeployError, is_user_path_error
+from tldeploy.errors import TldeployError
 
 # Precision words as the inspector spells them, most specific first ("BFloat16" before "Float",
 # "UInt8" before "Int8"): "Row major linear FP16 format" (10.x), "Half" (Myelin layers; 11.x's "Datatype").
