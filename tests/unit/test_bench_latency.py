@@ -282,7 +282,7 @@ def test_compare_resamples_rounds_so_a_drifting_round_is_not_significant():
 
 
 def test_same_artifact_twice_is_not_flagged_and_a_slower_one_is(tiny):
-    """8 benchmark runs; in each, the tiny model (ONNX Runtime, batch 64) is timed as two artifacts
+    """6 benchmark runs; in each, the tiny model (ONNX Runtime, batch 64) is timed as two artifacts
     and a copy doing 50% more work (each call runs 96 images instead of 64), taking turns in 30
     rounds of 50 ms, as `tldeploy bench A B` does, and compared round by round (paired).
 
@@ -293,14 +293,15 @@ def test_same_artifact_twice_is_not_flagged_and_a_slower_one_is(tiny):
     14% more work, which measured 1.18-1.41 slower: too close to the 10% limit on a loaded machine.
     At 50% more work it measured 1.67-1.73 slower (lower bounds 1.63-1.70, 8 of 8 flagged, on
     2 cores shared with other jobs), so a missed one is the gate's fault, not the margin's;
-    the limit itself is tested on fixed series in test_compare.py."""
+    the limit itself is tested on fixed series in test_compare.py. (6 runs, not the 8 measured
+    above, to keep the suite within its budget: 12 identical pairs may flag 1, 6 slower must flag 5.)"""
     onnx = tiny[1]
     cfg = LatencyConfig(warmup_s=0.2, duration_s=1.5, rounds=30, settle_s=0)  # measured so, without pauses
     with OrtRunner(onnx) as a, OrtRunner(onnx) as a2, OrtRunner(onnx) as a3, Heavier(a3, share=0.5) as slow:
         size = a.input_spec()["images"].shape[-1]
         feed = {"images": np.random.default_rng(0).standard_normal((64, 3, size, size)).astype(np.float32)}
         assert len(slow.infer(feed)["logits"]) == 96 == 1.5 * len(a.infer(feed)["logits"])  # the extra work, counted
-        runs = [measure_interleaved([(a, feed), (a2, feed), (slow, feed)], cfg) for _ in range(8)]
+        runs = [measure_interleaved([(a, feed), (a2, feed), (slow, feed)], cfg) for _ in range(6)]
 
     def verdict(x, y):
         return compare_latency(x.samples_ms, y.samples_ms, baseline_rounds=x.round_sizes, current_rounds=y.round_sizes, paired=True)
@@ -311,5 +312,5 @@ def test_same_artifact_twice_is_not_flagged_and_a_slower_one_is(tiny):
               f"slower: ratios {[round(v.ratio, 3) for v in slower]}, lower bounds {[round(v.ci_low, 3) for v in slower]}")
     assert np.median([v.ratio for v in slower]) > 1.25, report  # the extra work shows, well above the 10% limit
     assert sum(v.regression for v in same) <= 1, report
-    assert sum(v.regression for v in slower) >= 7, report
+    assert sum(v.regression for v in slower) >= 5, report
     assert all(v.resampled == "paired rounds" for v in same + slower)
