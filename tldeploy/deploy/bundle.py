@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tldeploy._io import atomic_dir, atomic_path, now, probe_output, sha256_file
+from tldeploy._io import atomic_dir, atomic_path, check_writable, now, sha256_file
 from tldeploy.contract import OUTPUT_NAMES, Contract, check_onnx, load_onnx, read_contract, write_contract
 from tldeploy.deploy import golden as gold
 from tldeploy.deploy.manifest import (
@@ -93,9 +93,7 @@ class BundleResult:
 
 def bundle(cfg: BundleConfig) -> BundleResult:
     out = Path(cfg.output)
-    if out.exists() and not cfg.force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it")
-    probe_output(out)
+    check_writable(out, force=cfg.force)
     if cfg.sign is not None:
         from tldeploy.deploy.signing import load_private_key
 
