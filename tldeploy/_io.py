@@ -1,4 +1,5 @@
-"""Atomic writes: an artifact is either complete or absent, never half-written."""
+"""Atomic writes (an artifact is either complete or absent, never half-written), hashing, and the
+one reader of tldeploy's JSON documents with its version policy."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tldeploy.errors import OutputExistsError
+from tldeploy.errors import OutputExistsError, TldeployError, is_user_path_error
 
 
 def check_writable(path: Path, *, force: bool, flag: str = "--force") -> None:
@@ -136,3 +137,45 @@ def sha256_file(path: Path) -> str:
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- documents
+
+Upgrade = Callable[[dict[str, Any], int], dict[str, Any]]
+
+
+def read_document(path: Path, fmt: str, reads: tuple[int, ...], upgrade: Upgrade | None = None, *, what: str, hint: str,
+                  label: str | None = None, version_key: str = "format_version", version_what: str | None = None,
+                  error: type[TldeployError] = TldeployError) -> dict[str, Any]:
+    """A tldeploy JSON document (build record, manifest, plan, bench document) from `path`, checked
+    for its `format` marker and version: every refusal is one `error` line naming the file (or
+    `label`, e.g. "--precision-plan plan.json") and `hint`, the fix. See `check_version`."""
+    path = Path(path)
+    name = label or str(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{name} does not exist; {hint}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
+            raise
+        raise error(f"{name} is not a JSON {what}: unreadable ({type(e).__name__}: {str(e)[:120]}); {hint}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise error(f"{name} is not a tldeploy {what} (format {fmt!r} expected); {hint}")
+    return check_version(doc, name, version_what or what, reads, upgrade, hint=hint, version_key=version_key, error=error)
+
+
+def check_version(doc: dict[str, Any], name: str, what: str, reads: tuple[int, ...], upgrade: Upgrade | None = None, *,
+                  hint: str, version_key: str = "format_version", error: type[TldeployError] = TldeployError) -> dict[str, Any]:
+    """The version policy of every tldeploy file format, written down once: a document carries an
+    integer version; this tldeploy writes `max(reads)` and reads the versions in `reads`, an older
+    one upgraded by `upgrade(doc, version)` to what the current version says (a copy; `doc` as it
+    is when `upgrade` is None: the current reader still understands it); a newer one is refused
+    (upgrade tldeploy), an older one no longer in `reads` too (make the file again)."""
+    version, current = doc.get(version_key), max(reads)
+    if not isinstance(version, int) or isinstance(version, bool) or version not in reads:
+        fix = "upgrade tldeploy" if isinstance(version, int) and version > current else hint
+        raise error(f"{name} has {what} version {version}; this tldeploy reads versions {', '.join(map(str, reads))}; {fix}")
+    if version < current and upgrade is not None:
+        doc = upgrade(doc, version)
+    return doc

@@ -24,6 +24,7 @@ from typing import Any
 from tldeploy.errors import TldeployError, is_user_path_error
 from tldeploy.modalities.audio import AudioPreprocessing
 from tldeploy.modalities.preprocessing import Preprocessing
+from tldeploy.ood import OodGate
 
 CONTRACT_VERSION = "1"
 OUTPUT_NAMES = ("logits", "probs", "cam")
@@ -44,7 +45,7 @@ class Contract:
     precision: str = "fp32"  # the precision of the graph's arithmetic; I/O is always float32
     attention: str = "standard"  # "standard" ops, or "plugin" (ChannelAttention custom nodes)
     extra: dict[str, str] = field(default_factory=dict)
-    ood: dict[str, Any] | None = None  # the unknown-input gate fitted at training (tldeploy.ood.OodGate); None before it
+    ood: OodGate | None = None  # the unknown-input gate fitted at training; None before it
 
     @property
     def input_name(self) -> str:
@@ -65,7 +66,7 @@ class Contract:
             "tldeploy_version": self.tldeploy_version,
             "precision": self.precision,
             "attention": self.attention,
-            **({"ood": json.dumps(self.ood)} if self.ood else {}),
+            **({"ood": json.dumps(self.ood.to_dict())} if self.ood else {}),
             **self.extra,
         }
         return {PREFIX + k: str(v) for k, v in props.items()}
@@ -143,14 +144,9 @@ def load_onnx(path: Path, *, load_external_data: bool = True):
     return model
 
 
-def _ood(text: str | None) -> dict[str, Any] | None:
-    """The OOD gate's fields, checked (a broken entry is a ContractError, not a later crash)."""
-    if not text:
-        return None
-    from tldeploy.ood import OodGate
-
-    gate = OodGate.from_dict(json.loads(text))
-    return gate.to_dict() if gate else None
+def _ood(text: str | None) -> OodGate | None:
+    """The OOD gate, checked (a broken entry is a ContractError, not a later crash)."""
+    return OodGate.from_dict(json.loads(text)) if text else None
 
 
 def check_onnx(path: Path) -> None:

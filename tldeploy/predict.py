@@ -61,7 +61,7 @@ def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preproces
             outs = run_batches(runner, x)
         return tuple(outs[k] for k in OUTPUT_NAMES)
 
-    return contract.classes, contract.preprocessing, run, OodGate.from_dict(contract.ood)
+    return contract.classes, contract.preprocessing, run, contract.ood
 
 
 def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | None = None, force: bool = False,

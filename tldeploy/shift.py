@@ -106,18 +106,16 @@ def _features(model, x: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.nda
 
 def shift(cfg: ShiftConfig) -> ShiftResult:
     from tldeploy.data.folders import load_inputs
-    from tldeploy.modalities.preprocessing import preprocessing_from_dict
     from tldeploy.models.checkpoints import load_checkpoint_and_tensors
-    from tldeploy.ood import OodGate
+    from tldeploy.records import CheckpointMeta
 
     out = Path(cfg.output)
     check_writable(out, force=cfg.force)
-    model, meta, tensors = load_checkpoint_and_tensors(cfg.reference)
+    model, raw_meta, tensors = load_checkpoint_and_tensors(cfg.reference)
     if cfg.source_data is None and "source_features" not in tensors:
         raise ConfigError(f"{cfg.reference} keeps no source features (trained before tldeploy saved them); pass --source-data TRAIN_DIR")
-    prep = preprocessing_from_dict(meta["preprocessing"])
-    classes = list(meta["classes"])
-    gate = OodGate.from_dict(meta.get("ood"))
+    meta = CheckpointMeta.from_json(raw_meta, str(cfg.reference))
+    prep, classes, gate = meta.preprocessing, list(meta.classes), meta.ood
     x, labels, _ = load_inputs(Path(cfg.data), classes, prep, cfg.limit)
     target, logits = _features(model, x)
     from_checkpoint = cfg.source_data is None

@@ -55,7 +55,7 @@ def test_ort_int8_keeps_the_guards_promise(ort_builds, labelled_val, fe_run):
     x, y = labelled_val
     assert len(x) == 359
     fp32, int8 = ort_builds
-    q = int8.record["quantization"]
+    q = int8.record.quantization
     acc32, out32 = _accuracy(fp32.path, x, y)
     acc8, out8 = _accuracy(int8.path, x, y)
     with TorchRunner(fe_run.checkpoint) as ref_runner:
@@ -119,7 +119,7 @@ def test_int8_with_the_other_weight_width_keeps_its_promise(exported, digits, la
     logits = ev.outputs(onnx.load(str(result.path)), ["logits"])["logits"]
     m = task_metrics(ev.reference, logits)
     drop = float(np.mean(ev.reference.argmax(1) == y) - np.mean(logits.argmax(1) == y))
-    q = result.record["quantization"]
+    q = result.record.quantization
     print(f"\nreduce_range={other}: {len(q['float_units'])} float unit(s), agreement {m.top1_agreement:.4f}, drop {100 * drop:.2f} points")
     assert q["weights"].endswith("(reduce_range)") is other
     assert m.top1_agreement >= 0.99 and drop <= 1 - m.top1_agreement + 1e-9  # as above
@@ -149,7 +149,7 @@ def test_diagnose_plan_build_bench_round_trip(exported, digits, fe_run, tmp_path
     assert plan["promised"]["n"] == 120
     artifact = build(BuildConfig(onnx=exported, precision="int8", backend="ort", calib_data=digits / "train",
                                  precision_plan=d.plan_path, check_data=val, output=tmp_path / "planned.int8.ort.onnx"))
-    assert artifact.record["check"]["top1_agreement"] >= plan["promised"]["top1_agreement"]
+    assert artifact.record.check["top1_agreement"] >= plan["promised"]["top1_agreement"]
     bench = run_bench(BenchConfig(artifacts=(artifact.path,), output=tmp_path / "bench.json", reference=fe_run.checkpoint,
                                   data=val, batch_sizes=(1,), latency=LatencyConfig(warmup=1, iters=2, rounds=1),
                                   time_reference=False, quiet=True))

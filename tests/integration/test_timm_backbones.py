@@ -60,7 +60,7 @@ def test_a_timm_backbone_goes_from_training_to_a_verified_bundle(arch, blobs, tm
     if arch.startswith("mobilenetv3"):  # and the guarded build: its ranking writes the mixed graphs that were cyclic
         guarded = build(BuildConfig(exported.path, "int8", backend="ort", calib_data=blobs / "train", check_data=blobs / "val",
                                     output=tmp_path / "guarded.int8.onnx"))
-        assert guarded.record["quantization"]["search"]
+        assert guarded.record.quantization["search"]
     doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "bench.json", reference=ckpt, data=blobs / "val", batch_sizes=(1,),
                                 latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), time_reference=False, quiet=True)).document
     ref, f32, _ = doc["results"]

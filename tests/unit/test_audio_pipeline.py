@@ -31,6 +31,7 @@ from tldeploy.modalities.audio import (
 )
 from tldeploy.modalities.audio.frontend import LogMelFrontEnd
 from tldeploy.models.backbones import adapt_stem, create_backbone
+from tldeploy.ood import OodGate
 from tldeploy.predict import predict
 from tldeploy.runtime.runners import OrtRunner, TorchRunner, run_batches
 from tldeploy.train.training import TrainConfig, train
@@ -240,7 +241,7 @@ def test_audio_models_get_the_ood_gate_and_shift_too(tiny_audio, tones, tmp_path
 
     ckpt, onnx_path = tiny_audio
     _, meta = load_checkpoint(ckpt)
-    assert meta["ood"]["kind"] == "energy" and read_contract(onnx_path).ood == meta["ood"]
+    assert meta["ood"]["kind"] == "energy" and read_contract(onnx_path).ood == OodGate.from_dict(meta["ood"])
     clips = sorted((tones / "val").rglob("*.wav"))[:3]
     assert all(p.unknown is not None for p in predict(onnx_path, clips))
     assert checkpoint_tensors(ckpt)["source_features"].shape[0] == 7 * 6  # every training clip

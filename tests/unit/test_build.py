@@ -172,7 +172,7 @@ def test_fp32_build_record_reuse_and_force(model_copy):
     assert record["check"]["against"] == "fp32 onnx on onnxruntime cpu" and record["check"]["images"] == "random inputs"
     assert record["check"]["n"] == 8 and record["check"]["top1_agreement"] == 1.0
     again = build(BuildConfig(onnx=model_copy, backend="ort"))
-    assert again.reused and again.record["cache_key"] == record["cache_key"]
+    assert again.reused and again.record.cache_key == record["cache_key"]
     # Different input, same output: never silently reused, never silently overwritten.
     other = model_copy.with_name("other.onnx")
     m = onnx.load(str(model_copy))
@@ -181,7 +181,7 @@ def test_fp32_build_record_reuse_and_force(model_copy):
     with pytest.raises(OutputExistsError, match="differs in: input_onnx_sha256.*--force"):
         build(BuildConfig(onnx=other, backend="ort", output=first.path))
     forced = build(BuildConfig(onnx=other, backend="ort", output=first.path, force=True))
-    assert not forced.reused and forced.record["input_onnx_sha256"] != record["input_onnx_sha256"]
+    assert not forced.reused and forced.record.input_onnx_sha256 != record["input_onnx_sha256"]
     # A tampered artifact is not "up to date".
     first.path.write_bytes(first.path.read_bytes() + b"\0")
     with pytest.raises(OutputExistsError):
@@ -202,7 +202,7 @@ def test_build_record_names_the_jetpack_release(model_copy, tmp_path, monkeypatc
     release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n")
     monkeypatch.setattr(host, "NV_TEGRA_RELEASE", release)
     first = build(BuildConfig(onnx=model_copy, backend="ort"))
-    assert first.record["jetson"] == {"l4t": "36.4.3", "jetpack": "6.2"}
+    assert first.record.jetson == {"l4t": "36.4.3", "jetpack": "6.2"}
     assert json.loads(Path(str(first.path) + ".json").read_text())["jetson"] == {"l4t": "36.4.3", "jetpack": "6.2"}
     monkeypatch.setattr(host, "NV_TEGRA_RELEASE", tmp_path / "absent")  # the same build seen from a machine that is no Jetson
     assert build(BuildConfig(onnx=model_copy, backend="ort")).reused
@@ -214,7 +214,7 @@ def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
     way to disk nowhere."""
     val = tiny[2] / "val"
     n_val = sum(1 for _ in val.rglob("*.png"))
-    honest = build(BuildConfig(onnx=model_copy, backend="ort", check_data=val)).record["check"]
+    honest = build(BuildConfig(onnx=model_copy, backend="ort", check_data=val)).record.check
     assert honest["images"] == f"--check-data images from {val}" and honest["n"] == n_val > 0
     assert honest["top1_agreement"] == 1.0 and honest["logits_max_abs"] == 0.0
 
@@ -230,7 +230,7 @@ def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
 
     monkeypatch.setattr(scopes, "save_portable", corrupting)
     bad = build(BuildConfig(onnx=model_copy, backend="ort", check_data=val, output=model_copy.with_name("bad.onnx")))
-    assert bad.record["check"]["n"] == n_val and bad.record["check"]["top1_agreement"] == 0.0, bad.record["check"]
+    assert bad.record.check["n"] == n_val and bad.record.check["top1_agreement"] == 0.0, bad.record.check
 
 
 def test_a_build_whose_input_or_artifact_fails_leaves_nothing(model_copy, tmp_path, capsys, monkeypatch):
@@ -276,7 +276,7 @@ def test_int8_ort_flavour_structure_and_accuracy(model_copy, tiny):
     model = onnx.load(str(result.path))
     convs = [n for n in onnx.load(str(model_copy)).graph.node if n.op_type == "Conv"]  # the tiny CNN's head has none
     stats = qdq_stats(model)
-    q = result.record["quantization"]
+    q = result.record.quantization
     quantized_convs = len(convs) - sum(u["op"].startswith("Conv") for u in q["float_units"])
     assert quantized_convs >= 1
     # One DQ per weight and bias of each quantized conv, plus activation Q/DQ pairs.
@@ -291,11 +291,11 @@ def test_int8_ort_flavour_structure_and_accuracy(model_copy, tiny):
     assert not any(n.op_type == "DequantizeLinear" and n.output[0] in g.input for g in model.graph.node
                    if g.op_type == "Gather" for n in model.graph.node)
     assert read_contract(result.path).precision == "int8"
-    assert result.record["qdq_flavour"] == "ort-x86" and result.record["calibration"]["images"] == 32
+    assert result.record.qdq_flavour == "ort-x86" and result.record.calibration["images"] == 32
     with load_runner(result.path) as r:
         x = parity_inputs(read_contract(model_copy).preprocessing, tiny[2] / "val", 16)
         assert run_batches(r, x)["probs"].shape == (16, 2)
-    assert result.record["check"] == q["check"] and q["check"]["images"].startswith("32 held-out calibration-folder images")
+    assert result.record.check == q["check"] and q["check"]["images"].startswith("32 held-out calibration-folder images")
     assert q["check"]["top1_agreement"] == q["search"][-1]["top1_agreement"] or not q["check"]["passed"]
 
 
@@ -347,7 +347,7 @@ def test_int8_guard_steps_until_the_bar_is_met(outlier_onnx, tmp_path):
     path.write_bytes(src.read_bytes())
     result = build(BuildConfig(onnx=path, precision="int8", backend="ort", calib_data=data / "train", calib_samples=32,
                                reduce_range=True))
-    q = result.record["quantization"]
+    q = result.record.quantization
     crit = q["check"]["criterion"]
     accept = Acceptance(crit["min_top1_agreement"], crit["max_kl"], crit["images"])
 
@@ -359,7 +359,7 @@ def test_int8_guard_steps_until_the_bar_is_met(outlier_onnx, tmp_path):
     assert q["check"]["passed"] and [u["module"] for u in q["float_units"]] == [HOSTILE]
     assert passes(search[-1]) and search[-1]["float_units"] == 1
     assert all(not passes(h) for h in search[:-1])  # it stopped at the first pass
-    assert result.record["check"]["top1_agreement"] == search[-1]["top1_agreement"]
+    assert result.record.check["top1_agreement"] == search[-1]["top1_agreement"]
     # The artifact has that layer in float: no input of its nodes is dequantized.
     model = onnx.load(str(result.path))
     producers = {o: n for n in model.graph.node for o in n.output}

@@ -29,13 +29,13 @@ from tldeploy.deploy.manifest import (
     TOLERANCES,
     check_files,
     file_digests,
-    record_mismatch,
     tolerance_failures,
 )
 from tldeploy.deploy.serving import NvinferNormalisation, normalisation_from_config, parse_deepstream
 from tldeploy.deploy.verify import VerifyConfig, verify
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.errors import ConfigError
+from tldeploy.records import BuildRecord
 from tldeploy.runtime import host
 from tldeploy.runtime.runners import OrtRunner, run_batches
 
@@ -87,7 +87,7 @@ def test_bundle_is_self_contained_and_names_nothing_of_this_machine(bundled):
             "golden/reference.json", "deepstream/config_infer_primary.txt", "deepstream/config_infer_secondary.txt",
             "artifacts/tiny.fp32.ort.onnx.json", "artifacts/tiny.int8.ort.onnx", "triton/model/config.pbtxt",
             "triton/model/1/model.onnx", "triton/tiny_fp16_orin/1/model.plan"} <= files
-    assert result.manifest["files"] == file_digests(root)
+    assert result.manifest.files == file_digests(root)
     assert (root / "labels.txt").read_text().split() == ["green", "red"]
     assert (root / "deepstream" / "labels.txt").read_text().strip() == "green;red"
     golden = np.load(root / "golden" / "inputs.npz")
@@ -165,13 +165,13 @@ def test_engine_refusal_names_the_jetpack_of_the_build_and_of_this_device(tmp_pa
     monkeypatch.setattr(host, "NV_TEGRA_RELEASE", release)
     monkeypatch.setattr(trt_engines, "trt_version", lambda: "8.6.2.3")
     monkeypatch.setattr(trt_runtime, "gpu_info", lambda: {"gpu": "Orin", "compute_capability": "8.7"})
-    record = {"tools": {"tensorrt": "10.3.0.30"}, "gpu": {"gpu": "Orin", "compute_capability": "8.7"},
-              "jetson": {"l4t": "36.4.3", "jetpack": "6.2"}}
+    record = BuildRecord("m.engine", "m.onnx", "0n", "fp16", "tensorrt", "cuda", tools={"tensorrt": "10.3.0.30"},
+                         gpu={"gpu": "Orin", "compute_capability": "8.7"}, jetson={"l4t": "36.4.3", "jetpack": "6.2"})
     assert verify_mod._engine_mismatch(record) == ("built with TensorRT 10.3.0.30 on Orin (sm 8.7) under JetPack 6.2 (L4T 36.4.3); "
                                                    "this machine has TensorRT 8.6.2.3 under JetPack 6.0 (L4T 36.3.0)")
     # A record from a non-Jetson, read on a non-Jetson: the message names neither.
     monkeypatch.setattr(host, "NV_TEGRA_RELEASE", tmp_path / "absent")
-    del record["jetson"]
+    record = replace(record, jetson=None)
     assert verify_mod._engine_mismatch(record) == "built with TensorRT 10.3.0.30 on Orin (sm 8.7); this machine has TensorRT 8.6.2.3"
 
 
@@ -318,7 +318,7 @@ def test_a_plugin_graph_travels_with_the_plugin_sources_and_library(plugin_bundl
     b, lib = plugin_bundle
     root = _copy(b.path, tmp_path)
     assert (root / "plugins" / "src" / "CMakeLists.txt").is_file() and (root / "plugins" / "lib" / lib.name).read_bytes() == lib.read_bytes()
-    entry = next(e for e in b.manifest["artifacts"] if e["file"] == "artifacts/tiny_trt.onnx")
+    entry = next(e.to_json() for e in b.manifest.artifacts if e.file == "artifacts/tiny_trt.onnx")
     assert entry["attention"] == "plugin" and "TensorRT" in entry["measured_here"]["not_run"]
     assert not (root / "triton" / "tiny_trt").exists()  # ONNX Runtime cannot serve it
     result = verify(VerifyConfig(root, device="cpu"))
@@ -354,17 +354,17 @@ def test_check_files_names_each_missing_changed_and_added_file(tmp_path):
     for rel in ("a.txt", "b.txt", "sub/c.bin"):
         (tmp_path / rel).write_bytes(rel.encode())
     manifest = {"files": file_digests(tmp_path)}
-    assert sorted(manifest["files"]) == ["a.txt", "b.txt", "sub/c.bin"] and check_files(tmp_path, manifest) == []
+    assert sorted(manifest["files"]) == ["a.txt", "b.txt", "sub/c.bin"] and check_files(tmp_path, manifest["files"]) == []
     for rel in (MANIFEST, "verify/verify.json", "device/model.engine"):
         (tmp_path / rel).parent.mkdir(exist_ok=True)
         (tmp_path / rel).write_text("{}")
-    assert check_files(tmp_path, manifest) == []
+    assert check_files(tmp_path, manifest["files"]) == []
     (tmp_path / "sub" / "new.txt").write_text("added after bundling")
-    assert check_files(tmp_path, manifest) == ["sub/new.txt is not in the manifest (added after bundling?)"]
+    assert check_files(tmp_path, manifest["files"]) == ["sub/new.txt is not in the manifest (added after bundling?)"]
     (tmp_path / "sub" / "new.txt").unlink()
     (tmp_path / "a.txt").write_bytes(b"a.txT")
     (tmp_path / "sub" / "c.bin").unlink()
-    assert check_files(tmp_path, manifest) == ["a.txt changed: its SHA-256 differs from the manifest's (copy the bundle again)",
+    assert check_files(tmp_path, manifest["files"]) == ["a.txt changed: its SHA-256 differs from the manifest's (copy the bundle again)",
                                                "sub/c.bin is missing from the bundle"]
 
 
@@ -384,14 +384,14 @@ def test_tolerance_failures_name_each_violated_check_alone():
 
 def test_record_mismatch_names_the_hash_that_does_not_hold():
     """Both hashes holding give None; a record of another file is named first, then one built from an ONNX not at hand."""
-    record = {"artifact_sha256": "aa", "input_onnx_sha256": "0n"}
-    assert record_mismatch(record, "aa", {"0n", "1n"}) is None
-    assert record_mismatch(record, "bb", {"0n"}) == "artifact_sha256"
-    assert record_mismatch(record, "bb", {"1n"}) == "artifact_sha256"
-    assert record_mismatch(record, "aa", {"1n"}) == "input_onnx_sha256"
-    assert record_mismatch(record, "aa", set()) == "input_onnx_sha256"
-    assert record_mismatch({}, "aa", {"0n"}) == "artifact_sha256"
-    assert record_mismatch({"artifact_sha256": "aa"}, "aa", {"0n"}) == "input_onnx_sha256"
+    record = BuildRecord("m.onnx", "in.onnx", "0n", "fp32", "ort", "cpu", artifact_sha256="aa")
+    assert record.mismatch("aa", {"0n", "1n"}) is None
+    assert record.mismatch("bb", {"0n"}) == "artifact_sha256"
+    assert record.mismatch("bb", {"1n"}) == "artifact_sha256"
+    assert record.mismatch("aa", {"1n"}) == "input_onnx_sha256"
+    assert record.mismatch("aa", set()) == "input_onnx_sha256"
+    assert replace(record, artifact_sha256=None).mismatch("aa", {"0n"}) == "artifact_sha256"
+    assert replace(record, input_onnx_sha256="zz").mismatch("aa", {"0n"}) == "input_onnx_sha256"
 
 
 # ---------------------------------------------------------------- a bundle the device can trust

@@ -63,7 +63,7 @@ def test_squeeze_excite_hard_swish_builds_int8_guarded_and_fully_quantized(se_on
     check_written_graph(model, "INT8")  # what build checked before writing, on the file it wrote
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) >= 4
     if keep_float == 0:
-        assert result.record["quantization"]["float_units"] == []
+        assert result.record.quantization["float_units"] == []
 
 
 def test_every_node_gets_a_name_of_its_own():

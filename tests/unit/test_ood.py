@@ -50,7 +50,7 @@ def test_training_fits_the_gate_and_every_artifact_carries_it(tiny, tmp_path, ca
     _, meta = load_checkpoint(ckpt)
     gate = OodGate.from_dict(meta["ood"])
     assert gate is not None and gate.kind == "energy" and gate.tpr == 0.95 and gate.n == 16  # the tiny validation set
-    assert read_contract(onnx_path).ood == meta["ood"]
+    assert read_contract(onnx_path).ood == OodGate.from_dict(meta["ood"])
     images = sorted((data / "val").rglob("*.png"))[:4]
     a, b = predict(ckpt, images), predict(onnx_path, images)
     assert [r.unknown for r in a] == [r.unknown for r in b] and all(r.unknown is not None for r in a)
@@ -59,7 +59,7 @@ def test_training_fits_the_gate_and_every_artifact_carries_it(tiny, tmp_path, ca
     # A gate that calls everything unknown, and predict's answer in text and JSON.
     m = load_onnx(onnx_path)
     c = read_contract(m)
-    write_contract(m, replace(c, ood={**c.ood, "threshold": -1e9}))
+    write_contract(m, replace(c, ood=replace(c.ood, threshold=-1e9)))
     strict = tmp_path / "strict.onnx"
     onnx.save(m, str(strict))
     assert all(r.unknown for r in predict(strict, images))
@@ -95,7 +95,7 @@ def test_cli_prints_unknown(tiny, tmp_path, capsys):
     ckpt, onnx_path, data = tiny
     m = load_onnx(onnx_path)
     c = read_contract(m)
-    write_contract(m, replace(c, ood={**c.ood, "threshold": -1e9}))
+    write_contract(m, replace(c, ood=replace(c.ood, threshold=-1e9)))
     strict = tmp_path / "strict.onnx"
     onnx.save(m, str(strict))
     image = next((data / "val").rglob("*.png"))

@@ -109,9 +109,9 @@ def test_qat_writes_a_checkpoint_whose_build_writes_the_trained_scales(qat_run, 
     onnx_path = export_onnx(ExportConfig(result.checkpoint, tmp_path / "qat.onnx")).path
     assert QatRecord.from_contract(read_contract(onnx_path), "x") == record
     built = build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=False, check_data=data / "val", output=tmp_path / "q.onnx"))
-    q = built.record["quantization"]
+    q = built.record.quantization
     assert q["calibration"] is None and q["qat"]["best_epoch"] == record.info["best_epoch"] and q["float_units"] == []
-    assert built.record["calibration"] is None and q["check"]["top1_agreement"] == pytest.approx(result.metrics["qat"]["top1_agreement"])
+    assert built.record.calibration is None and q["check"]["top1_agreement"] == pytest.approx(result.metrics["qat"]["top1_agreement"])
     # The trained ranges are what was written: each activation scale as ONNX Runtime derives it from them.
     from onnx import numpy_helper
 
@@ -136,14 +136,14 @@ def test_a_qat_export_builds_without_calibration_and_refuses_another_target(qat_
     with caplog.at_level("INFO", logger="tldeploy"):
         built = build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=False, calib_data=data / "train", output=tmp_path / "a.onnx"))
     assert "--calib-data" in caplog.text and "ignored" in caplog.text
-    assert built.record["quantization"]["check"]["skipped"] and built.record["check"]["against"]  # parity on random inputs instead
+    assert built.record.quantization["check"]["skipped"] and built.record.check["against"]  # parity on random inputs instead
     # diagnose ranks the units of the graph the build writes: from the trained ranges, even given calibration images.
     checked = build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=False, check_data=data / "val", output=tmp_path / "v.onnx"))
     report = diagnose(DiagnoseConfig(onnx_path, "int8", data / "val", calib_data=data / "train", reduce_range=False, output=tmp_path / "d",
                                      rank_images=8, max_units=1))
     q = report.document["quantization"]
     assert q["qat"] and q["calibration"] is None and q["flavour"] == "ort-x86" and not q["reduce_range"]
-    assert report.document["all_low"]["kl"] == pytest.approx(checked.record["quantization"]["check"]["kl"], rel=1e-6)
+    assert report.document["all_low"]["kl"] == pytest.approx(checked.record.quantization["check"]["kl"], rel=1e-6)
     with pytest.raises(ConfigError, match=r"trained for ort-x86, not tensorrt"):
         diagnose(DiagnoseConfig(onnx_path, "int8", data / "val", backend="tensorrt", output=tmp_path / "d2"))
     assert not (tmp_path / "d2").exists()

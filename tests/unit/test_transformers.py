@@ -178,8 +178,8 @@ def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run,
 
     fed, record = fed_by_dq("none")
     assert {"MatMul", "LayerNormalization", "Softmax", "Add"} <= fed and "Gemm" not in fed, sorted(fed)
-    assert record["quantization"]["preset"] is None and build_summary(record)["preset"] is None
+    assert record.quantization["preset"] is None and build_summary(record)["preset"] is None
     fed, record = fed_by_dq("auto")
-    preset = record["quantization"]["preset"]
+    preset = record.quantization["preset"]
     assert fed == {"Conv", "MatMul"} and "blocks.1.norm2" in preset["float_units"] and "blocks.0.mlp.fc1" not in preset["float_units"]
     assert build_summary(record)["preset"] == preset["name"]  # bench says what else the build kept in float

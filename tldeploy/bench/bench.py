@@ -26,6 +26,7 @@ from tldeploy.bench.document import BENCH_FORMAT, BENCH_VERSION, SCHEMA_PATH, lo
 from tldeploy.bench.latency import measure_interleaved
 from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.parity import compare_outputs
+from tldeploy.records import BuildRecord
 
 __all__ = ["SCHEMA_PATH", "BenchConfig", "BenchResult", "Gates", "load_bench", "run_bench", "validate_bench"]
 
@@ -56,7 +57,7 @@ class _Entry:
     precision: str
     contract: Any  # tldeploy.contract.Contract
     runner: Any = None
-    record: dict[str, Any] | None = None  # the build record beside the artifact, if any
+    record: BuildRecord | None = None  # the build record beside the artifact, if any
 
 
 def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry:
@@ -67,26 +68,26 @@ def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry
     contract = artifact_contract(path)
     if kind == "checkpoint":
         return _Entry(path.name, path, role, "checkpoint", "torch", device, "fp32", contract, TorchRunner(path, device=device))
-    record = read_sidecar(path) or {}
+    record = read_sidecar(path)
     if kind == "engine":
-        return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", record.get("precision", "unknown"), contract, load_runner(path), record)
-    dev = record.get("device", device)
-    precision = record.get("precision") or contract.precision
-    return _Entry(path.name, path, role, "onnx", "onnxruntime", dev, precision, contract, load_runner(path, device=dev, threads=threads), record or None)
+        precision = record.precision if record else "unknown"
+        return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", precision, contract, load_runner(path), record)
+    dev = record.device if record else device
+    precision = record.precision if record else contract.precision
+    return _Entry(path.name, path, role, "onnx", "onnxruntime", dev, precision, contract, load_runner(path, device=dev, threads=threads), record)
 
 
-def build_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+def build_summary(record: BuildRecord | None) -> dict[str, Any] | None:
     """What a build record says about precision: the units kept in higher precision and the
     agreement/KL its check measured, on which images."""
-    if not record:
+    if record is None:
         return None
-    q = record.get("quantization") or {}
-    units = q.get("float_units") if q else record.get("fp32_units")
-    check = record.get("check") or {}
+    q = record.quantization or {}
+    check = record.check or {}
     return {
-        "kept_high_precision": [u.get("short") or u.get("module") or u.get("name") for u in units or []],
+        "kept_high_precision": [u.get("short") or u.get("module") or u.get("name") for u in record.float_units or []],
         "preset": ((q.get("preset") or {}).get("name") if q else None),  # INT8: the transformer preset, when it applied
-        "precision_plan": (record.get("precision_plan") or {}).get("path"),
+        "precision_plan": (record.precision_plan or {}).get("path"),
         "check": {k: check.get(k) for k in ("top1_agreement", "kl", "n", "images")} if "top1_agreement" in check else None,
     }
 

@@ -6,7 +6,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from tldeploy.errors import TldeployError, is_user_path_error
+from tldeploy._io import read_document
+from tldeploy.errors import TldeployError
 
 BENCH_FORMAT = "tldeploy.bench"
 BENCH_VERSION = 2  # 2: robustness rows (suite, disagreement) and config.robustness; version 1 documents are read too
@@ -14,25 +15,11 @@ SCHEMA_PATH = Path(__file__).with_name("bench.schema.json")
 
 
 def load_bench(path: Path) -> dict[str, Any]:
-    """A bench document, checked for its format and version."""
-    import json
-
+    """A bench document, checked for its format and version (an older one upgraded) and its schema."""
     path = Path(path)
-    if not path.is_file():
-        raise TldeployError(f"{path} does not exist; pass a bench.json from 'tldeploy bench'")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
-            raise
-        raise TldeployError(f"{path} is not readable JSON ({type(e).__name__}); rerun 'tldeploy bench'") from None
-    if not isinstance(doc, dict) or doc.get("format") != BENCH_FORMAT:
-        raise TldeployError(f"{path} is not a tldeploy bench result (no \"format\": \"{BENCH_FORMAT}\")")
-    if doc.get("schema_version") not in READS:
-        raise TldeployError(f"{path} has bench schema version {doc.get('schema_version')}; this tldeploy reads versions "
-                            f"{', '.join(map(str, READS))}" + ("; upgrade tldeploy" if isinstance(doc.get("schema_version"), int)
-                                                               and doc["schema_version"] > BENCH_VERSION else ""))
-    doc = upgrade(doc)
+    doc = read_document(path, BENCH_FORMAT, READS, lambda d, _version: upgrade(d), what="bench result", version_key="schema_version",
+                        version_what="bench schema",
+                        hint="pass a bench.json from 'tldeploy bench' (rerun it)")
     validate_bench(doc, str(path))
     return doc
 

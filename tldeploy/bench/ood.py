@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from tldeploy.errors import ConfigError
-from tldeploy.ood import OodGate
 
 
 def measure_ood(entries: list[Any], base_contract, logits_in: dict[str, np.ndarray], x_out: np.ndarray,
@@ -23,14 +22,14 @@ def measure_ood(entries: list[Any], base_contract, logits_in: dict[str, np.ndarr
 
     from tldeploy.runtime.runners import run_batches
 
-    base = OodGate.from_dict(base_contract.ood)
+    base = base_contract.ood
     if base is None:
         raise ConfigError("--ood-data needs artifacts with an OOD threshold; retrain with tldeploy train (it fits one unless --ood-score none)")
     rows: dict[str, dict[str, Any]] = {}
     decisions: dict[str, np.ndarray] = {}
     failures: list[str] = []
     for e in entries:
-        gate = OodGate.from_dict(e.contract.ood) or base
+        gate = e.contract.ood or base
         s_in = gate.scores(logits_in[e.name])
         s_out = gate.scores(run_batches(e.runner, x_out)["logits"])
         truth = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]

@@ -41,11 +41,11 @@ def bundle_cmd(artifacts: tuple[Path, ...], reference: Path, data: Path, output:
     result = bundle(BundleConfig(artifacts=artifacts, reference=reference, data=data, output=output, golden=golden,
                                  max_batch=max_batch, classifier_threshold=classifier_threshold, plugins=plugins, tar=tar,
                                  force=force, sign=sign_key))
-    for e in result.manifest["artifacts"]:
-        m = e.get("measured_here") or {}
+    for e in result.manifest.artifacts:
+        m = e.measured_here or {}
         here = (f"top-1 agreement {m['top1_agreement']:.2%} here" if "top1_agreement" in m else m.get("not_run", ""))
-        click.echo(f"  {e['file']:<40} {e['precision']:<5} {e['input']:<10} {here}")
-    click.echo(f"wrote {result.path} ({len(result.manifest['files'])} files)" + (f" and {result.tar}" if result.tar else "")
+        click.echo(f"  {e.file:<40} {e.precision:<5} {e.input:<10} {here}")
+    click.echo(f"wrote {result.path} ({len(result.manifest.files)} files)" + (f" and {result.tar}" if result.tar else "")
                + (f", signed by {result.signed_by}" if result.signed_by else ""))
 
 

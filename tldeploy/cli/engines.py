@@ -100,13 +100,13 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
                     plugins=tuple(plugins), version_compatible=version_compatible, hardware_compat=hardware_compat)
     result = build(BuildConfig(onnx=onnx_file, keep_float=keep, trt=trt, **kw))
     if as_json:
-        click.echo(json.dumps({"path": str(result.path), "reused": result.reused, "record": result.record}, indent=2))
+        click.echo(json.dumps({"path": str(result.path), "reused": result.reused, "record": result.record.to_json()}, indent=2))
         return
     r = result.record
     if result.reused:
         click.echo(f"{result.path} is up to date (record {result.path}.json); --force rebuilds it")
         return
-    q = r.get("quantization")
+    q = r.quantization
     if q:
         kept = [u["short"] or u["name"] for u in q["float_units"]]
         preset = q.get("preset")
@@ -114,11 +114,11 @@ def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timi
                    f"{q['qdq']['dequantize']} DQ nodes; {len(kept)} unit(s) in float{': ' + ', '.join(kept) if kept else ''}"
                    + (f"; the transformer preset keeps {len(preset['float_units'])} more and the bias Adds in float "
                       "(only the matrix products quantized)" if preset else ""))
-    check = r.get("check", {})
+    check = r.check or {}
     if "top1_agreement" in check:
         click.echo(f"check vs FP32 ONNX on {check['images']}: top-1 agreement {check['top1_agreement']:.2%}, KL {check['kl']:.2e}"
                    + ("" if check.get("passed", True) else "  (short of the guard's bar; see the warning above)"))
-    click.echo(f"wrote {result.path} ({r['size_bytes'] / 1e6:.1f} MB) and its record {result.path}.json in {result.seconds:.1f} s")
+    click.echo(f"wrote {result.path} ({(r.size_bytes or 0) / 1e6:.1f} MB) and its record {result.path}.json in {result.seconds:.1f} s")
 
 
 # ---------------------------------------------------------------- diagnose

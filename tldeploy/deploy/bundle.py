@@ -34,12 +34,12 @@ from tldeploy.deploy.manifest import (
     PLUGIN_LIB,
     TOLERANCES,
     file_digests,
-    record_mismatch,
     scrub,
     tolerance_failures,
 )
 from tldeploy.deploy.serving import deepstream_config, nvinfer_expresses, triton_config
 from tldeploy.errors import ConfigError
+from tldeploy.records import BuildRecord, Manifest, ManifestEntry
 from tldeploy.runtime import host
 from tldeploy.runtime.runners import artifact_contract, artifact_kind, read_sidecar, sidecar_path
 from tldeploy.scopes import save_portable
@@ -75,18 +75,18 @@ class _Artifact:
     path: Path
     kind: str  # onnx or engine
     contract: Contract
-    record: dict | None
+    record: BuildRecord | None
     sha256: str
 
     @property
     def precision(self) -> str:
-        return self.contract.precision if self.record is None else str(self.record["precision"])
+        return self.contract.precision if self.record is None else self.record.precision
 
 
 @dataclass
 class BundleResult:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     tar: Path | None
     signed_by: str | None = None  # the signing key's id (SHA-256 of its public key)
 
@@ -109,8 +109,8 @@ def bundle(cfg: BundleConfig) -> BundleResult:
         _write_golden(tmp, g, source, entries)
         _write_serving(tmp, source, entries, cfg)
         measured = _measure(tmp, entries, g)
-        manifest = _manifest(tmp, source, entries, g, measured, cfg)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = _manifest(tmp, entries, g, measured)
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         signed_by = None
         if cfg.sign is not None:
             from tldeploy.deploy.signing import sign_bundle
@@ -156,7 +156,7 @@ def _check_same_model(items: list[_Artifact], source: _Artifact, reference: Path
         plain = prep.as_normalized() if prep.raw else prep
         if c.classes != base.classes or plain != base.preprocessing or c.checkpoint_sha256 != base.checkpoint_sha256:
             raise ConfigError(f"{a.path} comes from another model than {source.path} (classes, preprocessing or checkpoint differ)")
-        wrong = record_mismatch(a.record, a.sha256, onnx_shas) if a.record is not None else None
+        wrong = a.record.mismatch(a.sha256, onnx_shas) if a.record is not None else None
         if wrong == "artifact_sha256":
             raise ConfigError(f"{sidecar_path(a.path)} does not describe {a.path} (its artifact_sha256 differs); rebuild it")
         if wrong == "input_onnx_sha256":
@@ -194,14 +194,13 @@ def _write_plugins(tmp: Path, items: list[_Artifact], cfg: BundleConfig) -> None
         shutil.copyfile(cfg.plugins, tmp / PLUGIN_LIB)
 
 
-def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: list[str]) -> list[dict[str, Any]]:
+def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: list[str]) -> list[ManifestEntry]:
     """model.onnx, model_raw.onnx where needed, artifacts/ with scrubbed records; the entries the
     manifest lists (file, kind, precision, input format, record). Stripping build-machine metadata
     can change an ONNX file, so each record's input_onnx_sha256 follows its source to the bundled copy."""
     save_portable(source.path, tmp / "model.onnx")
     bundled_sha = {source.sha256: sha256_file(tmp / "model.onnx")}  # original -> bundled
-    entries = [{"file": "model.onnx", "kind": "onnx", "precision": "fp32", "input": "normalized", "record": None, "backend": "ort",
-                "attention": "standard"}]
+    entries = [ManifestEntry("model.onnx", "onnx", "fp32", "normalized")]
     prep = source.contract.preprocessing
     if prep.modality == "image" and not nvinfer_expresses(prep):
         from tldeploy.raw_input import raw_input_model
@@ -209,8 +208,7 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
         raw = raw_input_model(load_onnx(tmp / "model.onnx"), prep)
         write_contract(raw, replace(source.contract, preprocessing=prep.as_raw()))
         save_portable(raw, tmp / "model_raw.onnx")
-        entries.append({"file": "model_raw.onnx", "kind": "onnx", "precision": "fp32", "input": "raw", "record": None, "backend": "ort",
-                        "attention": "standard"})
+        entries.append(ManifestEntry("model_raw.onnx", "onnx", "fp32", "raw"))
     (tmp / "artifacts").mkdir()
     for a in items:
         if a is not source:
@@ -223,16 +221,16 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
     for a in items:
         if a is source:
             continue
-        entry: dict[str, Any] = {"file": f"artifacts/{a.path.name}", "kind": a.kind, "precision": a.precision,
-                                 "input": "raw" if a.contract.preprocessing.raw else "normalized",
-                                 "backend": a.record.get("backend") if a.record else "ort", "record": None,
-                                 "qdq_flavour": (a.record or {}).get("qdq_flavour"), "attention": a.contract.attention}
+        entry = ManifestEntry(f"artifacts/{a.path.name}", a.kind, a.precision, "raw" if a.contract.preprocessing.raw else "normalized",
+                              backend=a.record.backend if a.record else "ort", qdq_flavour=a.record.qdq_flavour if a.record else None,
+                              attention=a.contract.attention)
         if a.record is not None:
-            record = scrub(dict(a.record), roots)
-            record["artifact_sha256"] = bundled_sha[a.sha256]
-            record["input_onnx_sha256"] = bundled_sha.get(record.get("input_onnx_sha256"), record.get("input_onnx_sha256"))
-            (tmp / "artifacts" / (a.path.name + ".json")).write_text(json.dumps(record, indent=2) + "\n")
-            entry["record"] = f"artifacts/{a.path.name}.json"
+            name = f"artifacts/{a.path.name}.json"
+            record = BuildRecord.from_json(scrub(a.record.to_json(), roots), name)
+            record = replace(record, artifact_sha256=bundled_sha[a.sha256],
+                             input_onnx_sha256=bundled_sha.get(record.input_onnx_sha256, record.input_onnx_sha256))
+            (tmp / name).write_text(json.dumps(record.to_json(), indent=2) + "\n")
+            entry = replace(entry, record=name)
             layers = a.path.with_name(a.path.name + ".layers.json")
             if layers.is_file():
                 shutil.copyfile(layers, tmp / "artifacts" / layers.name)
@@ -240,7 +238,7 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
     return entries
 
 
-def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[dict[str, Any]]) -> None:
+def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[ManifestEntry]) -> None:
     d = tmp / "golden"
     (d / "files").mkdir(parents=True)
     names = []
@@ -251,7 +249,7 @@ def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[di
     arrays = {"inputs": g.inputs, "files": np.array(names)}
     if g.labels is not None:
         arrays["labels"] = g.labels
-    if any(e["input"] == "raw" for e in entries):
+    if any(e.input == "raw" for e in entries):
         raw = source.contract.preprocessing.as_raw()
         arrays["inputs_raw"] = np.stack([raw.load(p) for p in g.paths]).astype(np.float32)
     np.savez(d / "inputs.npz", **arrays)
@@ -280,7 +278,7 @@ def _output_dims(onnx_path: Path) -> list[tuple[str, list[int]]]:
     return [(k, dims[k]) for k in OUTPUT_NAMES]
 
 
-def _write_serving(tmp: Path, source: _Artifact, entries: list[dict[str, Any]], cfg: BundleConfig) -> None:
+def _write_serving(tmp: Path, source: _Artifact, entries: list[ManifestEntry], cfg: BundleConfig) -> None:
     classes = source.contract.classes
     (tmp / "labels.txt").write_text("\n".join(classes) + "\n")
     ds = tmp / "deepstream"
@@ -288,17 +286,17 @@ def _write_serving(tmp: Path, source: _Artifact, entries: list[dict[str, Any]], 
     (ds / "labels.txt").write_text(";".join(classes) + "\n")  # nvinfer's classifier label file: one line, ';'-separated
     prep = source.contract.preprocessing
     if prep.modality == "image":
-        served = next(e for e in entries if e["file"] in ("model_raw.onnx", "model.onnx") and (e["input"] == "raw" or nvinfer_expresses(prep)))
-        served_prep = prep.as_raw() if served["input"] == "raw" else prep
-        batch = _static_batch(tmp / served["file"]) or 1
-        engine = [e for e in entries if e["kind"] == "engine" and e["input"] == served["input"] and e.get("attention") == "standard"]
-        precision = engine[0]["precision"] if engine else "fp16"
-        engine_file = f"../{engine[0]['file']}" if engine else f"../{served['file']}_b{batch}_gpu0_{precision}.engine"
+        served = next(e for e in entries if e.file in ("model_raw.onnx", "model.onnx") and (e.input == "raw" or nvinfer_expresses(prep)))
+        served_prep = prep.as_raw() if served.input == "raw" else prep
+        batch = _static_batch(tmp / served.file) or 1
+        engine = [e for e in entries if e.kind == "engine" and e.input == served.input and e.attention == "standard"]
+        precision = engine[0].precision if engine else "fp16"
+        engine_file = f"../{engine[0].file}" if engine else f"../{served.file}_b{batch}_gpu0_{precision}.engine"
         note = (f"model-engine-file is {'the bundled engine' if engine else 'where nvinfer caches the engine it builds from onnx-file'}; "
                 "'tldeploy verify BUNDLE --build' builds and checks engines on the device.")
         for secondary, name in ((False, "config_infer_primary.txt"), (True, "config_infer_secondary.txt")):
             (ds / name).write_text(deepstream_config(
-                onnx_file=f"../{served['file']}", engine_file=engine_file, labels_file="labels.txt", prep=served_prep,
+                onnx_file=f"../{served.file}", engine_file=engine_file, labels_file="labels.txt", prep=served_prep,
                 precision=precision, batch_size=batch, threshold=cfg.classifier_threshold, secondary=secondary, note=note))
     outputs = [(k, d[1:]) for k, d in _output_dims(tmp / "model.onnx")]  # every entry has the export's outputs
     for e in entries:
@@ -312,35 +310,34 @@ def _triton_name(file: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)
 
 
-def _write_triton(tmp: Path, e: dict[str, Any], source: _Artifact, cfg: BundleConfig, outputs: list[tuple[str, list[int]]]) -> None:
-    if e["kind"] == "onnx" and e.get("attention") == "plugin":
+def _write_triton(tmp: Path, e: ManifestEntry, source: _Artifact, cfg: BundleConfig, outputs: list[tuple[str, list[int]]]) -> None:
+    if e.kind == "onnx" and e.attention == "plugin":
         return  # ONNX Runtime cannot run ChannelAttention plugin nodes; Triton serves their engine (tensorrt_plan)
-    name = _triton_name(e["file"])
+    name = _triton_name(e.file)
     folder = tmp / "triton" / name
     (folder / "1").mkdir(parents=True)
     prep = source.contract.preprocessing
-    input_dims = list(prep.as_raw().input_shape if e["input"] == "raw" else prep.input_shape)
-    if e["kind"] == "onnx":
-        static = _static_batch(tmp / e["file"])
-        shutil.copyfile(tmp / e["file"], folder / "1" / "model.onnx")
+    input_dims = list(prep.as_raw().input_shape if e.input == "raw" else prep.input_shape)
+    if e.kind == "onnx":
+        static = _static_batch(tmp / e.file)
+        shutil.copyfile(tmp / e.file, folder / "1" / "model.onnx")
         platform, filename, max_batch = "onnxruntime_onnx", "model.onnx", cfg.max_batch
     else:
         static = None
-        shutil.copyfile(tmp / e["file"], folder / "1" / "model.plan")
-        record = json.loads((tmp / e["record"]).read_text()) if e["record"] else {}
-        max_batch = int(str((record.get("options") or {}).get("batch", f"1,1,{cfg.max_batch}")).split(",")[-1])
+        shutil.copyfile(tmp / e.file, folder / "1" / "model.plan")
+        max_batch = BuildRecord.read(tmp / e.record).max_batch(cfg.max_batch) if e.record else cfg.max_batch
         platform, filename = "tensorrt_plan", "model.plan"
     if static:  # a fixed batch: Triton takes the full dims and no batching of its own
         input_dims, outputs, max_batch = [static, *input_dims], [(k, [static, *d]) for k, d in outputs], 0
     note = (f"# The engine needs the ChannelAttention plugin: start tritonserver with LD_PRELOAD={PLUGIN_LIB}\n"
-            if e.get("attention") == "plugin" else "")
+            if e.attention == "plugin" else "")
     (folder / "config.pbtxt").write_text(note + triton_config(
         name=name, platform=platform, input_name=source.contract.input_name, input_dims=input_dims, outputs=outputs,
         max_batch_size=max_batch, labels_file="labels.txt", model_filename=filename))
     shutil.copyfile(tmp / "labels.txt", folder / "labels.txt")
 
 
-def _measure(tmp: Path, entries: list[dict[str, Any]], g: gold.Golden) -> dict[str, Any]:
+def _measure(tmp: Path, entries: list[ManifestEntry], g: gold.Golden) -> dict[str, Any]:
     """Each ONNX artifact on the golden inputs here (ONNX Runtime CPU), against the reference."""
     from tldeploy.parity import compare_outputs
     from tldeploy.runtime.runners import OrtRunner, run_batches
@@ -348,35 +345,25 @@ def _measure(tmp: Path, entries: list[dict[str, Any]], g: gold.Golden) -> dict[s
     inputs = np.load(tmp / "golden" / "inputs.npz")
     out: dict[str, Any] = {}
     for e in entries:
-        if e["kind"] != "onnx":
-            out[e["file"]] = {"not_run": "an engine runs only on its GPU"}
+        if e.kind != "onnx":
+            out[e.file] = {"not_run": "an engine runs only on its GPU"}
             continue
-        if e.get("attention") == "plugin":
-            out[e["file"]] = {"not_run": "ChannelAttention plugin nodes run only in TensorRT"}
+        if e.attention == "plugin":
+            out[e.file] = {"not_run": "ChannelAttention plugin nodes run only in TensorRT"}
             continue
-        x = inputs["inputs_raw" if e["input"] == "raw" else "inputs"]
-        with OrtRunner(tmp / e["file"]) as r:
+        x = inputs["inputs_raw" if e.input == "raw" else "inputs"]
+        with OrtRunner(tmp / e.file) as r:
             report = compare_outputs(g.reference, run_batches(r, x))
-        missed = tolerance_failures(report, TOLERANCES[e["precision"]])
+        missed = tolerance_failures(report, TOLERANCES[e.precision])
         passed = not missed
         if missed:
-            log.warning("%s misses its %s tolerances on the golden inputs here: %s", e["file"], e["precision"], "; ".join(missed))
-        out[e["file"]] = {"top1_agreement": report.top1_agreement, "cosine": report.cosine,
+            log.warning("%s misses its %s tolerances on the golden inputs here: %s", e.file, e.precision, "; ".join(missed))
+        out[e.file] = {"top1_agreement": report.top1_agreement, "cosine": report.cosine,
                           "logits_max_abs": report.logits_max_abs, "passed": passed, "cpu": host.cpu_info()["class"]}
     return out
 
 
-def _manifest(tmp: Path, source: _Artifact, entries: list[dict[str, Any]], g: gold.Golden, measured: dict[str, Any],
-              cfg: BundleConfig) -> dict[str, Any]:
-    return {
-        "format": "tldeploy.bundle",
-        "format_version": 1,
-        "created": now(),
-        "contract": read_contract(tmp / "model.onnx").to_props(),
-        "classes": source.contract.classes,
-        "tools": host.tool_versions(),
-        "tolerances": TOLERANCES,
-        "artifacts": [{**e, "measured_here": measured.get(e["file"])} for e in entries],
-        "golden": {"n": len(g.inputs), "labelled": g.labels is not None},
-        "files": file_digests(tmp),
-    }
+def _manifest(tmp: Path, entries: list[ManifestEntry], g: gold.Golden, measured: dict[str, Any]) -> Manifest:
+    return Manifest(created=now(), contract=read_contract(tmp / "model.onnx"), tools=host.tool_versions(), tolerances=TOLERANCES,
+                    artifacts=tuple(replace(e, measured_here=measured.get(e.file)) for e in entries),
+                    golden={"n": len(g.inputs), "labelled": g.labels is not None}, files=file_digests(tmp))

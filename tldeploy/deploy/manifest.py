@@ -36,16 +36,6 @@ def tolerance_failures(report, tol: dict[str, float | None]) -> list[str]:
     return failures
 
 
-def record_mismatch(record: dict[str, Any], sha256: str, onnx_sha256s: set[str]) -> str | None:
-    """Which of a build record's hashes does not hold: "artifact_sha256" (it describes another
-    file) or "input_onnx_sha256" (it was built from an ONNX file not at hand); None if both hold."""
-    if record.get("artifact_sha256") != sha256:
-        return "artifact_sha256"
-    if record.get("input_onnx_sha256") not in onnx_sha256s:
-        return "input_onnx_sha256"
-    return None
-
-
 def bundle_files(root: Path) -> list[Path]:
     """Every file of the bundle (relative), without the manifest and what verify writes."""
     out = []
@@ -60,9 +50,8 @@ def file_digests(root: Path) -> dict[str, str]:
     return {rel.as_posix(): sha256_file(Path(root) / rel) for rel in bundle_files(root)}
 
 
-def check_files(root: Path, manifest: dict[str, Any]) -> list[str]:
-    """One line per file that is missing, changed, or not in the manifest."""
-    listed: dict[str, str] = manifest.get("files", {})
+def check_files(root: Path, listed: dict[str, str]) -> list[str]:
+    """One line per file that is missing, changed, or not in the manifest's `listed` digests."""
     problems = []
     for rel, digest in sorted(listed.items()):
         p = Path(root) / rel

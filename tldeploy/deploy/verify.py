@@ -15,7 +15,6 @@ failed check.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
@@ -33,10 +32,10 @@ from tldeploy.deploy.manifest import (
     PLUGIN_LIB,
     VERIFY_DIR,
     check_files,
-    record_mismatch,
     tolerance_failures,
 )
 from tldeploy.errors import ConfigError, TldeployError
+from tldeploy.records import BuildRecord, Manifest, ManifestEntry
 from tldeploy.runtime import host
 
 log = logging.getLogger(__name__)
@@ -116,11 +115,11 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     manifest = _manifest(root)
     _refuse_outside_names(root, manifest)
     trust_plugins = signature.verified or cfg.trust_plugins
-    checks = [Check("bundle", False, p) for p in check_files(root, manifest)]
+    checks = [Check("bundle", False, p) for p in check_files(root, manifest.files)]
     if not checks:
         device = _device(cfg.device)
-        entries = list(manifest["artifacts"])
-        onnx_shas = {manifest["files"][e["file"]] for e in entries if e["kind"] == "onnx"}  # checked just now
+        entries = list(manifest.artifacts)
+        onnx_shas = {manifest.files[e.file] for e in entries if e.kind == "onnx"}  # checked just now
         if cfg.build:
             entries += _build_here(root, manifest, cfg, trust_plugins)
         inputs = np.load(root / "golden" / "inputs.npz")
@@ -147,21 +146,13 @@ def _refuse_links(root: Path) -> None:
                 raise TldeployError(f"{p} is not a regular file (a FIFO, socket or device); refused: a bundle holds only files")
 
 
-def _refuse_outside_names(root: Path, manifest: dict[str, Any]) -> None:
+def _refuse_outside_names(root: Path, manifest: Manifest) -> None:
     """Every name the manifest gives (files, artifacts, records) is a relative path that stays in
     ROOT; an absolute one, one with `..` or one resolving elsewhere is refused before any is opened."""
-    files, entries = manifest.get("files"), manifest.get("artifacts")
-    if not isinstance(files, dict) or not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise TldeployError(f"{root / MANIFEST} is not a tldeploy bundle manifest (files or artifacts malformed); make the bundle again")
-    names = list(files)
-    for e in entries:
-        names += [e.get("file"), *([e["record"]] if e.get("record") else [])]
     top = root.resolve()
-    for name in names:
+    for name in manifest.names():
         why = None
-        if not isinstance(name, str) or not name:
-            why = "not a file name"
-        elif name.startswith(("/", "\\")) or PureWindowsPath(name).drive or Path(name).is_absolute():
+        if name.startswith(("/", "\\")) or PureWindowsPath(name).drive or Path(name).is_absolute():
             why = "an absolute path"
         elif ".." in PurePosixPath(name.replace("\\", "/")).parts:
             why = "it climbs out with '..'"
@@ -190,17 +181,11 @@ def _signature(root: Path, public_key: Path | None) -> Signature:
     return sig
 
 
-def _manifest(root: Path) -> dict[str, Any]:
+def _manifest(root: Path) -> Manifest:
     path = root / MANIFEST
     if not path.is_file():
         raise ConfigError(f"{root} is not a tldeploy bundle (no {MANIFEST}); make one with 'tldeploy bundle'")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as e:
-        raise TldeployError(f"{path} is not valid JSON ({e}); copy the bundle again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "tldeploy.bundle":
-        raise TldeployError(f"{path} is not a tldeploy bundle manifest; make the bundle with 'tldeploy bundle'")
-    return manifest
+    return Manifest.read(path)
 
 
 def _device(choice: str) -> str:
@@ -214,29 +199,29 @@ def _device(choice: str) -> str:
         return "cpu"
 
 
-def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_shas: set[str], inputs, reference, device: str,
+def _verify_one(root: Path, e: ManifestEntry, manifest: Manifest, onnx_shas: set[str], inputs, reference, device: str,
                 trust_plugins: bool) -> Check:
     from tldeploy.deploy.manifest import TOLERANCES
     from tldeploy.parity import compare_outputs
     from tldeploy.runtime.runners import run_batches
 
-    name, path = e["file"], root / e["file"]
-    record = json.loads((root / e["record"]).read_text()) if e.get("record") else None
-    sha = manifest["files"].get(name) or sha256_file(path)  # bundled files were checked against the manifest
-    wrong = record_mismatch(record, sha, onnx_shas) if record is not None else None
+    name, path = e.file, root / e.file
+    record = BuildRecord.read(root / e.record) if e.record else None
+    sha = manifest.files.get(name) or sha256_file(path)  # bundled files were checked against the manifest
+    wrong = record.mismatch(sha, onnx_shas) if record is not None else None
     if wrong == "artifact_sha256":
-        return Check(name, False, f"its build record {e['record']} describes another artifact (artifact_sha256 differs); refused before loading")
+        return Check(name, False, f"its build record {e.record} describes another artifact (artifact_sha256 differs); refused before loading")
     if wrong == "input_onnx_sha256":
-        return Check(name, False, f"its build record {e['record']} was made from another model's ONNX; refused before loading")
-    if e["kind"] == "engine":
-        why = _engine_mismatch(record or {})
+        return Check(name, False, f"its build record {e.record} was made from another model's ONNX; refused before loading")
+    if e.kind == "engine":
+        why = _engine_mismatch(record)
         if why:
             return Check(name, False, f"{why}; run 'tldeploy verify {root} --build' to build and check engines here")
-    if e["kind"] == "onnx" and e.get("attention") == "plugin":
+    if e.kind == "onnx" and e.attention == "plugin":
         return Check(name, True, "skipped: ChannelAttention plugin nodes run only in TensorRT; bundle its engine, or "
                      "'verify --build' the standard graph", skipped=True)
-    x = inputs["inputs_raw" if e["input"] == "raw" else "inputs"]
-    tol = manifest["tolerances"][e["precision"]] if e["precision"] in manifest.get("tolerances", {}) else TOLERANCES[e["precision"]]
+    x = inputs["inputs_raw" if e.input == "raw" else "inputs"]
+    tol = manifest.tolerances.get(e.precision) or TOLERANCES[e.precision]
     try:
         with _runner(root, path, e, device, trust_plugins) as runner:
             out = run_batches(runner, x)
@@ -249,32 +234,32 @@ def _verify_one(root: Path, e: dict[str, Any], manifest: dict[str, Any], onnx_sh
     return Check(name, not failures, detail, report.to_dict())
 
 
-def _runner(root: Path, path: Path, e: dict[str, Any], device: str, trust_plugins: bool):
+def _runner(root: Path, path: Path, e: ManifestEntry, device: str, trust_plugins: bool):
     """The artifact's runner; an engine that needs the plugin loads the bundle's library, if trusted."""
     from tldeploy.runtime.loader import load_runner
 
-    if e["kind"] == "engine" and e.get("attention") == "plugin":
+    if e.kind == "engine" and e.attention == "plugin":
         from tldeploy.runtime.trt_runner import TrtRunner
 
         lib = root / PLUGIN_LIB
         _refuse_untrusted_plugins(root, trust_plugins)
         if not lib.is_file():
-            raise ConfigError(f"{e['file']} needs the ChannelAttention plugin and the bundle has no plugins/lib; build it here "
+            raise ConfigError(f"{e.file} needs the ChannelAttention plugin and the bundle has no plugins/lib; build it here "
                               f"with 'tldeploy plugins build' and bundle it with --plugins")
         return TrtRunner(path, plugins=(lib,))
-    return load_runner(path, device=device if e["kind"] == "onnx" else "cuda")
+    return load_runner(path, device=device if e.kind == "onnx" else "cuda")
 
 
-def _engine_mismatch(record: dict[str, Any]) -> str | None:
+def _engine_mismatch(record: BuildRecord | None) -> str | None:
     """Why an engine built as `record` says cannot load here, read before deserializing it."""
     from tldeploy.engines.tensorrt import trt_version
     from tldeploy.runtime.trt import gpu_info
 
-    built_trt = (record.get("tools") or {}).get("tensorrt")
-    built_gpu = record.get("gpu") or {}
+    built_trt = record.tensorrt if record else None
+    built_gpu = (record.gpu if record else None) or {}
     here_trt, here_gpu = trt_version(), gpu_info()
     # The JetPack releases, where known, say which JetPack to flash or build under.
-    built_os, here_os = host.JetsonRelease.from_dict(record.get("jetson")), host.read_jetson_release()
+    built_os, here_os = host.JetsonRelease.from_dict(record.jetson if record else None), host.read_jetson_release()
     where = (f"built with TensorRT {built_trt} on {built_gpu.get('gpu', 'an unknown GPU')} (sm {built_gpu.get('compute_capability', '?')})"
              + (f" under {built_os.describe()}" if built_os else ""))
     here = f" under {here_os.describe()}" if here_os else ""
@@ -289,7 +274,7 @@ def _engine_mismatch(record: dict[str, Any]) -> str | None:
     return None
 
 
-def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig, trust_plugins: bool) -> list[dict[str, Any]]:
+def _build_here(root: Path, manifest: Manifest, cfg: VerifyConfig, trust_plugins: bool) -> list[ManifestEntry]:
     """TensorRT engines built on this device from the bundle's ONNX: the raw-input variant where
     there is one (what DeepStream serves), and each plugin graph with the bundle's plugin library.
     An unchanged build is reused (the builder's cache key), a stale one rebuilt."""
@@ -304,10 +289,10 @@ def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig, trust_p
     out.mkdir(exist_ok=True)
     raw = (root / "model_raw.onnx").is_file()
     sources = [(root / ("model_raw.onnx" if raw else "model.onnx"), "raw" if raw else "normalized", "standard", ())]
-    plugin_graphs = [e for e in manifest["artifacts"] if e["kind"] == "onnx" and e.get("attention") == "plugin"]
+    plugin_graphs = [e for e in manifest.artifacts if e.kind == "onnx" and e.attention == "plugin"]
     if plugin_graphs:
         _refuse_untrusted_plugins(root, trust_plugins)
-        sources += [(root / e["file"], e["input"], "plugin", (_plugin_library(root, out),)) for e in plugin_graphs]
+        sources += [(root / e.file, e.input, "plugin", (_plugin_library(root, out),)) for e in plugin_graphs]
     entries = []
     for source, input_format, attention, plugins in sources:
         for p in cfg.precisions or ("fp16",):
@@ -317,9 +302,9 @@ def _build_here(root: Path, manifest: dict[str, Any], cfg: VerifyConfig, trust_p
                 result = build(bc)
             except OutputExistsError:  # built here before from other inputs or tools
                 result = build(replace(bc, force=True))
-            entries.append({"file": str(target.relative_to(root)), "kind": "engine", "precision": p, "built_here": True,
-                            "input": input_format, "attention": attention, "record": str(Path(DEVICE_DIR) / (target.name + ".json")),
-                            "backend": "tensorrt", "build_seconds": result.record.get("build_seconds")})
+            entries.append(ManifestEntry(str(target.relative_to(root)), "engine", p, input_format, backend="tensorrt",
+                                         record=str(Path(DEVICE_DIR) / (target.name + ".json")), attention=attention, built_here=True,
+                                         build_seconds=result.record.build_seconds))
     return entries
 
 

@@ -9,10 +9,9 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-RECORD_FORMAT = "tldeploy.build"
-RECORD_VERSION = 1
+from tldeploy.records import BuildRecord
+
 # What makes two builds the same build. Anything else in the record is information only.
 KEY_FIELDS = ("input_onnx_sha256", "precision", "backend", "device", "calibration", "quantization_options", "tools", "gpu", "options")
 
@@ -25,12 +24,14 @@ def cache_dir() -> Path:
 
 
 
-def cache_key(record: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps({k: record.get(k) for k in KEY_FIELDS}, sort_keys=True).encode()).hexdigest()
+def cache_key(record: BuildRecord) -> str:
+    doc = record.to_json()
+    return hashlib.sha256(json.dumps({k: doc.get(k) for k in KEY_FIELDS}, sort_keys=True).encode()).hexdigest()
 
 
-def key_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [k for k in KEY_FIELDS if old.get(k) != new.get(k)]
+def key_differences(old: BuildRecord, new: BuildRecord) -> list[str]:
+    a, b = old.to_json(), new.to_json()
+    return [k for k in KEY_FIELDS if a.get(k) != b.get(k)]
 
 
 @contextlib.contextmanager

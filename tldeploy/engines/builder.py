@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tldeploy._io import atomic_path, now, probe_output, write_json
+from tldeploy._io import atomic_path, now, probe_output
 from tldeploy.engines import artifacts
 from tldeploy.engines.calibration import CalibrationSet
 from tldeploy.engines.capabilities import PRECISIONS, check_target, default_device
@@ -26,6 +26,7 @@ from tldeploy.engines.inspector import summarize_layers
 from tldeploy.engines.quantize import QuantConfig
 from tldeploy.engines.tensorrt import TrtConfig
 from tldeploy.errors import ConfigError, OutputExistsError, TldeployError
+from tldeploy.records import BuildRecord
 from tldeploy.runtime import host
 from tldeploy.runtime.runners import ENGINE_SUFFIXES, read_sidecar, sidecar_path
 
@@ -64,7 +65,7 @@ class BuildConfig:
 @dataclass
 class BuildResult:
     path: Path
-    record: dict[str, Any]
+    record: BuildRecord
     reused: bool
     seconds: float
 
@@ -134,28 +135,19 @@ def build(cfg: BuildConfig) -> BuildResult:
     calib, quant, check = _build_data(cfg, contract, backend, qat)
     from tldeploy.runtime.trt import gpu_info
 
-    record: dict[str, Any] = {
-        "format": artifacts.RECORD_FORMAT,
-        "format_version": artifacts.RECORD_VERSION,
-        "artifact": output.name,
-        "input_onnx": str(onnx_path),
-        "input_onnx_sha256": onnx_sha,
-        "precision": cfg.precision,
-        "backend": backend,
-        "device": device,
-        "calibration": {"sha256": calib.sha256, "images": len(calib.images), "held_out": len(calib.holdout), "method": cfg.calib_method} if calib else None,
-        "quantization_options": _quant_options(quant),
-        "check_data": {"source": check.source, "images": len(check.images), "sha256": check.sha256} if check else None,
-        "precision_plan": {"path": str(cfg.precision_plan), "sha256": sha256_file(Path(cfg.precision_plan))} if plan else None,
-        "tools": host.tool_versions(),
-        "gpu": gpu_info() if device == "cuda" else None,
-        "options": _trt_options(cfg.trt) if backend == "tensorrt" else None,
-    }
-    record["cache_key"] = artifacts.cache_key(record)
+    record = BuildRecord(
+        artifact=output.name, input_onnx=str(onnx_path), input_onnx_sha256=onnx_sha, precision=cfg.precision, backend=backend, device=device,
+        calibration={"sha256": calib.sha256, "images": len(calib.images), "held_out": len(calib.holdout), "method": cfg.calib_method} if calib else None,
+        quantization_options=_quant_options(quant),
+        check_data={"source": check.source, "images": len(check.images), "sha256": check.sha256} if check else None,
+        precision_plan={"path": str(cfg.precision_plan), "sha256": sha256_file(Path(cfg.precision_plan))} if plan else None,
+        tools=host.tool_versions(), gpu=gpu_info() if device == "cuda" else None, options=_trt_options(cfg.trt) if backend == "tensorrt" else None,
+    )
+    key = artifacts.cache_key(record)
 
     with artifacts.build_lock(output):
         old = read_sidecar(output) if output.exists() and not cfg.force else None  # --force ignores even a broken record
-        if old is not None and old.get("cache_key") == record["cache_key"] and old.get("artifact_sha256") == sha256_file(output) and not cfg.force:
+        if old is not None and old.cache_key == key and old.artifact_sha256 == sha256_file(output) and not cfg.force:
             log.info("%s is up to date (same inputs, options and tools); pass --force to rebuild", output)
             return BuildResult(output, old, True, time.perf_counter() - t0)
         if output.exists() and not cfg.force:
@@ -163,16 +155,15 @@ def build(cfg: BuildConfig) -> BuildResult:
                    if old else "it has no matching build record")
             raise OutputExistsError(f"{output} already exists and {why}; pass --force to rebuild it")
         log.info("building %s %s on %s: %s -> %s (%s)", backend, cfg.precision, device, onnx_path, output, cap.describe(cfg.precision))
-        record.update(_build_artifact(cfg, backend, device, onnx_path, contract, output, calib, quant, check, plan))
-        record["artifact_sha256"] = sha256_file(output)
-        record["size_bytes"] = output.stat().st_size
-        record["cpu"] = host.cpu_info()
-        record["jetson"] = release.to_dict() if (release := host.read_jetson_release()) else None  # JetPack and L4T on a Jetson
-        # An ONNX artifact carries its own (updated) contract; an engine's record carries the input's.
-        record["contract"] = (read_contract(output) if output.suffix == ".onnx" else replace(contract, precision=cfg.precision)).to_props()
-        record["created"] = now()
-        record["build_seconds"] = round(time.perf_counter() - t0, 2)
-        write_json(sidecar_path(output), record)
+        details = _build_artifact(cfg, backend, device, onnx_path, contract, output, calib, quant, check, plan)
+        release = host.read_jetson_release()
+        record = replace(record, cache_key=key).finished(
+            **details, artifact_sha256=sha256_file(output), size_bytes=output.stat().st_size, cpu=host.cpu_info(),
+            jetson=release.to_dict() if release else None,  # JetPack and L4T on a Jetson
+            # An ONNX artifact carries its own (updated) contract; an engine's record carries the input's.
+            contract=read_contract(output) if output.suffix == ".onnx" else replace(contract, precision=cfg.precision),
+            created=now(), build_seconds=round(time.perf_counter() - t0, 2))
+        record.save(sidecar_path(output))
     return BuildResult(output, record, False, time.perf_counter() - t0)
 
 

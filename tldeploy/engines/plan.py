@@ -15,13 +15,12 @@ A plan names nodes of one ONNX file; it is refused for any other (the SHA-256 di
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tldeploy._io import write_json
-from tldeploy.errors import ConfigError, is_user_path_error
+from tldeploy._io import read_document, write_json
+from tldeploy.errors import ConfigError
 
 PLAN_FORMAT = "tldeploy.precision_plan"
 PLAN_VERSION = 1
@@ -79,18 +78,8 @@ class PrecisionPlan:
 def load_plan(path: Path) -> PrecisionPlan:
     """Read and check a plan file; any problem is one ConfigError naming the file."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--precision-plan {path} does not exist; write one with tldeploy diagnose") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
-            raise
-        raise ConfigError(f"--precision-plan {path} is not a JSON precision plan ({e}); write one with tldeploy diagnose") from None
-    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
-        raise ConfigError(f"--precision-plan {path} is not a tldeploy precision plan (format {PLAN_FORMAT!r} expected)")
-    if doc.get("format_version") != PLAN_VERSION:
-        raise ConfigError(f"--precision-plan {path} has format_version {doc.get('format_version')!r}; this tldeploy reads {PLAN_VERSION}")
+    doc = read_document(path, PLAN_FORMAT, (PLAN_VERSION,), what="precision plan", hint="write one with tldeploy diagnose",
+                        label=f"--precision-plan {path}", error=ConfigError)
     units = doc.get("units")
     if not isinstance(units, list) or not all(isinstance(u, dict) and isinstance(u.get("nodes"), list)
                                               and all(isinstance(n, str) for n in u["nodes"]) for u in units):

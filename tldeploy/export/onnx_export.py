@@ -26,9 +26,10 @@ from tldeploy._io import atomic_path, check_writable, sha256_file
 from tldeploy.contract import OUTPUT_NAMES, Contract, write_contract
 from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
 from tldeploy.modalities.audio import AudioPreprocessing
-from tldeploy.modalities.preprocessing import INPUT_FORMATS, Preprocessing, preprocessing_from_dict
+from tldeploy.modalities.preprocessing import INPUT_FORMATS, Preprocessing
 from tldeploy.models.heads import AdaptedModel, ChannelAttention, normalise_cam
 from tldeploy.parity import ParityReport, compare_outputs, parity_inputs
+from tldeploy.records import CheckpointMeta
 from tldeploy.scopes import strip_build_machine
 
 log = logging.getLogger(__name__)
@@ -105,22 +106,17 @@ def export_onnx(cfg: ExportConfig) -> ExportResult:
     _require("onnxscript")
     out = Path(cfg.output)
     check_writable(out, force=cfg.force)
-    model, meta = load_checkpoint(cfg.checkpoint)
-    prep = preprocessing_from_dict(meta["preprocessing"])
-    if meta.get("qat") and cfg.input_format == "raw":
+    model, raw_meta = load_checkpoint(cfg.checkpoint)
+    meta = CheckpointMeta.from_json(raw_meta, str(cfg.checkpoint))
+    prep = meta.preprocessing
+    if meta.qat and cfg.input_format == "raw":
         raise ConfigError(f"{cfg.checkpoint} is quantization-aware trained on normalised inputs; export it without --input-format raw")
-    contract = Contract(
-        classes=list(meta["classes"]),
-        preprocessing=prep,
-        backbone=meta["backbone"]["name"],
-        checkpoint_sha256=sha256_file(Path(cfg.checkpoint)),
-        tldeploy_version=tldeploy.__version__,
-        precision="fp16" if cfg.fp16 else "fp32",
+    contract = meta.contract(
+        sha256_file(Path(cfg.checkpoint)), tldeploy_version=tldeploy.__version__, precision="fp16" if cfg.fp16 else "fp32",
         attention="plugin" if cfg.attention_plugin else "standard",
         # A quantization-aware trained checkpoint's record (tldeploy qat) goes on to the build.
         extra={"opset": str(cfg.opset), "batch": str(cfg.static_batch) if cfg.static_batch else "dynamic",
-               **({"qat": json.dumps(meta["qat"])} if meta.get("qat") else {})},
-        ood=meta.get("ood"),
+               **({"qat": json.dumps(meta.qat)} if meta.qat else {})},
     )
     proto = _export_proto(model, prep, cfg)
     write_contract(proto, contract)

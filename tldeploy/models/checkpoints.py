@@ -13,12 +13,13 @@ from typing import Any
 import torch
 
 import tldeploy
-from tldeploy._io import atomic_path
+from tldeploy._io import atomic_path, check_version
 from tldeploy.errors import CheckpointError, ConfigError, is_user_path_error
 
 CHECKPOINT_FORMAT = "tldeploy.checkpoint"
 TRAIN_STATE_FORMAT = "tldeploy.train-state"
 FORMAT_VERSION = 1
+READS = (FORMAT_VERSION,)
 
 
 def versions() -> dict[str, str]:
@@ -108,12 +109,7 @@ def read_torch_file(
         raise CheckpointError(
             f"{path} is not a {what} written by tldeploy (no '{expected_format}' marker); {hint}"
         )
-    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} uses {what} format {obj['format_version']}, newer than this tldeploy "
-            f"({FORMAT_VERSION}); upgrade tldeploy"
-        )
-    return obj
+    return check_version(obj, str(path), f"{what} format", READS, hint=hint, error=CheckpointError)
 
 
 def load_checkpoint(path: Path):

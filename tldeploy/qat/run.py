@@ -43,6 +43,7 @@ from torch import nn
 from tldeploy._io import atomic_dir, probe_output, sha256_file, write_json
 from tldeploy.engines.quantize import FLAVOURS, PRESETS, QatRecord, QuantConfig
 from tldeploy.errors import ConfigError, OutputExistsError
+from tldeploy.records import CheckpointMeta
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +142,11 @@ class _Qat:
             import os
 
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        self.model, self.meta, self.tensors = load_checkpoint_and_tensors(cfg.checkpoint)
-        if self.meta.get("qat"):
-            src = (self.meta["qat"].get("source") or {}).get("checkpoint", "the float checkpoint it came from")
-            raise ConfigError(f"{cfg.checkpoint} is already quantization-aware trained ({self.meta['qat'].get('flavour')}); "
+        self.model, meta, self.tensors = load_checkpoint_and_tensors(cfg.checkpoint)
+        self.meta = CheckpointMeta.from_json(meta, str(cfg.checkpoint))
+        if self.meta.qat:
+            src = (self.meta.qat.get("source") or {}).get("checkpoint", "the float checkpoint it came from")
+            raise ConfigError(f"{cfg.checkpoint} is already quantization-aware trained ({self.meta.qat.get('flavour')}); "
                               f"run tldeploy qat on the float checkpoint ({src}) instead")
         self.plan = None
         if cfg.keep_float is not None:
@@ -160,13 +162,11 @@ class _Qat:
         from tldeploy.engines.calibration import CalibrationSet, ImageSet
         from tldeploy.engines.quantize import Quantizer, read_ranges, transformer_preset
         from tldeploy.engines.sensitivity import task_metrics
-        from tldeploy.modalities.preprocessing import preprocessing_from_dict
         from tldeploy.qat.placement import find_placement
 
         cfg, t0 = self.cfg, time.perf_counter()
         torch.manual_seed(cfg.seed)
-        prep = preprocessing_from_dict(self.meta["preprocessing"])
-        classes = list(self.meta["classes"])
+        prep, classes = self.meta.preprocessing, list(self.meta.classes)
         calib = CalibrationSet.from_folder(cfg.calib_data, prep, cfg.calib_samples)
         val = ImageSet.from_folder(cfg.data, prep, classes, flag="--data")
         if val.labels is None:
@@ -350,7 +350,7 @@ class _Qat:
                 "qdq": result.stats.to_dict(), "scales_differing_from_simulation": mismatched}
 
     def _meta(self, record: QatRecord) -> dict:
-        meta = {k: v for k, v in self.meta.items() if k not in ("created", "versions")}
+        meta = {k: v for k, v in self.meta.to_json().items() if k not in ("created", "versions")}
         return {**meta, "qat": record.to_dict()}
 
     def _write(self, record: QatRecord, metrics: dict) -> None:

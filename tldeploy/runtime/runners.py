@@ -8,7 +8,6 @@ themselves: `bench/` owns clocks and warm-up so every backend is measured the sa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from tldeploy.contract import OUTPUT_NAMES, Contract
-from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError, is_user_path_error
+from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
 from tldeploy.modalities.preprocessing import preprocessing_from_dict
+from tldeploy.records import BuildRecord
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -241,19 +241,10 @@ def sidecar_path(artifact: Path) -> Path:
     return Path(str(artifact) + ".json")
 
 
-def read_sidecar(artifact: Path) -> dict | None:
+def read_sidecar(artifact: Path) -> BuildRecord | None:
+    """The build record beside `artifact`; None when there is none (an export, a file from elsewhere)."""
     p = sidecar_path(artifact)
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        if is_user_path_error(e):  # permission denied, not a directory...: the CLI's one line, not "corrupt"
-            raise
-        raise TldeployError(f"build record {p} is unreadable ({type(e).__name__}); rebuild with 'tldeploy build --force'") from None
-    if not isinstance(data, dict) or data.get("format") != "tldeploy.build":
-        raise TldeployError(f"{p} is not a tldeploy build record; rebuild with 'tldeploy build --force'")
-    return data
+    return BuildRecord.read(p) if p.is_file() else None
 
 
 def artifact_kind(path: Path) -> str:
@@ -279,18 +270,13 @@ def artifact_contract(path: Path) -> Contract:
     if kind == "onnx":
         return read_contract(path)
     if kind == "checkpoint":
-        from tldeploy.models.checkpoints import CHECKPOINT_FORMAT, read_torch_file
+        from tldeploy.records import CheckpointMeta
 
-        meta = read_torch_file(path, CHECKPOINT_FORMAT, "checkpoint")["metadata"]
-        return Contract(
-            classes=list(meta["classes"]), preprocessing=preprocessing_from_dict(meta["preprocessing"]),
-            backbone=str(meta["backbone"]["name"]), checkpoint_sha256="", tldeploy_version=str(meta.get("versions", {}).get("tldeploy", "")),
-            ood=meta.get("ood"),
-        )
+        return CheckpointMeta.read(path).contract()
     record = read_sidecar(path)  # an engine: its contract travels in the build record
-    if record is None:
+    if record is None or record.contract is None:
         raise TldeployError(f"{path} has no build record {sidecar_path(path).name} beside it; rebuild it with 'tldeploy build'")
-    return Contract.from_props(record["contract"], str(sidecar_path(path)))
+    return record.contract
 
 
 def run_batches(runner: BaseRunner, x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:

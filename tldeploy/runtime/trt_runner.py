@@ -30,8 +30,8 @@ class TrtRunner(BaseRunner):
             raise ConfigError(f"{self.path} is a TensorRT engine and needs a CUDA GPU; none is visible here")
         plugins = self.plugins
         if plugins is None:  # the libraries the engine was built with, from its build record
-            record = read_sidecar(self.path) or {}
-            plugins = tuple(Path(p) for p in record.get("options", {}).get("plugins", []))
+            record = read_sidecar(self.path)
+            plugins = record.plugins if record else ()
         load_plugins(plugins)
         self._logger = create_logger()
         self._runtime = trt.Runtime(self._logger)

@@ -1,0 +1,123 @@
+"""The typed records read the files tldeploy wrote before them (tests/fixtures/records, from
+bfae8cb) and write them back byte-equal, or with the normalisation `tldeploy.records` documents;
+every reader follows the one version policy of `_io.check_version`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tldeploy._io import read_document
+from tldeploy.bench.document import load_bench
+from tldeploy.engines.plan import load_plan
+from tldeploy.errors import ConfigError, TldeployError
+from tldeploy.ood import OodGate
+from tldeploy.records import BuildRecord, CheckpointMeta, Manifest, ManifestEntry, RecordError
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "records"
+
+
+def _text(doc: dict) -> str:
+    return json.dumps(doc, indent=2) + "\n"  # how tldeploy writes every JSON document (_io.write_json)
+
+
+@pytest.mark.parametrize("name", ["build_record.fp32.json", "build_record.int8.json"])
+def test_build_records_round_trip_byte_equal(name):
+    path = FIXTURES / name
+    record = BuildRecord.read(path)
+    assert _text(record.to_json()) == path.read_text()
+    assert record.contract is not None and record.contract.ood is not None  # parsed, not a dict
+    if record.precision == "int8":
+        assert record.qdq_flavour == "ort-x86" and record.check is not None and record.check["top1_agreement"] == 1.0
+        assert record.float_units == record.quantization["float_units"]
+
+
+def test_manifest_round_trip_with_its_documented_normalisation():
+    """Entries are written in one key order, and the FP32 source entry gains "qdq_flavour": null;
+    nothing else changes."""
+    path = FIXTURES / "manifest.json"
+    old = json.loads(path.read_text())
+    manifest = Manifest.read(path)
+    order = list(ManifestEntry.__dataclass_fields__)[:9]
+    old["artifacts"] = [{k: e.get(k) for k in order} for e in old["artifacts"]]
+    assert _text(manifest.to_json()) == _text(old)
+    assert [e.kind for e in manifest.artifacts] == ["onnx", "onnx", "onnx"] and manifest.classes == ["green", "red"]
+    assert "artifacts/tiny.int8.ort.onnx.json" in manifest.names() and len(manifest.files) == len(old["files"])
+
+
+def test_plan_and_bench_document_round_trip_byte_equal():
+    plan = FIXTURES / "plan.json"
+    assert _text(load_plan(plan).to_dict()) == plan.read_text()
+    bench = FIXTURES / "bench.json"
+    assert _text(load_bench(bench)) == bench.read_text()
+
+
+def test_checkpoint_metadata_round_trips_and_gives_the_contract():
+    doc = json.loads((FIXTURES / "checkpoint_meta.json").read_text())
+    meta = CheckpointMeta.from_json(doc["metadata"], "model.pt")
+    assert meta.to_json() == doc["metadata"] and list(meta.to_json()) == list(doc["metadata"])
+    contract = meta.contract("ab" * 32, precision="fp16")
+    assert contract.classes == doc["metadata"]["classes"] and contract.backbone == "tiny_cnn" and contract.precision == "fp16"
+    assert contract.ood == OodGate.from_dict(doc["metadata"]["ood"]) and contract.checkpoint_sha256 == "ab" * 32
+    assert contract.tldeploy_version == doc["metadata"]["versions"]["tldeploy"]
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda m: m.pop("classes"), "'classes' must be a list"),
+    (lambda m: m.update(backbone="tiny_cnn"), "'backbone' lacks its name"),
+    (lambda m: m.update(ood={"kind": "energy"}), "OOD metadata is broken"),
+    (lambda m: m["preprocessing"].pop("input_size"), "preprocessing or OOD metadata is broken"),
+])
+def test_checkpoint_metadata_refuses_a_broken_field_naming_the_file(breakage, message):
+    meta = json.loads((FIXTURES / "checkpoint_meta.json").read_text())["metadata"]
+    breakage(meta)
+    with pytest.raises(RecordError, match=f"model.pt: .*{message}"):
+        CheckpointMeta.from_json(meta, "model.pt")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("input_onnx_sha256"), "'input_onnx_sha256' must be a non-empty string"),
+    (lambda r: r.update(calibration=[1]), "'calibration' must be an object or null"),
+    (lambda r: r.update(size_bytes="big"), "'size_bytes' must be an integer"),
+    (lambda r: r["contract"].update({"tldeploy.classes": "not json"}), "broken tldeploy contract"),
+])
+def test_a_malformed_build_record_is_one_line_naming_it(tmp_path, edit, message):
+    doc = json.loads((FIXTURES / "build_record.int8.json").read_text())
+    edit(doc)
+    path = tmp_path / "m.onnx.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(TldeployError, match=message) as err:
+        BuildRecord.read(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("version, fix", [(2, "upgrade tldeploy"), (0, "rebuild with 'tldeploy build --force'"), ("1", "rebuild"),
+                                          (True, "rebuild"), (None, "rebuild")])
+def test_one_version_policy_newer_refused_older_unread_refused(tmp_path, version, fix):
+    doc = json.loads((FIXTURES / "build_record.fp32.json").read_text())
+    doc["format_version"] = version
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(TldeployError, match=f"has build record version {version}; this tldeploy reads versions 1; {fix}"):
+        BuildRecord.read(path)
+
+
+def test_an_older_readable_version_is_upgraded_by_its_reader(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"format": "x", "v": 1, "a": 1}))
+    seen = []
+
+    def upgrade(doc, version):
+        seen.append(version)
+        return {**doc, "v": 2, "b": doc["a"] * 2}
+
+    assert read_document(path, "x", (1, 2), upgrade, what="x doc", hint="h", version_key="v") == {"format": "x", "v": 2, "a": 1, "b": 2}
+    assert seen == [1]
+    path.write_text(json.dumps({"format": "x", "v": 3}))
+    with pytest.raises(ConfigError, match=r"--flag d.json has x doc version 3; this tldeploy reads versions 1, 2; upgrade tldeploy"):
+        read_document(path, "x", (1, 2), upgrade, what="x doc", hint="h", version_key="v", label="--flag d.json", error=ConfigError)
+    path.write_text(json.dumps({"format": "y", "v": 2}))
+    with pytest.raises(TldeployError, match="is not a tldeploy x doc"):
+        read_document(path, "x", (1, 2), what="x doc", hint="h", version_key="v")
