@@ -63,7 +63,7 @@ class Modality(Protocol):
 
     def dataset(self, paths: list[Path], labels: list[int], augment: Any = None) -> Any: ...  # a torch Dataset
 
-    def frontend(self) -> Any: ...  # the nn.Module the network runs first, or None
+    def frontend(self, augment: Any = None) -> Any: ...  # the nn.Module the network runs first (with training's augmentation, if it acts there), or None
 
     def random_inputs(self, n: int, seed: int = 0) -> np.ndarray: ...  # stand-ins where no data is given
 

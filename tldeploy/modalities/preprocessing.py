@@ -105,8 +105,8 @@ class Preprocessing:
             return rng.uniform(0.0, 255.0, (n, *self.input_shape)).astype(np.float32)
         return rng.standard_normal((n, *self.input_shape)).astype(np.float32)
 
-    def frontend(self) -> None:
-        """Images need no front end inside the network."""
+    def frontend(self, augment: AugmentConfig | None = None) -> None:
+        """Images need no front end inside the network (their augmentation is the dataset's)."""
         return None
 
     def contract_props(self) -> dict[str, str]:
@@ -274,6 +274,7 @@ class Preprocessing:
 class AugmentConfig:
     """Training augmentation. Off means the eval transform, which lets features be cached."""
 
+    modality: ClassVar[str] = "image"  # the input kind it augments
     enabled: bool = True
     crop_scale: float = 0.6  # lower bound of RandomResizedCrop's area fraction
     hflip: bool = True

@@ -114,10 +114,14 @@ class AudioPreprocessing:
     def dataset(self, paths: list[Path], labels: list[int], augment: AudioAugmentConfig | None = None):
         return AudioDataset(paths, labels, self, augment if augment is not None and augment.enabled else None)
 
-    def frontend(self):
+    def frontend(self, augment: AudioAugmentConfig | None = None):
+        """The log-mel front end; `augment`'s SpecAugment masks, if it has any, act in it in training mode."""
         from tldeploy.modalities.audio.frontend import LogMelFrontEnd
 
-        return LogMelFrontEnd(self)
+        front = LogMelFrontEnd(self)
+        if augment is not None and augment.masks:
+            front.augment = augment
+        return front
 
     def contract_props(self) -> dict[str, str]:
         """The ONNX metadata this contract writes: the whole contract as JSON, and the rule in words."""
