@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tldeploy.errors import TldeployError, is_user_path_error
-from tldeploy.modalities.audio import AudioPreprocessing
-from tldeploy.modalities.preprocessing import Preprocessing
+from tldeploy.modalities.base import Modality
+from tldeploy.modalities.preprocessing import MODALITY_CLASSES, modality_class
 from tldeploy.ood import OodGate
 
 CONTRACT_VERSION = "1"
@@ -38,7 +38,7 @@ class ContractError(TldeployError):
 @dataclass(frozen=True)
 class Contract:
     classes: list[str]
-    preprocessing: Preprocessing | AudioPreprocessing
+    preprocessing: Modality
     backbone: str
     checkpoint_sha256: str
     tldeploy_version: str
@@ -85,28 +85,14 @@ class Contract:
                     f"{source} has contract version {own['contract_version']}, this tldeploy reads {CONTRACT_VERSION}; "
                     "re-export it or upgrade tldeploy"
                 )
-            prep: Preprocessing | AudioPreprocessing
-            if own.get("modality", "image") == "audio":
-                prep = AudioPreprocessing.from_dict(json.loads(own["preprocessing"]))
-            else:
-                prep = Preprocessing(
-                    input_size=int(own["input_size"]),
-                    resize_size=int(own["resize_size"]),
-                    mean=tuple(json.loads(own["mean"])),
-                    std=tuple(json.loads(own["std"])),
-                    interpolation=own["interpolation"],
-                    crop=own["crop"],
-                    color=own["color"],
-                    layout=own["layout"],
-                    input_format=own.get("input_format", "normalized"),  # contracts before raw inputs: normalised
-                )
+            prep = modality_class(own.get("modality", "image")).from_contract_props(own)  # contracts before audio: images
             classes = json.loads(own["classes"])
             if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
                 raise ValueError("classes must be a list of strings")
             known = {
-                "contract_version", "classes", "input_name", "output_names", "input_size", "resize_size", "mean",
-                "std", "interpolation", "crop", "resize_rule", "color", "layout", "input_format", "backbone", "checkpoint_sha256",
-                "tldeploy_version", "precision", "attention", "modality", "preprocessing", "preprocessing_rule", "ood",
+                "contract_version", "classes", "input_name", "output_names", "backbone", "checkpoint_sha256",
+                "tldeploy_version", "precision", "attention", "modality", "ood",
+                *(k for load in MODALITY_CLASSES.values() for k in load().contract_keys),
             }
             return cls(
                 classes=classes,

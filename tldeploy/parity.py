@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from tldeploy.modalities.audio import AudioPreprocessing
-    from tldeploy.modalities.preprocessing import Preprocessing
+    from tldeploy.modalities.base import Modality
 
 
 @dataclass
@@ -140,7 +139,7 @@ def cam_top_iou(a: np.ndarray, b: np.ndarray, share: float = 0.20) -> float:
     return float(np.mean((top_a & top_b).sum(1) / (top_a | top_b).sum(1)))
 
 
-def parity_inputs(prep: Preprocessing | AudioPreprocessing, data: Path | None, n: int, seed: int = 0) -> np.ndarray:
+def parity_inputs(prep: Modality, data: Path | None, n: int, seed: int = 0) -> np.ndarray:
     """Up to `n` preprocessed real inputs from `data` (any depth), or `n` random inputs (audio:
     white noise at -20 dBFS, images: standard normal)."""
     if data is None:

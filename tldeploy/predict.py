@@ -18,8 +18,7 @@ import numpy as np
 
 from tldeploy._io import atomic_path, probe_output
 from tldeploy.errors import ConfigError, DataError, TldeployError
-from tldeploy.modalities.audio import AudioPreprocessing
-from tldeploy.modalities.preprocessing import Preprocessing
+from tldeploy.modalities.base import Modality
 from tldeploy.ood import OodGate
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ class Prediction:
         return d
 
 
-def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Preprocessing | AudioPreprocessing, Runner, OodGate | None]:
+def load_artifact(path: Path, device: str = "cpu") -> tuple[list[str], Modality, Runner, OodGate | None]:
     """(classes, preprocessing, run, OOD gate) for any artifact: checkpoint, ONNX file or TensorRT engine."""
     from tldeploy.contract import OUTPUT_NAMES
     from tldeploy.runtime.loader import load_runner
@@ -101,7 +100,7 @@ def predict(artifact: Path, images: list[Path], top_k: int = 5, cam_out: Path | 
     return results
 
 
-def _write_overlays(out: Path, paths, sources, results: list[Prediction], prep: Preprocessing | AudioPreprocessing, force: bool) -> None:
+def _write_overlays(out: Path, paths, sources, results: list[Prediction], prep: Modality, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
     targets = []

@@ -306,7 +306,7 @@ class CheckpointMeta:
                  extra: dict[str, str] | None = None, tldeploy_version: str | None = None) -> Contract:
         """The contract an export of this checkpoint carries (or, with the defaults, what the
         checkpoint itself stands for)."""
-        return Contract(classes=list(self.classes), preprocessing=self.preprocessing, backbone=self.backbone,  # type: ignore[arg-type]
+        return Contract(classes=list(self.classes), preprocessing=self.preprocessing, backbone=self.backbone,
                         checkpoint_sha256=checkpoint_sha256,
                         tldeploy_version=tldeploy_version if tldeploy_version is not None else str(self.versions.get("tldeploy", "")),
                         precision=precision, attention=attention, extra=dict(extra or {}), ood=self.ood)

@@ -61,3 +61,24 @@ def test_both_modalities_implement_the_interface():
     assert image.frontend() is None and audio.frontend() is not None
     assert image.shape_text == "3x32x32" and audio.shape_text == f"{audio.logmel.num_samples} samples"
     assert abs(float(audio.random_inputs(64).std()) - 0.1) < 0.01  # -20 dBFS noise, not unit-variance
+
+
+def test_contracts_dispatch_on_their_modality():
+    from tldeploy.contract import PREFIX, Contract, ContractError
+    from tldeploy.modalities.audio import AudioPreprocessing, LogMelConfig
+    from tldeploy.modalities.preprocessing import MODALITY_CLASSES
+
+    image = Preprocessing(input_size=32, resize_size=36, mean=(0.5,) * 3, std=(0.25,) * 3, input_format="raw")
+    audio = AudioPreprocessing(LogMelConfig(), 0.5, 2.0, in_channels=3)
+    for prep in (image, audio):
+        assert set(prep.contract_props()) == set(type(prep).contract_keys)  # the keys a reader takes as its own
+        assert MODALITY_CLASSES[prep.modality]() is type(prep)
+        c = Contract(["a", "b"], prep, "tiny", "0" * 64, "0.0", extra={"note": "kept"})
+        props = c.to_props()
+        assert Contract.from_props(props, "m.onnx") == c
+    props = Contract(["a", "b"], image.as_normalized(), "tiny", "0" * 64, "0.0").to_props()
+    old = {k: v for k, v in props.items() if k not in (PREFIX + "modality", PREFIX + "input_format")}
+    assert Contract.from_props(old, "old.onnx").preprocessing == image.as_normalized()  # before audio and raw inputs
+    with pytest.raises(ContractError, match=r"^new\.onnx has a broken tldeploy contract \(ConfigError: unknown modality 'video'") as e:
+        Contract.from_props({**props, PREFIX + "modality": "video"}, "new.onnx")
+    assert "\n" not in str(e.value)

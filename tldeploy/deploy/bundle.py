@@ -201,12 +201,12 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
     save_portable(source.path, tmp / "model.onnx")
     bundled_sha = {source.sha256: sha256_file(tmp / "model.onnx")}  # original -> bundled
     entries = [ManifestEntry("model.onnx", "onnx", "fp32", "normalized")]
-    prep = source.contract.preprocessing
-    if prep.modality == "image" and not nvinfer_expresses(prep):
+    image = source.contract.preprocessing.nvinfer_image  # None: no nvinfer config, so no raw graph for one (audio)
+    if image is not None and not nvinfer_expresses(image):
         from tldeploy.raw_input import raw_input_model
 
-        raw = raw_input_model(load_onnx(tmp / "model.onnx"), prep)
-        write_contract(raw, replace(source.contract, preprocessing=prep.as_raw()))
+        raw = raw_input_model(load_onnx(tmp / "model.onnx"), image)
+        write_contract(raw, replace(source.contract, preprocessing=image.as_raw()))
         save_portable(raw, tmp / "model_raw.onnx")
         entries.append(ManifestEntry("model_raw.onnx", "onnx", "fp32", "raw"))
     (tmp / "artifacts").mkdir()
@@ -284,10 +284,10 @@ def _write_serving(tmp: Path, source: _Artifact, entries: list[ManifestEntry], c
     ds = tmp / "deepstream"
     ds.mkdir()
     (ds / "labels.txt").write_text(";".join(classes) + "\n")  # nvinfer's classifier label file: one line, ';'-separated
-    prep = source.contract.preprocessing
-    if prep.modality == "image":
-        served = next(e for e in entries if e.file in ("model_raw.onnx", "model.onnx") and (e.input == "raw" or nvinfer_expresses(prep)))
-        served_prep = prep.as_raw() if served.input == "raw" else prep
+    image = source.contract.preprocessing.nvinfer_image  # None: nvinfer cannot feed this model (audio)
+    if image is not None:
+        served = next(e for e in entries if e.file in ("model_raw.onnx", "model.onnx") and (e.input == "raw" or nvinfer_expresses(image)))
+        served_prep = image.as_raw() if served.input == "raw" else image
         batch = _static_batch(tmp / served.file) or 1
         engine = [e for e in entries if e.kind == "engine" and e.input == served.input and e.attention == "standard"]
         precision = engine[0].precision if engine else "fp16"

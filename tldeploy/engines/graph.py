@@ -4,12 +4,14 @@ from __future__ import annotations
 
 
 def frontend_nodes(model, contract) -> set[str]:
-    """An audio graph's log-mel front end: the Log node and every node before it (none for images).
-    FP16 and INT8 leave these in float32."""
-    if contract.preprocessing.modality != "audio":
+    """The graph's front end (an audio graph's log-mel): the nodes of the op that ends it, as the
+    contract's modality names it (`frontend_end_op`, Log), and every node before them; none where
+    there is no front end (images). FP16 and INT8 leave these in float32."""
+    end = contract.preprocessing.frontend_end_op
+    if end is None:
         return set()
-    logs = [n for n in model.graph.node if n.op_type == "Log"]
-    return {n.name for n in logs} | ancestors(model, *(o for n in logs for o in n.input))
+    last = [n for n in model.graph.node if n.op_type == end]
+    return {n.name for n in last} | ancestors(model, *(o for n in last for o in n.input))
 
 
 def ancestors(model, *tensors: str) -> set[str]:

@@ -25,8 +25,8 @@ import tldeploy
 from tldeploy._io import atomic_path, check_writable, sha256_file
 from tldeploy.contract import OUTPUT_NAMES, Contract, write_contract
 from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
-from tldeploy.modalities.audio import AudioPreprocessing
-from tldeploy.modalities.preprocessing import INPUT_FORMATS, Preprocessing
+from tldeploy.modalities.base import Modality
+from tldeploy.modalities.preprocessing import INPUT_FORMATS
 from tldeploy.models.heads import AdaptedModel, ChannelAttention, normalise_cam
 from tldeploy.parity import ParityReport, compare_outputs, parity_inputs
 from tldeploy.records import CheckpointMeta
@@ -154,7 +154,9 @@ def _raw_variant(proto, contract: Contract, onnx):
     from tldeploy.raw_input import centre_offset, raw_input_model
     from tldeploy.runtime.runners import OrtRunner, run_batches
 
-    prep = contract.preprocessing
+    prep = contract.preprocessing.nvinfer_image  # raw pixels are what an image serving stack's scaler gives
+    if prep is None:
+        raise ConfigError("--input-format raw is for image models; an audio model's input is the waveform already")
     raw = raw_input_model(proto, prep)
     contract = replace(contract, preprocessing=prep.as_raw())
     write_contract(raw, contract)
@@ -179,7 +181,7 @@ def _require(module: str):
         raise MissingDependencyError(module, purpose="ONNX export") from None
 
 
-def _export_proto(model: AdaptedModel, prep: Preprocessing | AudioPreprocessing, cfg: ExportConfig):
+def _export_proto(model: AdaptedModel, prep: Modality, cfg: ExportConfig):
     graph = _CamGraph(model, cfg.fp16).eval()
     batch = cfg.static_batch or 2
     example = torch.randn(batch, *prep.input_shape)
@@ -265,7 +267,7 @@ def _simplify(proto):
     return slim
 
 
-def _parity(proto, model: AdaptedModel, prep: Preprocessing | AudioPreprocessing, cfg: ExportConfig) -> list[tuple[int, ParityReport]]:
+def _parity(proto, model: AdaptedModel, prep: Modality, cfg: ExportConfig) -> list[tuple[int, ParityReport]]:
     _require("onnxruntime")
     from tldeploy.runtime.runners import OrtRunner, run_batches
 

@@ -2,19 +2,21 @@
 
 Every stage (training, calibration, export metadata, bench, predict) builds its transforms from a
 `Preprocessing`, which travels inside checkpoints and ONNX files. Nobody retypes mean/std. Audio
-has its own contract with the same small interface (`audio.AudioPreprocessing`: modality,
-input_name, input_shape, media, describe, load, dataset); `preprocessing_from_dict` reads either.
+has its own contract with the same interface (`base.Modality`); `MODALITY_CLASSES` names the kinds, and
+`preprocessing_from_dict` and `modality_class(name).from_contract_props` read either.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tldeploy.errors import ConfigError, DataError, is_user_path_error
+from tldeploy.modalities.base import Modality, PerturbationDomain
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,6 +64,10 @@ class Preprocessing:
     modality = "image"
     input_name = "images"  # N x 3 x H x W, float32, normalised
     in_channels = 3
+    contract_keys: ClassVar[tuple[str, ...]] = (
+        "input_size", "resize_size", "mean", "std", "interpolation", "crop", "resize_rule", "color", "layout", "input_format",
+    )
+    frontend_end_op: ClassVar[str | None] = None  # images need no front end inside the network
 
     @property
     def raw(self) -> bool:
@@ -99,8 +105,8 @@ class Preprocessing:
             return rng.uniform(0.0, 255.0, (n, *self.input_shape)).astype(np.float32)
         return rng.standard_normal((n, *self.input_shape)).astype(np.float32)
 
-    def frontend(self) -> None:
-        """Images need no front end inside the network."""
+    def frontend(self, augment: AugmentConfig | None = None) -> None:
+        """Images need no front end inside the network (their augmentation is the dataset's)."""
         return None
 
     def contract_props(self) -> dict[str, str]:
@@ -117,6 +123,43 @@ class Preprocessing:
             "layout": self.layout,
             "input_format": self.input_format,
         }
+
+    @classmethod
+    def from_contract_props(cls, props: dict[str, str]) -> Preprocessing:
+        """The contract `contract_props` wrote (KeyError, ValueError or ConfigError where it is broken)."""
+        return cls(
+            input_size=int(props["input_size"]),
+            resize_size=int(props["resize_size"]),
+            mean=tuple(json.loads(props["mean"])),
+            std=tuple(json.loads(props["std"])),
+            interpolation=props["interpolation"],
+            crop=props["crop"],
+            color=props["color"],
+            layout=props["layout"],
+            input_format=props.get("input_format", "normalized"),  # contracts before raw inputs: normalised
+        )
+
+    @property
+    def nvinfer_image(self) -> Preprocessing:
+        """DeepStream's nvinfer feeds images: this contract (or the raw one, `deploy.serving`) configures it."""
+        return self
+
+    def perturbation_domain(self) -> PerturbationDomain:
+        """Pixel levels of 255 of the image as the network sees it (resized and cropped), normalised by the contract."""
+        import numpy as np
+
+        shape = (1, 3, 1, 1)
+        return PerturbationDomain(0.0, 255.0, 1.0, "pixel levels of 255", np.reshape(self.mean, shape).astype(np.float32) * 255,
+                                  np.reshape(self.std, shape).astype(np.float32) * 255)
+
+    def perturbation_inputs(self, paths: list[Path]) -> np.ndarray:
+        """The images as the network sees them (N, 3, S, S), RGB values 0-255."""
+        import numpy as np
+
+        from tldeploy.data.folders import load_image
+
+        geometry = self.geometry()
+        return np.stack([np.asarray(geometry(load_image(p)), np.float32).transpose(2, 0, 1) for p in paths])
 
     def read_source(self, path: Path):
         """The file as predict draws on it: a PIL image."""
@@ -231,6 +274,7 @@ class Preprocessing:
 class AugmentConfig:
     """Training augmentation. Off means the eval transform, which lets features be cached."""
 
+    modality: ClassVar[str] = "image"  # the input kind it augments
     enabled: bool = True
     crop_scale: float = 0.6  # lower bound of RandomResizedCrop's area fraction
     hflip: bool = True
@@ -253,10 +297,25 @@ def _interp(name: str):
     return InterpolationMode(name)
 
 
-def preprocessing_from_dict(d: dict[str, Any]):
-    """The contract stored in a checkpoint or build record: `Preprocessing` or `AudioPreprocessing`."""
-    if d.get("modality", "image") == "audio":
-        from tldeploy.modalities.audio import AudioPreprocessing
+def _audio() -> type[Modality]:
+    from tldeploy.modalities.audio import AudioPreprocessing
 
-        return AudioPreprocessing.from_dict(d)
-    return Preprocessing.from_dict(d)
+    return AudioPreprocessing
+
+
+# Each input kind's contract class by its name (the contract's "modality"), imported when asked for:
+# importing this module stays light.
+MODALITY_CLASSES: dict[str, Callable[[], type[Modality]]] = {"image": lambda: Preprocessing, "audio": _audio}
+
+
+def modality_class(name: str) -> type[Modality]:
+    """The contract class of the modality `name` ("image", "audio")."""
+    if name not in MODALITY_CLASSES:
+        raise ConfigError(f"unknown modality {name!r}; this tldeploy knows {', '.join(MODALITY_CLASSES)} (a newer tldeploy's file?)")
+    return MODALITY_CLASSES[name]()
+
+
+def preprocessing_from_dict(d: dict[str, Any]):
+    """The contract stored in a checkpoint or build record (no "modality": an image contract, which
+    writes none)."""
+    return modality_class(d.get("modality", "image")).from_dict(d)

@@ -5,13 +5,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tldeploy.errors import ConfigError
-from tldeploy.modalities.audio import AudioAugmentConfig, LogMelConfig
+from tldeploy.modalities.audio import AudioAugmentConfig, AudioPreprocessing, LogMelConfig
 from tldeploy.modalities.preprocessing import AugmentConfig
 from tldeploy.ood import OodGate
 from tldeploy.train.options import BALANCE, BN_POLICIES, IN_CHANNELS, MODALITIES, MODES, OOD_CHOICES, SELECT_METRICS
+
+if TYPE_CHECKING:
+    from tldeploy.modalities.base import Modality
+    from tldeploy.models.base import Backbone
+
+# Each modality's training augmentation, by the modality's name.
+AUGMENTS: dict[str, type[AugmentConfig] | type[AudioAugmentConfig]] = {c.modality: c for c in (AugmentConfig, AudioAugmentConfig)}
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,11 @@ class TrainConfig:
         need(self.in_channels in IN_CHANNELS, f"--in-channels must be 1 or 3, got {self.in_channels}")
         if self.modality == "image":
             need(self.logmel is None and self.in_channels == 1, "--in-channels and the log-mel options need --modality audio")
-            need(not isinstance(self.augment, AudioAugmentConfig), "audio augmentation needs --modality audio")
         else:
             need(self.image_size is None, "--image-size is for images; an audio model's input follows --n-mels, --hop and --clip-s")
-            need(not isinstance(self.augment, AugmentConfig), "image augmentation options do not apply to --modality audio")
+        if self.augment is not None:
+            kind = self.augment.modality
+            need(kind == self.modality, f"{kind} augmentation options do not apply to --modality {self.modality}")
         need(self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}, got {self.bn!r}")
         need(self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
         need(self.select_metric in SELECT_METRICS, f"--select-metric must be one of {', '.join(SELECT_METRICS)}")
@@ -101,12 +109,29 @@ class TrainConfig:
     def effective_augment(self) -> AugmentConfig | AudioAugmentConfig:
         if self.augment is not None:
             return self.augment
-        kind = AudioAugmentConfig if self.modality == "audio" else AugmentConfig
+        kind = AUGMENTS[self.modality]
         return kind.off() if self.mode == "feature-extract" else kind()
 
     @property
     def effective_logmel(self) -> LogMelConfig:
         return self.logmel if self.logmel is not None else LogMelConfig()
+
+    def create_backbone(self, train_paths: list[Path]) -> tuple[Backbone, Modality]:
+        """The pretrained backbone to adapt and the preprocessing contract it is trained under: for
+        images the backbone's own (at --image-size); for audio the log-mel contract with the
+        spectrogram's statistics over the training clips (`train_paths`), the backbone built for
+        that spectrogram and its stem adapted to --in-channels."""
+        from tldeploy.models.backbones import adapt_stem, check_patch_multiple, create_backbone
+
+        if self.modality == "audio":
+            audio = AudioPreprocessing.fit(self.effective_logmel, self.in_channels, train_paths)
+            return adapt_stem(create_backbone(self.backbone, self.weights, input_size=audio.backbone_size), self.in_channels), audio
+        side = self.image_size
+        backbone = create_backbone(self.backbone, self.weights, input_size=(side, side) if side else None)
+        if side:
+            check_patch_multiple(backbone, side)
+        prep = backbone.spec.preprocessing
+        return backbone, prep.with_input_size(side) if side else prep
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -22,9 +22,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tldeploy._io import probe_output, write_json
 from tldeploy.data.folders import MEDIA, even_spread, find_files, limit_per_class, resolve_train_val
 from tldeploy.errors import ConfigError, OutputExistsError
-from tldeploy.modalities.audio import AudioAugmentConfig, AudioPreprocessing
-from tldeploy.modalities.preprocessing import Preprocessing
-from tldeploy.models.backbones import adapt_stem, check_patch_multiple, create_backbone
+from tldeploy.modalities.base import Modality
 from tldeploy.models.checkpoints import load_train_state, plain, save_checkpoint, save_train_state
 from tldeploy.models.heads import AdaptedModel, create_model
 from tldeploy.ood import OodGate
@@ -76,24 +74,13 @@ class _Trainer:
         self.classes = self.train_set.classes
         self.unlabeled = find_files(cfg.unlabeled, strict=cfg.strict, flag="--unlabeled", media=media) if cfg.unlabeled else []
 
-        self.prep: Preprocessing | AudioPreprocessing
-        frontend = None
-        if cfg.modality == "audio":
-            self.prep = AudioPreprocessing.fit(cfg.effective_logmel, cfg.in_channels, self.train_set.paths)
-            backbone = adapt_stem(create_backbone(cfg.backbone, cfg.weights, input_size=self.prep.backbone_size), cfg.in_channels)
-            frontend = self.prep.frontend()
-        else:
-            backbone = create_backbone(cfg.backbone, cfg.weights, input_size=(cfg.image_size, cfg.image_size) if cfg.image_size else None)
-            if cfg.image_size:
-                check_patch_multiple(backbone, cfg.image_size)
-            prep = backbone.spec.preprocessing
-            self.prep = prep.with_input_size(cfg.image_size) if cfg.image_size else prep
+        self.prep: Modality
+        backbone, self.prep = cfg.create_backbone(self.train_set.paths)
         self.backbone_spec = backbone.spec
+        self.augment = cfg.effective_augment
+        frontend = self.prep.frontend(self.augment)  # audio's SpecAugment masks act there, in training mode only
         self.model: AdaptedModel = create_model(backbone, len(self.classes), cfg.reduction, cfg.dropout, frontend).to(self.device)
         self.blocks = backbone.blocks()
-        self.augment = cfg.effective_augment
-        if isinstance(self.augment, AudioAugmentConfig) and self.augment.masks:
-            self.model.frontend.augment = self.augment  # SpecAugment: acts in training mode only
         self.cache: dict[Path, torch.Tensor] = {}
         self.progress = Progress()
         self.ood: OodGate | None = None  # fitted on the validation set at the end (`_finish`)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tldeploy.modalities.base import Modality
 
 ATTACKS = ("fgsm", "pgd")
 PGD_STEPS = 10
@@ -32,22 +35,13 @@ class Domain:
     scale: np.ndarray
 
     @classmethod
-    def of(cls, prep) -> Domain:
-        if prep.modality == "audio":
-            one = np.ones((1, 1), np.float32)
-            return cls(-1.0, 1.0, 1 / 255, "1/255 of full scale", 0 * one, one)
-        shape = (1, 3, 1, 1)
-        return cls(0.0, 255.0, 1.0, "pixel levels of 255", np.reshape(prep.mean, shape).astype(np.float32) * 255,
-                   np.reshape(prep.std, shape).astype(np.float32) * 255)
+    def of(cls, prep: Modality) -> Domain:
+        d = prep.perturbation_domain()
+        return cls(d.lo, d.hi, d.unit, d.unit_text, d.shift, d.scale)
 
-    def raw(self, paths: list[Path], prep) -> np.ndarray:
+    def raw(self, paths: list[Path], prep: Modality) -> np.ndarray:
         """The raw inputs: images as the network sees them (N, 3, S, S) in 0-255, or fitted clips (N, samples)."""
-        if prep.modality == "audio":
-            return np.stack([prep.load(p) for p in paths]).astype(np.float32)
-        from tldeploy.data.folders import load_image
-
-        geometry = prep.geometry()
-        return np.stack([np.asarray(geometry(load_image(p)), np.float32).transpose(2, 0, 1) for p in paths])
+        return prep.perturbation_inputs(paths)
 
     def to_input(self, raw: np.ndarray) -> np.ndarray:
         return ((raw - self.shift) / self.scale).astype(np.float32)

@@ -4,7 +4,7 @@ augmentation's (`AudioAugmentConfig`)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -69,6 +69,7 @@ class AudioAugmentConfig:
     """Training augmentation for audio. Waveform: time shift, gain, additive noise (in the data
     loader); spectrogram: SpecAugment time and frequency masks (in the front end, training only)."""
 
+    modality: ClassVar[str] = "audio"  # the input kind it augments
     enabled: bool = True
     time_shift: float = 0.1  # fraction of the clip a clip may move left or right (zeros fill in)
     gain_db: float = 6.0  # uniform gain in [-gain_db, +gain_db]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from tldeploy.errors import ConfigError, DataError
 from tldeploy.modalities.audio.augment import AudioDataset
 from tldeploy.modalities.audio.config import AudioAugmentConfig, LogMelConfig
 from tldeploy.modalities.audio.io import fit_clip, read_audio
+from tldeploy.modalities.base import PerturbationDomain
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +34,9 @@ class AudioPreprocessing:
     modality = "audio"
     input_name = "audio"  # N x samples, float32 in [-1, 1]
     raw = False  # clips have one input format (images also take raw pixels)
+    contract_keys: ClassVar[tuple[str, ...]] = ("preprocessing", "preprocessing_rule")
+    frontend_end_op: ClassVar[str | None] = "Log"  # the log-mel spectrogram's log: normalisation and the backbone follow
+    nvinfer_image = None  # DeepStream's nvinfer preprocesses images only: the bundle writes no nvinfer config
 
     def __post_init__(self) -> None:
         if self.in_channels not in (1, 3):
@@ -110,14 +114,31 @@ class AudioPreprocessing:
     def dataset(self, paths: list[Path], labels: list[int], augment: AudioAugmentConfig | None = None):
         return AudioDataset(paths, labels, self, augment if augment is not None and augment.enabled else None)
 
-    def frontend(self):
+    def frontend(self, augment: AudioAugmentConfig | None = None):
+        """The log-mel front end; `augment`'s SpecAugment masks, if it has any, act in it in training mode."""
         from tldeploy.modalities.audio.frontend import LogMelFrontEnd
 
-        return LogMelFrontEnd(self)
+        front = LogMelFrontEnd(self)
+        if augment is not None and augment.masks:
+            front.augment = augment
+        return front
 
     def contract_props(self) -> dict[str, str]:
         """The ONNX metadata this contract writes: the whole contract as JSON, and the rule in words."""
         return {"preprocessing": json.dumps(self.to_dict()), "preprocessing_rule": self.describe()}
+
+    @classmethod
+    def from_contract_props(cls, props: dict[str, str]) -> AudioPreprocessing:
+        return cls.from_dict(json.loads(props["preprocessing"]))
+
+    def perturbation_domain(self) -> PerturbationDomain:
+        """1/255 of full scale of the fitted clip (the front end is in the graph)."""
+        one = np.ones((1, 1), np.float32)
+        return PerturbationDomain(-1.0, 1.0, 1 / 255, "1/255 of full scale", 0 * one, one)
+
+    def perturbation_inputs(self, paths: list[Path]) -> np.ndarray:
+        """The fitted clips (N, samples)."""
+        return np.stack([self.load(p) for p in paths]).astype(np.float32)
 
     def read_source(self, path: Path) -> np.ndarray:
         """The file as predict draws on it: the fitted clip."""
