@@ -25,7 +25,7 @@ from tldeploy.engines.quantize import QuantConfig, quantize_model
 from tldeploy.engines.sensitivity import Acceptance
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.models.checkpoints import load_checkpoint
-from tldeploy.parity import compare_outputs, parity_inputs
+from tldeploy.parity import Tolerance, compare_outputs, parity_inputs
 from tldeploy.predict import predict
 from tldeploy.runtime.loader import load_runner
 from tldeploy.runtime.runners import OrtRunner, TorchRunner, run_batches
@@ -112,7 +112,7 @@ def test_runners_share_one_interface_and_agree(tiny):
             outs[runner.name] = run_batches(runner, x, batch=5)
         assert not runner.is_active
     ref, test = outs.values()
-    report = compare_outputs(ref, test, max_logit_diff=1e-4, min_top1_agreement=1.0)
+    report = compare_outputs(ref, test, tolerance=Tolerance(max_logit_diff=1e-4, min_top1_agreement=1.0))
     assert report, report.table()
 
 
