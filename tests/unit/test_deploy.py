@@ -29,6 +29,8 @@ from tldeploy.deploy.manifest import (
     TOLERANCES,
     check_files,
     file_digests,
+    manifest_tolerances,
+    read_tolerance,
     record_mismatch,
     tolerance_failures,
 )
@@ -382,6 +384,24 @@ def test_tolerance_failures_name_each_violated_check_alone():
     assert len(tolerance_failures(SimpleNamespace(top1_agreement=0.5, cosine=0.5, logits_max_abs=1.0), tol)) == 3
 
 
+def test_manifest_tolerances_are_written_and_read_as_bundles_always_held_them():
+    """The manifest's per-precision tolerances serialise as in a bundle made before they were
+    Tolerances; verify reads a manifest's own, today's for a precision it does not state; the
+    failure lines keep verify.json's order (agreement, cosine, logits) and NaN passes no limit."""
+    fixture = json.loads((Path(__file__).parents[1] / "fixtures" / "records" / "manifest.json").read_text())
+    assert json.dumps(manifest_tolerances(), indent=2) == json.dumps(fixture["tolerances"], indent=2)
+    assert read_tolerance(fixture, "fp16") == TOLERANCES["fp16"] and read_tolerance({}, "int8") is TOLERANCES["int8"]
+    stricter = {"tolerances": {"fp16": {"min_top1_agreement": 1.0, "min_cosine": None, "max_logit_diff": 0.5}}}
+    assert tolerance_failures(SimpleNamespace(top1_agreement=0.5, cosine=0.5, logits_max_abs=1.0), read_tolerance(stricter, "fp16")) == [
+        "top-1 agreement 50.00% < 100.00%", "logits max |diff| 1 > 0.5"]
+    assert tolerance_failures(SimpleNamespace(top1_agreement=0.5, cosine=0.5, logits_max_abs=1.0), TOLERANCES["fp32"]) == [
+        "top-1 agreement 50.00% < 100.00%", "cosine 0.500000 < 0.9999", "logits max |diff| 1 > 0.01"]
+    assert tolerance_failures(SimpleNamespace(top1_agreement=1.0, cosine=float("nan"), logits_max_abs=float("nan")), TOLERANCES["fp32"]) == [
+        "cosine nan < 0.9999", "logits max |diff| nan > 0.01"]
+    with pytest.raises(ConfigError, match="unknown tolerance limit.*'min_cosin'"):
+        read_tolerance({"tolerances": {"fp32": {"min_cosin": 0.9}}}, "fp32")
+
+
 def test_record_mismatch_names_the_hash_that_does_not_hold():
     """Both hashes holding give None; a record of another file is named first, then one built from an ONNX not at hand."""
     record = {"artifact_sha256": "aa", "input_onnx_sha256": "0n"}
@@ -598,7 +618,7 @@ def test_the_golden_readme_command_passes_as_written(bundled):
     root = bundled[0].path
     text = (root / "golden" / "README.md").read_text()
     cmds = [ln.strip() for ln in text.splitlines() if ln.startswith("    polygraphy run ")]
-    assert cmds and all(f"--atol {TOLERANCES['fp32']['max_logit_diff']:g} --rtol 0" in c for c in cmds)
+    assert cmds and all(f"--atol {TOLERANCES['fp32'].max_logit_diff:g} --rtol 0" in c for c in cmds)
     exe = Path(sys.executable).with_name("polygraphy")
     for cmd in cmds:
         run = subprocess.run([str(exe), *shlex.split(cmd)[1:]], cwd=root, capture_output=True, text=True)

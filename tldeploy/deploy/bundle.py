@@ -34,6 +34,7 @@ from tldeploy.deploy.manifest import (
     PLUGIN_LIB,
     TOLERANCES,
     file_digests,
+    manifest_tolerances,
     record_mismatch,
     scrub,
     tolerance_failures,
@@ -262,7 +263,7 @@ def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[di
     (d / "reference.json").write_text(gold.polygraphy_outputs(g.reference, batch))
     if "inputs_raw" in arrays:
         (d / "inputs_raw.json").write_text(gold.polygraphy_inputs(name, arrays["inputs_raw"], batch))
-    max_diff = TOLERANCES["fp32"]["max_logit_diff"]
+    max_diff = TOLERANCES["fp32"].max_logit_diff
     assert max_diff is not None  # the FP32 tolerance bounds the logits
     (d / "README.md").write_text(gold.readme(len(g.inputs), max_diff, raw=(tmp / "model_raw.onnx").is_file()))
 
@@ -375,7 +376,7 @@ def _manifest(tmp: Path, source: _Artifact, entries: list[dict[str, Any]], g: go
         "contract": read_contract(tmp / "model.onnx").to_props(),
         "classes": source.contract.classes,
         "tools": host.tool_versions(),
-        "tolerances": TOLERANCES,
+        "tolerances": manifest_tolerances(),
         "artifacts": [{**e, "measured_here": measured.get(e["file"])} for e in entries],
         "golden": {"n": len(g.inputs), "labelled": g.labels is not None},
         "files": file_digests(tmp),
