@@ -349,10 +349,10 @@ def test_int8_guard_steps_until_the_bar_is_met(outlier_onnx, tmp_path):
                                reduce_range=True))
     q = result.record["quantization"]
     crit = q["check"]["criterion"]
-    accept = Acceptance(crit["min_top1_agreement"], crit["max_kl"], crit["images"])
+    accept = Acceptance(Tolerance(min_top1_agreement=crit["min_top1_agreement"], max_kl=crit["max_kl"]), crit["images"])
 
     def passes(h):
-        return h["top1_agreement"] >= accept.min_agreement and h["kl"] <= accept.max_kl
+        return h["top1_agreement"] >= accept.tolerance.min_top1_agreement and h["kl"] <= accept.tolerance.max_kl
 
     search = q["search"]
     assert search[0]["float_units"] == 0 and not passes(search[0]), "premise: full INT8 misses the bar"

@@ -88,3 +88,18 @@ def test_the_tolerances_in_todays_files_read_and_write_back_unchanged():
     for d in (plan["acceptance"], criterion):
         limits = {k: v for k, v in d.items() if k != "images"}
         assert Tolerance.from_dict(limits).to_dict("min_top1_agreement", "max_kl") == limits
+
+
+def test_the_int8_acceptance_is_a_tolerance_on_task_metrics_that_also_refuses_nonfinite_rows():
+    from tldeploy.engines.sensitivity import Acceptance, TaskMetrics
+
+    accept = Acceptance(Tolerance(min_top1_agreement=0.99, max_kl=1e-3), "16 images from val")
+    assert accept.accepts(TaskMetrics(100, 0.99, 1e-3, 0.9, 0))  # at the bar
+    assert not accept.accepts(TaskMetrics(100, 0.98, 0.0, 1.0, 0)) and not accept.accepts(TaskMetrics(100, 1.0, 2e-3, 1.0, 0))
+    assert not accept.accepts(TaskMetrics(1000, 0.999, 1e-4, 1.0, 1))  # one inf/NaN row refuses the mix
+    assert accept.describe() == "top-1 agreement >= 99.00% and KL <= 0.001 on 16 images from val"
+    assert json.dumps(accept.to_dict()) == '{"min_top1_agreement": 0.99, "max_kl": 0.001, "images": "16 images from val"}'
+    assert Acceptance(Tolerance(min_top1_agreement=1.0), "x").to_dict() == {"min_top1_agreement": 1.0, "max_kl": None, "images": "x"}
+    for bad in (Tolerance(max_kl=0.1), Tolerance(min_top1_agreement=0.9, min_cosine=0.9)):
+        with pytest.raises(ValueError, match="an acceptance bounds top-1 agreement"):
+            Acceptance(bad, "x")
