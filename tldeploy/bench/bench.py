@@ -46,7 +46,7 @@ class BenchResult:
 
 
 @dataclass
-class _Entry:
+class _BenchEntry:
     name: str
     path: Path
     role: str  # "reference" or "artifact"
@@ -59,20 +59,20 @@ class _Entry:
     record: dict[str, Any] | None = None  # the build record beside the artifact, if any
 
 
-def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry:
+def _describe(path: Path, role: str, device: str, threads: int | None) -> _BenchEntry:
     from tldeploy.runtime.loader import load_runner
     from tldeploy.runtime.runners import TorchRunner, artifact_contract, artifact_kind, read_sidecar
 
     kind = artifact_kind(path)
     contract = artifact_contract(path)
     if kind == "checkpoint":
-        return _Entry(path.name, path, role, "checkpoint", "torch", device, "fp32", contract, TorchRunner(path, device=device))
+        return _BenchEntry(path.name, path, role, "checkpoint", "torch", device, "fp32", contract, TorchRunner(path, device=device))
     record = read_sidecar(path) or {}
     if kind == "engine":
-        return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", record.get("precision", "unknown"), contract, load_runner(path), record)
+        return _BenchEntry(path.name, path, role, "engine", "tensorrt", "cuda", record.get("precision", "unknown"), contract, load_runner(path), record)
     dev = record.get("device", device)
     precision = record.get("precision") or contract.precision
-    return _Entry(path.name, path, role, "onnx", "onnxruntime", dev, precision, contract, load_runner(path, device=dev, threads=threads), record or None)
+    return _BenchEntry(path.name, path, role, "onnx", "onnxruntime", dev, precision, contract, load_runner(path, device=dev, threads=threads), record or None)
 
 
 def build_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -143,7 +143,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     return BenchResult(doc, cfg.output, cfg.report_path, plots)
 
 
-def _entries(cfg: BenchConfig) -> tuple[_Entry | None, list[_Entry]]:
+def _entries(cfg: BenchConfig) -> tuple[_BenchEntry | None, list[_BenchEntry]]:
     """The reference and the artifacts, named uniquely, refused unless they share classes and preprocessing."""
     ref = _describe(cfg.reference, "reference", cfg.device, cfg.threads) if cfg.reference else None
     entries = [_describe(p, "artifact", cfg.device, cfg.threads) for p in cfg.artifacts]
@@ -179,7 +179,7 @@ def _inputs(cfg: BenchConfig, base) -> tuple[np.ndarray, np.ndarray | None, list
     return parity_inputs(base.preprocessing, None, max(cfg.batch_sizes)), None, []
 
 
-def _measure_robustness(cfg: BenchConfig, all_entries: list[_Entry], base, paths: list[Path], labels,
+def _measure_robustness(cfg: BenchConfig, all_entries: list[_BenchEntry], base, paths: list[Path], labels,
                         results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
     from tldeploy.bench.robustness import bench_robustness
 
@@ -190,7 +190,7 @@ def _measure_robustness(cfg: BenchConfig, all_entries: list[_Entry], base, paths
     gate_failures += failures
 
 
-def _measure_ood(cfg: BenchConfig, all_entries: list[_Entry], base, logits: dict[str, np.ndarray],
+def _measure_ood(cfg: BenchConfig, all_entries: list[_BenchEntry], base, logits: dict[str, np.ndarray],
                  results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
     from tldeploy.bench.ood import measure_ood
     from tldeploy.data.folders import load_inputs
@@ -204,7 +204,7 @@ def _measure_ood(cfg: BenchConfig, all_entries: list[_Entry], base, logits: dict
     gate_failures += failures
 
 
-def _measure_outputs(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], x: np.ndarray, labels,
+def _measure_outputs(cfg: BenchConfig, ref: _BenchEntry | None, all_entries: list[_BenchEntry], x: np.ndarray, labels,
                      results: dict[str, dict[str, Any]], gate_failures: list[str]) -> dict[str, np.ndarray]:
     """Each entry's row in `results`, with accuracy, parity against the reference and its gates;
     returns each entry's logits on `x`."""
@@ -238,7 +238,7 @@ def _measure_outputs(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_En
     return logits
 
 
-def _document(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], results: dict[str, dict[str, Any]],
+def _document(cfg: BenchConfig, ref: _BenchEntry | None, all_entries: list[_BenchEntry], results: dict[str, dict[str, Any]],
               gate_failures: list[str], x: np.ndarray, labels, paths: list[Path], seconds: float) -> dict[str, Any]:
     """The bench.json document (format tldeploy.bench, bench.schema.json)."""
     from tldeploy._io import now
@@ -278,7 +278,7 @@ def _budget_unit(prep) -> str:
     return Domain.of(prep).unit_text
 
 
-def _time_all(entries: list[_Entry], x: np.ndarray, cfg: BenchConfig, results: dict[str, dict[str, Any]]) -> None:
+def _time_all(entries: list[_BenchEntry], x: np.ndarray, cfg: BenchConfig, results: dict[str, dict[str, Any]]) -> None:
     from tqdm.auto import tqdm
 
     for b in cfg.batch_sizes:
