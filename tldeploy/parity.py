@@ -59,7 +59,9 @@ class _Limit:
     line: str  # a miss, formatted with value and limit
 
 
-# In checking order (the order of results and failure lines), each Tolerance field's meaning.
+# Each Tolerance field's meaning, in checking order: the order of results and failure lines, which
+# keeps bench's gate rows (drop, agreement, cosine) and compare_outputs' lines (logits, agreement)
+# as they were written before (deploy's verify.json order is its own: deploy/manifest.py).
 _LIMITS: dict[str, _Limit] = {
     "max_top1_drop": _Limit(lambda r: None if r.accuracy_delta is None else -r.accuracy_delta * 100, False,
                             lambda v: v >= 0, "is in accuracy points and must not be negative",
