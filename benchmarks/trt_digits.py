@@ -21,7 +21,7 @@ from tldeploy.contract import read_contract
 from tldeploy.data.folders import find_files, write_digits
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.parity import compare_outputs
+from tldeploy.parity import Tolerance, compare_outputs
 from tldeploy.runtime.loader import load_runner
 from tldeploy.runtime.runners import TorchRunner, run_batches
 from tldeploy.train.training import TrainConfig, train
@@ -60,7 +60,7 @@ def main() -> int:
                                    trt=TrtConfig(batch=BatchProfile.parse(args.batch))))
         with load_runner(result.path) as runner:
             out = run_batches(runner, x, batch=8)
-        report = compare_outputs(ref, out, min_top1_agreement=MIN_AGREEMENT[precision])
+        report = compare_outputs(ref, out, tolerance=Tolerance(min_top1_agreement=MIN_AGREEMENT[precision]))
         ok &= bool(report)
         print(f"{precision:<8} {time.perf_counter() - t0:>8.1f} {np.mean(out['logits'].argmax(1) == y):>7.4f} "
               f"{report.top1_agreement:>7.4f} {report.cosine:>9.6f} {report.logits_max_abs:>10.3g}"

@@ -18,14 +18,16 @@ from typing import Any
 
 from tldeploy._io import read_document, write_json
 from tldeploy.contract import Contract, ContractError
-from tldeploy.errors import TldeployError
+from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.modalities.base import Modality
 from tldeploy.ood import OodGate
+from tldeploy.parity import Tolerance
 
 RECORD_FORMAT = "tldeploy.build"
 RECORD_VERSION = 1
 MANIFEST_FORMAT = "tldeploy.bundle"
 MANIFEST_VERSION = 1
+MANIFEST_LIMITS = ("min_top1_agreement", "min_cosine", "max_logit_diff")  # every manifest states these, null where unset
 
 
 class RecordError(TldeployError):
@@ -240,7 +242,7 @@ class Manifest:
     created: str
     contract: Contract
     tools: dict[str, Any]
-    tolerances: dict[str, dict[str, float | None]]
+    tolerances: dict[str, Tolerance]  # per precision, against the PyTorch reference on the golden inputs
     artifacts: tuple[ManifestEntry, ...]
     golden: dict[str, Any]  # n, labelled
     files: dict[str, str]  # relative name -> SHA-256
@@ -255,7 +257,8 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "created": self.created, "contract": self.contract.to_props(),
-                "classes": self.classes, "tools": self.tools, "tolerances": self.tolerances,
+                "classes": self.classes, "tools": self.tools,
+                "tolerances": {p: t.to_dict(*MANIFEST_LIMITS, *(n for n in t.limits if n not in MANIFEST_LIMITS)) for p, t in self.tolerances.items()},
                 "artifacts": [e.to_json() for e in self.artifacts], "golden": self.golden, "files": self.files}
 
     @classmethod
@@ -275,7 +278,11 @@ class Manifest:
         except ContractError as e:
             raise RecordError(str(e)) from None
         _need(doc.get("classes") in (None, contract.classes), source, "'classes' differ from the contract's", h)
-        return cls(created=str(doc.get("created", "")), contract=contract, tools=dict(doc.get("tools") or {}), tolerances=tolerances,
+        try:
+            tols = {str(p): Tolerance.from_dict(t) for p, t in tolerances.items()}
+        except (ConfigError, TypeError) as e:
+            raise RecordError(f"{source}: a tolerance is malformed ({e}); {h}") from None
+        return cls(created=str(doc.get("created", "")), contract=contract, tools=dict(doc.get("tools") or {}), tolerances=tols,
                    artifacts=tuple(ManifestEntry.from_json(e, source) for e in entries), golden=dict(doc.get("golden") or {}),
                    files=dict(files))
 

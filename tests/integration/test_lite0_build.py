@@ -9,7 +9,7 @@ from tldeploy.contract import read_contract
 from tldeploy.data.folders import find_files, load_image
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
-from tldeploy.parity import compare_outputs
+from tldeploy.parity import Tolerance, compare_outputs
 from tldeploy.runtime.loader import load_runner
 from tldeploy.runtime.runners import OrtRunner, TorchRunner, run_batches
 
@@ -64,7 +64,7 @@ def test_ort_int8_keeps_the_guards_promise(ort_builds, labelled_val, fe_run):
     print(f"\nINT8 build {int8.seconds:.0f} s, float units {[u['short'] for u in q['float_units']]}; "
           f"top-1 FP32 {acc32:.4f} INT8 {acc8:.4f} (drop {100 * (acc32 - acc8):.2f} points); "
           f"INT8 vs FP32 ONNX agreement {vs_fp32:.4f}")
-    assert compare_outputs(ref, out32, max_logit_diff=1e-4, min_top1_agreement=1.0)
+    assert compare_outputs(ref, out32, tolerance=Tolerance(max_logit_diff=1e-4, min_top1_agreement=1.0))
     # The guard's promise, on the validation images it was given: >= 99% agreement; so the accuracy
     # can drop by at most the disagreeing share (0.00 points at 224 px, 0.56 at 160 here; what the
     # default build loses is measured by benchmarks/int8_guard.py, not gated on a trained model).
@@ -169,7 +169,7 @@ def test_tensorrt_engines_match_pytorch(exported, digits, labelled_val, fe_run, 
     acc, out = _accuracy(engine.path, x, y)
     with TorchRunner(fe_run.checkpoint) as ref_runner:
         ref = run_batches(ref_runner, x)
-    report = compare_outputs(ref, out, min_top1_agreement={"fp32": 0.995, "fp16": 0.99, "int8": 0.97}[precision])
+    report = compare_outputs(ref, out, tolerance=Tolerance(min_top1_agreement={"fp32": 0.995, "fp16": 0.99, "int8": 0.97}[precision]))
     assert report, report.table(f"TensorRT {precision}")
 
 

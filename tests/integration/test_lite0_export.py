@@ -12,7 +12,7 @@ from tldeploy.contract import read_contract
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import Preprocessing
 from tldeploy.models.checkpoints import load_checkpoint
-from tldeploy.parity import compare_outputs, parity_inputs
+from tldeploy.parity import Tolerance, compare_outputs, parity_inputs
 from tldeploy.runtime.runners import OrtRunner, run_batches
 
 
@@ -38,7 +38,7 @@ def test_fp32_export_matches_pytorch_on_the_whole_validation_set(fe_run, val_inp
     runner = _runner(result.path)
     for batch, n in ((7, len(x)), (1, 35)):  # the whole set in batches of 7; batch 1 (the dynamic axis) on every tenth
         report = compare_outputs({k: v[:: len(x) // n][:n] for k, v in ref.items()}, run_batches(runner, x[:: len(x) // n][:n], batch),
-                                 max_logit_diff=1e-4, min_top1_agreement=1.0)
+                                 tolerance=Tolerance(max_logit_diff=1e-4, min_top1_agreement=1.0))
         print(report.table(f"batch {batch}, {report.n} images"))
         assert report, report.failures
     assert read_contract(result.path).classes == [str(d) for d in range(10)]

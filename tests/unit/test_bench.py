@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tldeploy.bench.bench import SCHEMA_PATH, BenchConfig, Gates, load_bench, run_bench
+from tldeploy.bench.bench import SCHEMA_PATH, BenchConfig, load_bench, run_bench
 from tldeploy.bench.compare import CompareConfig, compare_bench
 from tldeploy.bench.latency import LatencyConfig
 from tldeploy.cli import main
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
-from tldeploy.parity import cam_correlation, cam_top_iou, compare_outputs, kl_divergence
+from tldeploy.parity import Tolerance, cam_correlation, cam_top_iou, compare_outputs, kl_divergence
 
 FAST = LatencyConfig(warmup=2, iters=20, rounds=4)
 
@@ -150,9 +150,9 @@ def test_bench_bad_input(artifacts, tmp_path, capsys):
     with pytest.raises(ConfigError, match="--reference .* must be a tldeploy checkpoint"):
         BenchConfig((fp32,), out, reference=fp32)
     with pytest.raises(ConfigError, match="pass --reference"):
-        BenchConfig((fp32,), out, gates=Gates(min_cosine=0.9))
+        BenchConfig((fp32,), out, gates=Tolerance(min_cosine=0.9))
     with pytest.raises(ConfigError, match="--min-top1-agreement"):
-        Gates(min_top1_agreement=99)
+        Tolerance(min_top1_agreement=99)
     foreign = tmp_path / "foreign"
     (foreign / "cat").mkdir(parents=True)
     (foreign / "red").mkdir()

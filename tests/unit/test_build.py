@@ -25,7 +25,7 @@ from tldeploy.engines.quantize import QuantConfig, quantize_model
 from tldeploy.engines.sensitivity import Acceptance
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.models.checkpoints import load_checkpoint
-from tldeploy.parity import compare_outputs, parity_inputs
+from tldeploy.parity import Tolerance, compare_outputs, parity_inputs
 from tldeploy.predict import predict
 from tldeploy.runtime.loader import load_runner
 from tldeploy.runtime.runners import OrtRunner, TorchRunner, run_batches
@@ -112,7 +112,7 @@ def test_runners_share_one_interface_and_agree(tiny):
             outs[runner.name] = run_batches(runner, x, batch=5)
         assert not runner.is_active
     ref, test = outs.values()
-    report = compare_outputs(ref, test, max_logit_diff=1e-4, min_top1_agreement=1.0)
+    report = compare_outputs(ref, test, tolerance=Tolerance(max_logit_diff=1e-4, min_top1_agreement=1.0))
     assert report, report.table()
 
 
@@ -349,10 +349,10 @@ def test_int8_guard_steps_until_the_bar_is_met(outlier_onnx, tmp_path):
                                reduce_range=True))
     q = result.record.quantization
     crit = q["check"]["criterion"]
-    accept = Acceptance(crit["min_top1_agreement"], crit["max_kl"], crit["images"])
+    accept = Acceptance(Tolerance(min_top1_agreement=crit["min_top1_agreement"], max_kl=crit["max_kl"]), crit["images"])
 
     def passes(h):
-        return h["top1_agreement"] >= accept.min_agreement and h["kl"] <= accept.max_kl
+        return h["top1_agreement"] >= accept.tolerance.min_top1_agreement and h["kl"] <= accept.tolerance.max_kl
 
     search = q["search"]
     assert search[0]["float_units"] == 0 and not passes(search[0]), "premise: full INT8 misses the bar"

@@ -8,9 +8,9 @@ import pytest
 
 from tldeploy.bench.compare import (
     MIN_ROUNDS,
-    Check,
     CompareConfig,
     CompareResult,
+    Comparison,
     LatencyVerdict,
     _block_medians,
     _per_round_medians,
@@ -177,8 +177,8 @@ def test_compare_config_edges_that_are_fine():
 
 def test_result_table_junit_and_dict():
     v = LatencyVerdict(1.0, 1.5, 1.5, 1.4, 1.6, 0.99, "rounds", 0.1, True)
-    checks = [Check("a.onnx", "p50 ms, batch 1", 1.0, 1.5, "ratio 1.500", True, v),
-              Check('b&"c".onnx', "accuracy", 0.75, 0.75, "+0.00 points", False)]
+    checks = [Comparison("a.onnx", "p50 ms, batch 1", 1.0, 1.5, "ratio 1.500", True, v),
+              Comparison('b&"c".onnx', "accuracy", 0.75, 0.75, "+0.00 points", False)]
     r = CompareResult(checks, [], ["only in baseline: z"], ["a note"])
     assert r.regressions == [checks[0]]
     assert r.table().splitlines() == [
@@ -188,7 +188,7 @@ def test_result_table_junit_and_dict():
         "note: a note",
         "1 regression(s) in 2 check(s)",
     ]
-    no_baseline = CompareResult([Check("x", "accuracy", None, 0.123456, "new", False)], [], [], [])
+    no_baseline = CompareResult([Comparison("x", "accuracy", None, 0.123456, "new", False)], [], [], [])
     assert no_baseline.table().splitlines()[1] == "x      accuracy  " + " " * len("baseline") + "  0.1235   ok: new"
     assert r.junit() == (
         '<?xml version="1.0" encoding="utf-8"?>\n'

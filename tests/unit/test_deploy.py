@@ -29,13 +29,14 @@ from tldeploy.deploy.manifest import (
     TOLERANCES,
     check_files,
     file_digests,
+    read_tolerance,
     tolerance_failures,
 )
 from tldeploy.deploy.serving import NvinferNormalisation, normalisation_from_config, parse_deepstream
 from tldeploy.deploy.verify import VerifyConfig, verify
 from tldeploy.engines.builder import BuildConfig, build
-from tldeploy.errors import ConfigError
-from tldeploy.records import BuildRecord
+from tldeploy.errors import ConfigError, TldeployError
+from tldeploy.records import BuildRecord, Manifest
 from tldeploy.runtime import host
 from tldeploy.runtime.runners import OrtRunner, run_batches
 
@@ -382,6 +383,26 @@ def test_tolerance_failures_name_each_violated_check_alone():
     assert len(tolerance_failures(SimpleNamespace(top1_agreement=0.5, cosine=0.5, logits_max_abs=1.0), tol)) == 3
 
 
+def test_manifest_tolerances_are_written_and_read_as_bundles_always_held_them():
+    """The manifest's per-precision tolerances serialise as in a bundle made before they were
+    Tolerances; verify reads a manifest's own, today's for a precision it does not state; the
+    failure lines keep verify.json's order (agreement, cosine, logits) and NaN passes no limit."""
+    fixture = json.loads((Path(__file__).parents[1] / "fixtures" / "records" / "manifest.json").read_text())
+    manifest = Manifest.from_json(fixture, "manifest.json")
+    assert json.dumps(replace(manifest, tolerances=dict(TOLERANCES)).to_json()["tolerances"], indent=2) == json.dumps(fixture["tolerances"], indent=2)
+    assert read_tolerance(manifest, "fp16") == TOLERANCES["fp16"] and read_tolerance(replace(manifest, tolerances={}), "int8") is TOLERANCES["int8"]
+    stricter = {"fp16": {"min_top1_agreement": 1.0, "min_cosine": None, "max_logit_diff": 0.5}}
+    stated = read_tolerance(Manifest.from_json({**fixture, "tolerances": stricter}, "manifest.json"), "fp16")
+    assert tolerance_failures(SimpleNamespace(top1_agreement=0.5, cosine=0.5, logits_max_abs=1.0), stated) == [
+        "top-1 agreement 50.00% < 100.00%", "logits max |diff| 1 > 0.5"]
+    assert tolerance_failures(SimpleNamespace(top1_agreement=0.5, cosine=0.5, logits_max_abs=1.0), TOLERANCES["fp32"]) == [
+        "top-1 agreement 50.00% < 100.00%", "cosine 0.500000 < 0.9999", "logits max |diff| 1 > 0.01"]
+    assert tolerance_failures(SimpleNamespace(top1_agreement=1.0, cosine=float("nan"), logits_max_abs=float("nan")), TOLERANCES["fp32"]) == [
+        "cosine nan < 0.9999", "logits max |diff| nan > 0.01"]
+    with pytest.raises(TldeployError, match="manifest.json: a tolerance is malformed .*unknown tolerance limit.*'min_cosin'"):
+        Manifest.from_json({**fixture, "tolerances": {"fp32": {"min_cosin": 0.9}}}, "manifest.json")
+
+
 def test_record_mismatch_names_the_hash_that_does_not_hold():
     """Both hashes holding give None; a record of another file is named first, then one built from an ONNX not at hand."""
     record = BuildRecord("m.onnx", "in.onnx", "0n", "fp32", "ort", "cpu", artifact_sha256="aa")
@@ -598,7 +619,7 @@ def test_the_golden_readme_command_passes_as_written(bundled):
     root = bundled[0].path
     text = (root / "golden" / "README.md").read_text()
     cmds = [ln.strip() for ln in text.splitlines() if ln.startswith("    polygraphy run ")]
-    assert cmds and all(f"--atol {TOLERANCES['fp32']['max_logit_diff']:g} --rtol 0" in c for c in cmds)
+    assert cmds and all(f"--atol {TOLERANCES['fp32'].max_logit_diff:g} --rtol 0" in c for c in cmds)
     exe = Path(sys.executable).with_name("polygraphy")
     for cmd in cmds:
         run = subprocess.run([str(exe), *shlex.split(cmd)[1:]], cwd=root, capture_output=True, text=True)

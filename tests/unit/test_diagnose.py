@@ -172,6 +172,7 @@ def test_the_search_prefers_fewer_float_regions(tiny):
     """A pass in two pieces (two float/INT8 boundaries) loses to a contiguous pass with one unit more."""
     from tldeploy.engines.sensitivity import Acceptance, TaskMetrics, choose
     from tldeploy.engines.units import float_regions, group_units
+    from tldeploy.parity import Tolerance
 
     model = onnx.load(str(tiny[1]))
     convs = group_units(model, [n.name for n in model.graph.node if n.op_type == "Conv"])
@@ -182,7 +183,7 @@ def test_the_search_prefers_fewer_float_regions(tiny):
         ok = {convs[0].name, convs[2].name} <= names
         return TaskMetrics(10, 1.0 if ok else 0.5, 0.0 if ok else 1.0, 1.0, 0)
 
-    accept = Acceptance(0.99, None, "test")
+    accept = Acceptance(Tolerance(min_top1_agreement=0.99), "test")
     ranked, graph = [convs[2], convs[0], convs[1]], list(convs)
     units, _, history, passed = choose({"ranked": ranked, "graph order": graph}, metrics, accept, 3,
                                        regions=lambda us: float_regions(model, us))

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from tldeploy.parity import cam_correlation, cam_top_iou, compare_outputs, kl_divergence
+from tldeploy.parity import Tolerance, cam_correlation, cam_top_iou, compare_outputs, kl_divergence
 from tldeploy.train.metrics import classification_metrics
 
 # true \ predicted   a  b  c
@@ -112,7 +112,7 @@ def test_cam_metrics_of_compare_outputs():
 def test_parity_table_prints_every_metric():
     probs, cam = np.full((3, 2), 0.5), np.zeros((3, 1, 1))
     r = compare_outputs(_outputs(REF_LOGITS, probs, cam), _outputs(OUT_LOGITS, probs, cam), labels=np.array([1, 0, 0]),
-                        max_logit_diff=1.5)
+                        tolerance=Tolerance(max_logit_diff=1.5))
     assert r.table() == "\n".join([
         "parity",
         "  images                 3",
@@ -134,8 +134,8 @@ def test_parity_table_prints_every_metric():
 def test_parity_tolerances_are_strict_bounds_with_a_line_each():
     probs, cam = np.full((3, 2), 0.5), np.zeros((3, 1, 1))
     ref, out = _outputs(REF_LOGITS, probs, cam), _outputs(OUT_LOGITS, probs, cam)
-    assert compare_outputs(ref, out, max_logit_diff=2.0, min_top1_agreement=1 / 3).failures == []  # at the bounds: passes
-    r = compare_outputs(ref, out, max_logit_diff=1.5, min_top1_agreement=0.5)
+    assert compare_outputs(ref, out, tolerance=Tolerance(max_logit_diff=2.0, min_top1_agreement=1 / 3)).failures == []  # at the bounds: passes
+    r = compare_outputs(ref, out, tolerance=Tolerance(max_logit_diff=1.5, min_top1_agreement=0.5))
     assert r.failures == ["logits max |diff| 2 exceeds 1.5", "top-1 agreement 33.33% is below 50.00%"] and not r
     assert (r.max_logit_tolerance, r.min_top1_agreement) == (1.5, 0.5)
     table = r.table("tiny")

@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from tldeploy._io import check_writable, write_json
-from tldeploy.bench.config import BenchConfig, Gates
+from tldeploy.bench.config import BENCH_GATES, BenchConfig
 from tldeploy.bench.document import BENCH_FORMAT, BENCH_VERSION, SCHEMA_PATH, load_bench, validate_bench
 from tldeploy.bench.latency import measure_interleaved
 from tldeploy.errors import ConfigError, TldeployError
-from tldeploy.parity import compare_outputs
+from tldeploy.parity import ToleranceResult, compare_outputs
 from tldeploy.records import BuildRecord
 
-__all__ = ["SCHEMA_PATH", "BenchConfig", "BenchResult", "Gates", "load_bench", "run_bench", "validate_bench"]
+__all__ = ["SCHEMA_PATH", "BenchConfig", "BenchResult", "load_bench", "run_bench", "validate_bench"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class BenchResult:
 
 
 @dataclass
-class _Entry:
+class _BenchEntry:
     name: str
     path: Path
     role: str  # "reference" or "artifact"
@@ -60,21 +60,21 @@ class _Entry:
     record: BuildRecord | None = None  # the build record beside the artifact, if any
 
 
-def _describe(path: Path, role: str, device: str, threads: int | None) -> _Entry:
+def _describe(path: Path, role: str, device: str, threads: int | None) -> _BenchEntry:
     from tldeploy.runtime.loader import load_runner
     from tldeploy.runtime.runners import TorchRunner, artifact_contract, artifact_kind, read_sidecar
 
     kind = artifact_kind(path)
     contract = artifact_contract(path)
     if kind == "checkpoint":
-        return _Entry(path.name, path, role, "checkpoint", "torch", device, "fp32", contract, TorchRunner(path, device=device))
+        return _BenchEntry(path.name, path, role, "checkpoint", "torch", device, "fp32", contract, TorchRunner(path, device=device))
     record = read_sidecar(path)
     if kind == "engine":
         precision = record.precision if record else "unknown"
-        return _Entry(path.name, path, role, "engine", "tensorrt", "cuda", precision, contract, load_runner(path), record)
+        return _BenchEntry(path.name, path, role, "engine", "tensorrt", "cuda", precision, contract, load_runner(path), record)
     dev = record.device if record else device
     precision = record.precision if record else contract.precision
-    return _Entry(path.name, path, role, "onnx", "onnxruntime", dev, precision, contract, load_runner(path, device=dev, threads=threads), record)
+    return _BenchEntry(path.name, path, role, "onnx", "onnxruntime", dev, precision, contract, load_runner(path, device=dev, threads=threads), record)
 
 
 def build_summary(record: BuildRecord | None) -> dict[str, Any] | None:
@@ -144,7 +144,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     return BenchResult(doc, cfg.output, cfg.report_path, plots)
 
 
-def _entries(cfg: BenchConfig) -> tuple[_Entry | None, list[_Entry]]:
+def _entries(cfg: BenchConfig) -> tuple[_BenchEntry | None, list[_BenchEntry]]:
     """The reference and the artifacts, named uniquely, refused unless they share classes and preprocessing."""
     ref = _describe(cfg.reference, "reference", cfg.device, cfg.threads) if cfg.reference else None
     entries = [_describe(p, "artifact", cfg.device, cfg.threads) for p in cfg.artifacts]
@@ -180,7 +180,7 @@ def _inputs(cfg: BenchConfig, base) -> tuple[np.ndarray, np.ndarray | None, list
     return parity_inputs(base.preprocessing, None, max(cfg.batch_sizes)), None, []
 
 
-def _measure_robustness(cfg: BenchConfig, all_entries: list[_Entry], base, paths: list[Path], labels,
+def _measure_robustness(cfg: BenchConfig, all_entries: list[_BenchEntry], base, paths: list[Path], labels,
                         results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
     from tldeploy.bench.robustness import bench_robustness
 
@@ -191,7 +191,7 @@ def _measure_robustness(cfg: BenchConfig, all_entries: list[_Entry], base, paths
     gate_failures += failures
 
 
-def _measure_ood(cfg: BenchConfig, all_entries: list[_Entry], base, logits: dict[str, np.ndarray],
+def _measure_ood(cfg: BenchConfig, all_entries: list[_BenchEntry], base, logits: dict[str, np.ndarray],
                  results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
     from tldeploy.bench.ood import measure_ood
     from tldeploy.data.folders import load_inputs
@@ -205,7 +205,7 @@ def _measure_ood(cfg: BenchConfig, all_entries: list[_Entry], base, logits: dict
     gate_failures += failures
 
 
-def _measure_outputs(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], x: np.ndarray, labels,
+def _measure_outputs(cfg: BenchConfig, ref: _BenchEntry | None, all_entries: list[_BenchEntry], x: np.ndarray, labels,
                      results: dict[str, dict[str, Any]], gate_failures: list[str]) -> dict[str, np.ndarray]:
     """Each entry's row in `results`, with accuracy, parity against the reference and its gates;
     returns each entry's logits on `x`."""
@@ -230,15 +230,16 @@ def _measure_outputs(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_En
         if ref_out is not None and e is not ref:
             parity = compare_outputs(ref_out, out, labels=labels)
             results[e.name]["parity"] = parity.to_dict()
-            results[e.name]["gates"] = cfg.gates.check(parity)
-            gate_failures += [_gate_line(e.name, g) for g in results[e.name]["gates"] if not g["passed"]]
+            gates = cfg.gates.check(parity)
+            results[e.name]["gates"] = [{"gate": g.name, "limit": g.limit, "value": g.value, "passed": g.passed} for g in gates]
+            gate_failures += [_gate_line(e.name, g) for g in gates if not g.passed]
             log.info("%s: top-1 agreement %.2f%%, cosine %.6f, logits max |diff| %.3g%s", e.name, parity.top1_agreement * 100,
                      parity.cosine, parity.logits_max_abs,
                      f", accuracy {parity.accuracy:.4f} ({parity.accuracy_delta * 100:+.2f} points)" if parity.accuracy is not None else "")
     return logits
 
 
-def _document(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], results: dict[str, dict[str, Any]],
+def _document(cfg: BenchConfig, ref: _BenchEntry | None, all_entries: list[_BenchEntry], results: dict[str, dict[str, Any]],
               gate_failures: list[str], x: np.ndarray, labels, paths: list[Path], seconds: float) -> dict[str, Any]:
     """The bench.json document (format tldeploy.bench, bench.schema.json)."""
     from tldeploy._io import now
@@ -256,8 +257,7 @@ def _document(cfg: BenchConfig, ref: _Entry | None, all_entries: list[_Entry], r
             "iters": cfg.latency.iters, "duration_s": cfg.latency.duration_s, "rounds": cfg.latency.rounds,
             "settle_s": cfg.latency.settle_s,
             "threads": cfg.threads, "device": cfg.device,
-            "gates": {"max_top1_drop": cfg.gates.max_top1_drop, "min_top1_agreement": cfg.gates.min_top1_agreement,
-                      "min_cosine": cfg.gates.min_cosine, "max_ood_disagreement": cfg.max_ood_disagreement,
+            "gates": {**cfg.gates.to_dict(*BENCH_GATES), "max_ood_disagreement": cfg.max_ood_disagreement,
                       "max_robustness_flip": cfg.max_robustness_flip},
             "robustness": None if cfg.robustness is None else {
                 "suite": cfg.robustness, "epsilons": list(cfg.epsilons), "disagreement": cfg.disagreement,
@@ -279,7 +279,7 @@ def _budget_unit(prep) -> str:
     return Domain.of(prep).unit_text
 
 
-def _time_all(entries: list[_Entry], x: np.ndarray, cfg: BenchConfig, results: dict[str, dict[str, Any]]) -> None:
+def _time_all(entries: list[_BenchEntry], x: np.ndarray, cfg: BenchConfig, results: dict[str, dict[str, Any]]) -> None:
     from tqdm.auto import tqdm
 
     for b in cfg.batch_sizes:
@@ -300,11 +300,12 @@ def _time_all(entries: list[_Entry], x: np.ndarray, cfg: BenchConfig, results: d
             log.info("%s, batch %d: p50 %.3f ms, p90 %.3f ms, %.1f images/s", e.name, b, s.p50, s.p90, s.throughput)
 
 
-def _gate_line(name: str, g: dict[str, Any]) -> str:
-    if g["gate"] == "max_top1_drop":
-        return f"{name}: top-1 accuracy dropped {g['value']:.2f} points, more than --max-top1-drop {g['limit']} (by {g['value'] - g['limit']:.2f})"
-    flag = "--" + g["gate"].replace("_", "-")
-    return f"{name}: {g['gate'].replace('_', ' ').removeprefix('min ')} {g['value']:.10g} is below {flag} {g['limit']} (by {g['limit'] - g['value']:.3g})"
+def _gate_line(name: str, g: ToleranceResult) -> str:
+    """A failed gate as bench has always printed and written it, naming its option."""
+    if g.name == "max_top1_drop":
+        return f"{name}: top-1 accuracy dropped {g.value:.2f} points, more than --max-top1-drop {g.limit} (by {g.value - g.limit:.2f})"
+    flag = "--" + g.name.replace("_", "-")
+    return f"{name}: {g.name.replace('_', ' ').removeprefix('min ')} {g.value:.10g} is below {flag} {g.limit} (by {g.limit - g.value:.3g})"
 
 
 def _paths_hash(paths: list[Path]) -> str:

@@ -128,7 +128,7 @@ class CompareConfig:
 
 
 @dataclass
-class Check:
+class Comparison:
     """One comparison: latency of an entry at a batch size, or its accuracy or agreement."""
 
     name: str  # "base_entry -> current_entry" or the shared entry name
@@ -147,13 +147,13 @@ class Check:
 
 @dataclass
 class CompareResult:
-    checks: list[Check]
+    checks: list[Comparison]
     environment_differences: list[str]
     unmatched: list[str]
     notes: list[str]
 
     @property
-    def regressions(self) -> list[Check]:
+    def regressions(self) -> list[Comparison]:
         return [c for c in self.checks if c.regression]
 
     def to_dict(self) -> dict:
@@ -226,7 +226,7 @@ def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
     if not paired:
         notes.append("separate bench runs: a shift of the whole machine's speed between them looks like a change; "
                      "on shared machines bench both artifacts in one run and compare FILE.json#A FILE.json#B")
-    checks: list[Check] = []
+    checks: list[Comparison] = []
     for b, c in pairs:
         name = b["name"] if b["name"] == c["name"] else f"{b['name']} -> {c['name']}"
         c_lat = {s["batch"]: s for s in c["latency"]}
@@ -239,23 +239,23 @@ def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
                                 paired=paired and len(bs["round_sizes"]) == len(cs["round_sizes"]) >= MIN_ROUNDS, max_slowdown=cfg.max_slowdown, confidence=cfg.confidence)
             detail = (f"ratio {v.ratio:.3f}, {cfg.confidence:.0%} interval [{v.ci_low:.3f}, {v.ci_high:.3f}] "
                       f"(resampling {v.resampled}), limit +{cfg.max_slowdown:.0%}")
-            checks.append(Check(name, f"p50 ms, batch {bs['batch']}", v.baseline_p50, v.current_p50, detail, v.regression, v))
+            checks.append(Comparison(name, f"p50 ms, batch {bs['batch']}", v.baseline_p50, v.current_p50, detail, v.regression, v))
         if not same_data:
             continue
         if b["accuracy"] is not None and c["accuracy"] is not None:
             drop = (b["accuracy"] - c["accuracy"]) * 100
-            checks.append(Check(name, "accuracy", b["accuracy"], c["accuracy"],
+            checks.append(Comparison(name, "accuracy", b["accuracy"], c["accuracy"],
                                 f"{-drop:+.2f} points, limit -{cfg.max_accuracy_drop:g}", drop > cfg.max_accuracy_drop))
         if b["parity"] and c["parity"]:
             ba, ca = b["parity"]["top1_agreement"], c["parity"]["top1_agreement"]
             drop = (ba - ca) * 100
-            checks.append(Check(name, "top-1 agreement", ba, ca, f"{-drop:+.2f} points, limit -{cfg.max_agreement_drop:g}",
+            checks.append(Comparison(name, "top-1 agreement", ba, ca, f"{-drop:+.2f} points, limit -{cfg.max_agreement_drop:g}",
                                 drop > cfg.max_agreement_drop))
         checks += _robustness_checks(name, b.get("robustness"), c.get("robustness"), cfg.max_robustness_drop, notes)
     return CompareResult(checks, env_diff, unmatched, notes)
 
 
-def _robustness_checks(name: str, b: dict | None, c: dict | None, limit: float, notes: list[str]) -> list[Check]:
+def _robustness_checks(name: str, b: dict | None, c: dict | None, limit: float, notes: list[str]) -> list[Comparison]:
     """Robustness of one entry in two runs, over the corruptions, attacks and budgets both measured:
     mean corruption accuracy, mean attack accuracy (each may lose `limit` points), the largest
     corruption flip rate and the share of searched inputs found to disagree (each may gain `limit`)."""
@@ -266,7 +266,7 @@ def _robustness_checks(name: str, b: dict | None, c: dict | None, limit: float, 
         return []
     checks = []
 
-    def check(what: str, rows_b: list[dict], rows_c: list[dict], key, value, worse: int, agg: str = "mean") -> None:
+    def compare(what: str, rows_b: list[dict], rows_c: list[dict], key, value, worse: int, agg: str = "mean") -> None:
         vb, vc = {key(r): value(r) for r in rows_b}, {key(r): value(r) for r in rows_c}
         shared = [k for k in vb if k in vc and vb[k] is not None and vc[k] is not None]
         if len(shared) < max(len(vb), len(vc)):
@@ -276,18 +276,18 @@ def _robustness_checks(name: str, b: dict | None, c: dict | None, limit: float, 
         pick = max if agg == "max" else (lambda v: sum(v) / len(v))
         base, cur = pick([vb[k] for k in shared]), pick([vc[k] for k in shared])
         label = f"{what}, mean of {len(shared)}" if agg == "mean" else what
-        checks.append(Check(name, label, base, cur, f"{(cur - base) * 100:+.2f} points, limit {'+' if worse > 0 else '-'}{limit:g}",
+        checks.append(Comparison(name, label, base, cur, f"{(cur - base) * 100:+.2f} points, limit {'+' if worse > 0 else '-'}{limit:g}",
                             (cur - base) * 100 * worse > limit))
 
     def by_row(r: dict) -> tuple:
         return r["corruption"], r["severity"]
 
-    check("corruption accuracy", b["corruptions"], c["corruptions"], by_row, lambda r: r["accuracy"], -1)
-    check("largest corruption flip rate", b["corruptions"], c["corruptions"], by_row, lambda r: r["flip_rate"], +1, "max")
-    check("attack accuracy", b["attacks"], c["attacks"], lambda r: (r["method"], r["epsilon"]), lambda r: r["accuracy"], -1)
+    compare("corruption accuracy", b["corruptions"], c["corruptions"], by_row, lambda r: r["accuracy"], -1)
+    compare("largest corruption flip rate", b["corruptions"], c["corruptions"], by_row, lambda r: r["flip_rate"], +1, "max")
+    compare("attack accuracy", b["attacks"], c["attacks"], lambda r: (r["method"], r["epsilon"]), lambda r: r["accuracy"], -1)
     for d in b.get("disagreement") or []:
         other = next((e for e in c.get("disagreement") or [] if e["epsilon"] == d["epsilon"]), None)
         if other is not None and d["searched"] and other["searched"]:
-            check(f"share found to disagree, eps {d['epsilon']:g}", [d], [other], lambda r: r["epsilon"],
+            compare(f"share found to disagree, eps {d['epsilon']:g}", [d], [other], lambda r: r["epsilon"],
                   lambda r: r["found"] / r["searched"], +1, "one")
     return checks

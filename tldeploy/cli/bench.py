@@ -63,16 +63,17 @@ def bench_cmd(artifacts: tuple[Path, ...], output: Path, batch_sizes: str, warmu
       tldeploy bench digits.int8.ort.onnx --reference runs/digits/model.pt --data data/digits/val \\
           --limit 200 --epsilon 1,4 --disagreement 50 --max-robustness-flip 0.05 -o robust.json --robustness
     """
-    from tldeploy.bench.bench import BenchConfig, Gates, run_bench
+    from tldeploy.bench.bench import BenchConfig, run_bench
     from tldeploy.bench.latency import LatencyConfig
     from tldeploy.bench.report import summary_text
+    from tldeploy.parity import Tolerance
 
     _setup_logging(kw["quiet"])
     cfg = BenchConfig(
         artifacts=artifacts, output=output, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
         latency=LatencyConfig(warmup=warmup, warmup_s=warmup_s, iters=iters, duration_s=duration, rounds=rounds),
         time_reference=not no_reference_latency, epsilons=_float_list(epsilons, "--epsilon"),
-        gates=Gates(max_top1_drop=max_top1_drop, min_top1_agreement=min_top1_agreement, min_cosine=min_cosine), **kw,
+        gates=Tolerance(max_top1_drop=max_top1_drop, min_top1_agreement=min_top1_agreement, min_cosine=min_cosine), **kw,
     )
     result = run_bench(cfg)
     click.echo(summary_text(result.document))

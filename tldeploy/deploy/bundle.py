@@ -260,7 +260,7 @@ def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[Ma
     (d / "reference.json").write_text(gold.polygraphy_outputs(g.reference, batch))
     if "inputs_raw" in arrays:
         (d / "inputs_raw.json").write_text(gold.polygraphy_inputs(name, arrays["inputs_raw"], batch))
-    max_diff = TOLERANCES["fp32"]["max_logit_diff"]
+    max_diff = TOLERANCES["fp32"].max_logit_diff
     assert max_diff is not None  # the FP32 tolerance bounds the logits
     (d / "README.md").write_text(gold.readme(len(g.inputs), max_diff, raw=(tmp / "model_raw.onnx").is_file()))
 
@@ -364,6 +364,6 @@ def _measure(tmp: Path, entries: list[ManifestEntry], g: gold.Golden) -> dict[st
 
 
 def _manifest(tmp: Path, entries: list[ManifestEntry], g: gold.Golden, measured: dict[str, Any]) -> Manifest:
-    return Manifest(created=now(), contract=read_contract(tmp / "model.onnx"), tools=host.tool_versions(), tolerances=TOLERANCES,
+    return Manifest(created=now(), contract=read_contract(tmp / "model.onnx"), tools=host.tool_versions(), tolerances=dict(TOLERANCES),
                     artifacts=tuple(replace(e, measured_here=measured.get(e.file)) for e in entries),
                     golden={"n": len(g.inputs), "labelled": g.labels is not None}, files=file_digests(tmp))

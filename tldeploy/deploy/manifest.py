@@ -7,6 +7,8 @@ from typing import Any
 
 from tldeploy._io import sha256_file
 from tldeploy.engines.plugins import PLUGIN_LIBRARY
+from tldeploy.parity import Measured, Tolerance
+from tldeploy.records import Manifest
 
 MANIFEST = "manifest.json"
 SIGNATURE = "bundle.sig"  # OpenSSF model-signing signature over every file, the manifest included (deploy/signing.py)
@@ -17,23 +19,31 @@ DEVICE_DIR = "device"  # engines `verify --build` makes on the device; not part 
 # Per precision, against the PyTorch reference on the golden inputs. FP32 allows TensorRT's TF32
 # convolutions (on by default on Ampere and later); FP16 and INT8 one and three flipped top-1 of
 # the 32 golden inputs.
-TOLERANCES: dict[str, dict[str, float | None]] = {
-    "fp32": {"min_top1_agreement": 1.0, "min_cosine": 0.9999, "max_logit_diff": 1e-2},
-    "fp16": {"min_top1_agreement": 0.96, "min_cosine": 0.999, "max_logit_diff": None},
-    "int8": {"min_top1_agreement": 0.9, "min_cosine": 0.98, "max_logit_diff": None},
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(min_top1_agreement=1.0, min_cosine=0.9999, max_logit_diff=1e-2),
+    "fp16": Tolerance(min_top1_agreement=0.96, min_cosine=0.999),
+    "int8": Tolerance(min_top1_agreement=0.9, min_cosine=0.98),
+}
+
+# The limits a manifest states per precision (every bundle so far: these three, unset ones null),
+# with verify.json's words for a miss of each, in its order.
+_MANIFEST_LIMITS = {
+    "min_top1_agreement": "top-1 agreement {value:.2%} < {limit:.2%}",
+    "min_cosine": "cosine {value:.6f} < {limit}",
+    "max_logit_diff": "logits max |diff| {value:.3g} > {limit:g}",
 }
 
 
-def tolerance_failures(report, tol: dict[str, float | None]) -> list[str]:
+def read_tolerance(manifest: Manifest, precision: str) -> Tolerance:
+    """The tolerance `manifest` states for `precision`; today's where it states none."""
+    return manifest.tolerances.get(precision) or TOLERANCES[precision]
+
+
+def tolerance_failures(report: Measured, tol: Tolerance) -> list[str]:
     """What of `tol` a ParityReport against the reference misses (empty: within tolerance)."""
-    failures = []
-    if tol.get("min_top1_agreement") is not None and report.top1_agreement < tol["min_top1_agreement"]:
-        failures.append(f"top-1 agreement {report.top1_agreement:.2%} < {tol['min_top1_agreement']:.2%}")
-    if tol.get("min_cosine") is not None and report.cosine < tol["min_cosine"]:
-        failures.append(f"cosine {report.cosine:.6f} < {tol['min_cosine']}")
-    if tol.get("max_logit_diff") is not None and report.logits_max_abs > tol["max_logit_diff"]:
-        failures.append(f"logits max |diff| {report.logits_max_abs:.3g} > {tol['max_logit_diff']:g}")
-    return failures
+    missed = {r.name: r for r in tol.check(report) if not r.passed}
+    lines = [words.format(value=missed[n].value, limit=missed[n].limit) for n, words in _MANIFEST_LIMITS.items() if n in missed]
+    return lines + [r.line for n, r in missed.items() if n not in _MANIFEST_LIMITS]  # a limit a hand-made manifest adds
 
 
 def bundle_files(root: Path) -> list[Path]:

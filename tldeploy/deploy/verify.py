@@ -32,6 +32,7 @@ from tldeploy.deploy.manifest import (
     PLUGIN_LIB,
     VERIFY_DIR,
     check_files,
+    read_tolerance,
     tolerance_failures,
 )
 from tldeploy.errors import ConfigError, TldeployError
@@ -201,7 +202,6 @@ def _device(choice: str) -> str:
 
 def _verify_one(root: Path, e: ManifestEntry, manifest: Manifest, onnx_shas: set[str], inputs, reference, device: str,
                 trust_plugins: bool) -> Check:
-    from tldeploy.deploy.manifest import TOLERANCES
     from tldeploy.parity import compare_outputs
     from tldeploy.runtime.runners import run_batches
 
@@ -221,7 +221,7 @@ def _verify_one(root: Path, e: ManifestEntry, manifest: Manifest, onnx_shas: set
         return Check(name, True, "skipped: ChannelAttention plugin nodes run only in TensorRT; bundle its engine, or "
                      "'verify --build' the standard graph", skipped=True)
     x = inputs["inputs_raw" if e.input == "raw" else "inputs"]
-    tol = manifest.tolerances.get(e.precision) or TOLERANCES[e.precision]
+    tol = read_tolerance(manifest, e.precision)
     try:
         with _runner(root, path, e, device, trust_plugins) as runner:
             out = run_batches(runner, x)

@@ -177,6 +177,7 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
     from tldeploy.engines.quantize import QatRecord, QuantConfig, Quantizer, rank_int8
     from tldeploy.engines.sensitivity import Acceptance, choose
     from tldeploy.engines.units import float_regions
+    from tldeploy.parity import Tolerance
 
     qat = QatRecord.for_int8(contract, str(onnx_path), cfg.backend, cfg.reduce_range, cfg.calib_data)
     # A quantization-aware trained export is diagnosed with its trained ranges, as it builds.
@@ -184,7 +185,7 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
     qcfg = (qat.quant_config() if qat is not None else
             QuantConfig.for_backend(cfg.backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
                                     **({"reduce_range": cfg.reduce_range} if cfg.backend == "ort" else {})))
-    accept = Acceptance(cfg.min_agreement, cfg.max_kl, f"{len(val.images)} images from {val.source}")
+    accept = Acceptance(Tolerance(min_top1_agreement=cfg.min_agreement, max_kl=cfg.max_kl), f"{len(val.images)} images from {val.source}")
     with Quantizer(onnx_path, calib, qcfg, artifacts.cache_dir() / "calibration") as q:
         log.info("ranking %d quantized units on %d images (%s)", len(q.units()), min(cfg.rank_images, len(val.images)),
                  "Q/DQ evaluated as written" if qcfg.evaluated_as_written else "ONNX Runtime CPU kernels")
@@ -217,11 +218,12 @@ def _diagnose_fp16(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
     from tldeploy.engines.mixed import fp16_emulated
     from tldeploy.engines.sensitivity import Acceptance, Evaluator, choose, rank, sweep_fp16
     from tldeploy.engines.units import float_tensors, fp16_units
+    from tldeploy.parity import Tolerance
 
     model = load_onnx(onnx_path)
     floats = float_tensors(model)
     units = fp16_units(model, fp16_exclusions(model, contract), floats)
-    accept = Acceptance(cfg.min_agreement, cfg.max_kl, f"{len(val.images)} images from {val.source}")
+    accept = Acceptance(Tolerance(min_top1_agreement=cfg.min_agreement, max_kl=cfg.max_kl), f"{len(val.images)} images from {val.source}")
     small = Evaluator(spread(val.images, cfg.rank_images), contract.input_name, model, as_written=False)
     log.info("ranking %d FP16 units on %d images (FP16 storage, float32 arithmetic)", len(units), len(small.images))
     ranked = rank(sweep_fp16(small, model, units, floats))

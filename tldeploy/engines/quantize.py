@@ -485,6 +485,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConf
     from tldeploy.contract import read_contract, write_contract
     from tldeploy.engines.sensitivity import Acceptance, choose
     from tldeploy.engines.units import Unit, float_regions
+    from tldeploy.parity import Tolerance
 
     t0 = time.perf_counter()
     if QatRecord.from_contract(read_contract(onnx_path), str(onnx_path)) is not None:
@@ -499,8 +500,8 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConf
             log.warning("too few images left in %s to hold out; the INT8 agreement is checked on the calibration images "
                         "(pass --check-data with validation images)", calib.source)
     agree_default, kl_default = CHECK_DEFAULTS["held_out" if held_out else "validation"]
-    accept = Acceptance(cfg.min_agreement if cfg.min_agreement is not None else agree_default,
-                        cfg.max_kl if cfg.max_kl is not None else kl_default, check.describe())
+    accept = Acceptance(Tolerance(min_top1_agreement=cfg.min_agreement if cfg.min_agreement is not None else agree_default,
+                                  max_kl=cfg.max_kl if cfg.max_kl is not None else kl_default), check.describe())
     if cfg.evaluated_as_written and cfg.flavour == "ort-x86":
         log.warning("8-bit INT8 weights on a CPU without VNNI: ONNX Runtime's kernels here saturate, so the check evaluates "
                     "the Q/DQ graph as written (what a VNNI CPU computes); run this artifact on a VNNI CPU, or build with --reduce-range")
@@ -562,6 +563,7 @@ def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, pla
     from tldeploy.contract import write_contract
     from tldeploy.engines.sensitivity import Acceptance
     from tldeploy.engines.units import Unit, float_regions
+    from tldeploy.parity import Tolerance
 
     assert q.qat is not None
     floats = set(q.qat.float_nodes)
@@ -577,8 +579,8 @@ def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, pla
     floats |= {n for u in units for n in u.nodes}
     model = q.mix(sorted(floats))
     preset = [u for u in q.units() if set(u.nodes) <= set(q.qat.float_nodes)]
-    accept = Acceptance(cfg.min_agreement if cfg.min_agreement is not None else CHECK_DEFAULTS["validation"][0],
-                        cfg.max_kl if cfg.max_kl is not None else CHECK_DEFAULTS["validation"][1],
+    accept = Acceptance(Tolerance(min_top1_agreement=cfg.min_agreement if cfg.min_agreement is not None else CHECK_DEFAULTS["validation"][0],
+                                  max_kl=cfg.max_kl if cfg.max_kl is not None else CHECK_DEFAULTS["validation"][1]),
                         check.describe() if check is not None else "no check images")
     m, passed, history = None, True, []
     if check is not None:

@@ -18,6 +18,7 @@ from scipy.special import softmax
 
 from tldeploy.engines.mixed import INTERNAL, STEPWISE, fp16_emulated, mixed_int8
 from tldeploy.engines.units import Unit
+from tldeploy.parity import Tolerance
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ class TaskMetrics:
     kl: float  # mean KL(float || test) of the softmax probabilities, nats
     cosine: float  # mean cosine similarity of the logits
     nonfinite: int  # rows whose logits hold inf or NaN
+
+    @property
+    def kl_divergence(self) -> float:
+        """`kl` under ParityReport's name, which a Tolerance reads."""
+        return self.kl
 
     def to_dict(self) -> dict:
         return {"n": self.n, "top1_agreement": self.top1_agreement, "kl": self.kl, "cosine": self.cosine, "nonfinite_rows": self.nonfinite}
@@ -52,24 +58,34 @@ def task_metrics(reference: np.ndarray, logits: np.ndarray) -> TaskMetrics:
     return TaskMetrics(len(ref), float(agree.mean()), float(kl_rows.mean()), float(cos.mean()), int(bad.sum()))
 
 
+# The limits an acceptance holds, as plans and build records have always written them.
+ACCEPTANCE_LIMITS = ("min_top1_agreement", "max_kl")
+
+
 @dataclass(frozen=True)
 class Acceptance:
-    """When a mixed-precision model is good enough: agreement at least `min_agreement` and, when
-    set, mean KL at most `max_kl`, on the images named by `images`."""
+    """When a mixed-precision model is good enough: within `tolerance` (top-1 agreement and, when
+    set, mean KL) on the images named by `images`, with no inf/NaN output row. `TaskMetrics` counts
+    such rows apart (as disagreeing, at the worst KL) rather than letting them make its means NaN,
+    so a few of them among many images could otherwise pass."""
 
-    min_agreement: float
-    max_kl: float | None
+    tolerance: Tolerance
     images: str  # what the check images are, for logs and records
 
+    def __post_init__(self) -> None:
+        if self.tolerance.min_top1_agreement is None or set(self.tolerance.limits) - set(ACCEPTANCE_LIMITS):
+            raise ValueError(f"an acceptance bounds top-1 agreement and, optionally, KL; got {self.tolerance}")
+
     def accepts(self, m: TaskMetrics) -> bool:
-        return m.nonfinite == 0 and m.top1_agreement >= self.min_agreement and (self.max_kl is None or m.kl <= self.max_kl)
+        return m.nonfinite == 0 and all(r.passed for r in self.tolerance.check(m))
 
     def describe(self) -> str:
-        kl = f" and KL <= {self.max_kl:g}" if self.max_kl is not None else ""
-        return f"top-1 agreement >= {self.min_agreement:.2%}{kl} on {self.images}"
+        t = self.tolerance
+        kl = f" and KL <= {t.max_kl:g}" if t.max_kl is not None else ""
+        return f"top-1 agreement >= {t.min_top1_agreement:.2%}{kl} on {self.images}"
 
     def to_dict(self) -> dict:
-        return {"min_top1_agreement": self.min_agreement, "max_kl": self.max_kl, "images": self.images}
+        return {**self.tolerance.to_dict(*ACCEPTANCE_LIMITS), "images": self.images}
 
 
 # ---------------------------------------------------------------- evaluation

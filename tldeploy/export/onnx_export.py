@@ -28,14 +28,14 @@ from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
 from tldeploy.modalities.base import Modality
 from tldeploy.modalities.preprocessing import INPUT_FORMATS
 from tldeploy.models.heads import AdaptedModel, ChannelAttention, normalise_cam
-from tldeploy.parity import ParityReport, compare_outputs, parity_inputs
+from tldeploy.parity import ParityReport, Tolerance, compare_outputs, parity_inputs
 from tldeploy.records import CheckpointMeta
 from tldeploy.scopes import strip_build_machine
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
-FP32_LOGIT_TOLERANCE = 1e-4
+FP32_TOLERANCE = Tolerance(max_logit_diff=1e-4)  # an FP32 export computes what the checkpoint does, to rounding
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def export_onnx(cfg: ExportConfig) -> ExportResult:
         if not cfg.fp16:
             bad = [f"batch {b}: {'; '.join(r.failures)}" for b, r in parity if not r]
             if bad:
-                raise TldeployError(f"FP32 export differs from the checkpoint beyond {FP32_LOGIT_TOLERANCE:g} ({', '.join(bad)}); nothing written")
+                raise TldeployError(f"FP32 export differs from the checkpoint beyond {FP32_TOLERANCE.max_logit_diff:g} ({', '.join(bad)}); nothing written")
     if cfg.input_format == "raw":
         proto, contract = _raw_variant(proto, contract, onnx)
     strip_build_machine(proto)
@@ -166,7 +166,7 @@ def _raw_variant(proto, contract: Contract, onnx):
     crop = pixels[:, :, top : top + s, top : top + s] / 255.0
     host = ((crop - np.reshape(prep.mean, (1, 3, 1, 1))) / np.reshape(prep.std, (1, 3, 1, 1))).astype(np.float32)
     with OrtRunner(proto) as normal, OrtRunner(raw) as inside:
-        report = compare_outputs(run_batches(normal, host), run_batches(inside, pixels), max_logit_diff=FP32_LOGIT_TOLERANCE)
+        report = compare_outputs(run_batches(normal, host), run_batches(inside, pixels), tolerance=FP32_TOLERANCE)
     if not report:
         raise TldeployError(f"the raw-input graph differs from the exported one ({'; '.join(report.failures)}); nothing written")
     return raw, contract
@@ -276,5 +276,5 @@ def _parity(proto, model: AdaptedModel, prep: Modality, cfg: ExportConfig) -> li
         ref = dict(zip(OUTPUT_NAMES, (t.numpy() for t in model.forward_with_cam(torch.from_numpy(x))), strict=True))
     batches = (cfg.static_batch,) if cfg.static_batch else cfg.parity_batches
     with OrtRunner(proto) as runner:
-        return [(b, compare_outputs(ref, run_batches(runner, x, b), max_logit_diff=None if cfg.fp16 else FP32_LOGIT_TOLERANCE))
+        return [(b, compare_outputs(ref, run_batches(runner, x, b), tolerance=Tolerance() if cfg.fp16 else FP32_TOLERANCE))
                 for b in batches]

@@ -51,13 +51,13 @@ BackboneFactory = Callable[..., Backbone]  # (weights: Weights[, input_size=(hei
 
 
 @dataclass(frozen=True)
-class _Entry:
+class _RegisteredBackbone:
     factory: BackboneFactory
     description: str
     sized: bool  # the factory takes input_size=(height, width)
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: dict[str, _RegisteredBackbone] = {}
 
 
 def register_backbone(name: str, description: str = "", *, replace: bool = False) -> Callable[[BackboneFactory], BackboneFactory]:
@@ -69,7 +69,7 @@ def register_backbone(name: str, description: str = "", *, replace: bool = False
         raise ConfigError(f"backbone names starting with 'timm:' mean timm's models; register {name[5:]!r} instead")
 
     def deco(factory: BackboneFactory) -> BackboneFactory:
-        _REGISTRY[name] = _Entry(factory, description, "input_size" in inspect.signature(factory).parameters)
+        _REGISTRY[name] = _RegisteredBackbone(factory, description, "input_size" in inspect.signature(factory).parameters)
         return factory
 
     return deco
