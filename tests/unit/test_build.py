@@ -222,8 +222,8 @@ def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
 
     real = scopes.save_portable
 
-    def corrupting(source, target):
-        real(source, target)
+    def corrupting(source, target, model=None):
+        real(source, target, model=model)
         m = onnx.load(str(target))
         _negate_classifier(m)
         onnx.save(m, str(target))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tldeploy.contract import OnnxFile
 from tldeploy.engines.calibration import CHECK_DEFAULTS, MIN_CALIB_IMAGES, CalibrationSet, ImageSet, spread
 from tldeploy.engines.capabilities import CALIB_METHODS
 from tldeploy.engines.graph import check_written_graph, frontend_nodes, name_every_node
@@ -309,20 +310,19 @@ class Quantizer:
     """Calibrates once (the ranges are cached across builds), then writes Q/DQ models with any
     set of nodes left in float. A context manager: it owns a temporary folder."""
 
-    def __init__(self, onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path) -> None:
-        self.onnx_path, self.calib, self.cfg, self.cache_dir = Path(onnx_path), calib, cfg, Path(cache_dir)
+    def __init__(self, source: Path | OnnxFile, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path) -> None:
+        self.src = source if isinstance(source, OnnxFile) else OnnxFile(source)
+        self.onnx_path, self.calib, self.cfg, self.cache_dir = self.src.path, calib, cfg, Path(cache_dir)
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> Quantizer:
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        from tldeploy._io import sha256_file
-        from tldeploy.contract import read_contract
         from tldeploy.scopes import keep_name_scopes
 
         ort = _require_ort()
-        contract = read_contract(self.onnx_path)
+        contract = self.src.contract
         if contract.attention == "plugin":
             raise ConfigError(
                 f"{self.onnx_path} has ChannelAttention plugin nodes, which ONNX Runtime cannot run to calibrate; "
@@ -335,11 +335,13 @@ class Quantizer:
         self.tmp = Path(self._tmp.name)
         self.pre = self.tmp / "pre.onnx"
         with _quiet_root_logger():
+            # ONNX Runtime's pre-processing reads the file itself: given the ModelProto instead, its
+            # optimizer fails on the initializers it moves out ("Cannot parse data from external tensors").
             quant_pre_process(str(self.onnx_path), str(self.pre), skip_symbolic_shape=True)
         self.float_model = onnx.load(str(self.pre))
         if name_every_node(self.float_model):  # the quantizer must see the names the mixes use
             onnx.save(self.float_model, str(self.pre))
-        keep_name_scopes(onnx.load(str(self.onnx_path), load_external_data=False), self.float_model)
+        keep_name_scopes(self.src.proto, self.float_model)
         self.front = frontend_nodes(self.float_model, contract)  # the log-mel stays float: power spectra span many decades
         self.head = head_nodes(self.float_model, self.front)
         # A quantization-aware trained export brings its ranges: they are written as the cache
@@ -353,7 +355,7 @@ class Quantizer:
             raise ConfigError(f"--precision int8 needs --calib-data DIR to calibrate {self.onnx_path} on (the training folder works)")
         else:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self.cache = self.cache_dir / f"calib-{_cache_key(sha256_file(self.onnx_path), self.calib, self.cfg, ort.__version__)}.json"
+            self.cache = self.cache_dir / f"calib-{_cache_key(self.src.sha256, self.calib, self.cfg, ort.__version__)}.json"
         self._full = None
         self._units: list | None = None
         return self
@@ -477,19 +479,34 @@ def transformer_preset(units: list) -> set[str]:
     return {n for u in units for i, n in enumerate(u.nodes) if i or u.op.split("+")[0] not in MATRIX_PRODUCTS}
 
 
-def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path,
+class QdqFromOnnx:
+    """A lazy build step (Polygraphy's loader shape): the Q/DQ INT8 model of an FP32 export, made
+    when called (`quantize_model`); `QdqFromOnnx(OnnxFile(p), calib, cfg, cache)()`."""
+
+    def __init__(self, source: OnnxFile, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path,
+                 check: ImageSet | None = None, plan=None, plan_path: Path | None = None) -> None:
+        self.source, self.calib, self.cfg, self.cache_dir = source, calib, cfg, cache_dir
+        self.check, self.plan, self.plan_path = check, plan, plan_path
+
+    def __call__(self) -> QuantResult:
+        return quantize_model(self.source, self.calib, self.cfg, self.cache_dir, self.check, self.plan, self.plan_path)
+
+
+def quantize_model(source: Path | OnnxFile, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path,
                    check: ImageSet | None = None, plan=None, plan_path: Path | None = None) -> QuantResult:
     """The Q/DQ ModelProto of the float ONNX at `onnx_path`, calibrated on `calib`, with the units
     the plan names, or the guard chooses, left in float (see the module docstring). A quantization-
     aware trained export needs no `calib`: its own ranges are written (`_qat_model`)."""
-    from tldeploy.contract import read_contract, write_contract
+    from tldeploy.contract import write_contract
     from tldeploy.engines.sensitivity import Acceptance, choose
     from tldeploy.engines.units import Unit, float_regions
     from tldeploy.parity import Tolerance
 
     t0 = time.perf_counter()
-    if QatRecord.from_contract(read_contract(onnx_path), str(onnx_path)) is not None:
-        with Quantizer(onnx_path, None, cfg, cache_dir) as q:
+    src = source if isinstance(source, OnnxFile) else OnnxFile(source)
+    onnx_path = src.path
+    if QatRecord.from_contract(src.contract, str(onnx_path)) is not None:
+        with Quantizer(src, None, cfg, cache_dir) as q:
             return _qat_model(q, cfg, check, plan, plan_path, t0)
     if calib is None:
         raise ConfigError(f"--precision int8 needs --calib-data DIR to calibrate {onnx_path} on (the training folder works)")
@@ -505,7 +522,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConf
     if cfg.evaluated_as_written and cfg.flavour == "ort-x86":
         log.warning("8-bit INT8 weights on a CPU without VNNI: ONNX Runtime's kernels here saturate, so the check evaluates "
                     "the Q/DQ graph as written (what a VNNI CPU computes); run this artifact on a VNNI CPU, or build with --reduce-range")
-    with Quantizer(onnx_path, calib, cfg, cache_dir) as q:
+    with Quantizer(src, calib, cfg, cache_dir) as q:
         ev = q.evaluator(check.images)
         floats = transformer_preset(q.units()) if plan is None and cfg.preset == "auto" else set()
         base = sorted(floats)
