@@ -206,9 +206,9 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
     entries = [ManifestEntry("model.onnx", "onnx", "fp32", "normalized")]
     image = source.contract.preprocessing.nvinfer_image  # None: no nvinfer config, so no raw graph for one (audio)
     if image is not None and not nvinfer_expresses(image):
-        from tldeploy.raw_input import raw_input_model
+        from tldeploy.raw_input import RawInputFromOnnx
 
-        raw = raw_input_model(written["model.onnx"].proto, image)
+        raw = RawInputFromOnnx(written["model.onnx"], image)()
         write_contract(raw, replace(source.contract, preprocessing=image.as_raw()))
         written["model_raw.onnx"] = OnnxFile.holding(tmp / "model_raw.onnx", save_portable(raw, tmp / "model_raw.onnx"))
         entries.append(ManifestEntry("model_raw.onnx", "onnx", "fp32", "raw"))
