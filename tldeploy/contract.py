@@ -124,6 +124,11 @@ class OnnxFile:
         return f"OnnxFile({str(self.path)!r})"
 
     @classmethod
+    def of(cls, source: Path | str | OnnxFile) -> OnnxFile:
+        """`source` if it is a handle already, else a handle of the path."""
+        return source if isinstance(source, OnnxFile) else cls(source)
+
+    @classmethod
     def holding(cls, path: Path | str, proto) -> OnnxFile:
         """The handle of a file just written from `proto` (which it keeps; not read back)."""
         f = cls(path)

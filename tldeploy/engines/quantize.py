@@ -311,7 +311,7 @@ class Quantizer:
     set of nodes left in float. A context manager: it owns a temporary folder."""
 
     def __init__(self, source: Path | OnnxFile, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path) -> None:
-        self.src = source if isinstance(source, OnnxFile) else OnnxFile(source)
+        self.src = OnnxFile.of(source)
         self.onnx_path, self.calib, self.cfg, self.cache_dir = self.src.path, calib, cfg, Path(cache_dir)
         self._tmp: tempfile.TemporaryDirectory | None = None
 
@@ -480,8 +480,7 @@ def transformer_preset(units: list) -> set[str]:
 
 
 class QdqFromOnnx:
-    """A lazy build step (Polygraphy's loader shape): the Q/DQ INT8 model of an FP32 export, made
-    when called (`quantize_model`); `QdqFromOnnx(OnnxFile(p), calib, cfg, cache)()`."""
+    """A lazy build step: the Q/DQ INT8 model of an FP32 export (`quantize_model`) when called."""
 
     def __init__(self, source: OnnxFile, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path,
                  check: ImageSet | None = None, plan=None, plan_path: Path | None = None) -> None:
@@ -498,27 +497,18 @@ def quantize_model(source: Path | OnnxFile, calib: CalibrationSet | None, cfg: Q
     the plan names, or the guard chooses, left in float (see the module docstring). A quantization-
     aware trained export needs no `calib`: its own ranges are written (`_qat_model`)."""
     from tldeploy.contract import write_contract
-    from tldeploy.engines.sensitivity import Acceptance, choose
+    from tldeploy.engines.sensitivity import choose
     from tldeploy.engines.units import Unit, float_regions
-    from tldeploy.parity import Tolerance
 
     t0 = time.perf_counter()
-    src = source if isinstance(source, OnnxFile) else OnnxFile(source)
+    src = OnnxFile.of(source)
     onnx_path = src.path
     if QatRecord.from_contract(src.contract, str(onnx_path)) is not None:
         with Quantizer(src, None, cfg, cache_dir) as q:
             return _qat_model(q, cfg, check, plan, plan_path, t0)
     if calib is None:
         raise ConfigError(f"--precision int8 needs --calib-data DIR to calibrate {onnx_path} on (the training folder works)")
-    held_out = check is None
-    if held_out:
-        check = ImageSet.holdout_of(calib)
-        if len(calib.holdout) < MIN_CALIB_IMAGES:
-            log.warning("too few images left in %s to hold out; the INT8 agreement is checked on the calibration images "
-                        "(pass --check-data with validation images)", calib.source)
-    agree_default, kl_default = CHECK_DEFAULTS["held_out" if held_out else "validation"]
-    accept = Acceptance(Tolerance(min_top1_agreement=cfg.min_agreement if cfg.min_agreement is not None else agree_default,
-                                  max_kl=cfg.max_kl if cfg.max_kl is not None else kl_default), check.describe())
+    check, accept = _guard_images(calib, check, cfg)
     if cfg.evaluated_as_written and cfg.flavour == "ort-x86":
         log.warning("8-bit INT8 weights on a CPU without VNNI: ONNX Runtime's kernels here saturate, so the check evaluates "
                     "the Q/DQ graph as written (what a VNNI CPU computes); run this artifact on a VNNI CPU, or build with --reduce-range")
@@ -571,6 +561,24 @@ def quantize_model(source: Path | OnnxFile, calib: CalibrationSet | None, cfg: Q
     check_written_graph(model, "INT8")
     return QuantResult(model, cfg, calib, list(units), m, accept, passed, history, time.perf_counter() - t0, qdq_stats(model),
                        str(plan_path) if plan_path else None, regions, preset)
+
+
+def _guard_images(calib: CalibrationSet, check: ImageSet | None, cfg: QuantConfig):
+    """(the images the guard measures, what it holds the mix to): --check-data, else the
+    calibration images held out (each with its default bar)."""
+    from tldeploy.engines.sensitivity import Acceptance
+    from tldeploy.parity import Tolerance
+
+    held_out = check is None
+    if check is None:
+        check = ImageSet.holdout_of(calib)
+        if len(calib.holdout) < MIN_CALIB_IMAGES:
+            log.warning("too few images left in %s to hold out; the INT8 agreement is checked on the calibration images "
+                        "(pass --check-data with validation images)", calib.source)
+    agree_default, kl_default = CHECK_DEFAULTS["held_out" if held_out else "validation"]
+    tolerance = Tolerance(min_top1_agreement=cfg.min_agreement if cfg.min_agreement is not None else agree_default,
+                          max_kl=cfg.max_kl if cfg.max_kl is not None else kl_default)
+    return check, Acceptance(tolerance, check.describe())
 
 
 def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, plan_path: Path | None, t0: float) -> QuantResult:
