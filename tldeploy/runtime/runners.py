@@ -17,8 +17,7 @@ import numpy as np
 
 from tldeploy.contract import OUTPUT_NAMES, Contract, OnnxFile
 from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
-from tldeploy.modalities.preprocessing import preprocessing_from_dict
-from tldeploy.records import BuildRecord
+from tldeploy.records import BuildRecord, CheckpointMeta
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -140,7 +139,7 @@ class TorchRunner(BaseRunner):
             raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
         model, meta = load_checkpoint(self.checkpoint)
         self.model = model.to(self.device).eval()
-        self.prep = preprocessing_from_dict(meta["preprocessing"])
+        self.prep = CheckpointMeta.from_json(meta, str(self.checkpoint)).preprocessing
 
     def _input_spec(self) -> dict[str, TensorSpec]:
         return {self.prep.input_name: TensorSpec((None, *self.prep.input_shape), np.dtype(np.float32))}
