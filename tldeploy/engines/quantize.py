@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from tldeploy.engines.capabilities import CALIB_METHODS
 from tldeploy.engines.graph import check_written_graph, frontend_nodes, name_every_node
 from tldeploy.engines.qdq import QdqStats, head_nodes, qdq_stats
 from tldeploy.errors import ConfigError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from tldeploy.parity import Tolerance
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,15 @@ class Int8Options:
         except ValueError:
             raise ConfigError(f"--int8-keep-float must be 'auto' or a number, got {keep_float!r}") from None
         return cls(keep_float=count, **kw)
+
+    def tolerance(self, images: str) -> Tolerance:
+        """The guard's bar: the agreement and KL asked for, else the defaults for the kind of check
+        `images` ("validation" or "held_out", CHECK_DEFAULTS)."""
+        from tldeploy.parity import Tolerance
+
+        agree, kl = CHECK_DEFAULTS[images]
+        return Tolerance(min_top1_agreement=agree if self.min_agreement is None else self.min_agreement,
+                         max_kl=kl if self.max_kl is None else self.max_kl)
 
     def quant_config(self, backend: str) -> QuantConfig:
         """These options in the Q/DQ flavour `backend` ("tensorrt" or "ort") runs."""
@@ -523,7 +536,6 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConf
     from tldeploy.contract import read_contract, write_contract
     from tldeploy.engines.sensitivity import Acceptance, choose
     from tldeploy.engines.units import Unit, float_regions
-    from tldeploy.parity import Tolerance
 
     t0 = time.perf_counter()
     if QatRecord.from_contract(read_contract(onnx_path), str(onnx_path)) is not None:
@@ -537,15 +549,14 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConf
         if len(calib.holdout) < MIN_CALIB_IMAGES:
             log.warning("too few images left in %s to hold out; the INT8 agreement is checked on the calibration images "
                         "(pass --check-data with validation images)", calib.source)
-    agree_default, kl_default = CHECK_DEFAULTS["held_out" if held_out else "validation"]
-    accept = Acceptance(Tolerance(min_top1_agreement=cfg.options.min_agreement if cfg.options.min_agreement is not None else agree_default,
-                                  max_kl=cfg.options.max_kl if cfg.options.max_kl is not None else kl_default), check.describe())
+    opts = cfg.options
+    accept = Acceptance(opts.tolerance("held_out" if held_out else "validation"), check.describe())
     if cfg.evaluated_as_written and cfg.flavour == "ort-x86":
         log.warning("8-bit INT8 weights on a CPU without VNNI: ONNX Runtime's kernels here saturate, so the check evaluates "
                     "the Q/DQ graph as written (what a VNNI CPU computes); run this artifact on a VNNI CPU, or build with --reduce-range")
     with Quantizer(onnx_path, calib, cfg, cache_dir) as q:
         ev = q.evaluator(check.images)
-        floats = transformer_preset(q.units()) if plan is None and cfg.options.preset == "auto" else set()
+        floats = transformer_preset(q.units()) if plan is None and opts.preset == "auto" else set()
         base = sorted(floats)
         preset = [u for u in q.units() if set(u.nodes) <= floats]  # wholly in float; the others are searched
         searched = len(q.units()) - len(preset)
@@ -566,23 +577,23 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConf
                      len(units), plan_path, 100 * m.top1_agreement, m.kl, accept.images)
         else:
             order: list = []
-            if cfg.options.keep_float == "auto" or int(cfg.options.keep_float) > 0:  # fully quantized needs no ranking
+            if opts.keep_float == "auto" or int(opts.keep_float) > 0:  # fully quantized needs no ranking
                 log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", searched,
-                         min(cfg.options.rank_images, len(check.images)), accept.images, accept.describe())
-                _, ranked = rank_int8(q, spread(check.images, cfg.options.rank_images), floats)
+                         min(opts.rank_images, len(check.images)), accept.images, accept.describe())
+                _, ranked = rank_int8(q, spread(check.images, opts.rank_images), floats)
                 order = [e.unit for e in ranked]
-            if cfg.options.keep_float == "auto":
+            if opts.keep_float == "auto":
                 # Errors of early layers compound, which a one-at-a-time ranking underrates, so
                 # graph order is tried beside it: the guard never needs more units than either.
                 orders = {"ranked": order, "graph order": sorted(order, key=lambda u: u.index)}
-                units, m, history, passed = choose(orders, metrics_for, accept, cfg.options.max_keep_float,
+                units, m, history, passed = choose(orders, metrics_for, accept, opts.max_keep_float,
                                                    regions=lambda us: float_regions(q.float_model, us))
                 if not passed:
                     log.warning("INT8 stayed short of %s (kept the mix with the lowest KL: top-1 agreement %.2f%%, KL %.2e "
                                 "with %d unit(s) in float). Pass --check-data with validation images, try --calib-method percentile, or use --precision fp32",
                                 accept.describe(), 100 * m.top1_agreement, m.kl, len(units))
             else:
-                units = order[: int(cfg.options.keep_float)]
+                units = order[: int(opts.keep_float)]
                 m = metrics_for(units)
                 history, passed = [("ranked", len(units), m)], accept.accepts(m)
             model = q.mix(base + [n for u in units for n in u.nodes])
@@ -601,7 +612,6 @@ def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, pla
     from tldeploy.contract import write_contract
     from tldeploy.engines.sensitivity import Acceptance
     from tldeploy.engines.units import Unit, float_regions
-    from tldeploy.parity import Tolerance
 
     assert q.qat is not None
     floats = set(q.qat.float_nodes)
@@ -617,9 +627,7 @@ def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, pla
     floats |= {n for u in units for n in u.nodes}
     model = q.mix(sorted(floats))
     preset = [u for u in q.units() if set(u.nodes) <= set(q.qat.float_nodes)]
-    accept = Acceptance(Tolerance(min_top1_agreement=cfg.options.min_agreement if cfg.options.min_agreement is not None else CHECK_DEFAULTS["validation"][0],
-                                  max_kl=cfg.options.max_kl if cfg.options.max_kl is not None else CHECK_DEFAULTS["validation"][1]),
-                        check.describe() if check is not None else "no check images")
+    accept = Acceptance(cfg.options.tolerance("validation"), check.describe() if check is not None else "no check images")
     m, passed, history = None, True, []
     if check is not None:
         m = q.evaluator(check.images).metrics(model)
