@@ -344,6 +344,17 @@ def test_diagnose_bad_input(tiny, tmp_path, capsys):
     assert rc != 0 and "--force" in capsys.readouterr().err and (tmp_path / "r" / "keep.txt").exists()
 
 
+
+def test_a_diagnosis_names_its_target(tmp_path):
+    """Build and diagnose share the precision target's rules; a diagnosis measures one named backend's numerics."""
+    with pytest.raises(ConfigError, match="--backend must be one of ort, tensorrt, got 'auto'"):
+        DiagnoseConfig(tmp_path / "m.onnx", PrecisionTarget("int8"), tmp_path / "val")
+    with pytest.raises(ConfigError, match="--calib-data is for --precision int8"):
+        DiagnoseConfig(tmp_path / "m.onnx", PrecisionTarget("fp16", "ort"), tmp_path / "val", calib_data=tmp_path)
+    with pytest.raises(ConfigError, match="--precision must be one of fp16, int8"):
+        DiagnoseConfig(tmp_path / "m.onnx", PrecisionTarget("fp32", "ort"), tmp_path / "val")
+
+
 # ------------------------------------------------------------ both CPU classes' numerics
 
 
