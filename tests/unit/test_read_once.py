@@ -18,6 +18,7 @@ import pytest
 
 from tldeploy.deploy.bundle import BundleConfig, bundle
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
 
 
 @pytest.fixture
@@ -40,10 +41,10 @@ def test_build_and_bundle_parse_each_input_once(tiny, tmp_path, parses):
     ckpt, onnx_path, data = tiny
     src = tmp_path / "tiny.onnx"
     shutil.copyfile(onnx_path, src)
-    fp32 = build(BuildConfig(onnx=src, precision="fp32", backend="ort")).path
+    fp32 = build(BuildConfig(onnx=src, target=PrecisionTarget("fp32", "ort"))).path
     assert parses[("ours", str(src))] == 1, dict(parses)
     parses.clear()
-    int8 = build(BuildConfig(onnx=src, precision="int8", backend="ort", calib_data=data / "train")).path
+    int8 = build(BuildConfig(onnx=src, target=PrecisionTarget("int8", "ort"), calib_data=data / "train")).path
     assert parses[("ours", str(src))] == 1 and parses[("ort", str(src))] <= 1, dict(parses)
     parses.clear()
     bundle(BundleConfig((src, fp32, int8), ckpt, data / "val", tmp_path / "bundle"))

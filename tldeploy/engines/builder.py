@@ -22,9 +22,9 @@ from tldeploy._io import atomic_path, now, probe_output
 from tldeploy.contract import Contract, OnnxFile
 from tldeploy.engines import artifacts
 from tldeploy.engines.calibration import CalibrationSet
-from tldeploy.engines.capabilities import PRECISIONS, check_target, default_device
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.inspector import summarize_layers
-from tldeploy.engines.quantize import QuantConfig
+from tldeploy.engines.quantize import Int8Options, QuantConfig
 from tldeploy.engines.tensorrt import TrtConfig
 from tldeploy.errors import ConfigError, OutputExistsError, TldeployError
 from tldeploy.records import BuildRecord
@@ -37,30 +37,24 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BuildConfig:
     onnx: Path
-    precision: str = "fp32"
-    backend: str = "auto"  # "auto": TensorRT where it and a GPU exist, else ONNX Runtime
-    device: str | None = None  # default: cuda for TensorRT, cpu for ONNX Runtime
+    target: PrecisionTarget = field(default_factory=PrecisionTarget)  # precision, backend (auto by default), device
     output: Path | None = None  # default: beside the ONNX, e.g. model.int8.ort.onnx, model.fp16.engine
     calib_data: Path | None = None
-    calib_samples: int = 256
-    calib_method: str = "minmax"
-    keep_float: int | str = "auto"
-    int8_preset: str = "auto"  # auto: the transformer preset (matrix products only) where the backbone has LayerNorms/Softmaxes
-    min_agreement: float | None = None  # None: 0.99 on --check-data images, 1.0 on held-out calibration images
-    max_kl: float | None = None  # None: none on --check-data images, a margin on held-out calibration images
+    int8: Int8Options = field(default_factory=Int8Options)  # how --precision int8 quantizes, in any flavour; other precisions ignore it
     check_data: Path | None = None  # images the model was not trained on (validation), to hold INT8 to
     precision_plan: Path | None = None  # units to keep in higher precision, from `tldeploy diagnose`
-    reduce_range: bool | None = None  # ONNX Runtime INT8: None = on for CPUs without VNNI
     trt: TrtConfig = field(default_factory=TrtConfig)
     force: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.precision != "int8" and self.calib_data is not None:
-            raise ConfigError(f"--calib-data is for --precision int8; {self.precision} needs no calibration")
+        self.target.check_calib_data(self.calib_data)
         if self.precision == "fp32" and self.precision_plan is not None:
             raise ConfigError("--precision-plan is for --precision int8 or fp16; an FP32 build keeps everything in float")
+
+    @property
+    def precision(self) -> str:
+        """The target's precision (the target owns it; read throughout the build)."""
+        return self.target.precision
 
 
 @dataclass
@@ -126,9 +120,8 @@ def build(cfg: BuildConfig) -> BuildResult:
 
         plan = load_plan(cfg.precision_plan)
         plan.check_applies(cfg.precision_plan, onnx_sha, cfg.precision, onnx_path)
-    backend = resolve_backend(cfg.precision, cfg.backend)
-    device = cfg.device or default_device(backend)
-    cap = check_target(cfg.precision, backend, device)
+    cap = cfg.target.resolved(resolve_backend(cfg.precision, cfg.target.backend)).capability
+    backend, device = cap.backend, cap.device
     output = _checked_output(cfg, onnx_path, contract, backend, device)
     qat = _qat_target(cfg, contract, backend, onnx_path)
     _require_runtime(backend, device, cfg.precision)
@@ -137,7 +130,7 @@ def build(cfg: BuildConfig) -> BuildResult:
 
     record = BuildRecord(
         artifact=output.name, input_onnx=str(onnx_path), input_onnx_sha256=onnx_sha, precision=cfg.precision, backend=backend, device=device,
-        calibration={"sha256": calib.sha256, "images": len(calib.images), "held_out": len(calib.holdout), "method": cfg.calib_method} if calib else None,
+        calibration=_calibration_record(calib, quant),
         quantization_options=_quant_options(quant),
         check_data={"source": check.source, "images": len(check.images), "sha256": check.sha256} if check else None,
         precision_plan={"path": str(cfg.precision_plan), "sha256": sha256_file(Path(cfg.precision_plan))} if plan else None,
@@ -185,7 +178,7 @@ def _checked_output(cfg: BuildConfig, onnx_path: Path, contract, backend: str, d
 def _qat_target(cfg: BuildConfig, contract, backend: str, onnx_path: Path):
     from tldeploy.engines.quantize import QatRecord
 
-    return QatRecord.for_int8(contract, str(onnx_path), backend, cfg.reduce_range, cfg.calib_data) if cfg.precision == "int8" else None
+    return QatRecord.for_int8(contract, str(onnx_path), backend, cfg.int8.reduce_range, cfg.calib_data) if cfg.precision == "int8" else None
 
 
 def _build_data(cfg: BuildConfig, contract, backend: str, qat) -> tuple[CalibrationSet | None, QuantConfig | None, Any]:
@@ -197,23 +190,27 @@ def _build_data(cfg: BuildConfig, contract, backend: str, qat) -> tuple[Calibrat
 
         check = ImageSet.from_folder(cfg.check_data, contract.preprocessing, contract.classes)
     if cfg.precision == "int8":
-        options = dict(calib_method=cfg.calib_method, calib_samples=cfg.calib_samples, keep_float=cfg.keep_float,
-                       min_agreement=cfg.min_agreement, max_kl=cfg.max_kl, preset=cfg.int8_preset)
-        ort_width = {"reduce_range": cfg.reduce_range} if backend == "ort" else {}
-        if qat is not None:
-            return None, qat.quant_config(**{**options, "calib_method": "minmax"}), check
+        if qat is not None:  # its trained ranges are written as a min/max calibration cache
+            return None, qat.quant_config(replace(cfg.int8, calib_method="minmax")), check
         assert cfg.calib_data is not None  # _qat_target refused an INT8 build without one
-        calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
-        quant = QuantConfig.for_backend(backend, **options, **ort_width)
+        calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.int8.calib_samples)
+        quant = cfg.int8.quant_config(backend)
     return calib, quant, check
+
+
+def _calibration_record(calib: CalibrationSet | None, quant: QuantConfig | None) -> dict | None:
+    if calib is None or quant is None:
+        return None
+    return {"sha256": calib.sha256, "images": len(calib.images), "held_out": len(calib.holdout), "method": quant.options.calib_method}
 
 
 def _quant_options(quant: QuantConfig | None) -> dict | None:
     if quant is None:
         return None
+    o = quant.options
     return {"flavour": quant.flavour, "activation_type": quant.activation_type, "activation_symmetric": quant.activation_symmetric,
-            "per_channel": quant.per_channel, "reduce_range": quant.reduce_range, "keep_float": quant.keep_float,
-            "min_agreement": quant.min_agreement, "max_kl": quant.max_kl, "preset": quant.preset}
+            "per_channel": quant.per_channel, "reduce_range": quant.reduce_range, "keep_float": o.keep_float,
+            "min_agreement": o.min_agreement, "max_kl": o.max_kl, "preset": o.preset}
 
 
 def _trt_options(t: TrtConfig) -> dict:
