@@ -23,7 +23,7 @@ from tldeploy.contract import read_contract
 from tldeploy.data.folders import find_files, load_image, write_digits
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.capabilities import PrecisionTarget
-from tldeploy.engines.quantize import Int8Options
+from tldeploy.engines.quant_config import Int8Options
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.runtime.host import cpu_info
 from tldeploy.runtime.loader import load_runner

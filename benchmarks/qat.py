@@ -28,7 +28,7 @@ from tldeploy.contract import read_contract  # noqa: E402
 from tldeploy.data.folders import find_files, load_image  # noqa: E402
 from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
 from tldeploy.engines.capabilities import PrecisionTarget  # noqa: E402
-from tldeploy.engines.quantize import Int8Options  # noqa: E402
+from tldeploy.engines.quant_config import Int8Options  # noqa: E402
 from tldeploy.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from tldeploy.qat import QatConfig, qat  # noqa: E402
 from tldeploy.runtime.host import cpu_info, has_vnni  # noqa: E402

@@ -41,13 +41,8 @@ from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
 from tldeploy.engines.calibration import CalibrationSet, ImageSet  # noqa: E402
 from tldeploy.engines.capabilities import PrecisionTarget  # noqa: E402
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose  # noqa: E402
-from tldeploy.engines.quantize import (  # noqa: E402
-    MATRIX_PRODUCTS,
-    Int8Options,  # noqa: E402
-    QuantConfig,
-    Quantizer,
-    transformer_preset,
-)
+from tldeploy.engines.quant_config import Int8Options, QuantConfig  # noqa: E402
+from tldeploy.engines.quantize import MATRIX_PRODUCTS, Quantizer, transformer_preset  # noqa: E402
 from tldeploy.engines.sensitivity import Evaluator, task_metrics  # noqa: E402
 from tldeploy.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from tldeploy.modalities.preprocessing import AugmentConfig  # noqa: E402

@@ -9,7 +9,7 @@ from tldeploy.contract import read_contract
 from tldeploy.data.folders import find_files, load_image
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.capabilities import PrecisionTarget
-from tldeploy.engines.quantize import Int8Options
+from tldeploy.engines.quant_config import Int8Options
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.parity import Tolerance, compare_outputs
 from tldeploy.runtime.loader import load_runner
@@ -108,7 +108,7 @@ def test_int8_with_the_other_weight_width_keeps_its_promise(exported, digits, la
     evaluated as the target computes it: as written where this CPU's kernels would saturate."""
     import onnx
 
-    from tldeploy.engines.quantize import QuantConfig
+    from tldeploy.engines.quant_config import QuantConfig
     from tldeploy.engines.sensitivity import Evaluator, task_metrics
 
     monkeypatch.setenv("TLDEPLOY_CACHE", str(lite0_cache))

@@ -23,7 +23,7 @@ from tldeploy.deploy.bundle import BundleConfig, bundle
 from tldeploy.deploy.verify import VerifyConfig, verify
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.capabilities import PrecisionTarget
-from tldeploy.engines.quantize import Int8Options
+from tldeploy.engines.quant_config import Int8Options
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import AugmentConfig
 from tldeploy.train.training import TrainConfig, train

@@ -20,7 +20,7 @@ from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.fp16 import fp16_model
 from tldeploy.engines.graph import frontend_nodes
-from tldeploy.engines.quantize import Int8Options
+from tldeploy.engines.quant_config import Int8Options
 from tldeploy.errors import ConfigError, DataError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.audio import (

@@ -22,7 +22,8 @@ from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.calibration import CalibrationSet
 from tldeploy.engines.capabilities import CAPABILITIES, PrecisionTarget, capability_table, check_target
 from tldeploy.engines.qdq import qdq_stats
-from tldeploy.engines.quantize import Int8Options, QuantConfig, quantize_model
+from tldeploy.engines.quant_config import Int8Options, QuantConfig
+from tldeploy.engines.quantize import quantize_model
 from tldeploy.engines.sensitivity import Acceptance
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.models.checkpoints import load_checkpoint

@@ -19,7 +19,8 @@ from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
 from tldeploy.engines.mixed import fp16_emulated, mixed_int8
 from tldeploy.engines.plan import load_plan
-from tldeploy.engines.quantize import QuantConfig, Quantizer, quantize_model
+from tldeploy.engines.quant_config import QuantConfig
+from tldeploy.engines.quantize import Quantizer, quantize_model
 from tldeploy.engines.sensitivity import Evaluator, task_metrics
 from tldeploy.errors import ConfigError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
@@ -362,7 +363,7 @@ def test_a_diagnosis_names_its_target(tmp_path):
 def test_eight_bit_weights_are_checked_as_the_target_computes(vnni, monkeypatch):
     """reduce_range off computes exactly on a VNNI CPU; without VNNI ORT's kernels saturate, so the
     guard evaluates the Q/DQ graph as written. The switch, not the machine, decides."""
-    import tldeploy.engines.quantize as qmod
+    import tldeploy.engines.quant_config as qmod
 
     monkeypatch.setattr(qmod, "cpu_has_vnni", lambda: vnni)
     assert QuantConfig.ort_x86().reduce_range is (not vnni)

@@ -14,7 +14,7 @@ from torch import nn
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.graph import check_written_graph, name_every_node
-from tldeploy.engines.quantize import Int8Options
+from tldeploy.engines.quant_config import Int8Options
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import AugmentConfig, Preprocessing
 from tldeploy.models.backbones import Backbone, BackboneSpec, Weights, register_backbone

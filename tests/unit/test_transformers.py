@@ -167,7 +167,7 @@ def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run,
     from tldeploy.bench.bench import build_summary
     from tldeploy.engines.builder import BuildConfig, build
     from tldeploy.engines.capabilities import PrecisionTarget
-    from tldeploy.engines.quantize import Int8Options
+    from tldeploy.engines.quant_config import Int8Options
 
     _, data = vit_run
 

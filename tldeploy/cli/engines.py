@@ -85,7 +85,7 @@ def build_cmd(onnx_file: Path, precision: str, backend: str, device: str | None,
     _setup_logging(quiet)
     from tldeploy.engines.builder import BuildConfig, build
     from tldeploy.engines.capabilities import PrecisionTarget
-    from tldeploy.engines.quantize import Int8Options
+    from tldeploy.engines.quant_config import Int8Options
     from tldeploy.engines.tensorrt import BatchProfile, TrtConfig
 
     int8 = Int8Options.from_cli(keep_float=keep_float, preset=int8_preset, calib_samples=calib_samples, calib_method=calib_method,

@@ -24,7 +24,7 @@ from tldeploy.engines import artifacts
 from tldeploy.engines.calibration import CalibrationSet
 from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.inspector import summarize_layers
-from tldeploy.engines.quantize import Int8Options, QuantConfig
+from tldeploy.engines.quant_config import Int8Options, QuantConfig
 from tldeploy.engines.tensorrt import TrtConfig
 from tldeploy.errors import ConfigError, OutputExistsError, TldeployError
 from tldeploy.records import BuildRecord
@@ -176,7 +176,7 @@ def _checked_output(cfg: BuildConfig, onnx_path: Path, contract, backend: str, d
 
 
 def _qat_target(cfg: BuildConfig, contract, backend: str, onnx_path: Path):
-    from tldeploy.engines.quantize import QatRecord
+    from tldeploy.engines.quant_config import QatRecord
 
     return QatRecord.for_int8(contract, str(onnx_path), backend, cfg.int8.reduce_range, cfg.calib_data) if cfg.precision == "int8" else None
 

@@ -180,7 +180,8 @@ def _plan_section(search: tuple, scored: _Scored, accept, ranked, labels) -> tup
 def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from tldeploy.engines import artifacts
     from tldeploy.engines.calibration import CalibrationSet, spread
-    from tldeploy.engines.quantize import Int8Options, QatRecord, Quantizer, rank_int8
+    from tldeploy.engines.quant_config import Int8Options, QatRecord
+    from tldeploy.engines.quantize import Quantizer, rank_int8
     from tldeploy.engines.sensitivity import Acceptance, choose
     from tldeploy.engines.units import float_regions
     from tldeploy.parity import Tolerance

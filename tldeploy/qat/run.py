@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tldeploy._io import atomic_dir, probe_output, sha256_file, write_json
-from tldeploy.engines.quantize import FLAVOURS, PRESETS, QatRecord, QuantConfig
+from tldeploy.engines.quant_config import FLAVOURS, PRESETS, QatRecord, QuantConfig
 from tldeploy.errors import ConfigError, OutputExistsError
 from tldeploy.records import CheckpointMeta
 
@@ -160,7 +160,8 @@ class _Qat:
     def run(self) -> QatResult:
         from tldeploy.engines import artifacts
         from tldeploy.engines.calibration import CalibrationSet, ImageSet
-        from tldeploy.engines.quantize import Quantizer, read_ranges, transformer_preset
+        from tldeploy.engines.quant_config import read_ranges
+        from tldeploy.engines.quantize import Quantizer, transformer_preset
         from tldeploy.engines.sensitivity import task_metrics
         from tldeploy.qat.placement import find_placement
 
