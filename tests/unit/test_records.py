@@ -14,7 +14,17 @@ from tldeploy.bench.document import load_bench
 from tldeploy.engines.plan import load_plan
 from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.ood import OodGate
-from tldeploy.records import BuildRecord, CheckpointMeta, Manifest, ManifestEntry, RecordError
+from tldeploy.parity import ParityReport, ToleranceResult
+from tldeploy.records import (
+    BenchDocument,
+    BenchRow,
+    BuildRecord,
+    CheckpointMeta,
+    LatencyStats,
+    Manifest,
+    ManifestEntry,
+    RecordError,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "records"
 
@@ -51,7 +61,7 @@ def test_plan_and_bench_document_round_trip_byte_equal():
     plan = FIXTURES / "plan.json"
     assert _text(load_plan(plan).to_dict()) == plan.read_text()
     bench = FIXTURES / "bench.json"
-    assert _text(load_bench(bench)) == bench.read_text()
+    assert _text(load_bench(bench).to_json()) == bench.read_text()
 
 
 def test_checkpoint_metadata_round_trips_and_gives_the_contract():
@@ -121,3 +131,56 @@ def test_an_older_readable_version_is_upgraded_by_its_reader(tmp_path):
     path.write_text(json.dumps({"format": "y", "v": 2}))
     with pytest.raises(TldeployError, match="is not a tldeploy x doc"):
         read_document(path, "x", (1, 2), what="x doc", hint="h", version_key="v")
+
+
+# ---------------------------------------------------------------- bench rows
+
+
+def test_bench_rows_round_trip_byte_equal_and_are_typed():
+    path = FIXTURES / "bench.json"
+    doc = json.loads(path.read_text())
+    rows = [BenchRow.from_json(r, "bench.json") for r in doc["results"]]
+    assert [r.to_json() for r in rows] == doc["results"]
+    record = BenchDocument.from_json(doc, "bench.json")
+    assert record.rows == tuple(rows) and _text(record.to_json()) == path.read_text()
+    ref, fp32, int8 = record.rows
+    assert ref.is_reference and ref.parity is None and ref.gates == ()
+    assert isinstance(int8.parity, ParityReport) and int8.parity.top1_agreement == doc["results"][2]["parity"]["top1_agreement"]
+    assert isinstance(fp32.latency[0], LatencyStats) and fp32.latency_at(1) is fp32.latency[0] and fp32.latency_at(8) is None
+    assert record.batch_sizes == [1] and record.passed and record.data_sha256 == doc["data"]["sha256"]
+
+
+def test_bench_gates_are_tolerance_results_written_as_before():
+    row = json.loads((FIXTURES / "bench.json").read_text())["results"][2]
+    row["gates"] = [{"gate": "max_top1_drop", "limit": 1.0, "value": 0.0, "passed": True},
+                    {"gate": "min_cosine", "limit": 0.99, "value": 0.5, "passed": False}]
+    read = BenchRow.from_json(row, "bench.json")
+    assert read.gates == (ToleranceResult("max_top1_drop", 1.0, 0.0, True), ToleranceResult("min_cosine", 0.99, 0.5, False))
+    assert read.to_json() == row
+
+
+def test_a_version_1_bench_document_is_read_through_its_upgrade(tmp_path):
+    doc = json.loads((FIXTURES / "bench.json").read_text())
+    doc["schema_version"] = 1
+    del doc["config"]["robustness"], doc["config"]["gates"]["max_robustness_flip"]
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(doc))
+    record = load_bench(path)
+    assert record.version == 2 and record.config["robustness"] is None and len(record.rows) == 3
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("sha256"), "result tiny.int8.ort.onnx: 'sha256' must be a non-empty string"),
+    (lambda r: r.update(role="baseline"), "role must be one of reference, artifact"),
+    (lambda r: r["parity"].pop("cosine"), "result tiny.int8.ort.onnx: 'parity' must be an object of"),
+    (lambda r: r["parity"].update(cosine="high"), "'parity' must be an object of"),
+    (lambda r: r.update(gates=[{"gate": "min_cosine", "limit": 0.9}]), "a gate must be an object of gate, limit, value, passed"),
+    (lambda r: r["latency"][0].update(p42=1.0), "a latency row is malformed"),
+    (lambda r: r.update(accuracy="0.9"), "'accuracy' must be a number or null"),
+])
+def test_a_malformed_bench_row_is_one_line_naming_the_file(tmp_path, edit, message):
+    doc = json.loads((FIXTURES / "bench.json").read_text())
+    edit(doc["results"][2])
+    with pytest.raises(RecordError, match=message) as err:
+        BenchDocument.from_json(doc, str(tmp_path / "bench.json"))
+    assert str(err.value).startswith(f"{tmp_path / 'bench.json'}: ") and "\n" not in str(err.value)
