@@ -23,6 +23,8 @@ from tldeploy.records import (
     LatencyStats,
     Manifest,
     ManifestEntry,
+    PlanUnit,
+    PrecisionPlan,
     RecordError,
 )
 
@@ -184,3 +186,38 @@ def test_a_malformed_bench_row_is_one_line_naming_the_file(tmp_path, edit, messa
     with pytest.raises(RecordError, match=message) as err:
         BenchDocument.from_json(doc, str(tmp_path / "bench.json"))
     assert str(err.value).startswith(f"{tmp_path / 'bench.json'}: ") and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- precision plans
+
+
+def test_plan_units_are_typed_and_write_back_byte_equal():
+    path = FIXTURES / "plan.json"
+    doc = json.loads(path.read_text())
+    plan = PrecisionPlan.read(path)
+    assert plan == load_plan(path) and _text(plan.to_dict()) == path.read_text()
+    first = plan.units[0]
+    assert isinstance(first, PlanUnit) and first.nodes == tuple(doc["units"][0]["nodes"]) and first.module == doc["units"][0]["module"]
+    assert first.score == doc["units"][0]["score"] and first.alone_low == doc["units"][0]["alone_low"]
+    assert plan.nodes == [n for u in doc["units"] for n in u["nodes"]]
+    assert first.get("nodes") == doc["units"][0]["nodes"] and first.get("missing", 3) == 3  # how builder.py reads a unit today
+
+
+def test_a_hand_written_unit_keeps_its_unknown_keys_and_needs_only_nodes():
+    unit = PlanUnit.from_json({"nodes": ["a", "b"], "why": "kept by hand"}, "--precision-plan p.json")
+    assert unit.name is None and unit.to_json() == {"nodes": ["a", "b"], "why": "kept by hand"}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["units"][0].pop("nodes"), "'units' must be a list of objects with a 'nodes' list"),
+    (lambda d: d["units"][0].update(score="high"), "a unit's 'score' has the wrong type"),
+    (lambda d: d.pop("onnx_sha256"), "lacks the field 'onnx_sha256'"),
+])
+def test_a_malformed_plan_is_one_line_naming_it(tmp_path, edit, message):
+    doc = json.loads((FIXTURES / "plan.json").read_text())
+    edit(doc)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=message) as err:
+        load_plan(path)
+    assert str(err.value).startswith(f"--precision-plan {path}") and "\n" not in str(err.value)

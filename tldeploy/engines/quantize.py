@@ -520,7 +520,7 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConf
 
         if plan is not None:
             plan.check_nodes(q.float_model, plan_path, onnx_path)
-            units = [Unit.from_dict(u) for u in plan.units]
+            units = [Unit.from_plan(u) for u in plan.units]
             model = q.mix(plan.nodes)
             m = ev.metrics(model)
             history, passed = [("plan", len(units), m)], accept.accepts(m)
@@ -570,7 +570,7 @@ def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, pla
     units: list = []
     if plan is not None:
         plan.check_nodes(q.float_model, plan_path, q.onnx_path)
-        units = [Unit.from_dict(u) for u in plan.units]
+        units = [Unit.from_plan(u) for u in plan.units]
     elif cfg.keep_float != "auto" and int(cfg.keep_float) > 0:
         if check is None:
             raise ConfigError("--int8-keep-float N on a quantization-aware trained export needs --check-data DIR to rank the units on")
