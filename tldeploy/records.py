@@ -427,6 +427,31 @@ def _gate(d: Any, source: str, name: str) -> ToleranceResult:
 
 
 @dataclass(frozen=True)
+class OodRow:
+    """bench --ood-data: an entry's OOD score on --data (in-distribution) against the OOD folder."""
+
+    images: int  # OOD inputs
+    score: str  # "energy" or "msp"
+    threshold: float  # the entry's stored threshold: a score above it is unknown
+    auroc: float
+    tpr: float  # share of --data inputs the threshold keeps as known
+    fpr_at_tpr: float  # share of OOD inputs it lets through as known
+    disagreement: float | None = None  # share of all inputs decided unlike the reference; None for it
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> OodRow:
+        fields_ = list(cls.__dataclass_fields__)
+        _need(isinstance(d, dict) and set(d) == set(fields_) and isinstance(d["images"], int) and isinstance(d["score"], str)
+              and all(_number(d[k]) for k in ("threshold", "auroc", "tpr", "fpr_at_tpr"))
+              and (d["disagreement"] is None or _number(d["disagreement"])), where,
+              f"'ood' must be an object of {', '.join(fields_)}", _BENCH_HINT)
+        return cls(**d)
+
+
+@dataclass(frozen=True)
 class BenchRow:
     """One entry of a bench document's `results`: the reference or an artifact, what it is, its
     accuracy, parity against the reference (a `ParityReport`), the gates held against that
@@ -446,7 +471,7 @@ class BenchRow:
     latency: tuple[LatencyStats, ...] = ()
     skipped_batches: tuple[dict[str, Any], ...] = ()  # {"batch", "why"}
     build: dict[str, Any] | None = None  # from the build record (bench.build_summary)
-    ood: dict[str, Any] | None = None  # bench --ood-data
+    ood: OodRow | None = None  # bench --ood-data
     robustness: dict[str, Any] | None = None  # bench --robustness / --disagreement
 
     def __post_init__(self) -> None:
@@ -467,7 +492,7 @@ class BenchRow:
                 "parity": None if self.parity is None else self.parity.to_dict(),
                 "gates": [{"gate": g.name, "limit": g.limit, "value": g.value, "passed": g.passed} for g in self.gates],
                 "latency": [s.to_dict() for s in self.latency], "skipped_batches": list(self.skipped_batches), "build": self.build,
-                **({"ood": self.ood} if self.ood is not None else {}),
+                **({"ood": self.ood.to_json()} if self.ood is not None else {}),
                 **({"robustness": self.robustness} if self.robustness is not None else {})}
 
     @classmethod
@@ -486,7 +511,8 @@ class BenchRow:
                    kind=_str(doc, "kind", where, h), backend=_str(doc, "backend", where, h), device=_str(doc, "device", where, h),
                    precision=_str(doc, "precision", where, h), accuracy=accuracy, parity=_parity(doc.get("parity"), source, name),
                    gates=tuple(_gate(g, source, name) for g in gates), latency=tuple(LatencyStats.from_dict(s, where) for s in latency),
-                   skipped_batches=tuple(skipped), build=_obj(doc, "build", where, h), ood=_obj(doc, "ood", where, h),
+                   skipped_batches=tuple(skipped), build=_obj(doc, "build", where, h),
+                   ood=None if doc.get("ood") is None else OodRow.from_json(doc["ood"], where),
                    robustness=_obj(doc, "robustness", where, h))
 
 

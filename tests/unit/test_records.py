@@ -221,3 +221,14 @@ def test_a_malformed_plan_is_one_line_naming_it(tmp_path, edit, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_plan(path)
     assert str(err.value).startswith(f"--precision-plan {path}") and "\n" not in str(err.value)
+
+
+def test_an_ood_row_is_typed_and_refused_when_malformed():
+    doc = json.loads((FIXTURES / "bench.json").read_text())
+    ood = {"images": 12, "score": "energy", "threshold": 1.5, "auroc": 0.9, "tpr": 0.95, "fpr_at_tpr": 0.25, "disagreement": None}
+    doc["results"][1]["ood"] = ood
+    row = BenchRow.from_json(doc["results"][1], "bench.json")
+    assert row.ood is not None and row.ood.auroc == 0.9 and row.to_json() == doc["results"][1]
+    doc["results"][1]["ood"] = {**ood, "auroc": "high"}
+    with pytest.raises(RecordError, match=r"^bench.json: result tiny.fp32.ort.onnx: 'ood' must be an object of images, score"):
+        BenchRow.from_json(doc["results"][1], "bench.json")

@@ -26,7 +26,7 @@ from tldeploy.bench.document import SCHEMA_PATH, load_bench, validate_bench
 from tldeploy.bench.latency import measure_interleaved
 from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.parity import ToleranceResult, compare_outputs
-from tldeploy.records import BenchDocument, BenchRow, BuildRecord, LatencyStats
+from tldeploy.records import BenchDocument, BenchRow, BuildRecord, LatencyStats, OodRow
 
 __all__ = ["SCHEMA_PATH", "BenchConfig", "BenchResult", "load_bench", "run_bench", "validate_bench"]
 
@@ -194,7 +194,7 @@ def _measure_robustness(cfg: BenchConfig, all_entries: list[_BenchEntry], base, 
 
 
 def _measure_ood(cfg: BenchConfig, all_entries: list[_BenchEntry], base,
-                 logits: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+                 logits: dict[str, np.ndarray]) -> tuple[dict[str, OodRow], list[str]]:
     """Each entry's OOD row, and the gate failure lines."""
     from tldeploy.bench.ood import measure_ood
     from tldeploy.data.folders import load_inputs
@@ -202,8 +202,8 @@ def _measure_ood(cfg: BenchConfig, all_entries: list[_BenchEntry], base,
     x_out = load_inputs(cfg.ood_data, [], base.preprocessing, cfg.limit, flag="--ood-data")[0]  # no folder is a class here
     rows, failures = measure_ood(all_entries, base, logits, x_out, cfg.max_ood_disagreement)
     for name, row in rows.items():
-        log.info("%s: OOD AUROC %.4f, TPR %.2f%%, FPR %.2f%%%s", name, row["auroc"], 100 * row["tpr"], 100 * row["fpr_at_tpr"],
-                 f", decisions differ from the reference's on {100 * row['disagreement']:.2f}%" if row["disagreement"] is not None else "")
+        log.info("%s: OOD AUROC %.4f, TPR %.2f%%, FPR %.2f%%%s", name, row.auroc, 100 * row.tpr, 100 * row.fpr_at_tpr,
+                 f", decisions differ from the reference's on {100 * row.disagreement:.2f}%" if row.disagreement is not None else "")
     return rows, failures
 
 

@@ -160,12 +160,12 @@ def render_report(doc: BenchDocument, plots: list[Path], base: Path) -> str:
             lines += ["", *_table(["parity vs the reference", "value"], rows)]
         lines += _robustness_tables(r.robustness, doc.budget_unit)
         o = r.ood
-        if o:
-            rows = [["score, threshold", f"{o['score']} > {o['threshold']:.4g} is unknown"], ["AUROC (--data vs OOD inputs)", f"{o['auroc']:.4f}"],
-                    ["known at the threshold: in-distribution (TPR) / OOD (FPR)", f"{o['tpr']:.2%} / {o['fpr_at_tpr']:.2%}"]]
-            if o["disagreement"] is not None:
-                rows.append(["unknown/known decisions unlike the reference's", f"{o['disagreement']:.2%}"])
-            lines += ["", *_table([f"unknown inputs ({o['images']} OOD)", "value"], rows)]
+        if o is not None:
+            rows = [["score, threshold", f"{o.score} > {o.threshold:.4g} is unknown"], ["AUROC (--data vs OOD inputs)", f"{o.auroc:.4f}"],
+                    ["known at the threshold: in-distribution (TPR) / OOD (FPR)", f"{o.tpr:.2%} / {o.fpr_at_tpr:.2%}"]]
+            if o.disagreement is not None:
+                rows.append(["unknown/known decisions unlike the reference's", f"{o.disagreement:.2%}"])
+            lines += ["", *_table([f"unknown inputs ({o.images} OOD)", "value"], rows)]
         for g in r.gates:
             lines.append(f"- gate {g.name} {g.limit:g}: {'passed' if g.passed else 'FAILED'} ({g.value:.6g})")
         lines.append("")
