@@ -566,7 +566,8 @@ class BenchDocument:
         h = _BENCH_HINT
         results, gates, config = doc.get("results"), doc.get("gates"), doc.get("config")
         _need(isinstance(results, list) and bool(results), source, "'results' must be a non-empty list", h)
-        _need(isinstance(gates, dict) and isinstance(gates.get("failures"), list), source, "'gates' lacks its failures", h)
+        _need(isinstance(gates, dict) and isinstance(gates.get("failures"), list) and gates.get("passed") is (not gates["failures"]),
+              source, "'gates' must hold its failures, and pass exactly when there are none", h)
         _need(isinstance(config, dict) and isinstance(config.get("batch_sizes"), list), source, "'config' lacks its batch_sizes", h)
         _need(_number(doc.get("seconds")) and isinstance(doc.get("environment"), dict), source,
               "'seconds' must be a number and 'environment' an object", h)

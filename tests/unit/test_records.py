@@ -188,6 +188,13 @@ def test_a_malformed_bench_row_is_one_line_naming_the_file(tmp_path, edit, messa
     assert str(err.value).startswith(f"{tmp_path / 'bench.json'}: ") and "\n" not in str(err.value)
 
 
+def test_a_bench_document_whose_gates_contradict_themselves_is_refused():
+    doc = json.loads((FIXTURES / "bench.json").read_text())
+    doc["gates"]["passed"] = False
+    with pytest.raises(RecordError, match="^bench.json: 'gates' must hold its failures, and pass exactly when there are none"):
+        BenchDocument.from_json(doc, "bench.json")
+
+
 # ---------------------------------------------------------------- precision plans
 
 

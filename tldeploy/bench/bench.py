@@ -140,9 +140,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
             e.runner.deactivate()
     rows = {n: replace(r, latency=timings[n][0], skipped_batches=timings[n][1]) if n in timings else r for n, r in rows.items()}
     doc = _document(cfg, ref, all_entries, [rows[e.name] for e in all_entries], failures, x, labels, paths, time.perf_counter() - started)
-    text = doc.to_json()
-    validate_bench(text, "the new bench result")  # what compare will read must follow the schema
-    write_json(cfg.output, text)
+    written = doc.to_json()
+    validate_bench(written, "the new bench result")  # what compare will read must follow the schema
+    write_json(cfg.output, written)
     plots = write_plots(doc, cfg.plots_dir)
     write_report(doc, cfg.report_path, plots)
     return BenchResult(doc, cfg.output, cfg.report_path, plots)
