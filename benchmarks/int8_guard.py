@@ -29,8 +29,13 @@ from ort_int8_latency import interleaved_p50, prepare  # noqa: E402
 from tldeploy.contract import read_contract  # noqa: E402
 from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
 from tldeploy.engines.calibration import CalibrationSet, ImageSet  # noqa: E402
+from tldeploy.engines.capabilities import PrecisionTarget  # noqa: E402
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose  # noqa: E402
-from tldeploy.engines.quantize import QuantConfig, Quantizer  # noqa: E402
+from tldeploy.engines.quantize import (  # noqa: E402
+    Int8Options,  # noqa: E402
+    QuantConfig,
+    Quantizer,
+)
 from tldeploy.engines.sensitivity import Evaluator, task_metrics  # noqa: E402
 from tldeploy.runtime.host import cpu_info  # noqa: E402
 from tldeploy.runtime.loader import load_runner  # noqa: E402
@@ -65,12 +70,12 @@ def main() -> None:
     result: dict = {"cpu": cpu_info(), "validation_images": len(val.images), "default_reduce_range": QuantConfig.ort_x86().reduce_range}
 
     t0 = time.perf_counter()
-    d8 = diagnose(DiagnoseConfig(onnx=onnx_path, precision="int8", calib_data=data / "train", data=data / "val",
+    d8 = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", data=data / "val",
                                  output=args.workdir / "diagnose-int8", force=True))
     result["diagnose_int8"] = {"seconds": round(time.perf_counter() - t0, 1), "top5": [u["short"] for u in d8.ranking[:5]],
                                "plan_units": len(d8.document["plan"]["units"]), "plan": d8.document["plan"]["metrics"]}
     t0 = time.perf_counter()
-    d16 = diagnose(DiagnoseConfig(onnx=onnx_path, precision="fp16", data=data / "val", output=args.workdir / "diagnose-fp16", force=True))
+    d16 = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("fp16", "ort"), data=data / "val", output=args.workdir / "diagnose-fp16", force=True))
     result["diagnose_fp16"] = {"seconds": round(time.perf_counter() - t0, 1), "top5": [u["short"] for u in d16.ranking[:5]],
                                "all_fp16": d16.document["all_low"], "plan_units": len(d16.document["plan"]["units"])}
 
@@ -79,8 +84,8 @@ def main() -> None:
     for rr, check in ((True, True), (False, True), (True, False), (False, False)):
         cfg = QuantConfig.ort_x86(reduce_range=rr)
         t0 = time.perf_counter()
-        r = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train",
-                              check_data=data / "val" if check else None, reduce_range=rr, force=True,
+        r = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train",
+                              check_data=data / "val" if check else None, int8=Int8Options(reduce_range=rr), force=True,
                               output=args.workdir / f"digits.int8{'-rr' if rr else ''}{'' if check else '-held-out'}.ort.onnx"))
         seconds = time.perf_counter() - t0
         ev = Evaluator(val.images, contract.input_name, float_model, as_written=cfg.evaluated_as_written)
@@ -102,7 +107,7 @@ def main() -> None:
         print(f"{'7-bit' if rr else '8-bit'} ({'check-data' if check else 'held-out'}): {len(units)} float unit(s) {[u['short'] for u in units]}, agreement {m.top1_agreement:.4f}, "
               f"drop {100 * (acc32 - acc8):.2f} points, leading convs for the same: {result[key]['leading_convs_for_same_agreement']}")
 
-    fp32 = build(BuildConfig(onnx=onnx_path, backend="ort")).path
+    fp32 = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget(backend="ort"))).path
     runners = {"fp32": load_runner(fp32).activate(), "int8": load_runner(builds[QuantConfig.ort_x86().reduce_range]).activate()}
     p50 = interleaved_p50(runners, {contract.input_name: val.images[:1]}, args.rounds, args.iters, settle_s=0.05)
     for r in runners.values():

@@ -22,6 +22,8 @@ import numpy as np
 from tldeploy.contract import read_contract
 from tldeploy.data.folders import find_files, load_image, write_digits
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
+from tldeploy.engines.quantize import Int8Options
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.runtime.host import cpu_info
 from tldeploy.runtime.loader import load_runner
@@ -88,11 +90,11 @@ def main() -> None:
     args = ap.parse_args()
     data, onnx_path = prepare(args.workdir)
     out = args.workdir / "artifacts"
-    fp32 = build(BuildConfig(onnx=onnx_path, backend="ort", output=out / "fp32.onnx", force=True)).path
-    int8_result = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train",
+    fp32 = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget(backend="ort"), output=out / "fp32.onnx", force=True)).path
+    int8_result = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train",
                                     check_data=data / "val", output=out / "int8.onnx", force=True))
-    full_result = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train",
-                                    keep_float=0, output=out / "int8_full.onnx", force=True))
+    full_result = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train",
+                                    int8=Int8Options(keep_float=0), output=out / "int8_full.onnx", force=True))
     artifacts = {"fp32": fp32, "int8": int8_result.path, "int8_full": full_result.path}
 
     contract = read_contract(onnx_path)

@@ -27,6 +27,8 @@ from ort_int8_latency import latency_by_threads, prepare, validation_logits  # n
 from tldeploy.contract import read_contract  # noqa: E402
 from tldeploy.data.folders import find_files, load_image  # noqa: E402
 from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
+from tldeploy.engines.capabilities import PrecisionTarget  # noqa: E402
+from tldeploy.engines.quantize import Int8Options  # noqa: E402
 from tldeploy.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from tldeploy.qat import QatConfig, qat  # noqa: E402
 from tldeploy.runtime.host import cpu_info, has_vnni  # noqa: E402
@@ -77,11 +79,11 @@ def main() -> None:
               flush=True)
         if flavour == "ort-x86" and rr == (not has_vnni()):  # the width this CPU builds by default: time it
             qat_onnx = export_onnx(ExportConfig(r.checkpoint, out / f"{name.replace(' ', '-')}.onnx", force=True)).path
-            artifacts["int8_qat"] = build(BuildConfig(qat_onnx, "int8", backend="ort", reduce_range=rr, output=out / "int8_qat.onnx",
+            artifacts["int8_qat"] = build(BuildConfig(qat_onnx, PrecisionTarget("int8", "ort"), int8=Int8Options(reduce_range=rr), output=out / "int8_qat.onnx",
                                                       force=True)).path
     if "int8_qat" in artifacts:
-        artifacts["fp32"] = build(BuildConfig(onnx=onnx_path, backend="ort", output=out / "fp32.onnx", force=True)).path
-        artifacts["int8_guarded_ptq"] = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train",
+        artifacts["fp32"] = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget(backend="ort"), output=out / "fp32.onnx", force=True)).path
+        artifacts["int8_guarded_ptq"] = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train",
                                                           check_data=data / "val", output=out / "int8_ptq.onnx", force=True)).path
         contract = read_contract(onnx_path)
         tf = contract.preprocessing.eval_transform()

@@ -23,6 +23,7 @@ from ort_int8_latency import prepare  # noqa: E402
 from tldeploy.bench.bench import BenchConfig, run_bench  # noqa: E402
 from tldeploy.bench.latency import LatencyConfig  # noqa: E402
 from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
+from tldeploy.engines.capabilities import PrecisionTarget  # noqa: E402
 from tldeploy.runtime.host import cpu_info  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     for precision in ("fp32", "int8"):
         path = args.workdir / f"digits.{precision}.ort.onnx"
         if not path.exists():
-            build(BuildConfig(onnx_path, precision, backend="ort", output=path, calib_data=data / "train" if precision == "int8" else None))
+            build(BuildConfig(onnx_path, PrecisionTarget(precision, "ort"), output=path, calib_data=data / "train" if precision == "int8" else None))
         arts.append(path)
     eps = tuple(float(e) for e in args.epsilon.split(","))
     quick = {"latency": LatencyConfig(warmup=1, iters=5, rounds=1, settle_s=0.0), "batch_sizes": (1,), "time_reference": False,

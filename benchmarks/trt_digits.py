@@ -20,6 +20,7 @@ import numpy as np
 from tldeploy.contract import read_contract
 from tldeploy.data.folders import find_files, write_digits
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.parity import Tolerance, compare_outputs
 from tldeploy.runtime.loader import load_runner
@@ -55,7 +56,7 @@ def main() -> int:
     print(f"{'pytorch':<8} {'':>8} {np.mean(ref['logits'].argmax(1) == y):>7.4f}")
     for precision in ("fp32", "fp16", "int8"):
         t0 = time.perf_counter()
-        result = build(BuildConfig(onnx=onnx_path, precision=precision, backend="tensorrt", force=True,
+        result = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget(precision, "tensorrt"), force=True,
                                    calib_data=data / "train" if precision == "int8" else None,
                                    trt=TrtConfig(batch=BatchProfile.parse(args.batch))))
         with load_runner(result.path) as runner:

@@ -39,8 +39,15 @@ from tldeploy.data.folders import write_digits  # noqa: E402
 from tldeploy.engines import artifacts  # noqa: E402
 from tldeploy.engines.builder import BuildConfig, build  # noqa: E402
 from tldeploy.engines.calibration import CalibrationSet, ImageSet  # noqa: E402
+from tldeploy.engines.capabilities import PrecisionTarget  # noqa: E402
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose  # noqa: E402
-from tldeploy.engines.quantize import MATRIX_PRODUCTS, QuantConfig, Quantizer, transformer_preset  # noqa: E402
+from tldeploy.engines.quantize import (  # noqa: E402
+    MATRIX_PRODUCTS,
+    Int8Options,  # noqa: E402
+    QuantConfig,
+    Quantizer,
+    transformer_preset,
+)
 from tldeploy.engines.sensitivity import Evaluator, task_metrics  # noqa: E402
 from tldeploy.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from tldeploy.modalities.preprocessing import AugmentConfig  # noqa: E402
@@ -91,10 +98,9 @@ def at_scale(workdir: Path, data: Path, rounds: int, iters: int) -> dict:
                                 mode="finetune", epochs=1, warmup_epochs=0, limit_per_class=4, batch_size=8, image_size=224,
                                 quiet=True, force=True, augment=AugmentConfig.off()))
         export_onnx(ExportConfig(run.checkpoint, onnx_path))
-    paths = {"fp32": build(BuildConfig(onnx=onnx_path, backend="ort", force=True, output=workdir / "vt.fp32.ort.onnx")).path}
+    paths = {"fp32": build(BuildConfig(onnx=onnx_path, target=PrecisionTarget(backend="ort"), force=True, output=workdir / "vt.fp32.ort.onnx")).path}
     for name, preset in (("int8", "auto"), ("int8_fully_quantized", "none")):
-        paths[name] = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train", calib_samples=64,
-                                        keep_float=0, int8_preset=preset, force=True, output=workdir / f"vt.{name}.ort.onnx")).path
+        paths[name] = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", int8=Int8Options(calib_samples=64, keep_float=0, preset=preset), force=True, output=workdir / f"vt.{name}.ort.onnx")).path
     contract = read_contract(onnx_path)
     images = ImageSet.from_folder(data / "val", contract.preprocessing, contract.classes).images[:1]
     runners = {k: load_runner(p).activate() for k, p in paths.items()}
@@ -151,8 +157,8 @@ def main() -> None:
     for rr, preset in ((True, "auto"), (False, "auto"), (rr_default, "none")):
         t0 = time.perf_counter()
         tag = f"{'-rr' if rr else ''}{'-no-preset' if preset == 'none' else ''}"
-        r = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train", check_data=data / "val",
-                              reduce_range=rr, int8_preset=preset, force=True, output=args.workdir / f"vit.int8{tag}.ort.onnx"))
+        r = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", check_data=data / "val",
+                              int8=Int8Options(reduce_range=rr, preset=preset), force=True, output=args.workdir / f"vit.int8{tag}.ort.onnx"))
         seconds = time.perf_counter() - t0
         quant = r.record["quantization"]
         builds[(rr, preset)] = r.path
@@ -164,18 +170,18 @@ def main() -> None:
               f"drop {result[key]['drop_points']:.2f} points")
 
     t0 = time.perf_counter()
-    d8 = diagnose(DiagnoseConfig(onnx=onnx_path, precision="int8", calib_data=data / "train", data=data / "val",
+    d8 = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", data=data / "val",
                                  output=args.workdir / "diagnose-int8", force=True))
     result["diagnose_int8"] = {"seconds": round(time.perf_counter() - t0, 1), "top5": [u["short"] for u in d8.ranking[:5]],
                                "plan_units": len(d8.document["plan"]["units"])}
     t0 = time.perf_counter()
-    d16 = diagnose(DiagnoseConfig(onnx=onnx_path, precision="fp16", data=data / "val", output=args.workdir / "diagnose-fp16", force=True))
+    d16 = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("fp16", "ort"), data=data / "val", output=args.workdir / "diagnose-fp16", force=True))
     result["diagnose_fp16"] = {"seconds": round(time.perf_counter() - t0, 1), "top5": [u["short"] for u in d16.ranking[:5]],
                                "all_fp16": d16.document["all_low"], "plan_units": len(d16.document["plan"]["units"])}
     print(f"diagnose int8 top five {result['diagnose_int8']['top5']}; fp16 {result['diagnose_fp16']['top5']}")
 
-    fp32 = build(BuildConfig(onnx=onnx_path, backend="ort", output=args.workdir / "vit.fp32.ort.onnx", force=True)).path
-    full = build(BuildConfig(onnx=onnx_path, precision="int8", backend="ort", calib_data=data / "train", keep_float=0, int8_preset="none",
+    fp32 = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget(backend="ort"), output=args.workdir / "vit.fp32.ort.onnx", force=True)).path
+    full = build(BuildConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", int8=Int8Options(keep_float=0, preset="none"),
                              force=True, output=args.workdir / "vit.int8-full.ort.onnx")).path
     runners = {"fp32": load_runner(fp32).activate(), "int8": load_runner(builds[(rr_default, "auto")]).activate(),
                "int8_fully_quantized": load_runner(full).activate()}

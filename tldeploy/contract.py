@@ -16,6 +16,7 @@ Tensor names are public and stable:
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,71 @@ class Contract:
             raise ContractError(f"{source} has a broken tldeploy contract ({type(e).__name__}: {e}); re-export it") from None
 
 
+class OnnxFile:
+    """An ONNX file read once: its path, parsed graph, contract, SHA-256, static batch and output
+    dims are cached properties, so a command that needs several of them (build, bundle) parses
+    and hashes the file once. Nothing is read until a property is asked for."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"OnnxFile({str(self.path)!r})"
+
+    @classmethod
+    def of(cls, source: Path | str | OnnxFile) -> OnnxFile:
+        """`source` if it is a handle already, else a handle of the path."""
+        return source if isinstance(source, OnnxFile) else cls(source)
+
+    @classmethod
+    def holding(cls, path: Path | str, proto) -> OnnxFile:
+        """The handle of a file just written from `proto` (which it keeps; not read back)."""
+        f = cls(path)
+        f.__dict__["proto"] = proto  # the cached_property's slot
+        return f
+
+    @functools.cached_property
+    def proto(self):
+        """The ModelProto (with external data). Treat it as read-only: `copy()` for one to edit."""
+        return load_onnx(self.path)
+
+    def copy(self):
+        """A ModelProto of its own to change (copied in memory, not read again)."""
+        import onnx
+
+        model = onnx.ModelProto()
+        model.CopyFrom(self.proto)
+        return model
+
+    @functools.cached_property
+    def contract(self) -> Contract:
+        return read_contract(self.proto, str(self.path))
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        from tldeploy._io import sha256_file
+
+        return sha256_file(self.path)
+
+    @functools.cached_property
+    def static_batch(self) -> int | None:
+        """The input's fixed batch size, or None for a dynamic batch."""
+        dim = self.proto.graph.input[0].type.tensor_type.shape.dim[0]
+        return dim.dim_value or None
+
+    @functools.cached_property
+    def output_dims(self) -> dict[str, list[int]]:
+        """Each output's dims as ONNX shape inference gives them (0 where dynamic)."""
+        import onnx
+
+        inferred = onnx.shape_inference.infer_shapes(self.proto)
+        return {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in inferred.graph.output}
+
+    def check(self) -> None:
+        """onnx.checker on the graph (see `check_onnx`)."""
+        check_onnx(self)
+
+
 def load_onnx(path: Path, *, load_external_data: bool = True):
     """onnx.load with clear errors for missing, truncated or non-ONNX files."""
     import onnx
@@ -135,23 +201,30 @@ def _ood(text: str | None) -> OodGate | None:
     return OodGate.from_dict(json.loads(text)) if text else None
 
 
-def check_onnx(path: Path) -> None:
+def check_onnx(source: Path | OnnxFile) -> None:
     """onnx.checker on a file, so a broken graph is named here rather than deep in a runtime."""
     import onnx
 
+    path = source.path if isinstance(source, OnnxFile) else Path(source)
     try:
-        onnx.checker.check_model(str(path))
+        if isinstance(source, OnnxFile) and source.proto.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:
+            onnx.checker.check_model(source.proto)  # the graph already parsed
+        else:
+            onnx.checker.check_model(str(path))
     except Exception as e:  # ValidationError, and the C++ checker's other errors
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise TldeployError(f"{path} fails onnx.checker ({first[:200]}); re-export it with 'tldeploy export'") from None
 
 
-def read_contract(source: Any) -> Contract:
-    """The contract of an ONNX file path or a loaded ModelProto."""
+def read_contract(source: Any, name: str | None = None) -> Contract:
+    """The contract of an ONNX file path, an `OnnxFile` or a loaded ModelProto (`name` says which
+    file it came from in errors)."""
+    if isinstance(source, OnnxFile):
+        return source.contract
     if isinstance(source, (str, Path)):
         model, name = load_onnx(Path(source), load_external_data=False), str(source)
     else:
-        model, name = source, "the ONNX model"
+        model, name = source, name or "the ONNX model"
     return Contract.from_props({p.key: p.value for p in model.metadata_props}, name)
 
 

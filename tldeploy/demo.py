@@ -55,6 +55,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     from tldeploy.data.folders import write_digits
     from tldeploy.data.tones import write_tones
     from tldeploy.engines.builder import BuildConfig, build
+    from tldeploy.engines.capabilities import PrecisionTarget
     from tldeploy.export.onnx_export import ExportConfig, export_onnx
     from tldeploy.predict import predict
     from tldeploy.runtime.trt import tensorrt_unavailable
@@ -98,12 +99,12 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     onnx = export_onnx(ExportConfig(run.checkpoint, work / f"{name}.onnx", data=data / "val", force=True)).path
     done("export")
     stage("build")
-    artifacts = [build(BuildConfig(onnx, "fp32", backend="ort", force=True)).path,
-                 build(BuildConfig(onnx, "int8", backend="ort", calib_data=data / "train", check_data=data / "val", force=True)).path]
+    artifacts = [build(BuildConfig(onnx, PrecisionTarget("fp32", "ort"), force=True)).path,
+                 build(BuildConfig(onnx, PrecisionTarget("int8", "ort"), calib_data=data / "train", check_data=data / "val", force=True)).path]
     why_not = tensorrt_unavailable()
     if why_not is None:
-        artifacts += [build(BuildConfig(onnx, "fp16", backend="tensorrt", force=True)).path,
-                      build(BuildConfig(onnx, "int8", backend="tensorrt", calib_data=data / "train", check_data=data / "val", force=True)).path]
+        artifacts += [build(BuildConfig(onnx, PrecisionTarget("fp16", "tensorrt"), force=True)).path,
+                      build(BuildConfig(onnx, PrecisionTarget("int8", "tensorrt"), calib_data=data / "train", check_data=data / "val", force=True)).path]
     else:
         skipped.append(f"TensorRT FP16 and INT8 engines: {why_not}")
     done("build")

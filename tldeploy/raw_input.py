@@ -26,6 +26,17 @@ def centre_offset(outer: int, inner: int) -> int:
     return int(round((outer - inner) / 2.0))
 
 
+class RawInputFromOnnx:
+    """A lazy build step: the raw-pixel variant of an export's graph (`raw_input_model`) from an
+    `OnnxFile` (its graph read once) or a ModelProto; the caller writes its contract (`prep.as_raw()`)."""
+
+    def __init__(self, source, prep: Preprocessing) -> None:
+        self.source, self.prep = source, prep
+
+    def __call__(self):
+        return raw_input_model(getattr(self.source, "proto", self.source), self.prep)
+
+
 def raw_input_model(model, prep: Preprocessing):
     """A copy of `model` (an onnx.ModelProto whose input is the normalised image) taking raw
     pixels instead; see the module docstring. The contract metadata is the caller's to rewrite

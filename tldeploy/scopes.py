@@ -106,18 +106,22 @@ def keep_name_scopes(source, target) -> None:
 PORTABLE_NODE_KEYS = frozenset({SCOPES_KEY, "pkg.torch.onnx.class_hierarchy"})
 
 
-def save_portable(source, target) -> None:
+def save_portable(source, target, model=None):
     """Write `source` (an ONNX path or ModelProto) to `target` without build-machine metadata; a
-    file that has none is copied byte for byte."""
+    file that has none is copied byte for byte. `model`: the file's graph already parsed, as a
+    copy this may change (the file is then not read again). Returns the ModelProto written."""
     from pathlib import Path
 
     import onnx
 
-    model = onnx.load(str(source)) if isinstance(source, (str, Path)) else source
-    if strip_build_machine(model) or not isinstance(source, (str, Path)):
+    is_file = isinstance(source, (str, Path))
+    if model is None:
+        model = onnx.load(str(source)) if is_file else source
+    if strip_build_machine(model) or not is_file:
         onnx.save(model, str(target))
     else:
         Path(target).write_bytes(Path(source).read_bytes())
+    return model
 
 
 def strip_build_machine(model) -> int:

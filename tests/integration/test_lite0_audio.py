@@ -13,6 +13,7 @@ from tldeploy.bench.bench import BenchConfig, run_bench
 from tldeploy.bench.latency import LatencyConfig
 from tldeploy.data.tones import write_tones
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.audio import AudioAugmentConfig, LogMelConfig
 from tldeploy.train.training import TrainConfig, train
@@ -44,8 +45,8 @@ def audio_builds(pretrained, tones, tmp_path_factory):
     """(ORT FP32, ORT INT8) of the pretrained tones model."""
     onnx_path = export_onnx(ExportConfig(pretrained.checkpoint, tmp_path_factory.mktemp("audio_builds") / "tones.onnx",
                                          data=tones / "val")).path
-    return (build(BuildConfig(onnx_path, "fp32", backend="ort")).path,
-            build(BuildConfig(onnx_path, "int8", backend="ort", calib_data=tones / "train")).path)
+    return (build(BuildConfig(onnx_path, PrecisionTarget("fp32", "ort"))).path,
+            build(BuildConfig(onnx_path, PrecisionTarget("int8", "ort"), calib_data=tones / "train")).path)
 
 
 def test_onnx_runtime_agrees_with_pytorch_on_the_audio_model(pretrained, audio_builds, tones, tmp_path):

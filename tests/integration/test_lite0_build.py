@@ -8,6 +8,8 @@ import pytest
 from tldeploy.contract import read_contract
 from tldeploy.data.folders import find_files, load_image
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
+from tldeploy.engines.quantize import Int8Options
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.parity import Tolerance, compare_outputs
 from tldeploy.runtime.loader import load_runner
@@ -46,8 +48,8 @@ def ort_builds(exported, digits, lite0_cache):
     """The demo's builds: ONNX Runtime FP32 and INT8 (calibrated on the training images)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TLDEPLOY_CACHE", str(lite0_cache))
-        fp32 = build(BuildConfig(onnx=exported, backend="ort"))
-        int8 = build(BuildConfig(onnx=exported, precision="int8", backend="ort", calib_data=digits / "train", check_data=digits / "val"))
+        fp32 = build(BuildConfig(onnx=exported, target=PrecisionTarget(backend="ort")))
+        int8 = build(BuildConfig(onnx=exported, target=PrecisionTarget("int8", "ort"), calib_data=digits / "train", check_data=digits / "val"))
     return fp32, int8
 
 
@@ -112,8 +114,8 @@ def test_int8_with_the_other_weight_width_keeps_its_promise(exported, digits, la
     monkeypatch.setenv("TLDEPLOY_CACHE", str(lite0_cache))
     other = not QuantConfig.ort_x86().reduce_range
     cfg = QuantConfig.ort_x86(reduce_range=other)
-    result = build(BuildConfig(onnx=exported, precision="int8", backend="ort", calib_data=digits / "train",
-                               check_data=digits / "val", reduce_range=other, output=tmp_path / "other.int8.ort.onnx"))
+    result = build(BuildConfig(onnx=exported, target=PrecisionTarget("int8", "ort"), calib_data=digits / "train",
+                               check_data=digits / "val", int8=Int8Options(reduce_range=other), output=tmp_path / "other.int8.ort.onnx"))
     x, y = labelled_val
     ev = Evaluator(x, "images", onnx.load(str(exported)), as_written=cfg.evaluated_as_written)
     logits = ev.outputs(onnx.load(str(result.path)), ["logits"])["logits"]
@@ -141,13 +143,13 @@ def test_diagnose_plan_build_bench_round_trip(exported, digits, fe_run, tmp_path
         (val / d.name).mkdir(parents=True)
         for f in sorted(d.iterdir())[:12]:
             shutil.copy(f, val / d.name / f.name)
-    d = diagnose(DiagnoseConfig(onnx=exported, precision="int8", calib_data=digits / "train", data=val,
+    d = diagnose(DiagnoseConfig(onnx=exported, target=PrecisionTarget("int8", "ort"), calib_data=digits / "train", data=val,
                                 output=tmp_path / "diag", rank_images=32))
     ranking = d.ranking
     assert ranking[0]["module"].startswith("backbone.features.model.") and ranking[0]["short"]
     plan = json.loads(d.plan_path.read_text())
     assert plan["promised"]["n"] == 120
-    artifact = build(BuildConfig(onnx=exported, precision="int8", backend="ort", calib_data=digits / "train",
+    artifact = build(BuildConfig(onnx=exported, target=PrecisionTarget("int8", "ort"), calib_data=digits / "train",
                                  precision_plan=d.plan_path, check_data=val, output=tmp_path / "planned.int8.ort.onnx"))
     assert artifact.record.check["top1_agreement"] >= plan["promised"]["top1_agreement"]
     bench = run_bench(BenchConfig(artifacts=(artifact.path,), output=tmp_path / "bench.json", reference=fe_run.checkpoint,
@@ -163,7 +165,7 @@ def test_diagnose_plan_build_bench_round_trip(exported, digits, fe_run, tmp_path
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tensorrt_engines_match_pytorch(exported, digits, labelled_val, fe_run, precision):
     x, y = labelled_val
-    cfg = BuildConfig(onnx=exported, precision=precision, backend="tensorrt",
+    cfg = BuildConfig(onnx=exported, target=PrecisionTarget(precision, "tensorrt"),
                       calib_data=digits / "train" if precision == "int8" else None)
     engine = build(cfg)
     acc, out = _accuracy(engine.path, x, y)

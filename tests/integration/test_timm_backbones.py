@@ -22,6 +22,8 @@ from tldeploy.bench.latency import LatencyConfig
 from tldeploy.deploy.bundle import BundleConfig, bundle
 from tldeploy.deploy.verify import VerifyConfig, verify
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
+from tldeploy.engines.quantize import Int8Options
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import AugmentConfig
 from tldeploy.train.training import TrainConfig, train
@@ -55,10 +57,10 @@ def test_a_timm_backbone_goes_from_training_to_a_verified_bundle(arch, blobs, tm
                              warmup_epochs=0, image_size=size, batch_size=8, quiet=True, augment=AugmentConfig.off())).checkpoint
     exported = export_onnx(ExportConfig(ckpt, tmp_path / f"{arch}.onnx", data=blobs / "val"))
     assert all(r and r.logits_max_abs <= 1e-4 for _, r in exported.parity)
-    fp32 = build(BuildConfig(exported.path, "fp32", backend="ort"))
-    int8 = build(BuildConfig(exported.path, "int8", backend="ort", calib_data=blobs / "train", keep_float=0))
+    fp32 = build(BuildConfig(exported.path, PrecisionTarget("fp32", "ort")))
+    int8 = build(BuildConfig(exported.path, PrecisionTarget("int8", "ort"), calib_data=blobs / "train", int8=Int8Options(keep_float=0)))
     if arch.startswith("mobilenetv3"):  # and the guarded build: its ranking writes the mixed graphs that were cyclic
-        guarded = build(BuildConfig(exported.path, "int8", backend="ort", calib_data=blobs / "train", check_data=blobs / "val",
+        guarded = build(BuildConfig(exported.path, PrecisionTarget("int8", "ort"), calib_data=blobs / "train", check_data=blobs / "val",
                                     output=tmp_path / "guarded.int8.onnx"))
         assert guarded.record.quantization["search"]
     doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "bench.json", reference=ckpt, data=blobs / "val", batch_sizes=(1,),

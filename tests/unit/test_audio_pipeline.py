@@ -17,8 +17,10 @@ from tldeploy.contract import read_contract
 from tldeploy.data.folders import AUDIO, scan_class_folders
 from tldeploy.data.tones import TONE_CLASSES, write_tones
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.fp16 import fp16_model
 from tldeploy.engines.graph import frontend_nodes
+from tldeploy.engines.quantize import Int8Options
 from tldeploy.errors import ConfigError, DataError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.audio import (
@@ -126,9 +128,9 @@ def test_audio_export_contract_and_graph(tiny_audio):
 
 def test_audio_builds_keep_the_front_end_in_float(tiny_audio, tones, tmp_path):
     _, onnx_path = tiny_audio
-    fp32 = build(BuildConfig(onnx_path, "fp32", backend="ort", output=tmp_path / "a.fp32.onnx")).path
-    int8 = build(BuildConfig(onnx_path, "int8", backend="ort", calib_data=tones / "train", output=tmp_path / "a.int8.onnx",
-                             keep_float=0)).path
+    fp32 = build(BuildConfig(onnx_path, PrecisionTarget("fp32", "ort"), output=tmp_path / "a.fp32.onnx")).path
+    int8 = build(BuildConfig(onnx_path, PrecisionTarget("int8", "ort"), calib_data=tones / "train", output=tmp_path / "a.int8.onnx",
+                             int8=Int8Options(keep_float=0))).path
     q = onnx.load(str(int8))
     front = frontend_nodes(q, read_contract(q))
     producers = {o: n for n in q.graph.node for o in n.output}

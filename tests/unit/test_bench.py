@@ -15,6 +15,7 @@ from tldeploy.bench.compare import CompareConfig, compare_bench
 from tldeploy.bench.latency import LatencyConfig
 from tldeploy.cli import main
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.parity import Tolerance, cam_correlation, cam_top_iou, compare_outputs, kl_divergence
 from tldeploy.records import BenchDocument
@@ -27,8 +28,8 @@ def artifacts(tiny, tmp_path_factory):
     """FP32 and INT8 ONNX Runtime builds of the tiny model, with their records."""
     ckpt, onnx, data = tiny
     out = tmp_path_factory.mktemp("benchart")
-    fp32 = build(BuildConfig(onnx, "fp32", backend="ort", output=out / "tiny.fp32.ort.onnx")).path
-    int8 = build(BuildConfig(onnx, "int8", backend="ort", calib_data=data / "train", output=out / "tiny.int8.ort.onnx")).path
+    fp32 = build(BuildConfig(onnx, PrecisionTarget("fp32", "ort"), output=out / "tiny.fp32.ort.onnx")).path
+    int8 = build(BuildConfig(onnx, PrecisionTarget("int8", "ort"), calib_data=data / "train", output=out / "tiny.int8.ort.onnx")).path
     return ckpt, fp32, int8, data
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,9 @@ from tldeploy.data.folders import load_image
 from tldeploy.engines import builder
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.calibration import CalibrationSet
-from tldeploy.engines.capabilities import CAPABILITIES, capability_table, check_target
+from tldeploy.engines.capabilities import CAPABILITIES, PrecisionTarget, capability_table, check_target
 from tldeploy.engines.qdq import qdq_stats
-from tldeploy.engines.quantize import QuantConfig, quantize_model
+from tldeploy.engines.quantize import Int8Options, QuantConfig, quantize_model
 from tldeploy.engines.sensitivity import Acceptance
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.models.checkpoints import load_checkpoint
@@ -83,6 +84,30 @@ def test_capability_table_drives_validation():
         check_target("fp32", "tensorrt", "cpu")
     table = capability_table()
     assert all(c.note in table for c in CAPABILITIES)
+
+
+def test_a_precision_target_is_checked_where_it_is_named():
+    assert PrecisionTarget("int8", "ort", "cpu").capability.suffix == ".onnx"
+    with pytest.raises(ConfigError, match="ort on cpu cannot build fp16"):
+        PrecisionTarget("fp16", "ort", "cpu")
+    with pytest.raises(ConfigError, match="--backend must be one of auto, tensorrt, ort"):
+        PrecisionTarget("fp32", "onnx")
+    auto = PrecisionTarget("fp16")  # backend auto, device default: checked once the build resolves them
+    assert auto.resolved("tensorrt").capability.device == "cuda"
+    with pytest.raises(ConfigError, match="ort on cpu cannot build fp16"):
+        auto.resolved("ort")
+    with pytest.raises(ConfigError, match="--calib-data is for --precision int8; fp16 needs no calibration"):
+        auto.check_calib_data(Path("data"))
+
+
+def test_int8_options_take_the_flavour_of_the_resolved_backend():
+    opts = Int8Options.from_cli(keep_float="2", calib_method="entropy", reduce_range=True)
+    assert opts.keep_float == 2
+    trt, ort = opts.quant_config("tensorrt"), opts.quant_config("ort")
+    assert trt.flavour == "tensorrt" and not trt.reduce_range and trt.options is opts  # TensorRT has no 7-bit weights
+    assert ort.flavour == "ort-x86" and ort.reduce_range and ort.options is opts
+    with pytest.raises(ConfigError, match="--int8-keep-float must be 'auto' or a number"):
+        Int8Options.from_cli(keep_float="some")
 
 
 def test_presets_follow_the_target():
@@ -159,7 +184,7 @@ def test_engine_without_tensorrt_names_the_extra(tmp_path):
 
 
 def test_fp32_build_record_reuse_and_force(model_copy):
-    first = build(BuildConfig(onnx=model_copy, backend="ort"))
+    first = build(BuildConfig(onnx=model_copy, target=PrecisionTarget(backend="ort")))
     assert first.path == model_copy.with_name("tiny.fp32.ort.onnx") and not first.reused
     record = json.loads(Path(str(first.path) + ".json").read_text())
     for key in ("input_onnx_sha256", "artifact_sha256", "precision", "backend", "device", "tools", "cache_key", "contract"):
@@ -171,7 +196,7 @@ def test_fp32_build_record_reuse_and_force(model_copy):
     # sees the file written).
     assert record["check"]["against"] == "fp32 onnx on onnxruntime cpu" and record["check"]["images"] == "random inputs"
     assert record["check"]["n"] == 8 and record["check"]["top1_agreement"] == 1.0
-    again = build(BuildConfig(onnx=model_copy, backend="ort"))
+    again = build(BuildConfig(onnx=model_copy, target=PrecisionTarget(backend="ort")))
     assert again.reused and again.record.cache_key == record["cache_key"]
     # Different input, same output: never silently reused, never silently overwritten.
     other = model_copy.with_name("other.onnx")
@@ -179,18 +204,18 @@ def test_fp32_build_record_reuse_and_force(model_copy):
     m.doc_string = "changed"
     onnx.save(m, str(other))
     with pytest.raises(OutputExistsError, match="differs in: input_onnx_sha256.*--force"):
-        build(BuildConfig(onnx=other, backend="ort", output=first.path))
-    forced = build(BuildConfig(onnx=other, backend="ort", output=first.path, force=True))
+        build(BuildConfig(onnx=other, target=PrecisionTarget(backend="ort"), output=first.path))
+    forced = build(BuildConfig(onnx=other, target=PrecisionTarget(backend="ort"), output=first.path, force=True))
     assert not forced.reused and forced.record.input_onnx_sha256 != record["input_onnx_sha256"]
     # A tampered artifact is not "up to date".
     first.path.write_bytes(first.path.read_bytes() + b"\0")
     with pytest.raises(OutputExistsError):
-        build(BuildConfig(onnx=other, backend="ort", output=first.path))
+        build(BuildConfig(onnx=other, target=PrecisionTarget(backend="ort"), output=first.path))
     # A broken record is named; --force rebuilds over it.
     Path(str(first.path) + ".json").write_text("{not json")
     with pytest.raises(TldeployError, match="unreadable.*--force"):
-        build(BuildConfig(onnx=other, backend="ort", output=first.path))
-    assert not build(BuildConfig(onnx=other, backend="ort", output=first.path, force=True)).reused
+        build(BuildConfig(onnx=other, target=PrecisionTarget(backend="ort"), output=first.path))
+    assert not build(BuildConfig(onnx=other, target=PrecisionTarget(backend="ort"), output=first.path, force=True)).reused
 
 
 def test_build_record_names_the_jetpack_release(model_copy, tmp_path, monkeypatch):
@@ -201,11 +226,11 @@ def test_build_record_names_the_jetpack_release(model_copy, tmp_path, monkeypatc
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n")
     monkeypatch.setattr(host, "NV_TEGRA_RELEASE", release)
-    first = build(BuildConfig(onnx=model_copy, backend="ort"))
+    first = build(BuildConfig(onnx=model_copy, target=PrecisionTarget(backend="ort")))
     assert first.record.jetson == {"l4t": "36.4.3", "jetpack": "6.2"}
     assert json.loads(Path(str(first.path) + ".json").read_text())["jetson"] == {"l4t": "36.4.3", "jetpack": "6.2"}
     monkeypatch.setattr(host, "NV_TEGRA_RELEASE", tmp_path / "absent")  # the same build seen from a machine that is no Jetson
-    assert build(BuildConfig(onnx=model_copy, backend="ort")).reused
+    assert build(BuildConfig(onnx=model_copy, target=PrecisionTarget(backend="ort"))).reused
 
 
 def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
@@ -214,7 +239,7 @@ def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
     way to disk nowhere."""
     val = tiny[2] / "val"
     n_val = sum(1 for _ in val.rglob("*.png"))
-    honest = build(BuildConfig(onnx=model_copy, backend="ort", check_data=val)).record.check
+    honest = build(BuildConfig(onnx=model_copy, target=PrecisionTarget(backend="ort"), check_data=val)).record.check
     assert honest["images"] == f"--check-data images from {val}" and honest["n"] == n_val > 0
     assert honest["top1_agreement"] == 1.0 and honest["logits_max_abs"] == 0.0
 
@@ -222,14 +247,14 @@ def test_fp32_build_checks_the_artifact_it_wrote(model_copy, tiny, monkeypatch):
 
     real = scopes.save_portable
 
-    def corrupting(source, target):
-        real(source, target)
+    def corrupting(source, target, model=None):
+        real(source, target, model=model)
         m = onnx.load(str(target))
         _negate_classifier(m)
         onnx.save(m, str(target))
 
     monkeypatch.setattr(scopes, "save_portable", corrupting)
-    bad = build(BuildConfig(onnx=model_copy, backend="ort", check_data=val, output=model_copy.with_name("bad.onnx")))
+    bad = build(BuildConfig(onnx=model_copy, target=PrecisionTarget(backend="ort"), check_data=val, output=model_copy.with_name("bad.onnx")))
     assert bad.record.check["n"] == n_val and bad.record.check["top1_agreement"] == 0.0, bad.record.check
 
 
@@ -271,8 +296,8 @@ def _zero_points(model, weights: bool):
 
 
 def test_int8_ort_flavour_structure_and_accuracy(model_copy, tiny):
-    result = build(BuildConfig(onnx=model_copy, precision="int8", backend="ort", calib_data=tiny[2] / "train",
-                               calib_samples=32, reduce_range=True))
+    result = build(BuildConfig(onnx=model_copy, target=PrecisionTarget("int8", "ort"), calib_data=tiny[2] / "train",
+                               int8=Int8Options(calib_samples=32, reduce_range=True)))
     model = onnx.load(str(result.path))
     convs = [n for n in onnx.load(str(model_copy)).graph.node if n.op_type == "Conv"]  # the tiny CNN's head has none
     stats = qdq_stats(model)
@@ -317,9 +342,9 @@ def test_second_build_reads_the_cached_ranges(model_copy, tiny):
     cache instead of calibrating again."""
     from tldeploy.engines.artifacts import cache_dir
 
-    cfg = dict(onnx=model_copy, precision="int8", backend="ort", calib_data=tiny[2] / "train", calib_samples=32,
-               keep_float=0, reduce_range=True)
-    first = build(BuildConfig(**cfg))
+    cfg = BuildConfig(onnx=model_copy, target=PrecisionTarget("int8", "ort"), calib_data=tiny[2] / "train",
+                      int8=Int8Options(calib_samples=32, keep_float=0, reduce_range=True))
+    first = build(cfg)
     before = _activation_scales(onnx.load(str(first.path)))
     (cache,) = (cache_dir() / "calibration").glob("calib-*.json")
     doc = json.loads(cache.read_text())
@@ -327,7 +352,7 @@ def test_second_build_reads_the_cached_ranges(model_copy, tiny):
         for side in ("lowest", "highest"):
             rng[side]["data"] = [2 * v for v in rng[side]["data"]]
     cache.write_text(json.dumps(doc))
-    second = build(BuildConfig(**cfg, force=True))
+    second = build(replace(cfg, force=True))
     after = _activation_scales(onnx.load(str(second.path)))
     assert before and set(after) == set(before)
     for name, scale in before.items():
@@ -345,8 +370,7 @@ def test_int8_guard_steps_until_the_bar_is_met(outlier_onnx, tmp_path):
     src, data = outlier_onnx
     path = tmp_path / "outlier.onnx"
     path.write_bytes(src.read_bytes())
-    result = build(BuildConfig(onnx=path, precision="int8", backend="ort", calib_data=data / "train", calib_samples=32,
-                               reduce_range=True))
+    result = build(BuildConfig(onnx=path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", int8=Int8Options(calib_samples=32, reduce_range=True)))
     q = result.record.quantization
     crit = q["check"]["criterion"]
     accept = Acceptance(Tolerance(min_top1_agreement=crit["min_top1_agreement"], max_kl=crit["max_kl"]), crit["images"])
@@ -405,28 +429,28 @@ def test_int8_keep_float_count_takes_the_most_sensitive_units(tiny, tmp_path):
 
 def test_bad_build_requests(model_copy, tiny, tmp_path):
     with pytest.raises(ConfigError, match="--precision int8 needs --calib-data"):  # a float-trained export (QAT ones need none)
-        build(BuildConfig(onnx=model_copy, precision="int8", backend="ort"))
+        build(BuildConfig(onnx=model_copy, target=PrecisionTarget("int8", "ort")))
     with pytest.raises(ConfigError, match="--calib-data is for --precision int8"):
         BuildConfig(onnx=model_copy, calib_data=tmp_path)
     with pytest.raises(ConfigError, match="should end in .onnx"):
-        build(BuildConfig(onnx=model_copy, backend="ort", output=tmp_path / "x.engine"))
+        build(BuildConfig(onnx=model_copy, target=PrecisionTarget(backend="ort"), output=tmp_path / "x.engine"))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match="empty"):
-        build(BuildConfig(onnx=model_copy, precision="int8", backend="ort", calib_data=empty))
+        build(BuildConfig(onnx=model_copy, target=PrecisionTarget("int8", "ort"), calib_data=empty))
     with pytest.raises(TldeployError, match="does not exist"):
-        build(BuildConfig(onnx=tmp_path / "missing.onnx", backend="ort"))
+        build(BuildConfig(onnx=tmp_path / "missing.onnx", target=PrecisionTarget(backend="ort")))
     truncated = tmp_path / "t.onnx"
     truncated.write_bytes(model_copy.read_bytes()[:500])
     with pytest.raises(TldeployError, match="truncated"):
-        build(BuildConfig(onnx=truncated, backend="ort"))
+        build(BuildConfig(onnx=truncated, target=PrecisionTarget(backend="ort")))
     assert sorted(p.name for p in model_copy.parent.iterdir() if p.name.startswith("tiny.")) == ["tiny.onnx"]
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here: an fp16 engine may build")
 def test_fp16_without_tensorrt_names_the_alternatives(model_copy):
     with pytest.raises(TldeployError, match="cannot build a TensorRT fp16 engine here.*--backend ort"):
-        build(BuildConfig(onnx=model_copy, precision="fp16"))
+        build(BuildConfig(onnx=model_copy, target=PrecisionTarget("fp16")))
     assert not list(model_copy.parent.glob("tiny.fp16*"))
 
 
@@ -434,7 +458,7 @@ def test_ort_cuda_without_onnxruntime_gpu_names_the_extra(model_copy):
     if _ort_has_cuda():
         pytest.skip("onnxruntime here has the CUDA provider: an ort cuda build may succeed")
     with pytest.raises(TldeployError, match="tldeploy\\[gpu\\]"):
-        build(BuildConfig(onnx=model_copy, backend="ort", device="cuda"))
+        build(BuildConfig(onnx=model_copy, target=PrecisionTarget(backend="ort", device="cuda")))
     assert not list(model_copy.parent.glob("tiny.fp32.ort-cuda*"))
 
 
@@ -460,7 +484,7 @@ def test_predict_accepts_built_artifacts(model_copy, tiny):
     """A red image is called red by the PyTorch model itself (loaded and run here, outside
     predict) and by predict on the checkpoint, the ONNX file and the INT8 artifact alike."""
     ckpt, _, data = tiny
-    result = build(BuildConfig(onnx=model_copy, precision="int8", backend="ort", calib_data=data / "train", calib_samples=32))
+    result = build(BuildConfig(onnx=model_copy, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", int8=Int8Options(calib_samples=32)))
     image = sorted((data / "val" / "red").iterdir())[0]
     model, meta = load_checkpoint(ckpt)
     prep = read_contract(model_copy).preprocessing

@@ -35,6 +35,7 @@ from tldeploy.deploy.manifest import (
 from tldeploy.deploy.serving import NvinferNormalisation, normalisation_from_config, parse_deepstream
 from tldeploy.deploy.verify import VerifyConfig, verify
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.records import BuildRecord, Manifest
 from tldeploy.runtime import host
@@ -49,8 +50,8 @@ def built(tiny, tmp_path_factory):
     work = tmp_path_factory.mktemp("bundle-build")
     src = work / "tiny.onnx"
     shutil.copyfile(onnx_path, src)
-    fp32 = build(BuildConfig(onnx=src, precision="fp32", backend="ort")).path
-    int8 = build(BuildConfig(onnx=src, precision="int8", backend="ort", calib_data=data / "train")).path
+    fp32 = build(BuildConfig(onnx=src, target=PrecisionTarget("fp32", "ort"))).path
+    int8 = build(BuildConfig(onnx=src, target=PrecisionTarget("int8", "ort"), calib_data=data / "train")).path
     engine = work / "tiny.fp16.orin.engine"
     engine.write_bytes(b"not an engine this machine could load")
     record = json.loads(Path(str(fp32) + ".json").read_text())
@@ -337,7 +338,7 @@ def test_an_export_with_build_machine_metadata_bundles_and_verifies(tiny, tmp_pa
     old.graph.node[0].doc_string = "File \"/home/someone/train.py\", line 1"
     src = tmp_path / "old.onnx"
     onnx.save(old, str(src))
-    fp32 = build(BuildConfig(onnx=src, precision="fp32", backend="ort")).path
+    fp32 = build(BuildConfig(onnx=src, target=PrecisionTarget("fp32", "ort"))).path
     result = bundle(BundleConfig((src, fp32), ckpt, data / "val", tmp_path / "b"))
     record = json.loads((result.path / "artifacts" / (fp32.name + ".json")).read_text())
     assert record["input_onnx_sha256"] == sha256_file(result.path / "model.onnx") != sha256_file(src)

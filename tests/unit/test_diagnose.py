@@ -15,6 +15,7 @@ from tldeploy.cli import main
 from tldeploy.contract import read_contract
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.calibration import CalibrationSet, ImageSet
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
 from tldeploy.engines.mixed import fp16_emulated, mixed_int8
 from tldeploy.engines.plan import load_plan
@@ -226,7 +227,7 @@ def test_int8_scores_add_the_kl_a_unit_causes_alone_and_the_kl_its_float_copy_re
 
 def test_int8_diagnose_ranks_the_hostile_layer_first(outlier_onnx, tmp_path):
     onnx_path, data = outlier_onnx
-    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="int8", calib_data=data / "train", data=data / "val",
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", data=data / "val",
                                      output=tmp_path / "report", calib_samples=32, reduce_range=True))
     first = result.ranking[0]
     assert first["module"] == HOSTILE and first["op"] == "Conv+Relu", result.ranking[:3]
@@ -246,7 +247,7 @@ def test_int8_diagnose_ranks_the_hostile_layer_first(outlier_onnx, tmp_path):
 
 def test_fp16_diagnose_ranks_the_overflowing_layer_first(trap_onnx, tmp_path):
     onnx_path, data = trap_onnx
-    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="fp16", data=data / "val", output=tmp_path / "r16"))
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("fp16", "ort"), data=data / "val", output=tmp_path / "r16"))
     first = result.ranking[0]
     assert first["module"] == "backbone.features.scale" and first["op"] == "Mul", result.ranking[:3]
     assert first["node"]["overflows_fp16"] and first["node"]["nonfinite_share"] > 0
@@ -300,7 +301,7 @@ def test_fp16_plan_keeps_its_nodes_in_fp32(trap_onnx, tmp_path):
     from tldeploy.engines.fp16 import fp16_model
 
     onnx_path, data = trap_onnx
-    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="fp16", data=data / "val", output=tmp_path / "r"))
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("fp16", "ort"), data=data / "val", output=tmp_path / "r"))
     plan = load_plan(result.plan_path)
     converted = fp16_model(onnx.load(str(onnx_path)), keep_fp32=plan.nodes)
     onnx.checker.check_model(converted)  # a valid ONNX: nodes in topological order, casts included
@@ -313,14 +314,14 @@ def test_fp16_plan_keeps_its_nodes_in_fp32(trap_onnx, tmp_path):
 
 def test_a_plan_for_another_onnx_is_refused(outlier_onnx, tiny, tmp_path, capsys):
     onnx_path, data = outlier_onnx
-    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="int8", calib_data=data / "train", data=data / "val",
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", data=data / "val",
                                      output=tmp_path / "d", calib_samples=32, reduce_range=True))
     other = tmp_path / "other.onnx"
     other.write_bytes(tiny[1].read_bytes())
     with pytest.raises(ConfigError, match="was made for another ONNX"):
-        build(BuildConfig(onnx=other, precision="int8", backend="ort", calib_data=data / "train", precision_plan=result.plan_path))
+        build(BuildConfig(onnx=other, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", precision_plan=result.plan_path))
     with pytest.raises(ConfigError, match="is a int8 plan"):
-        build(BuildConfig(onnx=onnx_path, precision="fp16", backend="tensorrt", precision_plan=result.plan_path))
+        build(BuildConfig(onnx=onnx_path, target=PrecisionTarget("fp16", "tensorrt"), precision_plan=result.plan_path))
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     rc = main(["build", str(onnx_path), "--precision", "int8", "--backend", "ort", "--calib-data", str(data / "train"),
@@ -332,7 +333,7 @@ def test_a_plan_for_another_onnx_is_refused(outlier_onnx, tiny, tmp_path, capsys
 
 def test_diagnose_bad_input(tiny, tmp_path, capsys):
     with pytest.raises(ConfigError, match="needs --calib-data"):  # a float-trained export (a QAT one needs none)
-        diagnose(DiagnoseConfig(onnx=tiny[1], precision="int8", data=tiny[2] / "val", output=tmp_path / "nocalib"))
+        diagnose(DiagnoseConfig(onnx=tiny[1], target=PrecisionTarget("int8", "ort"), data=tiny[2] / "val", output=tmp_path / "nocalib"))
     assert not (tmp_path / "nocalib").exists()
     rc = main(["diagnose", str(tmp_path / "missing.onnx"), "--precision", "fp16", "--data", str(tiny[2] / "val")])
     err = capsys.readouterr().err
@@ -341,6 +342,17 @@ def test_diagnose_bad_input(tiny, tmp_path, capsys):
     (tmp_path / "r" / "keep.txt").write_text("x")
     rc = main(["diagnose", str(tiny[1]), "--precision", "fp16", "--data", str(tiny[2] / "val"), "-o", str(tmp_path / "r")])
     assert rc != 0 and "--force" in capsys.readouterr().err and (tmp_path / "r" / "keep.txt").exists()
+
+
+
+def test_a_diagnosis_names_its_target(tmp_path):
+    """Build and diagnose share the precision target's rules; a diagnosis measures one named backend's numerics."""
+    with pytest.raises(ConfigError, match="--backend must be one of ort, tensorrt, got 'auto'"):
+        DiagnoseConfig(tmp_path / "m.onnx", PrecisionTarget("int8"), tmp_path / "val")
+    with pytest.raises(ConfigError, match="--calib-data is for --precision int8"):
+        DiagnoseConfig(tmp_path / "m.onnx", PrecisionTarget("fp16", "ort"), tmp_path / "val", calib_data=tmp_path)
+    with pytest.raises(ConfigError, match="--precision must be one of fp16, int8"):
+        DiagnoseConfig(tmp_path / "m.onnx", PrecisionTarget("fp32", "ort"), tmp_path / "val")
 
 
 # ------------------------------------------------------------ both CPU classes' numerics

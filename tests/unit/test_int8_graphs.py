@@ -12,7 +12,9 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from tldeploy.engines.builder import BuildConfig, build
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.graph import check_written_graph, name_every_node
+from tldeploy.engines.quantize import Int8Options
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import AugmentConfig, Preprocessing
 from tldeploy.models.backbones import Backbone, BackboneSpec, Weights, register_backbone
@@ -57,8 +59,8 @@ def se_onnx(tmp_path_factory):
 @pytest.mark.parametrize("keep_float", ["auto", 0])
 def test_squeeze_excite_hard_swish_builds_int8_guarded_and_fully_quantized(se_onnx, tmp_path, keep_float):
     onnx_path, data = se_onnx
-    result = build(BuildConfig(onnx_path, "int8", backend="ort", calib_data=data / "train", check_data=data / "val",
-                               keep_float=keep_float, output=tmp_path / "se.int8.ort.onnx"))
+    result = build(BuildConfig(onnx_path, PrecisionTarget("int8", "ort"), calib_data=data / "train", check_data=data / "val",
+                               int8=Int8Options(keep_float=keep_float), output=tmp_path / "se.int8.ort.onnx"))
     model = onnx.load(str(result.path))
     check_written_graph(model, "INT8")  # what build checked before writing, on the file it wrote
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) >= 4

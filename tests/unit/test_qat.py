@@ -20,8 +20,9 @@ from tldeploy.cli import main
 from tldeploy.contract import read_contract
 from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.calibration import CalibrationSet
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
-from tldeploy.engines.quantize import QatRecord, QuantConfig, Quantizer, read_ranges, transformer_preset
+from tldeploy.engines.quantize import Int8Options, QatRecord, QuantConfig, Quantizer, read_ranges, transformer_preset
 from tldeploy.errors import ConfigError, DataError, OutputExistsError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import AugmentConfig
@@ -108,7 +109,7 @@ def test_qat_writes_a_checkpoint_whose_build_writes_the_trained_scales(qat_run, 
 
     onnx_path = export_onnx(ExportConfig(result.checkpoint, tmp_path / "qat.onnx")).path
     assert QatRecord.from_contract(read_contract(onnx_path), "x") == record
-    built = build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=False, check_data=data / "val", output=tmp_path / "q.onnx"))
+    built = build(BuildConfig(onnx_path, PrecisionTarget("int8", "ort"), int8=Int8Options(reduce_range=False), check_data=data / "val", output=tmp_path / "q.onnx"))
     q = built.record.quantization
     assert q["calibration"] is None and q["qat"]["best_epoch"] == record.info["best_epoch"] and q["float_units"] == []
     assert built.record.calibration is None and q["check"]["top1_agreement"] == pytest.approx(result.metrics["qat"]["top1_agreement"])
@@ -134,23 +135,23 @@ def test_a_qat_export_builds_without_calibration_and_refuses_another_target(qat_
     result, data = qat_run
     onnx_path = export_onnx(ExportConfig(result.checkpoint, tmp_path / "qat.onnx")).path
     with caplog.at_level("INFO", logger="tldeploy"):
-        built = build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=False, calib_data=data / "train", output=tmp_path / "a.onnx"))
+        built = build(BuildConfig(onnx_path, PrecisionTarget("int8", "ort"), int8=Int8Options(reduce_range=False), calib_data=data / "train", output=tmp_path / "a.onnx"))
     assert "--calib-data" in caplog.text and "ignored" in caplog.text
     assert built.record.quantization["check"]["skipped"] and built.record.check["against"]  # parity on random inputs instead
     # diagnose ranks the units of the graph the build writes: from the trained ranges, even given calibration images.
-    checked = build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=False, check_data=data / "val", output=tmp_path / "v.onnx"))
-    report = diagnose(DiagnoseConfig(onnx_path, "int8", data / "val", calib_data=data / "train", reduce_range=False, output=tmp_path / "d",
+    checked = build(BuildConfig(onnx_path, PrecisionTarget("int8", "ort"), int8=Int8Options(reduce_range=False), check_data=data / "val", output=tmp_path / "v.onnx"))
+    report = diagnose(DiagnoseConfig(onnx_path, PrecisionTarget("int8", "ort"), data / "val", calib_data=data / "train", reduce_range=False, output=tmp_path / "d",
                                      rank_images=8, max_units=1))
     q = report.document["quantization"]
     assert q["qat"] and q["calibration"] is None and q["flavour"] == "ort-x86" and not q["reduce_range"]
     assert report.document["all_low"]["kl"] == pytest.approx(checked.record.quantization["check"]["kl"], rel=1e-6)
     with pytest.raises(ConfigError, match=r"trained for ort-x86, not tensorrt"):
-        diagnose(DiagnoseConfig(onnx_path, "int8", data / "val", backend="tensorrt", output=tmp_path / "d2"))
+        diagnose(DiagnoseConfig(onnx_path, PrecisionTarget("int8", "tensorrt"), data / "val", output=tmp_path / "d2"))
     assert not (tmp_path / "d2").exists()
     with pytest.raises(ConfigError, match=r"trained for ort-x86, not ort-x86 with 7-bit weights; build it with --backend ort --no-reduce-range"):
-        build(BuildConfig(onnx_path, "int8", backend="ort", reduce_range=True, output=tmp_path / "b.onnx"))
+        build(BuildConfig(onnx_path, PrecisionTarget("int8", "ort"), int8=Int8Options(reduce_range=True), output=tmp_path / "b.onnx"))
     with pytest.raises(ConfigError, match=r"trained for ort-x86, not tensorrt"):
-        build(BuildConfig(onnx_path, "int8", backend="tensorrt", output=tmp_path / "c.engine"))
+        build(BuildConfig(onnx_path, PrecisionTarget("int8", "tensorrt"), output=tmp_path / "c.engine"))
     assert not (tmp_path / "b.onnx").exists()
 
 
@@ -193,7 +194,7 @@ def test_qat_on_a_vit_trains_only_the_matrix_products_placement(vit, tmp_path):
     assert meta["qat"]["flavour"] == "tensorrt" and len(meta["qat"]["float_nodes"]) > 0  # the transformer preset's float nodes
     onnx_path = export_onnx(ExportConfig(result.checkpoint, tmp_path / "v.onnx")).path
     with pytest.raises(ConfigError, match="trained for tensorrt, not ort-x86"):
-        build(BuildConfig(onnx_path, "int8", backend="ort", output=tmp_path / "v.int8.onnx"))
+        build(BuildConfig(onnx_path, PrecisionTarget("int8", "ort"), output=tmp_path / "v.int8.onnx"))
     shutil.rmtree(tmp_path / "run")
 
 

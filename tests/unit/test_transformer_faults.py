@@ -17,6 +17,7 @@ import torch
 from _images import make_blob_images
 from onnx import TensorProto, helper, numpy_helper
 
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
 from tldeploy.engines.mixed import INTERNAL, fp16_emulated
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
@@ -132,7 +133,7 @@ def test_fp16_diagnose_names_the_layer_norm_that_overflows_inside(vit, tmp_path)
         sd[VIT + "blocks.0.mlp.fc2.bias"] *= factor
 
     onnx_path = _export_planted(ckpt, tmp_path / "stream.onnx", plant)
-    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="fp16", data=data / "val", output=tmp_path / "r16"))
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("fp16", "ort"), data=data / "val", output=tmp_path / "r16"))
     ranking = result.ranking
     first = ranking[0]
     assert first["module"] == VIT + "blocks.1.norm1" and first["op"] == "LayerNormalization", ranking[:3]
@@ -174,7 +175,7 @@ def test_int8_diagnose_names_the_layer_reading_an_outlier_channel(vit, tmp_path)
     planted, _ = load_checkpoint(tmp_path / "outlier.pt")
     with torch.no_grad():
         torch.testing.assert_close(planted(x), model(x), rtol=0, atol=1e-4)  # the same function in float
-    result = diagnose(DiagnoseConfig(onnx=onnx_path, precision="int8", calib_data=data / "train", data=data / "val",
+    result = diagnose(DiagnoseConfig(onnx=onnx_path, target=PrecisionTarget("int8", "ort"), calib_data=data / "train", data=data / "val",
                                      output=tmp_path / "r8", calib_samples=32, reduce_range=True))
     first = result.ranking[0]
     assert first["module"] == VIT + "blocks.0.mlp.fc1", result.ranking[:3]

@@ -166,11 +166,13 @@ def test_int8_quantizes_the_transformer_blocks_and_keeps_the_head_float(vit_run,
 
     from tldeploy.bench.bench import build_summary
     from tldeploy.engines.builder import BuildConfig, build
+    from tldeploy.engines.capabilities import PrecisionTarget
+    from tldeploy.engines.quantize import Int8Options
 
     _, data = vit_run
 
     def fed_by_dq(preset: str):
-        result = build(BuildConfig(vit_onnx, "int8", backend="ort", calib_data=data / "train", keep_float=0, int8_preset=preset,
+        result = build(BuildConfig(vit_onnx, PrecisionTarget("int8", "ort"), calib_data=data / "train", int8=Int8Options(keep_float=0, preset=preset),
                                    output=vit_onnx.with_name(f"vit.{preset}.int8.onnx"), force=True))
         model = onnx.load(str(result.path))
         dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}

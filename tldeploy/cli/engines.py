@@ -76,29 +76,27 @@ def _build_help() -> str:
 @click.option("--force", is_flag=True, help="Rebuild even if an artifact is there (up to date or not).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
-def build_cmd(onnx_file: Path, keep_float: str, batch: str, workspace: int, timing_cache: Path | None, plugins: tuple[Path, ...],
-              version_compatible: bool, hardware_compat: str, as_json: bool, quiet: bool, **kw) -> None:
+def build_cmd(onnx_file: Path, precision: str, backend: str, device: str | None, keep_float: str, int8_preset: str,
+              calib_samples: int, calib_method: str, min_agreement: float | None, max_kl: float | None, reduce_range: bool | None,
+              batch: str, workspace: int, timing_cache: Path | None, plugins: tuple[Path, ...], version_compatible: bool,
+              hardware_compat: str, as_json: bool, quiet: bool, **kw) -> None:
     import json
 
     _setup_logging(quiet)
     from tldeploy.engines.builder import BuildConfig, build
+    from tldeploy.engines.capabilities import PrecisionTarget
+    from tldeploy.engines.quantize import Int8Options
     from tldeploy.engines.tensorrt import BatchProfile, TrtConfig
-    from tldeploy.errors import ConfigError
 
-    if keep_float != "auto":
-        try:
-            keep: int | str = int(keep_float)
-        except ValueError:
-            raise ConfigError(f"--int8-keep-float must be 'auto' or a number, got {keep_float!r}") from None
-    else:
-        keep = "auto"
+    int8 = Int8Options.from_cli(keep_float=keep_float, preset=int8_preset, calib_samples=calib_samples, calib_method=calib_method,
+                                min_agreement=min_agreement, max_kl=max_kl, reduce_range=reduce_range)
     if any(str(p) == "auto" for p in plugins):
         from tldeploy.engines.plugins import find_plugin_library
 
         plugins = tuple(find_plugin_library() if str(p) == "auto" else p for p in plugins)
     trt = TrtConfig(batch=BatchProfile.parse(batch), workspace_mib=workspace, timing_cache=timing_cache,
                     plugins=tuple(plugins), version_compatible=version_compatible, hardware_compat=hardware_compat)
-    result = build(BuildConfig(onnx=onnx_file, keep_float=keep, trt=trt, **kw))
+    result = build(BuildConfig(onnx=onnx_file, target=PrecisionTarget(precision, backend, device), int8=int8, trt=trt, **kw))
     if as_json:
         click.echo(json.dumps({"path": str(result.path), "reused": result.reused, "record": result.record.to_json()}, indent=2))
         return
@@ -143,7 +141,7 @@ from tldeploy.engines.diagnose import PRECISIONS as DIAGNOSE_PRECISIONS  # noqa:
 @click.option("--max-units", default=16, show_default=True, type=int, help="Plan: most units to keep in higher precision.")
 @click.option("--force", is_flag=True, help="Replace an existing report folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
-def diagnose_cmd(onnx_file: Path, quiet: bool, **kw) -> None:
+def diagnose_cmd(onnx_file: Path, precision: str, backend: str, quiet: bool, **kw) -> None:
     """Find the layers that lose accuracy at INT8 or FP16, named by ONNX node and PyTorch module,
     and write a precision plan that keeps the fewest of them in higher precision.
 
@@ -157,15 +155,16 @@ def diagnose_cmd(onnx_file: Path, quiet: bool, **kw) -> None:
       tldeploy diagnose digits.onnx --precision fp16 --data data/digits/val
     """
     _setup_logging(quiet)
+    from tldeploy.engines.capabilities import PrecisionTarget
     from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
 
-    result = diagnose(DiagnoseConfig(onnx=onnx_file, **kw))
+    result = diagnose(DiagnoseConfig(onnx=onnx_file, target=PrecisionTarget(precision, backend), **kw))
     doc = result.document
     for u in result.ranking[:5]:
         click.echo(f"#{u['rank']:<3} {u['short'] or '(no module)':40s} {u['op']:12s} {u['name']:24s} score {u['score']:.2e}")
     plan = doc["plan"]
     m = plan["metrics"]
-    click.echo(f"all {kw['precision']}: top-1 agreement {doc['all_low']['top1_agreement']:.2%}; plan: {len(plan['units'])} unit(s) in higher "
+    click.echo(f"all {precision}: top-1 agreement {doc['all_low']['top1_agreement']:.2%}; plan: {len(plan['units'])} unit(s) in higher "
                f"precision, top-1 agreement {m['top1_agreement']:.2%}, KL {m['kl']:.2e} on {doc['images']['n']} images"
                + ("" if plan["passed"] else f" (short of {plan['acceptance']['min_top1_agreement']:.2%})"))
     click.echo(f"wrote {result.report_dir}/ (diagnose.json, diagnose.md, sensitivity.png, plan.json) in {result.seconds:.0f} s")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tldeploy._io import atomic_dir, atomic_path, check_writable, now, sha256_file
-from tldeploy.contract import OUTPUT_NAMES, Contract, check_onnx, load_onnx, read_contract, write_contract
+from tldeploy.contract import OUTPUT_NAMES, Contract, OnnxFile, write_contract
 from tldeploy.deploy import golden as gold
 from tldeploy.deploy.manifest import (
     MANIFEST,
@@ -77,6 +77,7 @@ class _Artifact:
     contract: Contract
     record: BuildRecord | None
     sha256: str
+    file: OnnxFile | None = None  # an ONNX artifact, read once
 
     @property
     def precision(self) -> str:
@@ -104,12 +105,12 @@ def bundle(cfg: BundleConfig) -> BundleResult:
     g = gold.make_golden(source.contract, cfg.data, Path(cfg.reference), cfg.golden)
     roots = _machine_roots(cfg, items)
     with atomic_dir(out, force=cfg.force) as tmp:
-        entries = _write_models(tmp, items, source, roots)
+        entries, written = _write_models(tmp, items, source, roots)
         _write_plugins(tmp, items, cfg)
-        _write_golden(tmp, g, source, entries)
-        _write_serving(tmp, source, entries, cfg)
-        measured = _measure(tmp, entries, g)
-        manifest = _manifest(tmp, entries, g, measured)
+        _write_golden(tmp, g, source, entries, written)
+        _write_serving(tmp, source, entries, cfg, written)
+        measured = _measure(tmp, entries, g, written)
+        manifest = _manifest(tmp, entries, g, measured, written)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         signed_by = None
         if cfg.sign is not None:
@@ -131,10 +132,11 @@ def _read(path: Path) -> _Artifact:
     kind = artifact_kind(path)
     if kind == "checkpoint":
         raise ConfigError(f"{path} is a checkpoint; pass it as --reference, and its ONNX export as ARTIFACT")
-    contract = artifact_contract(path)
     if kind == "onnx":
-        check_onnx(path)
-    return _Artifact(path, kind, contract, read_sidecar(path), sha256_file(path))
+        f = OnnxFile(path)
+        f.check()
+        return _Artifact(path, kind, f.contract, read_sidecar(path), f.sha256, f)
+    return _Artifact(path, kind, artifact_contract(path), read_sidecar(path), sha256_file(path))
 
 
 def _source(items: list[_Artifact]) -> _Artifact:
@@ -194,27 +196,28 @@ def _write_plugins(tmp: Path, items: list[_Artifact], cfg: BundleConfig) -> None
         shutil.copyfile(cfg.plugins, tmp / PLUGIN_LIB)
 
 
-def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: list[str]) -> list[ManifestEntry]:
+def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: list[str]) -> tuple[list[ManifestEntry], dict[str, OnnxFile]]:
     """model.onnx, model_raw.onnx where needed, artifacts/ with scrubbed records; the entries the
-    manifest lists (file, kind, precision, input format, record). Stripping build-machine metadata
-    can change an ONNX file, so each record's input_onnx_sha256 follows its source to the bundled copy."""
-    save_portable(source.path, tmp / "model.onnx")
+    manifest lists (file, kind, precision, input format, record) and each ONNX file written (its
+    graph kept, not read back). Stripping build-machine metadata can change an ONNX file, so each
+    record's input_onnx_sha256 follows its source to the bundled copy."""
+    written = {"model.onnx": _save(source, tmp / "model.onnx")}
     bundled_sha = {source.sha256: sha256_file(tmp / "model.onnx")}  # original -> bundled
     entries = [ManifestEntry("model.onnx", "onnx", "fp32", "normalized")]
     image = source.contract.preprocessing.nvinfer_image  # None: no nvinfer config, so no raw graph for one (audio)
     if image is not None and not nvinfer_expresses(image):
-        from tldeploy.raw_input import raw_input_model
+        from tldeploy.raw_input import RawInputFromOnnx
 
-        raw = raw_input_model(load_onnx(tmp / "model.onnx"), image)
+        raw = RawInputFromOnnx(written["model.onnx"], image)()
         write_contract(raw, replace(source.contract, preprocessing=image.as_raw()))
-        save_portable(raw, tmp / "model_raw.onnx")
+        written["model_raw.onnx"] = OnnxFile.holding(tmp / "model_raw.onnx", save_portable(raw, tmp / "model_raw.onnx"))
         entries.append(ManifestEntry("model_raw.onnx", "onnx", "fp32", "raw"))
     (tmp / "artifacts").mkdir()
     for a in items:
         if a is not source:
             target = tmp / "artifacts" / a.path.name
             if a.kind == "onnx":
-                save_portable(a.path, target)
+                written[f"artifacts/{a.path.name}"] = _save(a, target)
             else:
                 shutil.copyfile(a.path, target)
             bundled_sha[a.sha256] = sha256_file(target)
@@ -235,10 +238,16 @@ def _write_models(tmp: Path, items: list[_Artifact], source: _Artifact, roots: l
             if layers.is_file():
                 shutil.copyfile(layers, tmp / "artifacts" / layers.name)
         entries.append(entry)
-    return entries
+    return entries, written
 
 
-def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[ManifestEntry]) -> None:
+def _save(a: _Artifact, target: Path) -> OnnxFile:
+    """An ONNX artifact written portably to `target` from the graph read already."""
+    assert a.file is not None  # ONNX artifacts are read as OnnxFile
+    return OnnxFile.holding(target, save_portable(a.path, target, model=a.file.copy()))
+
+
+def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[ManifestEntry], written: dict[str, OnnxFile]) -> None:
     d = tmp / "golden"
     (d / "files").mkdir(parents=True)
     names = []
@@ -254,7 +263,7 @@ def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[Ma
         arrays["inputs_raw"] = np.stack([raw.load(p) for p in g.paths]).astype(np.float32)
     np.savez(d / "inputs.npz", **arrays)
     np.savez(d / "reference.npz", **g.reference)
-    batch = _static_batch(tmp / "model.onnx")
+    batch = written["model.onnx"].static_batch
     name = source.contract.input_name
     (d / "inputs.json").write_text(gold.polygraphy_inputs(name, g.inputs, batch))
     (d / "reference.json").write_text(gold.polygraphy_outputs(g.reference, batch))
@@ -265,20 +274,7 @@ def _write_golden(tmp: Path, g: gold.Golden, source: _Artifact, entries: list[Ma
     (d / "README.md").write_text(gold.readme(len(g.inputs), max_diff, raw=(tmp / "model_raw.onnx").is_file()))
 
 
-def _static_batch(onnx_path: Path) -> int | None:
-    dim = load_onnx(onnx_path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value or None
-
-
-def _output_dims(onnx_path: Path) -> list[tuple[str, list[int]]]:
-    import onnx
-
-    model = onnx.shape_inference.infer_shapes(load_onnx(onnx_path))
-    dims = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
-    return [(k, dims[k]) for k in OUTPUT_NAMES]
-
-
-def _write_serving(tmp: Path, source: _Artifact, entries: list[ManifestEntry], cfg: BundleConfig) -> None:
+def _write_serving(tmp: Path, source: _Artifact, entries: list[ManifestEntry], cfg: BundleConfig, written: dict[str, OnnxFile]) -> None:
     classes = source.contract.classes
     (tmp / "labels.txt").write_text("\n".join(classes) + "\n")
     ds = tmp / "deepstream"
@@ -288,7 +284,7 @@ def _write_serving(tmp: Path, source: _Artifact, entries: list[ManifestEntry], c
     if image is not None:
         served = next(e for e in entries if e.file in ("model_raw.onnx", "model.onnx") and (e.input == "raw" or nvinfer_expresses(image)))
         served_prep = image.as_raw() if served.input == "raw" else image
-        batch = _static_batch(tmp / served.file) or 1
+        batch = written[served.file].static_batch or 1
         engine = [e for e in entries if e.kind == "engine" and e.input == served.input and e.attention == "standard"]
         precision = engine[0].precision if engine else "fp16"
         engine_file = f"../{engine[0].file}" if engine else f"../{served.file}_b{batch}_gpu0_{precision}.engine"
@@ -298,9 +294,10 @@ def _write_serving(tmp: Path, source: _Artifact, entries: list[ManifestEntry], c
             (ds / name).write_text(deepstream_config(
                 onnx_file=f"../{served.file}", engine_file=engine_file, labels_file="labels.txt", prep=served_prep,
                 precision=precision, batch_size=batch, threshold=cfg.classifier_threshold, secondary=secondary, note=note))
-    outputs = [(k, d[1:]) for k, d in _output_dims(tmp / "model.onnx")]  # every entry has the export's outputs
+    dims = written["model.onnx"].output_dims
+    outputs = [(k, dims[k][1:]) for k in OUTPUT_NAMES]  # every entry has the export's outputs
     for e in entries:
-        _write_triton(tmp, e, source, cfg, outputs)
+        _write_triton(tmp, e, source, cfg, outputs, written)
 
 
 def _triton_name(file: str) -> str:
@@ -310,7 +307,8 @@ def _triton_name(file: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)
 
 
-def _write_triton(tmp: Path, e: ManifestEntry, source: _Artifact, cfg: BundleConfig, outputs: list[tuple[str, list[int]]]) -> None:
+def _write_triton(tmp: Path, e: ManifestEntry, source: _Artifact, cfg: BundleConfig, outputs: list[tuple[str, list[int]]],
+                  written: dict[str, OnnxFile]) -> None:
     if e.kind == "onnx" and e.attention == "plugin":
         return  # ONNX Runtime cannot run ChannelAttention plugin nodes; Triton serves their engine (tensorrt_plan)
     name = _triton_name(e.file)
@@ -319,7 +317,7 @@ def _write_triton(tmp: Path, e: ManifestEntry, source: _Artifact, cfg: BundleCon
     prep = source.contract.preprocessing
     input_dims = list(prep.as_raw().input_shape if e.input == "raw" else prep.input_shape)
     if e.kind == "onnx":
-        static = _static_batch(tmp / e.file)
+        static = written[e.file].static_batch
         shutil.copyfile(tmp / e.file, folder / "1" / "model.onnx")
         platform, filename, max_batch = "onnxruntime_onnx", "model.onnx", cfg.max_batch
     else:
@@ -337,7 +335,7 @@ def _write_triton(tmp: Path, e: ManifestEntry, source: _Artifact, cfg: BundleCon
     shutil.copyfile(tmp / "labels.txt", folder / "labels.txt")
 
 
-def _measure(tmp: Path, entries: list[ManifestEntry], g: gold.Golden) -> dict[str, Any]:
+def _measure(tmp: Path, entries: list[ManifestEntry], g: gold.Golden, written: dict[str, OnnxFile]) -> dict[str, Any]:
     """Each ONNX artifact on the golden inputs here (ONNX Runtime CPU), against the reference."""
     from tldeploy.parity import compare_outputs
     from tldeploy.runtime.runners import OrtRunner, run_batches
@@ -352,7 +350,7 @@ def _measure(tmp: Path, entries: list[ManifestEntry], g: gold.Golden) -> dict[st
             out[e.file] = {"not_run": "ChannelAttention plugin nodes run only in TensorRT"}
             continue
         x = inputs["inputs_raw" if e.input == "raw" else "inputs"]
-        with OrtRunner(tmp / e.file) as r:
+        with OrtRunner(written[e.file]) as r:
             report = compare_outputs(g.reference, run_batches(r, x))
         missed = tolerance_failures(report, TOLERANCES[e.precision])
         passed = not missed
@@ -363,7 +361,7 @@ def _measure(tmp: Path, entries: list[ManifestEntry], g: gold.Golden) -> dict[st
     return out
 
 
-def _manifest(tmp: Path, entries: list[ManifestEntry], g: gold.Golden, measured: dict[str, Any]) -> Manifest:
-    return Manifest(created=now(), contract=read_contract(tmp / "model.onnx"), tools=host.tool_versions(), tolerances=dict(TOLERANCES),
+def _manifest(tmp: Path, entries: list[ManifestEntry], g: gold.Golden, measured: dict[str, Any], written: dict[str, OnnxFile]) -> Manifest:
+    return Manifest(created=now(), contract=written["model.onnx"].contract, tools=host.tool_versions(), tolerances=dict(TOLERANCES),
                     artifacts=tuple(replace(e, measured_here=measured.get(e.file)) for e in entries),
                     golden={"n": len(g.inputs), "labelled": g.labels is not None}, files=file_digests(tmp))

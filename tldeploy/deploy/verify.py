@@ -279,6 +279,7 @@ def _build_here(root: Path, manifest: Manifest, cfg: VerifyConfig, trust_plugins
     there is one (what DeepStream serves), and each plugin graph with the bundle's plugin library.
     An unchanged build is reused (the builder's cache key), a stale one rebuilt."""
     from tldeploy.engines.builder import BuildConfig, build
+    from tldeploy.engines.capabilities import PrecisionTarget
     from tldeploy.engines.tensorrt import TrtConfig
     from tldeploy.errors import OutputExistsError
 
@@ -297,7 +298,7 @@ def _build_here(root: Path, manifest: Manifest, cfg: VerifyConfig, trust_plugins
     for source, input_format, attention, plugins in sources:
         for p in cfg.precisions or ("fp16",):
             target = out / f"{source.stem}.{p}.engine"
-            bc = BuildConfig(onnx=source, precision=p, backend="tensorrt", device="cuda", output=target, trt=TrtConfig(plugins=plugins))
+            bc = BuildConfig(onnx=source, target=PrecisionTarget(p, "tensorrt", device="cuda"), output=target, trt=TrtConfig(plugins=plugins))
             try:
                 result = build(bc)
             except OutputExistsError:  # built here before from other inputs or tools

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from tldeploy._io import atomic_path, now, probe_output
+from tldeploy.contract import Contract, OnnxFile
 from tldeploy.engines import artifacts
 from tldeploy.engines.calibration import CalibrationSet
-from tldeploy.engines.capabilities import PRECISIONS, check_target, default_device
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.inspector import summarize_layers
-from tldeploy.engines.quantize import QuantConfig
+from tldeploy.engines.quantize import Int8Options, QuantConfig
 from tldeploy.engines.tensorrt import TrtConfig
 from tldeploy.errors import ConfigError, OutputExistsError, TldeployError
 from tldeploy.records import BuildRecord
@@ -36,30 +37,24 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BuildConfig:
     onnx: Path
-    precision: str = "fp32"
-    backend: str = "auto"  # "auto": TensorRT where it and a GPU exist, else ONNX Runtime
-    device: str | None = None  # default: cuda for TensorRT, cpu for ONNX Runtime
+    target: PrecisionTarget = field(default_factory=PrecisionTarget)  # precision, backend (auto by default), device
     output: Path | None = None  # default: beside the ONNX, e.g. model.int8.ort.onnx, model.fp16.engine
     calib_data: Path | None = None
-    calib_samples: int = 256
-    calib_method: str = "minmax"
-    keep_float: int | str = "auto"
-    int8_preset: str = "auto"  # auto: the transformer preset (matrix products only) where the backbone has LayerNorms/Softmaxes
-    min_agreement: float | None = None  # None: 0.99 on --check-data images, 1.0 on held-out calibration images
-    max_kl: float | None = None  # None: none on --check-data images, a margin on held-out calibration images
+    int8: Int8Options = field(default_factory=Int8Options)  # how --precision int8 quantizes, in any flavour; other precisions ignore it
     check_data: Path | None = None  # images the model was not trained on (validation), to hold INT8 to
     precision_plan: Path | None = None  # units to keep in higher precision, from `tldeploy diagnose`
-    reduce_range: bool | None = None  # ONNX Runtime INT8: None = on for CPUs without VNNI
     trt: TrtConfig = field(default_factory=TrtConfig)
     force: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.precision != "int8" and self.calib_data is not None:
-            raise ConfigError(f"--calib-data is for --precision int8; {self.precision} needs no calibration")
+        self.target.check_calib_data(self.calib_data)
         if self.precision == "fp32" and self.precision_plan is not None:
             raise ConfigError("--precision-plan is for --precision int8 or fp16; an FP32 build keeps everything in float")
+
+    @property
+    def precision(self) -> str:
+        """The target's precision (the target owns it; read throughout the build)."""
+        return self.target.precision
 
 
 @dataclass
@@ -113,22 +108,20 @@ def _require_runtime(backend: str, device: str, precision: str) -> None:
 
 def build(cfg: BuildConfig) -> BuildResult:
     from tldeploy._io import sha256_file
-    from tldeploy.contract import check_onnx, read_contract
 
     t0 = time.perf_counter()
-    onnx_path = Path(cfg.onnx)
-    contract = read_contract(onnx_path)
-    check_onnx(onnx_path)
-    onnx_sha = sha256_file(onnx_path)
+    src = OnnxFile(cfg.onnx)  # read once: every step below takes the graph, contract and hash from it
+    onnx_path, contract = src.path, src.contract
+    src.check()
+    onnx_sha = src.sha256
     plan = None
     if cfg.precision_plan is not None:
         from tldeploy.engines.plan import load_plan
 
         plan = load_plan(cfg.precision_plan)
         plan.check_applies(cfg.precision_plan, onnx_sha, cfg.precision, onnx_path)
-    backend = resolve_backend(cfg.precision, cfg.backend)
-    device = cfg.device or default_device(backend)
-    cap = check_target(cfg.precision, backend, device)
+    cap = cfg.target.resolved(resolve_backend(cfg.precision, cfg.target.backend)).capability
+    backend, device = cap.backend, cap.device
     output = _checked_output(cfg, onnx_path, contract, backend, device)
     qat = _qat_target(cfg, contract, backend, onnx_path)
     _require_runtime(backend, device, cfg.precision)
@@ -137,7 +130,7 @@ def build(cfg: BuildConfig) -> BuildResult:
 
     record = BuildRecord(
         artifact=output.name, input_onnx=str(onnx_path), input_onnx_sha256=onnx_sha, precision=cfg.precision, backend=backend, device=device,
-        calibration={"sha256": calib.sha256, "images": len(calib.images), "held_out": len(calib.holdout), "method": cfg.calib_method} if calib else None,
+        calibration=_calibration_record(calib, quant),
         quantization_options=_quant_options(quant),
         check_data={"source": check.source, "images": len(check.images), "sha256": check.sha256} if check else None,
         precision_plan={"path": str(cfg.precision_plan), "sha256": sha256_file(Path(cfg.precision_plan))} if plan else None,
@@ -155,13 +148,12 @@ def build(cfg: BuildConfig) -> BuildResult:
                    if old else "it has no matching build record")
             raise OutputExistsError(f"{output} already exists and {why}; pass --force to rebuild it")
         log.info("building %s %s on %s: %s -> %s (%s)", backend, cfg.precision, device, onnx_path, output, cap.describe(cfg.precision))
-        details = _build_artifact(cfg, backend, device, onnx_path, contract, output, calib, quant, check, plan)
+        details, artifact_contract = _build_artifact(_Job(cfg, src, backend, device, output, calib, quant, check, plan))
         release = host.read_jetson_release()
         record = replace(record, cache_key=key).finished(
             **details, artifact_sha256=sha256_file(output), size_bytes=output.stat().st_size, cpu=host.cpu_info(),
             jetson=release.to_dict() if release else None,  # JetPack and L4T on a Jetson
-            # An ONNX artifact carries its own (updated) contract; an engine's record carries the input's.
-            contract=read_contract(output) if output.suffix == ".onnx" else replace(contract, precision=cfg.precision),
+            contract=artifact_contract,
             created=now(), build_seconds=round(time.perf_counter() - t0, 2))
         record.save(sidecar_path(output))
     return BuildResult(output, record, False, time.perf_counter() - t0)
@@ -186,7 +178,7 @@ def _checked_output(cfg: BuildConfig, onnx_path: Path, contract, backend: str, d
 def _qat_target(cfg: BuildConfig, contract, backend: str, onnx_path: Path):
     from tldeploy.engines.quantize import QatRecord
 
-    return QatRecord.for_int8(contract, str(onnx_path), backend, cfg.reduce_range, cfg.calib_data) if cfg.precision == "int8" else None
+    return QatRecord.for_int8(contract, str(onnx_path), backend, cfg.int8.reduce_range, cfg.calib_data) if cfg.precision == "int8" else None
 
 
 def _build_data(cfg: BuildConfig, contract, backend: str, qat) -> tuple[CalibrationSet | None, QuantConfig | None, Any]:
@@ -198,23 +190,27 @@ def _build_data(cfg: BuildConfig, contract, backend: str, qat) -> tuple[Calibrat
 
         check = ImageSet.from_folder(cfg.check_data, contract.preprocessing, contract.classes)
     if cfg.precision == "int8":
-        options = dict(calib_method=cfg.calib_method, calib_samples=cfg.calib_samples, keep_float=cfg.keep_float,
-                       min_agreement=cfg.min_agreement, max_kl=cfg.max_kl, preset=cfg.int8_preset)
-        ort_width = {"reduce_range": cfg.reduce_range} if backend == "ort" else {}
-        if qat is not None:
-            return None, qat.quant_config(**{**options, "calib_method": "minmax"}), check
+        if qat is not None:  # its trained ranges are written as a min/max calibration cache
+            return None, qat.quant_config(replace(cfg.int8, calib_method="minmax")), check
         assert cfg.calib_data is not None  # _qat_target refused an INT8 build without one
-        calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples)
-        quant = QuantConfig.for_backend(backend, **options, **ort_width)
+        calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.int8.calib_samples)
+        quant = cfg.int8.quant_config(backend)
     return calib, quant, check
+
+
+def _calibration_record(calib: CalibrationSet | None, quant: QuantConfig | None) -> dict | None:
+    if calib is None or quant is None:
+        return None
+    return {"sha256": calib.sha256, "images": len(calib.images), "held_out": len(calib.holdout), "method": quant.options.calib_method}
 
 
 def _quant_options(quant: QuantConfig | None) -> dict | None:
     if quant is None:
         return None
+    o = quant.options
     return {"flavour": quant.flavour, "activation_type": quant.activation_type, "activation_symmetric": quant.activation_symmetric,
-            "per_channel": quant.per_channel, "reduce_range": quant.reduce_range, "keep_float": quant.keep_float,
-            "min_agreement": quant.min_agreement, "max_kl": quant.max_kl, "preset": quant.preset}
+            "per_channel": quant.per_channel, "reduce_range": quant.reduce_range, "keep_float": o.keep_float,
+            "min_agreement": o.min_agreement, "max_kl": o.max_kl, "preset": o.preset}
 
 
 def _trt_options(t: TrtConfig) -> dict:
@@ -222,65 +218,89 @@ def _trt_options(t: TrtConfig) -> dict:
             "version_compatible": t.version_compatible, "hardware_compat": t.hardware_compat}
 
 
-def _build_artifact(cfg: BuildConfig, backend: str, device: str, onnx_path: Path, contract, output: Path, calib, quant,
-                    check, plan) -> dict[str, Any]:
-    """Write the artifact (atomically) and return what the record should add."""
-    import onnx
+@dataclass(frozen=True)
+class _Job:
+    """One build: the input (read once), the target and what the conversion needs."""
 
-    from tldeploy.contract import load_onnx
-    from tldeploy.engines.fp16 import fp16_model
-    from tldeploy.engines.quantize import quantize_model
+    cfg: BuildConfig
+    src: OnnxFile
+    backend: str
+    device: str
+    output: Path
+    calib: CalibrationSet | None
+    quant: QuantConfig | None
+    check: Any  # ImageSet of --check-data, or None
+    plan: Any  # PrecisionPlan, or None
+
+    def convert(self) -> tuple[Any, dict[str, Any]]:
+        """The converted graph in memory (None: an FP32 build takes the export as it is) and what
+        the conversion adds to the record; the precision's loader runs here."""
+        from tldeploy.engines.fp16 import Fp16FromOnnx
+        from tldeploy.engines.quantize import QdqFromOnnx
+
+        cfg, extra = self.cfg, {}
+        if cfg.precision == "int8":
+            assert self.quant is not None  # _build_data made the options of every INT8 build
+            q = QdqFromOnnx(self.src, self.calib, self.quant, artifacts.cache_dir() / "calibration", check=self.check, plan=self.plan,
+                            plan_path=cfg.precision_plan)()
+            extra = {"qdq_flavour": self.quant.flavour, "quantization": q.summary()}
+            if q.metrics is not None:
+                extra["check"] = extra["quantization"]["check"]  # the guard measured the artifact's graph already
+            return q.model, extra
+        if cfg.precision == "fp16":
+            if self.plan is not None:
+                self.plan.check_nodes(self.src.proto, cfg.precision_plan, self.src.path)
+                extra["fp32_units"] = [{k: u.get(k) for k in ("name", "module", "short", "op", "nodes")} for u in self.plan.units]
+            return Fp16FromOnnx(self.src, keep_fp32=self.plan.nodes if self.plan else ())(), extra
+        return None, extra
+
+
+def _build_artifact(job: _Job) -> tuple[dict[str, Any], Contract]:
+    """Write the artifact (atomically); return what the record should add and the artifact's contract."""
+    from tldeploy.contract import read_contract
     from tldeploy.scopes import save_portable
 
-    extra: dict[str, Any] = {}
-    model = None  # the converted graph, in memory; FP32 builds take the file as it is
-    if cfg.precision == "int8":
-        q = quantize_model(onnx_path, calib, quant, artifacts.cache_dir() / "calibration", check=check, plan=plan,
-                           plan_path=cfg.precision_plan)
-        extra["qdq_flavour"] = quant.flavour
-        extra["quantization"] = q.summary()
-        if q.metrics is not None:
-            extra["check"] = extra["quantization"]["check"]  # the guard measured the artifact's graph already
-        model = q.model
-    elif cfg.precision == "fp16":
-        fp32_model = load_onnx(onnx_path)
-        if plan is not None:
-            plan.check_nodes(fp32_model, cfg.precision_plan, onnx_path)
-            extra["fp32_units"] = [{k: u.get(k) for k in ("name", "module", "short", "op", "nodes")} for u in plan.units]
-        model = fp16_model(fp32_model, keep_fp32=plan.nodes if plan else ())
-    if contract.attention == "plugin":
+    cfg, src, output = job.cfg, job.src, job.output
+    model, extra = job.convert()
+    contract = src.contract if model is None else read_contract(model, str(output))
+    if src.contract.attention == "plugin":
         extra["check"] = {"skipped": "ChannelAttention plugin nodes: ONNX Runtime cannot run the reference"}
-    if backend == "ort":
+    if job.backend == "ort":
         from tldeploy.runtime.runners import OrtRunner
 
         with atomic_path(output) as out_tmp:  # checked before it takes the output's name
-            save_portable(onnx_path if model is None else model, out_tmp)  # without the build machine's paths
+            if model is None:  # without the build machine's paths
+                save_portable(src.path, out_tmp, model=src.copy())
+            else:
+                save_portable(model, out_tmp)
             if "check" not in extra:
-                provider = "cuda" if device == "cuda" else "cpu"
-                extra["check"] = _check(OrtRunner(out_tmp, provider=provider), onnx_path, contract.preprocessing, check)
-        return extra
+                provider = "cuda" if job.device == "cuda" else "cpu"
+                extra["check"] = _check(OrtRunner(out_tmp, provider=provider), src, job.check)
+        return extra, contract
     from tldeploy.engines.tensorrt import EngineFromOnnx, default_timing_cache
 
     trt_cfg = cfg.trt if cfg.trt.timing_cache else _with_cache(cfg.trt, default_timing_cache())
     with tempfile.TemporaryDirectory(prefix="tldeploy-build-") as tmp:
-        source = onnx_path
+        source = src.path
         if model is not None:  # TensorRT's parser reads a file
+            import onnx
+
             source = Path(tmp) / f"model.{cfg.precision}.onnx"
             onnx.save(model, str(source))
-        engine, layers = EngineFromOnnx(source, trt_cfg, needs_plugin=contract.attention == "plugin")()
+        engine, layers = EngineFromOnnx(source, trt_cfg, needs_plugin=src.contract.attention == "plugin")()
     with atomic_path(output) as out_tmp:
         out_tmp.write_bytes(engine)
         if "check" not in extra:
             from tldeploy.runtime.trt_runner import TrtRunner
 
-            extra["check"] = _check(TrtRunner(out_tmp, plugins=cfg.trt.plugins), onnx_path, contract.preprocessing, check)
+            extra["check"] = _check(TrtRunner(out_tmp, plugins=cfg.trt.plugins), src, job.check)
     layers_path = output.with_name(output.name + ".layers.json")
     with atomic_path(layers_path) as lt:
         lt.write_text(layers)
     extra["layer_info"] = layers_path.name
     extra["layers"] = _layer_summary(layers, layers_path)
     extra["timing_cache"] = str(trt_cfg.timing_cache)
-    return extra
+    return extra, replace(src.contract, precision=cfg.precision)  # an engine's record carries the input's contract
 
 
 def _layer_summary(text: str, path: Path) -> dict[str, Any] | None:
@@ -300,7 +320,7 @@ def _with_cache(t: TrtConfig, path: Path) -> TrtConfig:
     return replace(t, timing_cache=path)
 
 
-def _check(artifact_runner, onnx_path: Path, prep, check) -> dict:
+def _check(artifact_runner, src: OnnxFile, check) -> dict:
     """Run the new artifact (a runner on its temporary file) against the FP32 ONNX on ONNX Runtime
     CPU, on the --check-data images (up to 64) or on random inputs."""
     from tldeploy.parity import compare_outputs
@@ -312,9 +332,9 @@ def _check(artifact_runner, onnx_path: Path, prep, check) -> dict:
     else:
         from tldeploy.parity import parity_inputs
 
-        x = parity_inputs(prep, None, 8)
+        x = parity_inputs(src.contract.preprocessing, None, 8)
         what = "random inputs"
-    with OrtRunner(onnx_path) as ref_runner:
+    with OrtRunner(src) as ref_runner:
         ref = run_batches(ref_runner, x)
     with artifact_runner as runner:
         out = run_batches(runner, x)

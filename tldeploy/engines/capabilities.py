@@ -4,7 +4,7 @@ downgrade (a tool that measures precision must not quietly build something else)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tldeploy.errors import ConfigError
 
@@ -66,6 +66,46 @@ def check_target(precision: str, backend: str, device: str) -> Capability:
             f"{precision} is built by: {'; '.join(able)}"
         )
     return cap
+
+
+@dataclass(frozen=True)
+class PrecisionTarget:
+    """What a build makes, or a diagnosis measures the numerics of: a precision for a backend on a
+    device, checked against CAPABILITIES where it is made. `backend="auto"` and `device=None` are
+    left for the build to resolve (`resolved`), which checks the named target then."""
+
+    precision: str = "fp32"
+    backend: str = "auto"  # "auto": TensorRT where it and a GPU exist, else ONNX Runtime (builder.resolve_backend)
+    device: str | None = None  # None: the backend's default, cuda for TensorRT, cpu for ONNX Runtime
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.backend not in ("auto", *BACKENDS):
+            raise ConfigError(f"--backend must be one of auto, {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.device is not None and self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.backend != "auto" and self.device is not None:
+            check_target(self.precision, self.backend, self.device)
+
+    def check_calib_data(self, calib_data: object) -> None:
+        """Only INT8 calibrates: calibration images for another precision are a mistake, not a no-op."""
+        if calib_data is not None and self.precision != "int8":
+            raise ConfigError(f"--calib-data is for --precision int8; {self.precision} needs no calibration")
+
+    def resolved(self, backend: str) -> PrecisionTarget:
+        """This target built with `backend` (what "auto" resolved to), on its device or the backend's
+        default; checked against the table, so `capability` names its row."""
+        if self.backend not in ("auto", backend):
+            raise ValueError(f"a --backend {self.backend} target cannot resolve to {backend}")
+        return replace(self, backend=backend, device=self.device or default_device(backend))
+
+    @property
+    def capability(self) -> Capability:
+        """The table's row that builds this (resolved) target."""
+        if self.backend == "auto" or self.device is None:
+            raise ValueError(f"{self} is not resolved to a backend and a device; call resolved() first")
+        return check_target(self.precision, self.backend, self.device)
 
 
 def capability_table() -> str:

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tldeploy.engines.capabilities import BACKENDS as CAPABILITY_BACKENDS
 from tldeploy.engines.capabilities import PRECISIONS as CAPABILITY_PRECISIONS
+from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,16 +35,17 @@ log = logging.getLogger(__name__)
 DIAGNOSE_FORMAT = "tldeploy.diagnose"
 DIAGNOSE_VERSION = 1
 PRECISIONS = tuple(p for p in CAPABILITY_PRECISIONS if p != "fp32")  # what can lose accuracy
-BACKENDS = ("ort", "tensorrt")  # whose numerics: ONNX Runtime's kernels, or TensorRT's Q/DQ evaluated as written
+# Whose numerics: ONNX Runtime's kernels, or TensorRT's Q/DQ evaluated as written; never "auto",
+# a diagnosis is of one named target.
+BACKENDS = tuple(sorted(CAPABILITY_BACKENDS))
 
 
 @dataclass(frozen=True)
 class DiagnoseConfig:
     onnx: Path
-    precision: str
+    target: PrecisionTarget  # precision and backend whose numerics are measured (all on this CPU: the device is not used)
     data: Path  # validation images: what the ranking and the plan's promise are measured on
     calib_data: Path | None = None  # int8: images to calibrate on (the training folder)
-    backend: str = "ort"
     output: Path | None = None  # report folder; default beside the ONNX: NAME.diagnose-PRECISION/
     calib_samples: int = 256
     calib_method: str = "minmax"
@@ -56,14 +59,17 @@ class DiagnoseConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.precision == "fp16" and self.calib_data is not None:
-            raise ConfigError("--calib-data is for --precision int8; FP16 needs no calibration")
+        if self.target.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.target.backend!r}")
+        self.target.check_calib_data(self.calib_data)
         if self.rank_images < 8:
             raise ConfigError(f"--rank-images must be at least 8, got {self.rank_images}")
         if not 0 < self.min_agreement <= 1:
             raise ConfigError(f"--min-agreement must be in (0, 1], got {self.min_agreement}")
+
+    @property
+    def precision(self) -> str:
+        return self.target.precision
 
     @property
     def report_dir(self) -> Path:
@@ -107,7 +113,7 @@ def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
     measured_on = {"source": val.source, "n": len(val.images), "sha256": val.sha256, "ranking_images": min(cfg.rank_images, len(val.images))}
     doc: dict[str, Any] = {
         "format": DIAGNOSE_FORMAT, "format_version": DIAGNOSE_VERSION, "created": now(),
-        "onnx": str(onnx_path), "onnx_sha256": onnx_sha, "precision": cfg.precision, "backend": cfg.backend,
+        "onnx": str(onnx_path), "onnx_sha256": onnx_sha, "precision": cfg.precision, "backend": cfg.target.backend,
         "cpu": host.cpu_info(), "tools": host.tool_versions(), "images": measured_on, **body,
     }
     from tldeploy.engines.plan import PlanUnit, PrecisionPlan
@@ -175,17 +181,17 @@ def _plan_section(search: tuple, scored: _Scored, accept, ranked, labels) -> tup
 def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from tldeploy.engines import artifacts
     from tldeploy.engines.calibration import CalibrationSet, spread
-    from tldeploy.engines.quantize import QatRecord, QuantConfig, Quantizer, rank_int8
+    from tldeploy.engines.quantize import Int8Options, QatRecord, Quantizer, rank_int8
     from tldeploy.engines.sensitivity import Acceptance, choose
     from tldeploy.engines.units import float_regions
     from tldeploy.parity import Tolerance
 
-    qat = QatRecord.for_int8(contract, str(onnx_path), cfg.backend, cfg.reduce_range, cfg.calib_data)
+    qat = QatRecord.for_int8(contract, str(onnx_path), cfg.target.backend, cfg.reduce_range, cfg.calib_data)
     # A quantization-aware trained export is diagnosed with its trained ranges, as it builds.
     calib = CalibrationSet.from_folder(cfg.calib_data, contract.preprocessing, cfg.calib_samples) if qat is None and cfg.calib_data else None
     qcfg = (qat.quant_config() if qat is not None else
-            QuantConfig.for_backend(cfg.backend, calib_method=cfg.calib_method, calib_samples=cfg.calib_samples,
-                                    **({"reduce_range": cfg.reduce_range} if cfg.backend == "ort" else {})))
+            Int8Options(calib_method=cfg.calib_method, calib_samples=cfg.calib_samples, reduce_range=cfg.reduce_range)
+            .quant_config(cfg.target.backend))
     accept = Acceptance(Tolerance(min_top1_agreement=cfg.min_agreement, max_kl=cfg.max_kl), f"{len(val.images)} images from {val.source}")
     with Quantizer(onnx_path, calib, qcfg, artifacts.cache_dir() / "calibration") as q:
         log.info("ranking %d quantized units on %d images (%s)", len(q.units()), min(cfg.rank_images, len(val.images)),
@@ -201,7 +207,7 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
         units_in_order = sorted(order, key=lambda u: u.index)
     section, plan = _plan_section(search, scored, accept, ranked, val.labels)
     return {
-        "quantization": {"flavour": qcfg.flavour, "reduce_range": qcfg.reduce_range, "calib_method": qcfg.calib_method,
+        "quantization": {"flavour": qcfg.flavour, "reduce_range": qcfg.reduce_range, "calib_method": qcfg.options.calib_method,
                          "calibration": {"source": calib.source, "images": len(calib.images), "sha256": calib.sha256} if calib else None,
                          "qat": qat is not None,
                          "evaluated": "Q/DQ graph as written" if qcfg.evaluated_as_written else "onnxruntime CPU kernels"},

@@ -17,6 +17,16 @@ def fp16_exclusions(model, contract) -> set[str]:
     return {n.name for n in model.graph.node if n.name not in feeds_logits} | frontend_nodes(model, contract)
 
 
+class Fp16FromOnnx:
+    """A lazy build step: the FP16 ModelProto of an FP32 export (`OnnxFile`), made when called."""
+
+    def __init__(self, source, keep_fp32: list[str] | tuple[str, ...] = ()) -> None:
+        self.source, self.keep_fp32 = source, keep_fp32
+
+    def __call__(self):
+        return fp16_model(self.source.copy(), keep_fp32=self.keep_fp32)
+
+
 def fp16_model(model, keep_fp32: list[str] | tuple[str, ...] = ()):
     """A converted copy of an FP32 tldeploy ModelProto (an FP16 one is returned as it is), with
     `keep_fp32` nodes (a precision plan's, checked by `PrecisionPlan.check_nodes`) also left in float32."""

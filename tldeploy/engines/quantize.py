@@ -24,16 +24,21 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tldeploy.contract import OnnxFile
 from tldeploy.engines.calibration import CHECK_DEFAULTS, MIN_CALIB_IMAGES, CalibrationSet, ImageSet, spread
 from tldeploy.engines.capabilities import CALIB_METHODS
 from tldeploy.engines.graph import check_written_graph, frontend_nodes, name_every_node
 from tldeploy.engines.qdq import QdqStats, head_nodes, qdq_stats
 from tldeploy.errors import ConfigError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from tldeploy.parity import Tolerance
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +67,11 @@ def cpu_has_vnni() -> bool:
 
 
 @dataclass(frozen=True)
-class QuantConfig:
-    """How to quantize; build one with `QuantConfig.tensorrt()` or `QuantConfig.ort_x86()`."""
+class Int8Options:
+    """What an INT8 build asks of quantization, whatever Q/DQ flavour its backend takes: turned into
+    that flavour's `QuantConfig` by `quant_config(backend)` once the backend is known (`--backend
+    auto` resolves at build time). From the command line: `Int8Options.from_cli(...)`."""
 
-    flavour: str
-    activation_type: str  # "int8" or "uint8"
-    activation_symmetric: bool
-    per_channel: bool
-    reduce_range: bool
     calib_method: str = "minmax"
     calib_samples: int = 256
     keep_float: int | str = "auto"  # units kept in float, most sensitive first: a number, or "auto"
@@ -80,12 +82,12 @@ class QuantConfig:
     max_keep_float: int = 16  # auto: give up (with a warning) after this many units
     rank_images: int = 32  # images the ranking sweep runs on (the check itself uses all): 2 runs per unit
     preset: str = "auto"  # auto: the transformer preset where the backbone has LayerNorms or Softmaxes; none: every unit quantized
+    # ONNX Runtime x86's 7-bit weights as asked for (QuantConfig.reduce_range is what is written):
+    # None = on for CPUs without VNNI, or as a quantization-aware trained export was trained.
+    # TensorRT's flavour has no such choice and ignores it.
+    reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.flavour not in FLAVOURS:
-            raise ConfigError(f"Q/DQ flavour must be one of {', '.join(FLAVOURS)}, got {self.flavour!r}")
-        if self.activation_type not in ("int8", "uint8"):
-            raise ConfigError(f"activation type must be int8 or uint8, got {self.activation_type!r}")
         if self.calib_method not in CALIB_METHODS:
             raise ConfigError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
         if self.calib_samples < 1:
@@ -98,23 +100,69 @@ class QuantConfig:
             raise ConfigError(f"--int8-preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.max_kl is not None and self.max_kl < 0:
             raise ConfigError(f"--int8-max-kl must be >= 0, got {self.max_kl}")
+
+    @classmethod
+    def from_cli(cls, keep_float: str = "auto", **kw) -> Int8Options:
+        """The options of `tldeploy build`'s flags: --int8-keep-float comes as text ("auto" or a count)."""
+        if keep_float == "auto":
+            return cls(keep_float="auto", **kw)
+        try:
+            count = int(keep_float)
+        except ValueError:
+            raise ConfigError(f"--int8-keep-float must be 'auto' or a number, got {keep_float!r}") from None
+        return cls(keep_float=count, **kw)
+
+    def tolerance(self, images: str) -> Tolerance:
+        """The guard's bar: the agreement and KL asked for, else the defaults for the kind of check
+        `images` ("validation" or "held_out", CHECK_DEFAULTS)."""
+        from tldeploy.parity import Tolerance
+
+        agree, kl = CHECK_DEFAULTS[images]
+        return Tolerance(min_top1_agreement=agree if self.min_agreement is None else self.min_agreement,
+                         max_kl=kl if self.max_kl is None else self.max_kl)
+
+    def quant_config(self, backend: str) -> QuantConfig:
+        """These options in the Q/DQ flavour `backend` ("tensorrt" or "ort") runs."""
+        return QuantConfig.tensorrt(self) if backend == "tensorrt" else QuantConfig.ort_x86(self)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize: a Q/DQ flavour and the build's `Int8Options`. Build one with
+    `QuantConfig.tensorrt()` or `QuantConfig.ort_x86()` (keywords: Int8Options fields), or
+    `Int8Options.quant_config(backend)`."""
+
+    flavour: str
+    activation_type: str  # "int8" or "uint8"
+    activation_symmetric: bool
+    per_channel: bool
+    reduce_range: bool  # 7-bit weights, as written
+    options: Int8Options = field(default_factory=Int8Options)
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ConfigError(f"Q/DQ flavour must be one of {', '.join(FLAVOURS)}, got {self.flavour!r}")
+        if self.activation_type not in ("int8", "uint8"):
+            raise ConfigError(f"activation type must be int8 or uint8, got {self.activation_type!r}")
         if self.flavour == "tensorrt" and (self.activation_type != "int8" or not self.activation_symmetric):
             raise ConfigError("TensorRT takes only symmetric signed INT8 activations (zero points 0)")
 
     @classmethod
-    def tensorrt(cls, **kw) -> QuantConfig:
+    def tensorrt(cls, options: Int8Options | None = None, **kw) -> QuantConfig:
         # TensorRT only accepts symmetric signed INT8 (zero point 0) and wants per-channel weights;
         # its kernels accumulate in int32, so there is no reason to give up a weight bit.
-        return cls(flavour="tensorrt", activation_type="int8", activation_symmetric=True, per_channel=True, reduce_range=False, **kw)
+        return cls(flavour="tensorrt", activation_type="int8", activation_symmetric=True, per_channel=True, reduce_range=False,
+                   options=_options(options, kw))
 
     @classmethod
-    def ort_x86(cls, reduce_range: bool | None = None, **kw) -> QuantConfig:
+    def ort_x86(cls, options: Int8Options | None = None, **kw) -> QuantConfig:
         # ORT's x86 kernels are fast with unsigned activations and signed weights (U8S8); signed
         # activations ran ~3x slower on this AVX2 CPU. Without VNNI, AVX2 adds pairs of u8*s8
         # products in int16 and saturates: 7-bit weights (reduce_range) avoid it (measured on the
         # digits model: top-1 0.55 with 8-bit weights, 0.89 with 7-bit, both all-INT8).
-        rr = (not cpu_has_vnni()) if reduce_range is None else reduce_range
-        return cls(flavour="ort-x86", activation_type="uint8", activation_symmetric=False, per_channel=True, reduce_range=rr, **kw)
+        opts = _options(options, kw)
+        rr = (not cpu_has_vnni()) if opts.reduce_range is None else opts.reduce_range
+        return cls(flavour="ort-x86", activation_type="uint8", activation_symmetric=False, per_channel=True, reduce_range=rr, options=opts)
 
     @property
     def evaluated_as_written(self) -> bool:
@@ -123,9 +171,12 @@ class QuantConfig:
         8-bit weights on a CPU without VNNI (whose kernels saturate where a VNNI CPU's do not)."""
         return self.flavour == "tensorrt" or (not self.reduce_range and not cpu_has_vnni())
 
-    @classmethod
-    def for_backend(cls, backend: str, **kw) -> QuantConfig:
-        return cls.tensorrt(**kw) if backend == "tensorrt" else cls.ort_x86(**kw)
+
+def _options(options: Int8Options | None, kw: dict) -> Int8Options:
+    """`options`, or the Int8Options that the keywords of a named constructor spell out."""
+    if options is not None and kw:
+        raise TypeError(f"pass Int8Options or its fields as keywords, not both (got {', '.join(kw)})")
+    return options if options is not None else Int8Options(**kw)
 
 
 QAT_KEY = "qat"  # the contract entry (and checkpoint metadata) of a quantization-aware trained model
@@ -182,11 +233,12 @@ class QatRecord:
             raise ConfigError(f"{source} has a broken QAT record ({e}); re-export it") from None
         return cls.from_dict(doc, source)
 
-    def quant_config(self, **kw) -> QuantConfig:
-        """The quantization QAT simulated."""
+    def quant_config(self, options: Int8Options | None = None) -> QuantConfig:
+        """The quantization QAT simulated, with the build's `options` (its weight width: as trained)."""
+        options = options or Int8Options()
         if self.flavour == "tensorrt":
-            return QuantConfig.tensorrt(**kw)
-        return QuantConfig.ort_x86(reduce_range=self.reduce_range, **kw)
+            return QuantConfig.tensorrt(options)
+        return QuantConfig.ort_x86(replace(options, reduce_range=self.reduce_range))
 
     def check_target(self, cfg: QuantConfig, source: str) -> None:
         """A build for another flavour or weight width would not compute what QAT trained."""
@@ -209,7 +261,7 @@ class QatRecord:
                 raise ConfigError("--precision int8 needs --calib-data DIR: real images to calibrate on (the training folder works)")
             return None
         width = qat.reduce_range if reduce_range is None else reduce_range
-        qat.check_target(QuantConfig.for_backend(backend, **({"reduce_range": width} if backend == "ort" else {})), source)
+        qat.check_target(Int8Options(reduce_range=width).quant_config(backend), source)
         if calib_data is not None:
             log.info("--calib-data %s ignored: %s was quantization-aware trained, its ranges are built in", calib_data, source)
         return qat
@@ -254,7 +306,7 @@ class QuantResult:
         else:
             check = {**m.to_dict(), "images": self.acceptance.images, "criterion": self.acceptance.to_dict(), "passed": self.passed,
                      "evaluated": "Q/DQ graph as written" if self.config.evaluated_as_written else "onnxruntime CPU kernels"}
-        calibration = ({"method": self.config.calib_method, "images": len(self.calibration.images), "source": self.calibration.source,
+        calibration = ({"method": self.config.options.calib_method, "images": len(self.calibration.images), "source": self.calibration.source,
                         "sha256": self.calibration.sha256} if self.calibration is not None else None)
         return {
             "flavour": self.config.flavour,
@@ -300,7 +352,7 @@ def _quiet_root_logger():
 
 
 def _cache_key(onnx_sha: str, calib: CalibrationSet, cfg: QuantConfig, ort_version: str) -> str:
-    key = {"onnx": onnx_sha, "calib": calib.sha256, "method": cfg.calib_method,
+    key = {"onnx": onnx_sha, "calib": calib.sha256, "method": cfg.options.calib_method,
            "symmetric": cfg.activation_symmetric, "activation": cfg.activation_type, "ort": ort_version}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -309,20 +361,19 @@ class Quantizer:
     """Calibrates once (the ranges are cached across builds), then writes Q/DQ models with any
     set of nodes left in float. A context manager: it owns a temporary folder."""
 
-    def __init__(self, onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path) -> None:
-        self.onnx_path, self.calib, self.cfg, self.cache_dir = Path(onnx_path), calib, cfg, Path(cache_dir)
+    def __init__(self, source: Path | OnnxFile, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path) -> None:
+        self.src = OnnxFile.of(source)
+        self.onnx_path, self.calib, self.cfg, self.cache_dir = self.src.path, calib, cfg, Path(cache_dir)
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> Quantizer:
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        from tldeploy._io import sha256_file
-        from tldeploy.contract import read_contract
         from tldeploy.scopes import keep_name_scopes
 
         ort = _require_ort()
-        contract = read_contract(self.onnx_path)
+        contract = self.src.contract
         if contract.attention == "plugin":
             raise ConfigError(
                 f"{self.onnx_path} has ChannelAttention plugin nodes, which ONNX Runtime cannot run to calibrate; "
@@ -335,11 +386,13 @@ class Quantizer:
         self.tmp = Path(self._tmp.name)
         self.pre = self.tmp / "pre.onnx"
         with _quiet_root_logger():
+            # ONNX Runtime's pre-processing reads the file itself: given the ModelProto instead, its
+            # optimizer fails on the initializers it moves out ("Cannot parse data from external tensors").
             quant_pre_process(str(self.onnx_path), str(self.pre), skip_symbolic_shape=True)
         self.float_model = onnx.load(str(self.pre))
         if name_every_node(self.float_model):  # the quantizer must see the names the mixes use
             onnx.save(self.float_model, str(self.pre))
-        keep_name_scopes(onnx.load(str(self.onnx_path), load_external_data=False), self.float_model)
+        keep_name_scopes(self.src.proto, self.float_model)
         self.front = frontend_nodes(self.float_model, contract)  # the log-mel stays float: power spectra span many decades
         self.head = head_nodes(self.float_model, self.front)
         # A quantization-aware trained export brings its ranges: they are written as the cache
@@ -353,7 +406,7 @@ class Quantizer:
             raise ConfigError(f"--precision int8 needs --calib-data DIR to calibrate {self.onnx_path} on (the training folder works)")
         else:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self.cache = self.cache_dir / f"calib-{_cache_key(sha256_file(self.onnx_path), self.calib, self.cfg, ort.__version__)}.json"
+            self.cache = self.cache_dir / f"calib-{_cache_key(self.src.sha256, self.calib, self.cfg, ort.__version__)}.json"
         self._full = None
         self._units: list | None = None
         return self
@@ -418,12 +471,12 @@ class Quantizer:
                 return {name: images[self.i - CALIB_BATCH : self.i]}
 
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[cfg.calib_method]
+                  "percentile": CalibrationMethod.Percentile}[cfg.options.calib_method]
         out = self.tmp / "full.onnx"
         hit = self.cache.is_file()
         target = self.cache if hit else self.tmp / "calib.json"
         with _quiet_root_logger():
-            if not hit and cfg.calib_method == "entropy":
+            if not hit and cfg.options.calib_method == "entropy":
                 self._entropy_ranges(Reader(), target)
             quantize_static(
                 str(self.pre), str(out), None if hit else Reader(), quant_format=QuantFormat.QDQ,
@@ -477,37 +530,43 @@ def transformer_preset(units: list) -> set[str]:
     return {n for u in units for i, n in enumerate(u.nodes) if i or u.op.split("+")[0] not in MATRIX_PRODUCTS}
 
 
-def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path,
+class QdqFromOnnx:
+    """A lazy build step: the Q/DQ INT8 model of an FP32 export (`quantize_model`) when called."""
+
+    def __init__(self, source: OnnxFile, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path,
+                 check: ImageSet | None = None, plan=None, plan_path: Path | None = None) -> None:
+        self.source, self.calib, self.cfg, self.cache_dir = source, calib, cfg, cache_dir
+        self.check, self.plan, self.plan_path = check, plan, plan_path
+
+    def __call__(self) -> QuantResult:
+        return quantize_model(self.source, self.calib, self.cfg, self.cache_dir, self.check, self.plan, self.plan_path)
+
+
+def quantize_model(source: Path | OnnxFile, calib: CalibrationSet | None, cfg: QuantConfig, cache_dir: Path,
                    check: ImageSet | None = None, plan=None, plan_path: Path | None = None) -> QuantResult:
     """The Q/DQ ModelProto of the float ONNX at `onnx_path`, calibrated on `calib`, with the units
     the plan names, or the guard chooses, left in float (see the module docstring). A quantization-
     aware trained export needs no `calib`: its own ranges are written (`_qat_model`)."""
-    from tldeploy.contract import read_contract, write_contract
-    from tldeploy.engines.sensitivity import Acceptance, choose
+    from tldeploy.contract import write_contract
+    from tldeploy.engines.sensitivity import choose
     from tldeploy.engines.units import Unit, float_regions
-    from tldeploy.parity import Tolerance
 
     t0 = time.perf_counter()
-    if QatRecord.from_contract(read_contract(onnx_path), str(onnx_path)) is not None:
-        with Quantizer(onnx_path, None, cfg, cache_dir) as q:
+    src = OnnxFile.of(source)
+    onnx_path = src.path
+    if QatRecord.from_contract(src.contract, str(onnx_path)) is not None:
+        with Quantizer(src, None, cfg, cache_dir) as q:
             return _qat_model(q, cfg, check, plan, plan_path, t0)
     if calib is None:
         raise ConfigError(f"--precision int8 needs --calib-data DIR to calibrate {onnx_path} on (the training folder works)")
-    held_out = check is None
-    if held_out:
-        check = ImageSet.holdout_of(calib)
-        if len(calib.holdout) < MIN_CALIB_IMAGES:
-            log.warning("too few images left in %s to hold out; the INT8 agreement is checked on the calibration images "
-                        "(pass --check-data with validation images)", calib.source)
-    agree_default, kl_default = CHECK_DEFAULTS["held_out" if held_out else "validation"]
-    accept = Acceptance(Tolerance(min_top1_agreement=cfg.min_agreement if cfg.min_agreement is not None else agree_default,
-                                  max_kl=cfg.max_kl if cfg.max_kl is not None else kl_default), check.describe())
+    check, accept = _guard_images(calib, check, cfg)
+    opts = cfg.options
     if cfg.evaluated_as_written and cfg.flavour == "ort-x86":
         log.warning("8-bit INT8 weights on a CPU without VNNI: ONNX Runtime's kernels here saturate, so the check evaluates "
                     "the Q/DQ graph as written (what a VNNI CPU computes); run this artifact on a VNNI CPU, or build with --reduce-range")
-    with Quantizer(onnx_path, calib, cfg, cache_dir) as q:
+    with Quantizer(src, calib, cfg, cache_dir) as q:
         ev = q.evaluator(check.images)
-        floats = transformer_preset(q.units()) if plan is None and cfg.preset == "auto" else set()
+        floats = transformer_preset(q.units()) if plan is None and opts.preset == "auto" else set()
         base = sorted(floats)
         preset = [u for u in q.units() if set(u.nodes) <= floats]  # wholly in float; the others are searched
         searched = len(q.units()) - len(preset)
@@ -528,23 +587,23 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConf
                      len(units), plan_path, 100 * m.top1_agreement, m.kl, accept.images)
         else:
             order: list = []
-            if cfg.keep_float == "auto" or int(cfg.keep_float) > 0:  # fully quantized needs no ranking
+            if opts.keep_float == "auto" or int(opts.keep_float) > 0:  # fully quantized needs no ranking
                 log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", searched,
-                         min(cfg.rank_images, len(check.images)), accept.images, accept.describe())
-                _, ranked = rank_int8(q, spread(check.images, cfg.rank_images), floats)
+                         min(opts.rank_images, len(check.images)), accept.images, accept.describe())
+                _, ranked = rank_int8(q, spread(check.images, opts.rank_images), floats)
                 order = [e.unit for e in ranked]
-            if cfg.keep_float == "auto":
+            if opts.keep_float == "auto":
                 # Errors of early layers compound, which a one-at-a-time ranking underrates, so
                 # graph order is tried beside it: the guard never needs more units than either.
                 orders = {"ranked": order, "graph order": sorted(order, key=lambda u: u.index)}
-                units, m, history, passed = choose(orders, metrics_for, accept, cfg.max_keep_float,
+                units, m, history, passed = choose(orders, metrics_for, accept, opts.max_keep_float,
                                                    regions=lambda us: float_regions(q.float_model, us))
                 if not passed:
                     log.warning("INT8 stayed short of %s (kept the mix with the lowest KL: top-1 agreement %.2f%%, KL %.2e "
                                 "with %d unit(s) in float). Pass --check-data with validation images, try --calib-method percentile, or use --precision fp32",
                                 accept.describe(), 100 * m.top1_agreement, m.kl, len(units))
             else:
-                units = order[: int(cfg.keep_float)]
+                units = order[: int(opts.keep_float)]
                 m = metrics_for(units)
                 history, passed = [("ranked", len(units), m)], accept.accepts(m)
             model = q.mix(base + [n for u in units for n in u.nodes])
@@ -556,6 +615,20 @@ def quantize_model(onnx_path: Path, calib: CalibrationSet | None, cfg: QuantConf
                        str(plan_path) if plan_path else None, regions, preset)
 
 
+def _guard_images(calib: CalibrationSet, check: ImageSet | None, cfg: QuantConfig):
+    """(the images the guard measures, what it holds the mix to): --check-data, else the
+    calibration images held out (each with its default bar)."""
+    from tldeploy.engines.sensitivity import Acceptance
+
+    held_out = check is None
+    if check is None:
+        check = ImageSet.holdout_of(calib)
+        if len(calib.holdout) < MIN_CALIB_IMAGES:
+            log.warning("too few images left in %s to hold out; the INT8 agreement is checked on the calibration images "
+                        "(pass --check-data with validation images)", calib.source)
+    return check, Acceptance(cfg.options.tolerance("held_out" if held_out else "validation"), check.describe())
+
+
 def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, plan_path: Path | None, t0: float) -> QuantResult:
     """The Q/DQ model of a quantization-aware trained export: its trained ranges, the nodes QAT
     computed in float, and only what a plan or `--int8-keep-float N` adds; the check images (if
@@ -563,7 +636,6 @@ def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, pla
     from tldeploy.contract import write_contract
     from tldeploy.engines.sensitivity import Acceptance
     from tldeploy.engines.units import Unit, float_regions
-    from tldeploy.parity import Tolerance
 
     assert q.qat is not None
     floats = set(q.qat.float_nodes)
@@ -571,17 +643,15 @@ def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, pla
     if plan is not None:
         plan.check_nodes(q.float_model, plan_path, q.onnx_path)
         units = [Unit.from_plan(u) for u in plan.units]
-    elif cfg.keep_float != "auto" and int(cfg.keep_float) > 0:
+    elif cfg.options.keep_float != "auto" and int(cfg.options.keep_float) > 0:
         if check is None:
             raise ConfigError("--int8-keep-float N on a quantization-aware trained export needs --check-data DIR to rank the units on")
-        _, ranked = rank_int8(q, spread(check.images, cfg.rank_images), floats)
-        units = [e.unit for e in ranked][: int(cfg.keep_float)]
+        _, ranked = rank_int8(q, spread(check.images, cfg.options.rank_images), floats)
+        units = [e.unit for e in ranked][: int(cfg.options.keep_float)]
     floats |= {n for u in units for n in u.nodes}
     model = q.mix(sorted(floats))
     preset = [u for u in q.units() if set(u.nodes) <= set(q.qat.float_nodes)]
-    accept = Acceptance(Tolerance(min_top1_agreement=cfg.min_agreement if cfg.min_agreement is not None else CHECK_DEFAULTS["validation"][0],
-                                  max_kl=cfg.max_kl if cfg.max_kl is not None else CHECK_DEFAULTS["validation"][1]),
-                        check.describe() if check is not None else "no check images")
+    accept = Acceptance(cfg.options.tolerance("validation"), check.describe() if check is not None else "no check images")
     m, passed, history = None, True, []
     if check is not None:
         m = q.evaluator(check.images).metrics(model)
@@ -602,6 +672,4 @@ def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, pla
 
 
 def _with_precision(contract, precision: str, cfg: QuantConfig):
-    from dataclasses import replace
-
     return replace(contract, precision=precision, extra={**contract.extra, "qdq_flavour": cfg.flavour})

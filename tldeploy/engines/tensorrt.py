@@ -71,32 +71,59 @@ class TrtConfig:
             raise ConfigError(f"--hardware-compat must be one of {', '.join(HARDWARE_COMPAT)}, got {self.hardware_compat!r}")
 
 
-class EngineFromOnnx:
-    """A lazy build step: nothing runs until it is called. Returns (serialized engine, layer info JSON)."""
+@dataclass
+class Network:
+    """A parsed TensorRT network and what must outlive it (the parser holds its weights)."""
 
-    def __init__(self, onnx_path: Path, config: TrtConfig, needs_plugin: bool = False) -> None:
-        self.onnx_path, self.config, self.needs_plugin = Path(onnx_path), config, needs_plugin
+    builder: trt.Builder
+    network: trt.INetworkDefinition
+    parser: trt.OnnxParser
+    logger: trt.ILogger
+    source: Path
 
-    def __call__(self) -> tuple[bytes, str]:
+
+class NetworkFromOnnx:
+    """A lazy build step: the strongly typed TensorRT network of an ONNX file (the precision is the
+    graph's), with the plugin libraries it needs loaded first."""
+
+    def __init__(self, onnx_path: Path, plugins: tuple[Path, ...] = (), needs_plugin: bool = False) -> None:
+        self.onnx_path, self.plugins, self.needs_plugin = Path(onnx_path), plugins, needs_plugin
+
+    def __call__(self) -> Network:
         require_tensorrt()
         import tensorrt as trt
 
-        cfg = self.config
-        if self.needs_plugin and not cfg.plugins:
+        if self.needs_plugin and not self.plugins:
             raise ConfigError(
                 f"{self.onnx_path} has ChannelAttention plugin nodes; pass --plugins PATH to the library from "
                 "cpp_plugins/ ('tldeploy plugins build'), or build the standard export"
             )
-        level = hardware_compatibility_level(cfg.hardware_compat)  # refused before any parsing where this TensorRT lacks it
         logger = create_logger()
-        load_plugins(cfg.plugins)
+        load_plugins(self.plugins)
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(self.onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise TldeployError(f"TensorRT could not parse {self.onnx_path}: {errors}")
+        return Network(builder, network, parser, logger, self.onnx_path)
 
+
+class CreateConfig:
+    """A build step: the builder config for a network (workspace, the batch profile of a dynamic
+    input, version and hardware compatibility, the timing cache), from a `TrtConfig`."""
+
+    def __init__(self, config: TrtConfig) -> None:
+        self.config = config
+
+    def check(self) -> trt.HardwareCompatibilityLevel:
+        """What this TensorRT cannot do, refused before any parsing (the hardware compatibility level)."""
+        return hardware_compatibility_level(self.config.hardware_compat)
+
+    def __call__(self, net: Network) -> tuple[trt.IBuilderConfig, trt.ITimingCache | None]:
+        import tensorrt as trt
+
+        cfg, builder, network = self.config, net.builder, net.network
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer information for the inspector
@@ -108,26 +135,46 @@ class EngineFromOnnx:
                 b = cfg.batch
                 profile.set_shape(tensor.name, *(trt.Dims([n, *shape[1:]]) for n in (b.min, b.opt, b.max)))
             elif (cfg.batch.min, cfg.batch.max) != (shape[0], shape[0]):
-                log.info("%s has a fixed batch of %d; --batch does not apply", self.onnx_path, shape[0])
+                log.info("%s has a fixed batch of %d; --batch does not apply", net.source, shape[0])
         config.add_optimization_profile(profile)
         if cfg.version_compatible:
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
             if cfg.plugins:
                 config.plugins_to_serialize = [str(p) for p in cfg.plugins]
-        config.hardware_compatibility_level = level
+        config.hardware_compatibility_level = self.check()
         cache = None
         if cfg.timing_cache is not None:
             blob = cfg.timing_cache.read_bytes() if cfg.timing_cache.is_file() else b""
             cache = config.create_timing_cache(blob)
             config.set_timing_cache(cache, ignore_mismatch=False)
+        return config, cache
 
-        serialized = builder.build_serialized_network(network, config)
+
+class EngineFromNetwork:
+    """A lazy build step: the serialized engine and the engine inspector's layer information
+    (JSON) of a network loader built with a config step; the timing cache is saved back."""
+
+    def __init__(self, network: NetworkFromOnnx, config: CreateConfig) -> None:
+        self.network, self.config = network, config
+
+    def __call__(self) -> tuple[bytes, str]:
+        require_tensorrt()
+        self.config.check()  # refused before the ONNX is read
+        net = self.network()
+        config, cache = self.config(net)
+        serialized = net.builder.build_serialized_network(net.network, config)
         if serialized is None:
-            raise TldeployError(f"TensorRT failed to build an engine from {self.onnx_path}; see the TensorRT messages above")
+            raise TldeployError(f"TensorRT failed to build an engine from {net.source}; see the TensorRT messages above")
         engine_bytes = bytes(memoryview(serialized))
-        if cache is not None and cfg.timing_cache is not None:
-            _save_timing_cache(cfg.timing_cache, config.get_timing_cache())
-        return engine_bytes, inspect_engine(logger, engine_bytes)
+        timing_cache = self.config.config.timing_cache
+        if cache is not None and timing_cache is not None:
+            _save_timing_cache(timing_cache, config.get_timing_cache())
+        return engine_bytes, inspect_engine(net.logger, engine_bytes)
+
+
+def EngineFromOnnx(onnx_path: Path, config: TrtConfig, needs_plugin: bool = False) -> EngineFromNetwork:  # noqa: N802 (a loader's name)
+    """`EngineFromNetwork(NetworkFromOnnx(...), CreateConfig(...))`: nothing runs until it is called."""
+    return EngineFromNetwork(NetworkFromOnnx(onnx_path, config.plugins, needs_plugin), CreateConfig(config))
 
 
 def _save_timing_cache(path: Path, cache: trt.ITimingCache) -> None:

@@ -151,13 +151,13 @@ def _raw_variant(proto, contract: Contract, onnx):
 
     import numpy as np
 
-    from tldeploy.raw_input import centre_offset, raw_input_model
+    from tldeploy.raw_input import RawInputFromOnnx, centre_offset
     from tldeploy.runtime.runners import OrtRunner, run_batches
 
     prep = contract.preprocessing.nvinfer_image  # raw pixels are what an image serving stack's scaler gives
     if prep is None:
         raise ConfigError("--input-format raw is for image models; an audio model's input is the waveform already")
-    raw = raw_input_model(proto, prep)
+    raw = RawInputFromOnnx(proto, prep)()
     contract = replace(contract, preprocessing=prep.as_raw())
     write_contract(raw, contract)
     _check(raw, onnx)

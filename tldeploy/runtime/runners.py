@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from tldeploy.contract import OUTPUT_NAMES, Contract
+from tldeploy.contract import OUTPUT_NAMES, Contract, OnnxFile
 from tldeploy.errors import ConfigError, MissingDependencyError, TldeployError
-from tldeploy.modalities.preprocessing import preprocessing_from_dict
-from tldeploy.records import BuildRecord
+from tldeploy.records import BuildRecord, CheckpointMeta
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -140,7 +139,7 @@ class TorchRunner(BaseRunner):
             raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
         model, meta = load_checkpoint(self.checkpoint)
         self.model = model.to(self.device).eval()
-        self.prep = preprocessing_from_dict(meta["preprocessing"])
+        self.prep = CheckpointMeta.from_json(meta, str(self.checkpoint)).preprocessing
 
     def _input_spec(self) -> dict[str, TensorSpec]:
         return {self.prep.input_name: TensorSpec((None, *self.prep.input_shape), np.dtype(np.float32))}
@@ -179,31 +178,33 @@ class OrtRunner(BaseRunner):
     """ONNX Runtime on one execution provider: cpu, cuda or tensorrt. `source` is an ONNX file, or
     a tldeploy model in memory (a ModelProto or its bytes, as export and quantization hold it)."""
 
-    def __init__(self, source: Path | str | bytes | Any, provider: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, source: Path | str | bytes | OnnxFile | Any, provider: str = "cpu", threads: int | None = None) -> None:
         super().__init__()
         if provider not in ORT_PROVIDERS:
             raise ConfigError(f"ONNX Runtime provider must be one of {', '.join(ORT_PROVIDERS)}, got {provider!r}")
-        in_memory = not isinstance(source, (str, Path))
-        self.source, self.provider, self.threads = (source if in_memory else Path(source)), provider, threads
-        self.path = None if in_memory else self.source
-        self.name = f"ort[{provider}]:{'<in memory>' if in_memory else self.source.name}"
+        if isinstance(source, (str, Path)):
+            source = OnnxFile(source)
+        self.source, self.provider, self.threads = source, provider, threads
+        self.path = source.path if isinstance(source, OnnxFile) else None
+        self.name = f"ort[{provider}]:{'<in memory>' if self.path is None else self.path.name}"
 
     def _activate(self) -> None:
-        from tldeploy.contract import load_onnx, read_contract
+        from tldeploy.contract import read_contract
 
         try:
             import onnxruntime as ort
         except ImportError:
             raise MissingDependencyError("onnxruntime", purpose="running ONNX files") from None
-        if self.path is not None:
-            model = load_onnx(self.path)
+        if isinstance(self.source, OnnxFile):
+            model = self.source.proto
         elif isinstance(self.source, bytes):
             import onnx
 
             model = onnx.load_from_string(self.source)
         else:
             model = self.source
-        if read_contract(model).attention == "plugin":
+        contract = self.source.contract if isinstance(self.source, OnnxFile) else read_contract(model)
+        if contract.attention == "plugin":
             raise ConfigError(f"{self.path or 'this model'} uses ChannelAttention plugin nodes, which only TensorRT runs; use the standard export")
         wanted = ORT_PROVIDERS[self.provider]
         available = ort.get_available_providers()

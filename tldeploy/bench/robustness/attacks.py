@@ -10,11 +10,13 @@ the attack must run through the contract's normalisation in these units, which t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tldeploy.modalities.base import PerturbationDomain
 
 if TYPE_CHECKING:
     from tldeploy.modalities.base import Modality
@@ -23,21 +25,13 @@ ATTACKS = ("fgsm", "pgd")
 PGD_STEPS = 10
 
 
-@dataclass(frozen=True)
-class Domain:
-    """Where attacks act: inputs are (raw - shift) / scale, raw in [lo, hi]; one budget unit is `unit` raw units."""
-
-    lo: float
-    hi: float
-    unit: float
-    unit_text: str
-    shift: np.ndarray
-    scale: np.ndarray
+class Domain(PerturbationDomain):
+    """Where attacks act (the modality's `PerturbationDomain`), with the arithmetic they need."""
 
     @classmethod
     def of(cls, prep: Modality) -> Domain:
         d = prep.perturbation_domain()
-        return cls(d.lo, d.hi, d.unit, d.unit_text, d.shift, d.scale)
+        return cls(**{f.name: getattr(d, f.name) for f in fields(d)})
 
     def raw(self, paths: list[Path], prep: Modality) -> np.ndarray:
         """The raw inputs: images as the network sees them (N, 3, S, S) in 0-255, or fitted clips (N, samples)."""
