@@ -47,10 +47,10 @@ def main() -> None:
     quick = {"latency": LatencyConfig(warmup=1, iters=5, rounds=1, settle_s=0.0), "batch_sizes": (1,), "time_reference": False,
              "quiet": True, "force": True, "reference": ckpt, "data": data / "val", "epsilons": eps}
     t0 = time.perf_counter()
-    suite = run_bench(BenchConfig(tuple(arts), args.workdir / "suite.json", limit=args.images, robustness="all", **quick)).document
+    suite = run_bench(BenchConfig(tuple(arts), args.workdir / "suite.json", limit=args.images, robustness="all", **quick)).document.to_json()
     suite_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    search = run_bench(BenchConfig(tuple(arts), args.workdir / "search.json", limit=args.search, disagreement=args.search, **quick)).document
+    search = run_bench(BenchConfig(tuple(arts), args.workdir / "search.json", limit=args.search, disagreement=args.search, **quick)).document.to_json()
     search_s = time.perf_counter() - t0
     cpu = cpu_info()
     out = {

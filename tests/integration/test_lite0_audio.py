@@ -54,7 +54,7 @@ def test_onnx_runtime_agrees_with_pytorch_on_the_audio_model(pretrained, audio_b
     doc = run_bench(BenchConfig(
         artifacts=(fp32, int8), output=tmp_path / "bench.json", reference=pretrained.checkpoint, data=tones / "val",
         batch_sizes=(1,), latency=LatencyConfig(warmup=2, iters=5, rounds=2), quiet=True,
-    )).document
+    )).document.to_json()
     ref, f32, i8 = doc["results"]
     print(f"\naudio bench on {doc['data']['images']} clips: reference {ref['accuracy']:.4f}; ORT FP32 {f32['accuracy']:.4f}, "
           f"agreement {f32['parity']['top1_agreement']:.4f}; ORT INT8 {i8['accuracy']:.4f}, agreement {i8['parity']['top1_agreement']:.4f}")
@@ -84,7 +84,7 @@ def test_robustness_of_the_audio_model_through_the_clip_corruptions(pretrained, 
         latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), quiet=True,
     ))
     seconds = time.perf_counter() - t0
-    ref, f32, i8 = (r["robustness"] for r in result.document["results"])
+    ref, f32, i8 = (r["robustness"] for r in result.document.to_json()["results"])
     assert {c["corruption"] for c in ref["corruptions"]} == set(CORRUPTIONS["audio"])
     assert [(c["corruption"], c["severity"]) for c in f32["corruptions"]] == [(c["corruption"], c["severity"]) for c in ref["corruptions"]]
     prep = read_contract(audio_builds[0]).preprocessing

@@ -155,7 +155,7 @@ def test_diagnose_plan_build_bench_round_trip(exported, digits, fe_run, tmp_path
     bench = run_bench(BenchConfig(artifacts=(artifact.path,), output=tmp_path / "bench.json", reference=fe_run.checkpoint,
                                   data=val, batch_sizes=(1,), latency=LatencyConfig(warmup=1, iters=2, rounds=1),
                                   time_reference=False, quiet=True))
-    entry = bench.document["results"][1]
+    entry = bench.document.to_json()["results"][1]
     assert entry["build"]["kept_high_precision"] == [u["short"] for u in plan["units"]]
     assert entry["parity"]["top1_agreement"] >= plan["promised"]["top1_agreement"]
 
@@ -248,7 +248,7 @@ def test_ood_gate_on_the_digits_model(ort_builds, fe_run, digits, photos, tmp_pa
     assert meta["ood"]["kind"] == "energy" and abs(meta["ood"]["kept"] - 0.95) <= 0.02
     fp32, int8 = ort_builds
     doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "b.json", reference=fe_run.checkpoint, data=digits / "val",
-                                ood_data=photos, latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0))).document
+                                ood_data=photos, latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0))).document.to_json()
     rows = {r["name"]: r["ood"] for r in doc["results"]}
     ref = rows[fe_run.checkpoint.name]
     print(f"\nOOD (energy) on {ref['images']} photo crops vs {doc['data']['images']} digits: reference AUROC {ref['auroc']:.4f}, "
@@ -312,7 +312,7 @@ def test_robustness_parity_on_the_digits_model(ort_builds, fe_run, digits, tmp_p
     t0 = time.perf_counter()
     doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "r.json", reference=fe_run.checkpoint, data=digits / "val",
                                 limit=16, robustness="all", epsilons=(8.0,), disagreement=8, time_reference=False,
-                                latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), batch_sizes=(1,))).document
+                                latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), batch_sizes=(1,))).document.to_json()
     seconds = time.perf_counter() - t0
     rows = {r["name"]: r["robustness"] for r in doc["results"]}
     ref, f32, i8 = rows[fe_run.checkpoint.name], rows["digits.fp32.ort.onnx"], rows["digits.int8.ort.onnx"]

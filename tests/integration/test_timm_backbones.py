@@ -64,7 +64,7 @@ def test_a_timm_backbone_goes_from_training_to_a_verified_bundle(arch, blobs, tm
                                     output=tmp_path / "guarded.int8.onnx"))
         assert guarded.record.quantization["search"]
     doc = run_bench(BenchConfig((fp32.path, int8.path), tmp_path / "bench.json", reference=ckpt, data=blobs / "val", batch_sizes=(1,),
-                                latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), time_reference=False, quiet=True)).document
+                                latency=LatencyConfig(warmup=1, iters=2, rounds=1, settle_s=0.0), time_reference=False, quiet=True)).document.to_json()
     ref, f32, _ = doc["results"]
     assert f32["parity"]["logits_max_abs"] <= 1e-3 and f32["accuracy"] == ref["accuracy"]
     packed = bundle(BundleConfig((exported.path, fp32.path, int8.path), ckpt, blobs / "val", tmp_path / "bundle"))

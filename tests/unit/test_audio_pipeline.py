@@ -169,9 +169,9 @@ def test_audio_bench_and_predict_with_spectrogram_cams(tiny_audio, tones, tmp_pa
     ckpt, onnx_path = tiny_audio
     out = run_bench(BenchConfig(artifacts=(onnx_path,), output=tmp_path / "bench.json", reference=ckpt, data=tones / "val",
                                 batch_sizes=(2,), latency=LatencyConfig(warmup=1, iters=3, rounds=2), quiet=True))
-    ref, art = out.document["results"]
+    ref, art = out.document.to_json()["results"]
     assert art["parity"]["top1_agreement"] == 1.0 and art["accuracy"] == ref["accuracy"]
-    assert out.document["data"]["labelled"] and art["latency"][0]["batch"] == 2
+    assert out.document.to_json()["data"]["labelled"] and art["latency"][0]["batch"] == 2
     clips = sorted((tones / "val" / "chirp_up").glob("*.wav"))
     preds = predict(onnx_path, clips, top_k=3, cam_out=tmp_path / "cams")
     assert len(preds) == 2 and all(len(p.top) == 3 for p in preds)
@@ -261,10 +261,10 @@ def test_audio_robustness_runs_the_clip_corruptions_attacks_and_search(tiny_audi
     result = run_bench(BenchConfig(artifacts=(onnx_path,), output=tmp_path / "r.json", reference=ckpt, data=tones / "val",
                                    robustness="all", epsilons=(4.0,), disagreement=4, batch_sizes=(1,),
                                    latency=LatencyConfig(warmup=1, iters=2, rounds=1), quiet=True))
-    ref, art = (r["robustness"] for r in result.document["results"])
-    n = result.document["data"]["images"]
+    ref, art = (r["robustness"] for r in result.document.to_json()["results"])
+    n = result.document.to_json()["data"]["images"]
     assert [(c["corruption"], c["severity"]) for c in art["corruptions"]] == [(c, s) for c in CORRUPTIONS["audio"] for s in SEVERITIES]
     assert art["max_flip_rate"] <= 1 / n and all(abs(a["accuracy"] - b["accuracy"]) <= 1 / n for a, b in zip(ref["attacks"], art["attacks"], strict=True))
-    assert result.document["config"]["robustness"]["budget_unit"] == "1/255 of full scale"
+    assert result.document.to_json()["config"]["robustness"]["budget_unit"] == "1/255 of full scale"
     report = result.report.read_text()
     assert "white_noise 5" in report and "pgd eps 4/255 of full scale" in report and "| disagreement search |" in report

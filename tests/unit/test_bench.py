@@ -18,6 +18,7 @@ from tldeploy.engines.builder import BuildConfig, build
 from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.errors import ConfigError, DataError, OutputExistsError, TldeployError
 from tldeploy.parity import Tolerance, cam_correlation, cam_top_iou, compare_outputs, kl_divergence
+from tldeploy.records import BenchDocument
 
 FAST = LatencyConfig(warmup=2, iters=20, rounds=4)
 
@@ -41,7 +42,7 @@ def validate(doc):
 
 
 def test_a_document_off_the_schema_is_refused_with_the_field(bench_doc, tmp_path):
-    doc = copy.deepcopy(bench_doc.document)
+    doc = copy.deepcopy(bench_doc.document.to_json())
     doc["results"][1]["latency"][0]["samples_ms"] = "fast"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
@@ -81,9 +82,9 @@ def test_parity_metrics_against_hand_computed_values():
 
 
 def test_bench_document_validates_and_holds_every_measurement(bench_doc, artifacts):
-    doc = bench_doc.document
+    doc = bench_doc.document.to_json()
     validate(doc)
-    assert load_bench(bench_doc.path) == doc
+    assert load_bench(bench_doc.path).to_json() == doc
     names = [r["name"] for r in doc["results"]]
     assert names == ["model.pt", "tiny.fp32.ort.onnx", "tiny.int8.ort.onnx"]
     ref, fp32, int8 = doc["results"]
@@ -137,10 +138,10 @@ def test_unlabelled_folder_gives_parity_without_accuracy(artifacts, tmp_path):
         (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     res = run_bench(BenchConfig((fp32,), tmp_path / "b.json", reference=ckpt, data=flat, batch_sizes=(2,), latency=FAST,
                                 time_reference=False, quiet=True))
-    validate(res.document)
-    ref, art = res.document["results"]
+    validate(res.document.to_json())
+    ref, art = res.document.to_json()["results"]
     assert art["accuracy"] is None and art["parity"]["accuracy"] is None and art["parity"]["n"] == 6
-    assert ref["latency"] == [] and not res.document["data"]["labelled"]
+    assert ref["latency"] == [] and not res.document.to_json()["data"]["labelled"]
 
 
 def test_bench_bad_input(artifacts, tmp_path, capsys):
@@ -224,8 +225,8 @@ def test_static_batch_artifacts_skip_other_batch_sizes_and_record_why(artifacts,
     four = export_onnx(ExportConfig(ckpt, tmp_path / "b4.onnx", static_batch=4)).path
     res = run_bench(BenchConfig((fp32, one, four), tmp_path / "b.json", reference=ckpt, data=data / "val", batch_sizes=(1, 4, 8),
                                 latency=FAST, time_reference=False, quiet=True))
-    validate(res.document)
-    by = {r["name"]: r for r in res.document["results"]}
+    validate(res.document.to_json())
+    by = {r["name"]: r for r in res.document.to_json()["results"]}
     timed = {name: [s["batch"] for s in r["latency"]] for name, r in by.items()}
     skipped = {name: r["skipped_batches"] for name, r in by.items()}
     assert timed == {"model.pt": [], "tiny.fp32.ort.onnx": [1, 4, 8], "b1.onnx": [1], "b4.onnx": [4]}
@@ -294,43 +295,48 @@ def _synthetic(doc, factor, run_id):
     return other
 
 
+def _read(doc):
+    """A bench document (JSON) as compare reads it."""
+    return BenchDocument.from_json(doc, "bench.json")
+
+
 def _slowed(doc, factor):
     return _synthetic(doc, factor, "f" * 32)
 
 
 def test_compare_flags_slowdown_accuracy_and_agreement(bench_doc):
-    doc = _synthetic(bench_doc.document, 1.0, "e" * 32)
-    same = compare_bench(doc, copy.deepcopy(doc))
+    doc = _synthetic(bench_doc.document.to_json(), 1.0, "e" * 32)
+    same = compare_bench(_read(doc), _read(copy.deepcopy(doc)))
     assert not same.regressions and len(same.checks) == 3 * 2 + 3 + 2  # latency x batch, accuracy x3, agreement x2
-    slow = compare_bench(doc, _slowed(doc, 1.5))
+    slow = compare_bench(_read(doc), _read(_slowed(doc, 1.5)))
     assert {c.what for c in slow.regressions} == {"p50 ms, batch 1", "p50 ms, batch 4"} and len(slow.regressions) == 6
     assert all(c.verdict.ratio == pytest.approx(1.5) and c.verdict.resampled == "rounds" for c in slow.regressions)
-    assert not compare_bench(doc, _slowed(doc, 1.05)).regressions  # below the 10% limit
+    assert not compare_bench(_read(doc), _read(_slowed(doc, 1.05))).regressions  # below the 10% limit
     worse = copy.deepcopy(doc)
     worse["results"][2]["accuracy"] -= 0.0625
     worse["results"][2]["parity"]["top1_agreement"] -= 0.0625
-    found = {(c.name, c.what) for c in compare_bench(doc, worse).regressions}
+    found = {(c.name, c.what) for c in compare_bench(_read(doc), _read(worse)).regressions}
     assert found == {("tiny.int8.ort.onnx", "accuracy"), ("tiny.int8.ort.onnx", "top-1 agreement")}
 
 
 def test_compare_refuses_other_environments_and_other_data(bench_doc):
-    doc = bench_doc.document
+    doc = bench_doc.document.to_json()
     moved = copy.deepcopy(doc)
     moved["environment"]["cpu"]["model"] = "Other CPU"
     with pytest.raises(TldeployError, match=r"different environments \(cpu.model: .* -> Other CPU\).*--allow-env-mismatch"):
-        compare_bench(doc, moved)
-    assert compare_bench(doc, moved, CompareConfig(allow_env_mismatch=True)).environment_differences
+        compare_bench(_read(doc), _read(moved))
+    assert compare_bench(_read(doc), _read(moved), CompareConfig(allow_env_mismatch=True)).environment_differences
     other_data = copy.deepcopy(doc)
     other_data["data"]["sha256"] = "0" * 64
-    result = compare_bench(doc, other_data)
+    result = compare_bench(_read(doc), _read(other_data))
     assert all(c.what.startswith("p50") for c in result.checks) and "different images" in result.notes[0]
 
 
 def test_compare_cli_table_json_junit_and_picked_entries(bench_doc, tmp_path, capsys):
     base = tmp_path / "base.json"
-    base.write_text(json.dumps(_synthetic(bench_doc.document, 1.0, "e" * 32)))
+    base.write_text(json.dumps(_synthetic(bench_doc.document.to_json(), 1.0, "e" * 32)))
     slow = tmp_path / "slow.json"
-    slow.write_text(json.dumps(_slowed(bench_doc.document, 1.5)))
+    slow.write_text(json.dumps(_slowed(bench_doc.document.to_json(), 1.5)))
     junit = tmp_path / "compare.xml"
     assert main(["compare", str(base), str(slow), "--junit", str(junit)]) == 1
     out = capsys.readouterr().out
@@ -350,7 +356,7 @@ def test_compare_cli_table_json_junit_and_picked_entries(bench_doc, tmp_path, ca
 
 def test_compare_picked_entries_that_do_not_exist_are_one_error_line(bench_doc, tmp_path, capsys):
     base = tmp_path / "base.json"
-    base.write_text(json.dumps(bench_doc.document))
+    base.write_text(json.dumps(bench_doc.document.to_json()))
     junit = tmp_path / "compare.xml"
     for argv, needle in (
         ([f"{base}#nope", str(base)], "the baseline has no entry 'nope'; it has model.pt, tiny.fp32.ort.onnx, tiny.int8.ort.onnx"),
@@ -367,8 +373,8 @@ def test_compare_picked_entries_that_do_not_exist_are_one_error_line(bench_doc, 
 
 def test_compare_warns_of_entries_on_one_side_only_and_compares_the_rest(bench_doc, tmp_path, capsys):
     base = tmp_path / "base.json"
-    base.write_text(json.dumps(_synthetic(bench_doc.document, 1.0, "e" * 32)))
-    renamed = _synthetic(bench_doc.document, 1.0, "f" * 32)
+    base.write_text(json.dumps(_synthetic(bench_doc.document.to_json(), 1.0, "e" * 32)))
+    renamed = _synthetic(bench_doc.document.to_json(), 1.0, "f" * 32)
     renamed["results"][2]["name"] = "tiny.int8.v2.ort.onnx"
     cur = tmp_path / "cur.json"
     cur.write_text(json.dumps(renamed))
@@ -402,8 +408,8 @@ def test_cuda_runner_is_timed_with_events_stage_by_stage(tiny, tmp_path):
     ckpt, _, data = tiny
     res = run_bench(BenchConfig((ckpt,), tmp_path / "gpu.json", reference=ckpt, data=data / "val", batch_sizes=(1, 256),
                                 latency=LatencyConfig(warmup=5, iters=40, rounds=4), device="cuda", quiet=True))
-    validate(res.document)
-    ref, art = res.document["results"]
+    validate(res.document.to_json())
+    ref, art = res.document.to_json()["results"]
     assert art["device"] == "cuda" and art["parity"]["top1_agreement"] == 1.0 and art["parity"]["logits_max_abs"] < 1e-4
     for r in (ref, art):
         small, large = r["latency"]
@@ -412,7 +418,7 @@ def test_cuda_runner_is_timed_with_events_stage_by_stage(tiny, tmp_path):
             assert s["clock"] == "cuda_events" and set(s["stages"]) == {"h2d", "compute", "d2h"}
             assert all(s["stages"][k]["min"] > 0 for k in ("h2d", "compute", "d2h"))
         assert large["stages"]["h2d"]["p50"] > 2 * small["stages"]["h2d"]["p50"], (small["stages"], large["stages"])
-    assert res.document["environment"]["gpu"]["name"]
+    assert res.document.to_json()["environment"]["gpu"]["name"]
 
     with TorchRunner(ckpt, device="cuda") as runner:
         size = runner.input_spec()["images"].shape[-1]

@@ -19,6 +19,8 @@ from tldeploy.bench.compare import (
     compare_latency,
 )
 from tldeploy.errors import ConfigError, TldeployError
+from tldeploy.parity import ParityReport
+from tldeploy.records import BenchDocument, BenchRow, LatencyStats
 
 # ------------------------------------------------------------ resampling
 
@@ -213,12 +215,13 @@ def test_result_table_junit_and_dict():
 
 def _entry(name, levels=(1.0,) * 4, accuracy=0.75, agreement=0.75, batches=(1,)):
     samples, sizes = _rounds(levels, 3)
-    return {"name": name, "accuracy": accuracy, "parity": None if agreement is None else {"top1_agreement": agreement},
-            "latency": [{"batch": b, "samples_ms": samples, "round_sizes": sizes} for b in batches]}
+    parity = None if agreement is None else ParityReport(16, 0.0, 0.0, 0.0, 0.0, 1.0, agreement, 0.0)
+    return BenchRow(name, f"{name}.onnx", "0" * 64, "artifact", "onnx", "onnxruntime", "cpu", "fp32", accuracy=accuracy, parity=parity,
+                    latency=tuple(LatencyStats(b, samples, sizes) for b in batches))
 
 
 def _doc(*entries, run_id="run-1", data="images-1", cpu="cpu-1"):
-    return {"run_id": run_id, "environment": {"cpu": {"model": cpu}}, "data": {"sha256": data}, "results": list(entries)}
+    return BenchDocument(run_id, "now", 1.0, {"cpu": {"model": cpu}}, {"batch_sizes": [1]}, {"sha256": data}, None, entries)
 
 
 def test_compare_bench_pairs_entries_of_one_run_and_notes_separate_runs():
@@ -267,7 +270,7 @@ def test_compare_bench_skips_what_one_side_lacks_and_says_so():
     assert [(c.name, c.what) for c in r.checks] == [("a", "p50 ms, batch 1"), ("a", "top-1 agreement"), ("r", "p50 ms, batch 1"),
                                                     ("r", "accuracy"), ("s", "p50 ms, batch 1"), ("s", "accuracy")]
     assert r.notes == ["a: batch 8 was not timed in the current result"]
-    other = compare_bench(base, _doc(*cur["results"], data="images-2"))
+    other = compare_bench(base, _doc(*cur.rows, data="images-2"))
     assert [c.what for c in other.checks] == ["p50 ms, batch 1"] * 3
     assert other.notes == ["the two results used different images; accuracy and agreement are not compared",
                            "a: batch 8 was not timed in the current result"]

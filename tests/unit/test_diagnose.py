@@ -243,7 +243,7 @@ def test_int8_diagnose_ranks_the_hostile_layer_first(outlier_onnx, tmp_path):
     assert "`stages.2.0`" in md.split("\n| 1 |")[1].splitlines()[0]
     assert (tmp_path / "report" / "sensitivity.png").stat().st_size > 1000
     plan = load_plan(tmp_path / "report" / "plan.json")
-    assert plan.units[0]["module"] == HOSTILE and plan.precision == "int8"
+    assert plan.units[0].module == HOSTILE and plan.precision == "int8"
 
 
 def test_fp16_diagnose_ranks_the_overflowing_layer_first(trap_onnx, tmp_path):

@@ -132,7 +132,7 @@ def test_bench_ood_data_measures_and_gates_the_decisions(tiny, tmp_path):
     onnx.save(m, str(scaled))
 
     doc = run_bench(BenchConfig((onnx_path, scaled), tmp_path / "b.json", reference=ckpt, data=data / "val", ood_data=ood,
-                                max_ood_disagreement=0.0, latency=_quick())).document
+                                max_ood_disagreement=0.0, latency=_quick())).document.to_json()
     rows = {r["name"]: r["ood"] for r in doc["results"]}
     assert rows[ckpt.name]["disagreement"] is None and rows[onnx_path.name]["disagreement"] == 0.0
     assert rows[ckpt.name]["images"] == 12 and 0 <= rows[ckpt.name]["auroc"] <= 1

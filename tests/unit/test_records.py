@@ -14,7 +14,19 @@ from tldeploy.bench.document import load_bench
 from tldeploy.engines.plan import load_plan
 from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.ood import OodGate
-from tldeploy.records import BuildRecord, CheckpointMeta, Manifest, ManifestEntry, RecordError
+from tldeploy.parity import ParityReport, ToleranceResult
+from tldeploy.records import (
+    BenchDocument,
+    BenchRow,
+    BuildRecord,
+    CheckpointMeta,
+    LatencyStats,
+    Manifest,
+    ManifestEntry,
+    PlanUnit,
+    PrecisionPlan,
+    RecordError,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "records"
 
@@ -51,7 +63,7 @@ def test_plan_and_bench_document_round_trip_byte_equal():
     plan = FIXTURES / "plan.json"
     assert _text(load_plan(plan).to_dict()) == plan.read_text()
     bench = FIXTURES / "bench.json"
-    assert _text(load_bench(bench)) == bench.read_text()
+    assert _text(load_bench(bench).to_json()) == bench.read_text()
 
 
 def test_checkpoint_metadata_round_trips_and_gives_the_contract():
@@ -121,3 +133,109 @@ def test_an_older_readable_version_is_upgraded_by_its_reader(tmp_path):
     path.write_text(json.dumps({"format": "y", "v": 2}))
     with pytest.raises(TldeployError, match="is not a tldeploy x doc"):
         read_document(path, "x", (1, 2), what="x doc", hint="h", version_key="v")
+
+
+# ---------------------------------------------------------------- bench rows
+
+
+def test_bench_rows_round_trip_byte_equal_and_are_typed():
+    path = FIXTURES / "bench.json"
+    doc = json.loads(path.read_text())
+    rows = [BenchRow.from_json(r, "bench.json") for r in doc["results"]]
+    assert [r.to_json() for r in rows] == doc["results"]
+    record = BenchDocument.from_json(doc, "bench.json")
+    assert record.rows == tuple(rows) and _text(record.to_json()) == path.read_text()
+    ref, fp32, int8 = record.rows
+    assert ref.is_reference and ref.parity is None and ref.gates == ()
+    assert isinstance(int8.parity, ParityReport) and int8.parity.top1_agreement == doc["results"][2]["parity"]["top1_agreement"]
+    assert isinstance(fp32.latency[0], LatencyStats) and fp32.latency_at(1) is fp32.latency[0] and fp32.latency_at(8) is None
+    assert record.batch_sizes == [1] and record.passed and record.data_sha256 == doc["data"]["sha256"]
+
+
+def test_bench_gates_are_tolerance_results_written_as_before():
+    row = json.loads((FIXTURES / "bench.json").read_text())["results"][2]
+    row["gates"] = [{"gate": "max_top1_drop", "limit": 1.0, "value": 0.0, "passed": True},
+                    {"gate": "min_cosine", "limit": 0.99, "value": 0.5, "passed": False}]
+    read = BenchRow.from_json(row, "bench.json")
+    assert read.gates == (ToleranceResult("max_top1_drop", 1.0, 0.0, True), ToleranceResult("min_cosine", 0.99, 0.5, False))
+    assert read.to_json() == row
+
+
+def test_a_version_1_bench_document_is_read_through_its_upgrade(tmp_path):
+    doc = json.loads((FIXTURES / "bench.json").read_text())
+    doc["schema_version"] = 1
+    del doc["config"]["robustness"], doc["config"]["gates"]["max_robustness_flip"]
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(doc))
+    record = load_bench(path)
+    assert record.version == 2 and record.config["robustness"] is None and len(record.rows) == 3
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("sha256"), "result tiny.int8.ort.onnx: 'sha256' must be a non-empty string"),
+    (lambda r: r.update(role="baseline"), "role must be one of reference, artifact"),
+    (lambda r: r["parity"].pop("cosine"), "result tiny.int8.ort.onnx: 'parity' must be an object of"),
+    (lambda r: r["parity"].update(cosine="high"), "'parity' must be an object of"),
+    (lambda r: r.update(gates=[{"gate": "min_cosine", "limit": 0.9}]), "a gate must be an object of gate, limit, value, passed"),
+    (lambda r: r["latency"][0].update(p42=1.0), "a latency row is malformed"),
+    (lambda r: r.update(accuracy="0.9"), "'accuracy' must be a number or null"),
+])
+def test_a_malformed_bench_row_is_one_line_naming_the_file(tmp_path, edit, message):
+    doc = json.loads((FIXTURES / "bench.json").read_text())
+    edit(doc["results"][2])
+    with pytest.raises(RecordError, match=message) as err:
+        BenchDocument.from_json(doc, str(tmp_path / "bench.json"))
+    assert str(err.value).startswith(f"{tmp_path / 'bench.json'}: ") and "\n" not in str(err.value)
+
+
+def test_a_bench_document_whose_gates_contradict_themselves_is_refused():
+    doc = json.loads((FIXTURES / "bench.json").read_text())
+    doc["gates"]["passed"] = False
+    with pytest.raises(RecordError, match="^bench.json: 'gates' must hold its failures, and pass exactly when there are none"):
+        BenchDocument.from_json(doc, "bench.json")
+
+
+# ---------------------------------------------------------------- precision plans
+
+
+def test_plan_units_are_typed_and_write_back_byte_equal():
+    path = FIXTURES / "plan.json"
+    doc = json.loads(path.read_text())
+    plan = PrecisionPlan.read(path)
+    assert plan == load_plan(path) and _text(plan.to_dict()) == path.read_text()
+    first = plan.units[0]
+    assert isinstance(first, PlanUnit) and first.nodes == tuple(doc["units"][0]["nodes"]) and first.module == doc["units"][0]["module"]
+    assert first.score == doc["units"][0]["score"] and first.alone_low == doc["units"][0]["alone_low"]
+    assert plan.nodes == [n for u in doc["units"] for n in u["nodes"]]
+    assert first.get("nodes") == doc["units"][0]["nodes"] and first.get("missing", 3) == 3  # how builder.py reads a unit today
+
+
+def test_a_hand_written_unit_keeps_its_unknown_keys_and_needs_only_nodes():
+    unit = PlanUnit.from_json({"nodes": ["a", "b"], "why": "kept by hand"}, "--precision-plan p.json")
+    assert unit.name is None and unit.to_json() == {"nodes": ["a", "b"], "why": "kept by hand"}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["units"][0].pop("nodes"), "'units' must be a list of objects with a 'nodes' list"),
+    (lambda d: d["units"][0].update(score="high"), "a unit's 'score' has the wrong type"),
+    (lambda d: d.pop("onnx_sha256"), "lacks the field 'onnx_sha256'"),
+])
+def test_a_malformed_plan_is_one_line_naming_it(tmp_path, edit, message):
+    doc = json.loads((FIXTURES / "plan.json").read_text())
+    edit(doc)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=message) as err:
+        load_plan(path)
+    assert str(err.value).startswith(f"--precision-plan {path}") and "\n" not in str(err.value)
+
+
+def test_an_ood_row_is_typed_and_refused_when_malformed():
+    doc = json.loads((FIXTURES / "bench.json").read_text())
+    ood = {"images": 12, "score": "energy", "threshold": 1.5, "auroc": 0.9, "tpr": 0.95, "fpr_at_tpr": 0.25, "disagreement": None}
+    doc["results"][1]["ood"] = ood
+    row = BenchRow.from_json(doc["results"][1], "bench.json")
+    assert row.ood is not None and row.ood.auroc == 0.9 and row.to_json() == doc["results"][1]
+    doc["results"][1]["ood"] = {**ood, "auroc": "high"}
+    with pytest.raises(RecordError, match=r"^bench.json: result tiny.fp32.ort.onnx: 'ood' must be an object of images, score"):
+        BenchRow.from_json(doc["results"][1], "bench.json")

@@ -5,6 +5,7 @@ across runs and bench schema versions. The real models are in the integration te
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -264,7 +265,7 @@ def test_bench_robustness_rows_report_and_flip_gate(tiny, robust_doc):
     """Every corruption and severity and both attacks have a row per entry; the export flips
     nothing against its checkpoint, the negated copy flips and fails --max-robustness-flip."""
     ckpt, onnx_path, _ = tiny
-    doc = robust_doc.document
+    doc = robust_doc.document.to_json()
     rows = {r["name"]: r["robustness"] for r in doc["results"]}
     assert len(rows[ckpt.name]["corruptions"]) == len(CORRUPTIONS["image"]) * len(SEVERITIES) and len(rows[ckpt.name]["attacks"]) == 4
     assert rows[onnx_path.name]["max_flip_rate"] == 0.0 and rows["negated.onnx"]["max_flip_rate"] > 0.5
@@ -288,10 +289,10 @@ def test_cli_robustness_takes_an_optional_suite_and_the_search_runs_alone(tiny, 
     ckpt, onnx_path, data = tiny
     common = ["--reference", str(ckpt), "--data", str(data / "val"), "--batch-sizes", "1", "--iters", "5", "--rounds", "1", "-q"]
     assert main(["bench", str(onnx_path), *common, "--robustness", "--epsilon", "2", "-o", str(tmp_path / "a.json")]) == 0
-    a = load_bench(tmp_path / "a.json")
+    a = load_bench(tmp_path / "a.json").to_json()
     assert a["config"]["robustness"]["suite"] == "all" and len(a["results"][1]["robustness"]["corruptions"]) == 24
     assert main(["bench", str(changed[1]), *common, "--disagreement", "4", "--epsilon", "32", "-o", str(tmp_path / "b.json")]) == 0
-    row = load_bench(tmp_path / "b.json")["results"][1]["robustness"]
+    row = load_bench(tmp_path / "b.json").to_json()["results"][1]["robustness"]
     assert row["suite"] == {"corruptions": [], "attacks": []} and row["corruptions"] == [] and row["mce_vs_reference"] is None
     assert row["disagreement"][0]["searched"] + row["disagreement"][0]["clean_disagreements"] == 4
     out = capsys.readouterr().out
@@ -328,7 +329,7 @@ def test_compare_gates_robustness_between_runs(robust_doc):
     assert flips.baseline == 0.0 and flips.current > 0.5 and flips.detail.endswith("limit +1")
     search = [c for c in compare_bench(doc, doc, base_pick="tiny.onnx", cur_pick="biased.onnx").checks if "disagree" in c.what]
     assert [c.what for c in search] == ["share found to disagree, eps 4", "share found to disagree, eps 32"]
-    lost = {**doc, "results": [{**r, "robustness": None} if r["name"] == "tiny.onnx" else r for r in doc["results"]]}
+    lost = replace(doc, rows=tuple(replace(r, robustness=None) if r.name == "tiny.onnx" else r for r in doc.rows))
     r = compare_bench(lost, doc)
     assert "tiny.onnx: robustness was measured in the current result only; not compared" in r.notes
 
@@ -341,10 +342,11 @@ def test_version_1_documents_are_read_and_compared(robust_doc, tmp_path):
         if r.get("robustness"):
             del r["robustness"]["suite"], r["robustness"]["disagreement"]
     (tmp_path / "v1.json").write_text(json.dumps(old))
-    read = load_bench(tmp_path / "v1.json")
+    record = load_bench(tmp_path / "v1.json")
+    read = record.to_json()
     assert read["schema_version"] == 2 and read["config"]["robustness"]["epsilons"] == [4.0, 32.0]
     assert read["results"][1]["robustness"]["suite"] is None and read["results"][1]["robustness"]["disagreement"] is None
-    checks = compare_bench(read, robust_doc.document).checks
+    checks = compare_bench(record, robust_doc.document).checks
     assert any(c.what == "corruption accuracy, mean of 24" and not c.regression for c in checks)
     old["schema_version"] = 3
     (tmp_path / "v3.json").write_text(json.dumps(old))

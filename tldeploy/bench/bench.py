@@ -6,7 +6,7 @@
 Every artifact (and the reference) runs on the same images, preprocessed once by the reference's
 contract; every artifact's contract must agree with it. Latency is measured per batch size with
 all artifacts taking turns in rounds (`tldeploy.bench.latency`). The result is one JSON document
-(`bench.schema.json`, `BENCH_FORMAT` version `BENCH_VERSION`), a Markdown report and plots.
+(`bench.schema.json`, read and written as a `tldeploy.records.BenchDocument`), a Markdown report and plots.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +22,27 @@ import numpy as np
 
 from tldeploy._io import check_writable, write_json
 from tldeploy.bench.config import BENCH_GATES, BenchConfig
-from tldeploy.bench.document import BENCH_FORMAT, BENCH_VERSION, SCHEMA_PATH, load_bench, validate_bench
+from tldeploy.bench.document import SCHEMA_PATH, load_bench, validate_bench
 from tldeploy.bench.latency import measure_interleaved
 from tldeploy.errors import ConfigError, TldeployError
 from tldeploy.parity import ToleranceResult, compare_outputs
-from tldeploy.records import BuildRecord
+from tldeploy.records import BenchDocument, BenchRow, BuildRecord, LatencyStats, OodRow
 
 __all__ = ["SCHEMA_PATH", "BenchConfig", "BenchResult", "load_bench", "run_bench", "validate_bench"]
 
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class BenchResult:
-    document: dict[str, Any]
+    document: BenchDocument
     path: Path
     report: Path
     plots: list[Path] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
-        return self.document["gates"]["failures"]
+        return list(self.document.failures)
 
 
 @dataclass
@@ -122,23 +121,28 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     x, labels, paths = _inputs(cfg, base)
     timed = ([ref] if ref and cfg.time_reference else []) + entries
     all_entries = ([ref] if ref else []) + entries
-    results: dict[str, dict[str, Any]] = {}
-    gate_failures: list[str] = []
     try:
         for e in all_entries:
             e.runner.activate()
-        logits = _measure_outputs(cfg, ref, all_entries, x, labels, results, gate_failures)
+        rows, logits = _measure_outputs(cfg, ref, all_entries, x, labels)
+        failures = [_gate_line(r.name, g) for r in rows.values() for g in r.gates if not g.passed]
         if cfg.ood_data is not None:
-            _measure_ood(cfg, all_entries, base, logits, results, gate_failures)
+            ood, lines = _measure_ood(cfg, all_entries, base, logits)
+            rows = {n: replace(r, ood=ood[n]) for n, r in rows.items()}
+            failures += lines
         if cfg.robustness is not None:
-            _measure_robustness(cfg, all_entries, base, paths, labels, results, gate_failures)
-        _time_all(timed, x, cfg, results)
+            robust, lines = _measure_robustness(cfg, all_entries, base, paths, labels)
+            rows = {n: replace(r, robustness=robust.get(n)) for n, r in rows.items()}
+            failures += lines
+        timings = _time_all(timed, x, cfg)
     finally:
         for e in all_entries:
             e.runner.deactivate()
-    doc = _document(cfg, ref, all_entries, results, gate_failures, x, labels, paths, time.perf_counter() - started)
-    validate_bench(doc, "the new bench result")  # what compare will read must follow the schema
-    write_json(cfg.output, doc)
+    rows = {n: replace(r, latency=timings[n][0], skipped_batches=timings[n][1]) if n in timings else r for n, r in rows.items()}
+    doc = _document(cfg, ref, all_entries, [rows[e.name] for e in all_entries], failures, x, labels, paths, time.perf_counter() - started)
+    written = doc.to_json()
+    validate_bench(written, "the new bench result")  # what compare will read must follow the schema
+    write_json(cfg.output, written)
     plots = write_plots(doc, cfg.plots_dir)
     write_report(doc, cfg.report_path, plots)
     return BenchResult(doc, cfg.output, cfg.report_path, plots)
@@ -180,79 +184,69 @@ def _inputs(cfg: BenchConfig, base) -> tuple[np.ndarray, np.ndarray | None, list
     return parity_inputs(base.preprocessing, None, max(cfg.batch_sizes)), None, []
 
 
-def _measure_robustness(cfg: BenchConfig, all_entries: list[_BenchEntry], base, paths: list[Path], labels,
-                        results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
+def _measure_robustness(cfg: BenchConfig, all_entries: list[_BenchEntry], base, paths: list[Path],
+                        labels) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each entry's robustness row, and the gate failure lines."""
     from tldeploy.bench.robustness import bench_robustness
 
-    rows, failures = bench_robustness(all_entries, base.preprocessing, paths, labels, cfg.robustness, cfg.epsilons,
-                                      cfg.disagreement, cfg.max_robustness_flip)
-    for name, row in rows.items():
-        results[name]["robustness"] = row
-    gate_failures += failures
+    return bench_robustness(all_entries, base.preprocessing, paths, labels, cfg.robustness, cfg.epsilons, cfg.disagreement,
+                            cfg.max_robustness_flip)
 
 
-def _measure_ood(cfg: BenchConfig, all_entries: list[_BenchEntry], base, logits: dict[str, np.ndarray],
-                 results: dict[str, dict[str, Any]], gate_failures: list[str]) -> None:
+def _measure_ood(cfg: BenchConfig, all_entries: list[_BenchEntry], base,
+                 logits: dict[str, np.ndarray]) -> tuple[dict[str, OodRow], list[str]]:
+    """Each entry's OOD row, and the gate failure lines."""
     from tldeploy.bench.ood import measure_ood
     from tldeploy.data.folders import load_inputs
 
     x_out = load_inputs(cfg.ood_data, [], base.preprocessing, cfg.limit, flag="--ood-data")[0]  # no folder is a class here
     rows, failures = measure_ood(all_entries, base, logits, x_out, cfg.max_ood_disagreement)
     for name, row in rows.items():
-        results[name]["ood"] = row
-        log.info("%s: OOD AUROC %.4f, TPR %.2f%%, FPR %.2f%%%s", name, row["auroc"], 100 * row["tpr"], 100 * row["fpr_at_tpr"],
-                 f", decisions differ from the reference's on {100 * row['disagreement']:.2f}%" if row["disagreement"] is not None else "")
-    gate_failures += failures
+        log.info("%s: OOD AUROC %.4f, TPR %.2f%%, FPR %.2f%%%s", name, row.auroc, 100 * row.tpr, 100 * row.fpr_at_tpr,
+                 f", decisions differ from the reference's on {100 * row.disagreement:.2f}%" if row.disagreement is not None else "")
+    return rows, failures
 
 
-def _measure_outputs(cfg: BenchConfig, ref: _BenchEntry | None, all_entries: list[_BenchEntry], x: np.ndarray, labels,
-                     results: dict[str, dict[str, Any]], gate_failures: list[str]) -> dict[str, np.ndarray]:
-    """Each entry's row in `results`, with accuracy, parity against the reference and its gates;
-    returns each entry's logits on `x`."""
+def _measure_outputs(cfg: BenchConfig, ref: _BenchEntry | None, all_entries: list[_BenchEntry], x: np.ndarray,
+                     labels) -> tuple[dict[str, BenchRow], dict[str, np.ndarray]]:
+    """Each entry's row, with accuracy, parity against the reference and its gates (not yet
+    timed), and each entry's logits on `x`."""
     from tldeploy._io import sha256_file
     from tldeploy.runtime.runners import run_batches
 
     ref_out = run_batches(ref.runner, x) if ref and cfg.data is not None else None
+    rows: dict[str, BenchRow] = {}
     logits: dict[str, np.ndarray] = {}
     for e in all_entries:
-        results[e.name] = {
-            "name": e.name, "path": str(e.path), "sha256": sha256_file(e.path), "role": e.role, "kind": e.kind,
-            "backend": e.backend, "device": e.device, "precision": e.precision,
-            "accuracy": None, "parity": None, "gates": [], "latency": [], "skipped_batches": [],
-            "build": build_summary(e.record),
-        }
-        if cfg.data is None:
-            continue
-        out = ref_out if e is ref else run_batches(e.runner, x)
-        logits[e.name] = out["logits"]
-        if labels is not None:
-            results[e.name]["accuracy"] = float(np.mean(out["logits"].argmax(1) == labels))
-        if ref_out is not None and e is not ref:
-            parity = compare_outputs(ref_out, out, labels=labels)
-            results[e.name]["parity"] = parity.to_dict()
-            gates = cfg.gates.check(parity)
-            results[e.name]["gates"] = [{"gate": g.name, "limit": g.limit, "value": g.value, "passed": g.passed} for g in gates]
-            gate_failures += [_gate_line(e.name, g) for g in gates if not g.passed]
-            log.info("%s: top-1 agreement %.2f%%, cosine %.6f, logits max |diff| %.3g%s", e.name, parity.top1_agreement * 100,
-                     parity.cosine, parity.logits_max_abs,
-                     f", accuracy {parity.accuracy:.4f} ({parity.accuracy_delta * 100:+.2f} points)" if parity.accuracy is not None else "")
-    return logits
+        row = BenchRow(name=e.name, path=str(e.path), sha256=sha256_file(e.path), role=e.role, kind=e.kind, backend=e.backend,
+                       device=e.device, precision=e.precision, build=build_summary(e.record))
+        if cfg.data is not None:
+            out = ref_out if e is ref else run_batches(e.runner, x)
+            logits[e.name] = out["logits"]
+            if labels is not None:
+                row = replace(row, accuracy=float(np.mean(out["logits"].argmax(1) == labels)))
+            if ref_out is not None and e is not ref:
+                parity = compare_outputs(ref_out, out, labels=labels)
+                row = replace(row, parity=parity, gates=tuple(cfg.gates.check(parity)))
+                log.info("%s: top-1 agreement %.2f%%, cosine %.6f, logits max |diff| %.3g%s", e.name, parity.top1_agreement * 100,
+                         parity.cosine, parity.logits_max_abs,
+                         f", accuracy {parity.accuracy:.4f} ({parity.accuracy_delta * 100:+.2f} points)" if parity.accuracy is not None else "")
+        rows[e.name] = row
+    return rows, logits
 
 
-def _document(cfg: BenchConfig, ref: _BenchEntry | None, all_entries: list[_BenchEntry], results: dict[str, dict[str, Any]],
-              gate_failures: list[str], x: np.ndarray, labels, paths: list[Path], seconds: float) -> dict[str, Any]:
+def _document(cfg: BenchConfig, ref: _BenchEntry | None, all_entries: list[_BenchEntry], rows: list[BenchRow],
+              failures: list[str], x: np.ndarray, labels, paths: list[Path], seconds: float) -> BenchDocument:
     """The bench.json document (format tldeploy.bench, bench.schema.json)."""
     from tldeploy._io import now
     from tldeploy.bench.environment import collect_environment
 
-    return {
-        "format": BENCH_FORMAT,
-        "schema_version": BENCH_VERSION,
-        "run_id": uuid.uuid4().hex,  # entries of one run took turns and compare as pairs
-        "created": now(),
-        "seconds": round(seconds, 3),
-        "environment": collect_environment(cfg.threads),
-        "config": {
+    return BenchDocument(
+        run_id=uuid.uuid4().hex,  # entries of one run took turns and compare as pairs
+        created=now(),
+        seconds=round(seconds, 3),
+        environment=collect_environment(cfg.threads),
+        config={
             "batch_sizes": list(cfg.batch_sizes), "warmup": cfg.latency.warmup, "warmup_s": cfg.latency.warmup_s,
             "iters": cfg.latency.iters, "duration_s": cfg.latency.duration_s, "rounds": cfg.latency.rounds,
             "settle_s": cfg.latency.settle_s,
@@ -263,14 +257,14 @@ def _document(cfg: BenchConfig, ref: _BenchEntry | None, all_entries: list[_Benc
                 "suite": cfg.robustness, "epsilons": list(cfg.epsilons), "disagreement": cfg.disagreement,
                 "budget_unit": _budget_unit(all_entries[0].contract.preprocessing)},
         },
-        "data": None if cfg.data is None else {
+        data=None if cfg.data is None else {
             "path": str(cfg.data), "images": len(x), "labelled": labels is not None, "sha256": _paths_hash(paths),
         },
-        "reference": None if ref is None else {"name": ref.name, "path": str(ref.path)},
-        **({"ood_data": {"path": str(cfg.ood_data)}} if cfg.ood_data is not None else {}),
-        "results": [results[e.name] for e in all_entries],
-        "gates": {"passed": not gate_failures, "failures": gate_failures},
-    }
+        reference=None if ref is None else {"name": ref.name, "path": str(ref.path)},
+        ood_data={"path": str(cfg.ood_data)} if cfg.ood_data is not None else None,
+        rows=tuple(rows),
+        failures=tuple(failures),
+    )
 
 
 def _budget_unit(prep) -> str:
@@ -279,15 +273,19 @@ def _budget_unit(prep) -> str:
     return Domain.of(prep).unit_text
 
 
-def _time_all(entries: list[_BenchEntry], x: np.ndarray, cfg: BenchConfig, results: dict[str, dict[str, Any]]) -> None:
+def _time_all(entries: list[_BenchEntry], x: np.ndarray,
+              cfg: BenchConfig) -> dict[str, tuple[tuple[LatencyStats, ...], tuple[dict[str, Any], ...]]]:
+    """Each entry's latency per batch size, and the batch sizes it could not be timed at (why)."""
     from tqdm.auto import tqdm
 
+    latency: dict[str, list[LatencyStats]] = {e.name: [] for e in entries}
+    skipped: dict[str, list[dict[str, Any]]] = {e.name: [] for e in entries}
     for b in cfg.batch_sizes:
         items = []
         for e in entries:
             fixed = next(iter(e.runner.input_spec().values())).shape[0]
             if fixed is not None and fixed != b:
-                results[e.name]["skipped_batches"].append({"batch": b, "why": f"the artifact's batch is fixed at {fixed}"})
+                skipped[e.name].append({"batch": b, "why": f"the artifact's batch is fixed at {fixed}"})
                 continue
             items.append((e, _feed(e.runner, x, b)))
         if not items:
@@ -296,8 +294,9 @@ def _time_all(entries: list[_BenchEntry], x: np.ndarray, cfg: BenchConfig, resul
         with tqdm(total=total, desc=f"latency, batch {b}", unit="it", leave=False, disable=cfg.quiet, dynamic_ncols=True) as bar:
             stats = measure_interleaved([(e.runner, f) for e, f in items], cfg.latency, progress=bar.update)
         for (e, _), s in zip(items, stats, strict=True):
-            results[e.name]["latency"].append(s.to_dict())
+            latency[e.name].append(s)
             log.info("%s, batch %d: p50 %.3f ms, p90 %.3f ms, %.1f images/s", e.name, b, s.p50, s.p90, s.throughput)
+    return {n: (tuple(latency[n]), tuple(skipped[n])) for n in latency}
 
 
 def _gate_line(name: str, g: ToleranceResult) -> str:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from tldeploy.records import BenchDocument, BenchRow
+
 MIN_ROUNDS = 4
 
 
@@ -186,11 +188,12 @@ def _num(v: float | None) -> str:
     return "" if v is None else f"{v:.4g}"
 
 
-def _pairs(base: dict, cur: dict, base_pick: str | None, cur_pick: str | None) -> tuple[list[tuple[dict, dict]], list[str]]:
+def _pairs(base: BenchDocument, cur: BenchDocument, base_pick: str | None,
+           cur_pick: str | None) -> tuple[list[tuple[BenchRow, BenchRow]], list[str]]:
     """Matching (baseline entry, current entry) pairs: the picked entries, or all shared names."""
     from tldeploy.errors import ConfigError
 
-    b_by, c_by = {r["name"]: r for r in base["results"]}, {r["name"]: r for r in cur["results"]}
+    b_by, c_by = base.by_name(), cur.by_name()
     for pick, by, side in ((base_pick, b_by, "baseline"), (cur_pick, c_by, "current")):
         if pick is not None and pick not in by:
             raise ConfigError(f"the {side} has no entry {pick!r}; it has {', '.join(by)}")
@@ -206,21 +209,21 @@ def _pairs(base: dict, cur: dict, base_pick: str | None, cur_pick: str | None) -
     return [(b_by[n], c_by[n]) for n in shared], unmatched
 
 
-def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
+def compare_bench(base: BenchDocument, cur: BenchDocument, cfg: CompareConfig = CompareConfig(),
                   base_pick: str | None = None, cur_pick: str | None = None) -> CompareResult:
     """Compare two bench documents, or two entries picked by name (possibly of one document)."""
     from tldeploy.bench.environment import environment_differences
     from tldeploy.errors import TldeployError
 
-    env_diff = environment_differences(base["environment"], cur["environment"])
+    env_diff = environment_differences(base.environment, cur.environment)
     if env_diff and not cfg.allow_env_mismatch:
         raise TldeployError("the two bench results come from different environments (" + "; ".join(env_diff)
                             + "); latencies are not comparable. Rerun both on one machine, or pass --allow-env-mismatch")
     pairs, unmatched = _pairs(base, cur, base_pick, cur_pick)
     # Two entries of one bench run took turns in the same rounds: compare them round by round.
-    paired = base["run_id"] == cur["run_id"]
+    paired = base.run_id == cur.run_id
     notes: list[str] = []
-    same_data = (base.get("data") or {}).get("sha256") == (cur.get("data") or {}).get("sha256")
+    same_data = base.data_sha256 == cur.data_sha256
     if not same_data:
         notes.append("the two results used different images; accuracy and agreement are not compared")
     if not paired:
@@ -228,30 +231,29 @@ def compare_bench(base: dict, cur: dict, cfg: CompareConfig = CompareConfig(),
                      "on shared machines bench both artifacts in one run and compare FILE.json#A FILE.json#B")
     checks: list[Comparison] = []
     for b, c in pairs:
-        name = b["name"] if b["name"] == c["name"] else f"{b['name']} -> {c['name']}"
-        c_lat = {s["batch"]: s for s in c["latency"]}
-        for bs in b["latency"]:
-            cs = c_lat.get(bs["batch"])
+        name = b.name if b.name == c.name else f"{b.name} -> {c.name}"
+        for bs in b.latency:
+            cs = c.latency_at(bs.batch)
             if cs is None:
-                notes.append(f"{name}: batch {bs['batch']} was not timed in the current result")
+                notes.append(f"{name}: batch {bs.batch} was not timed in the current result")
                 continue
-            v = compare_latency(bs["samples_ms"], cs["samples_ms"], baseline_rounds=bs["round_sizes"], current_rounds=cs["round_sizes"],
-                                paired=paired and len(bs["round_sizes"]) == len(cs["round_sizes"]) >= MIN_ROUNDS, max_slowdown=cfg.max_slowdown, confidence=cfg.confidence)
+            v = compare_latency(bs.samples_ms, cs.samples_ms, baseline_rounds=bs.round_sizes, current_rounds=cs.round_sizes,
+                                paired=paired and len(bs.round_sizes) == len(cs.round_sizes) >= MIN_ROUNDS, max_slowdown=cfg.max_slowdown, confidence=cfg.confidence)
             detail = (f"ratio {v.ratio:.3f}, {cfg.confidence:.0%} interval [{v.ci_low:.3f}, {v.ci_high:.3f}] "
                       f"(resampling {v.resampled}), limit +{cfg.max_slowdown:.0%}")
-            checks.append(Comparison(name, f"p50 ms, batch {bs['batch']}", v.baseline_p50, v.current_p50, detail, v.regression, v))
+            checks.append(Comparison(name, f"p50 ms, batch {bs.batch}", v.baseline_p50, v.current_p50, detail, v.regression, v))
         if not same_data:
             continue
-        if b["accuracy"] is not None and c["accuracy"] is not None:
-            drop = (b["accuracy"] - c["accuracy"]) * 100
-            checks.append(Comparison(name, "accuracy", b["accuracy"], c["accuracy"],
+        if b.accuracy is not None and c.accuracy is not None:
+            drop = (b.accuracy - c.accuracy) * 100
+            checks.append(Comparison(name, "accuracy", b.accuracy, c.accuracy,
                                 f"{-drop:+.2f} points, limit -{cfg.max_accuracy_drop:g}", drop > cfg.max_accuracy_drop))
-        if b["parity"] and c["parity"]:
-            ba, ca = b["parity"]["top1_agreement"], c["parity"]["top1_agreement"]
+        if b.parity is not None and c.parity is not None:
+            ba, ca = b.parity.top1_agreement, c.parity.top1_agreement
             drop = (ba - ca) * 100
             checks.append(Comparison(name, "top-1 agreement", ba, ca, f"{-drop:+.2f} points, limit -{cfg.max_agreement_drop:g}",
                                 drop > cfg.max_agreement_drop))
-        checks += _robustness_checks(name, b.get("robustness"), c.get("robustness"), cfg.max_robustness_drop, notes)
+        checks += _robustness_checks(name, b.robustness, c.robustness, cfg.max_robustness_drop, notes)
     return CompareResult(checks, env_diff, unmatched, notes)
 
 

@@ -8,20 +8,19 @@ from typing import Any
 
 from tldeploy._io import read_document
 from tldeploy.errors import TldeployError
+from tldeploy.records import BENCH_FORMAT, BENCH_VERSION, BenchDocument
 
-BENCH_FORMAT = "tldeploy.bench"
-BENCH_VERSION = 2  # 2: robustness rows (suite, disagreement) and config.robustness; version 1 documents are read too
 SCHEMA_PATH = Path(__file__).with_name("bench.schema.json")
 
 
-def load_bench(path: Path) -> dict[str, Any]:
+def load_bench(path: Path) -> BenchDocument:
     """A bench document, checked for its format and version (an older one upgraded) and its schema."""
     path = Path(path)
     doc = read_document(path, BENCH_FORMAT, READS, lambda d, _version: upgrade(d), what="bench result", version_key="schema_version",
                         version_what="bench schema",
                         hint="pass a bench.json from 'tldeploy bench' (rerun it)")
     validate_bench(doc, str(path))
-    return doc
+    return BenchDocument.from_json(doc, str(path))
 
 
 READS = (1, BENCH_VERSION)

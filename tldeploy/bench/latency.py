@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tldeploy.errors import ConfigError
+from tldeploy.records import LatencyStats
 
-PERCENTILES = (50, 90, 95, 99)
+__all__ = ["LatencyConfig", "LatencyStats", "measure_interleaved", "measure_latency", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -52,39 +53,6 @@ class LatencyConfig:
             raise ConfigError(f"--rounds must be at least 1, got {self.rounds}")
         if self.duration_s is None and self.iters < self.rounds:
             raise ConfigError(f"--iters {self.iters} is fewer than --rounds {self.rounds}; each round needs an iteration")
-
-
-@dataclass
-class LatencyStats:
-    batch: int
-    samples_ms: list[float] = field(repr=False)
-    round_sizes: list[int] = field(repr=False)  # samples of each round, in order
-    mean: float = 0.0
-    std: float = 0.0
-    min: float = 0.0
-    p50: float = 0.0
-    p90: float = 0.0
-    p95: float = 0.0
-    p99: float = 0.0
-    max: float = 0.0
-    throughput: float = 0.0  # images per second, from the mean
-    clock: str = "perf_counter"  # or "cuda_events"
-    stages: dict[str, dict[str, float]] | None = None  # h2d / compute / d2h summaries (device runners)
-
-    @classmethod
-    def from_samples(cls, batch: int, samples_ms: list[float], round_sizes: list[int] | None = None, **extra) -> LatencyStats:
-        a = np.asarray(samples_ms, dtype=np.float64)
-        if a.size == 0:
-            raise ValueError("no latency samples")
-        sizes = list(round_sizes) if round_sizes is not None else [int(a.size)]
-        if sum(sizes) != a.size:
-            raise ValueError(f"round sizes add up to {sum(sizes)}, but there are {a.size} samples")
-        p = np.percentile(a, PERCENTILES)
-        return cls(batch, [float(s) for s in a], sizes, float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0,
-                   float(a.min()), *(float(v) for v in p), float(a.max()), float(batch * 1000.0 / a.mean()), **extra)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def summarise(samples_ms) -> dict[str, float]:

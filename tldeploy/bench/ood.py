@@ -7,15 +7,17 @@ must still mean the same)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from tldeploy.errors import ConfigError
+from tldeploy.records import OodRow
 
 
 def measure_ood(entries: list[Any], base_contract, logits_in: dict[str, np.ndarray], x_out: np.ndarray,
-                max_disagreement: float | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+                max_disagreement: float | None) -> tuple[dict[str, OodRow], list[str]]:
     """(per-entry rows, gate failure lines). `entries[0]` is the reference, whose decisions the
     others are compared with; `logits_in` holds each entry's logits on --data."""
     from sklearn.metrics import roc_auc_score
@@ -25,7 +27,7 @@ def measure_ood(entries: list[Any], base_contract, logits_in: dict[str, np.ndarr
     base = base_contract.ood
     if base is None:
         raise ConfigError("--ood-data needs artifacts with an OOD threshold; retrain with tldeploy train (it fits one unless --ood-score none)")
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, OodRow] = {}
     decisions: dict[str, np.ndarray] = {}
     failures: list[str] = []
     for e in entries:
@@ -34,16 +36,13 @@ def measure_ood(entries: list[Any], base_contract, logits_in: dict[str, np.ndarr
         s_out = gate.scores(run_batches(e.runner, x_out)["logits"])
         truth = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
         decisions[e.name] = np.r_[s_in, s_out] > gate.threshold
-        rows[e.name] = {
-            "images": len(s_out), "score": gate.kind, "threshold": gate.threshold,
-            "auroc": float(roc_auc_score(truth, np.r_[s_in, s_out])),
-            "tpr": float(np.mean(s_in <= gate.threshold)), "fpr_at_tpr": float(np.mean(s_out <= gate.threshold)),
-            "disagreement": None,
-        }
+        rows[e.name] = OodRow(images=len(s_out), score=gate.kind, threshold=gate.threshold,
+                              auroc=float(roc_auc_score(truth, np.r_[s_in, s_out])), tpr=float(np.mean(s_in <= gate.threshold)),
+                              fpr_at_tpr=float(np.mean(s_out <= gate.threshold)))
     ref = entries[0].name
     for e in entries[1:]:
         d = float(np.mean(decisions[e.name] != decisions[ref]))
-        rows[e.name]["disagreement"] = d
+        rows[e.name] = replace(rows[e.name], disagreement=d)
         if max_disagreement is not None and d > max_disagreement:
             failures.append(f"{e.name}: unknown/known decisions differ from {ref}'s on {d:.2%} of inputs "
                             f"(--max-ood-disagreement {max_disagreement:.2%})")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tldeploy._io import save_png, write_text
+from tldeploy.records import BenchDocument, BenchRow
 
 PLOTS = ("latency.png", "accuracy_vs_latency.png", "robustness.png")
 LATENCY_COLUMNS = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
@@ -21,44 +22,44 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def summary_rows(doc: dict[str, Any]) -> list[list[str]]:
+def summary_rows(doc: BenchDocument) -> list[list[str]]:
     """One row per entry: name, backend/precision, accuracy, delta, agreement, p50 per batch."""
     rows = []
-    for r in doc["results"]:
-        p = r["parity"] or {}
-        delta = p.get("accuracy_delta")
-        lat = {s["batch"]: s["p50"] for s in r["latency"]}
+    for r in doc.rows:
+        p = r.parity
+        delta = p.accuracy_delta if p is not None else None
+        lat = {s.batch: s.p50 for s in r.latency}
         rows.append([
-            r["name"] + (" (reference)" if r["role"] == "reference" else ""), f"{r['backend']} {r['precision']} ({r['device']})",
-            _fmt(r["accuracy"]), "" if delta is None else f"{delta * 100:+.2f}",
-            "" if not p else f"{p['top1_agreement']:.2%}",
-            *(_fmt(lat.get(b), ".3f") for b in doc["config"]["batch_sizes"]),
+            r.name + (" (reference)" if r.is_reference else ""), f"{r.backend} {r.precision} ({r.device})",
+            _fmt(r.accuracy), "" if delta is None else f"{delta * 100:+.2f}",
+            "" if p is None else f"{p.top1_agreement:.2%}",
+            *(_fmt(lat.get(b), ".3f") for b in doc.batch_sizes),
         ])
     return rows
 
 
-def summary_header(doc: dict[str, Any]) -> list[str]:
-    return ["artifact", "runs on", "accuracy", "Δ points", "top-1 agreement", *(f"p50 ms (batch {b})" for b in doc["config"]["batch_sizes"])]
+def summary_header(doc: BenchDocument) -> list[str]:
+    return ["artifact", "runs on", "accuracy", "Δ points", "top-1 agreement", *(f"p50 ms (batch {b})" for b in doc.batch_sizes)]
 
 
-def summary_text(doc: dict[str, Any]) -> str:
+def summary_text(doc: BenchDocument) -> str:
     """The summary as aligned plain text, for the terminal, and a robustness line per artifact."""
     rows = [summary_header(doc), *summary_rows(doc)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines + [line for r in doc["results"] if (line := robustness_line(r))])
+    return "\n".join(lines + [line for r in doc.rows if (line := robustness_line(r))])
 
 
-def robustness_line(r: dict[str, Any]) -> str:
+def robustness_line(r: BenchRow) -> str:
     """One line on an artifact's robustness against the reference, or "" without any."""
-    rb = r.get("robustness")
-    if not rb or r["role"] == "reference":
+    rb = r.robustness
+    if not rb or r.is_reference:
         return ""
     parts = []
     if rb["max_flip_rate"] is not None:
         parts.append(f"mCE vs reference {rb['mce_vs_reference']:.3f}, largest corruption flip rate {rb['max_flip_rate']:.2%}")
     parts += [f"disagreements within eps {d['epsilon']:g}: {d['found']} of {d['searched']}" for d in rb.get("disagreement") or []]
-    return f"{r['name']}: " + "; ".join(parts) if parts else ""
+    return f"{r.name}: " + "; ".join(parts) if parts else ""
 
 
 def _robustness_tables(rb: dict[str, Any] | None, unit: str | None) -> list[str]:
@@ -99,10 +100,10 @@ def _jetson_release(jetson: dict[str, Any]) -> str:
     return release.describe() if release else jetson["l4t"]
 
 
-def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
-    env, cfg = doc["environment"], doc["config"]
+def render_report(doc: BenchDocument, plots: list[Path], base: Path) -> str:
+    env, cfg = doc.environment, doc.config
     gpu = env.get("gpu") or {}
-    lines = [f"# tldeploy bench, {doc['created']}", ""]
+    lines = [f"# tldeploy bench, {doc.created}", ""]
     lines += [
         f"- CPU: {env['cpu']['model']}, {env['cpu']['logical_cores']} logical cores; threads: {cfg['threads'] or 'backend default'}"
         + (f"; class {env['cpu']['class']} ({', '.join(env['cpu'].get('features') or []) or 'no listed features'})" if env["cpu"].get("class") else ""),
@@ -111,31 +112,31 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         f"- environment fingerprint: `{env['fingerprint']}`",
     ]
-    data = doc["data"]
+    data = doc.data
     lines.append(f"- data: {data['path']}, {data['images']} images, {'labelled' if data['labelled'] else 'unlabelled'}" if data
                  else "- data: none (random inputs; no parity)")
     timing = f"{cfg['iters']} iterations" if cfg["duration_s"] is None else f"{cfg['duration_s']} s"
     warm = f"{cfg['warmup']} iterations" if cfg["warmup_s"] is None else f"{cfg['warmup_s']} s"
     lines += [f"- timing: {timing} per artifact and batch in {cfg['rounds']} rounds (artifacts take turns), after {warm} of warm-up", ""]
     lines += ["## Summary", "", *_table(summary_header(doc), summary_rows(doc)), ""]
-    if doc["gates"]["failures"]:
-        lines += ["**Gates failed:**", "", *(f"- {f}" for f in doc["gates"]["failures"]), ""]
-    for r in doc["results"]:
-        lines += [f"## {r['name']}", "", f"`{r['path']}` ({r['kind']}, {r['backend']} {r['precision']} on {r['device']}), sha256 `{r['sha256'][:16]}`", ""]
-        if r["latency"]:
-            stages = any(s.get("stages") for s in r["latency"])
+    if doc.failures:
+        lines += ["**Gates failed:**", "", *(f"- {f}" for f in doc.failures), ""]
+    for r in doc.rows:
+        lines += [f"## {r.name}", "", f"`{r.path}` ({r.kind}, {r.backend} {r.precision} on {r.device}), sha256 `{r.sha256[:16]}`", ""]
+        if r.latency:
+            stages = any(s.stages for s in r.latency)
             header = ["batch", *(f"{c} ms" for c in LATENCY_COLUMNS), "images/s", "samples"]
             header += ["h2d p50 ms", "compute p50 ms", "d2h p50 ms"] if stages else []
             rows = []
-            for s in r["latency"]:
-                row = [str(s["batch"]), *(f"{s[c]:.3f}" for c in LATENCY_COLUMNS), f"{s['throughput']:.1f}", str(len(s["samples_ms"]))]
+            for s in r.latency:
+                row = [str(s.batch), *(f"{getattr(s, c):.3f}" for c in LATENCY_COLUMNS), f"{s.throughput:.1f}", str(len(s.samples_ms))]
                 if stages:
-                    row += [f"{s['stages'][k]['p50']:.3f}" if s.get("stages") else "" for k in ("h2d", "compute", "d2h")]
+                    row += [f"{s.stages[k]['p50']:.3f}" if s.stages else "" for k in ("h2d", "compute", "d2h")]
                 rows.append(row)
             lines += _table(header, rows) + [""]
-        for skip in r["skipped_batches"]:
+        for skip in r.skipped_batches:
             lines.append(f"- batch {skip['batch']} not timed: {skip['why']}")
-        b = r.get("build")
+        b = r.build
         if b:
             kept = ", ".join(f"`{k}`" for k in b["kept_high_precision"]) or "none"
             lines.append(f"- kept in higher precision by the build: {kept}" + (f" (plan {b['precision_plan']})" if b["precision_plan"] else "")
@@ -144,40 +145,40 @@ def render_report(doc: dict[str, Any], plots: list[Path], base: Path) -> str:
                 c = b["check"]
                 kl = f", KL {c['kl']:.3g}" if c.get("kl") is not None else ""
                 lines.append(f"- the build's own check: top-1 agreement {c['top1_agreement']:.2%}{kl} on {c['images']}")
-        p = r["parity"]
-        if p:
+        p = r.parity
+        if p is not None:
             rows = [
-                ["logits max / mean abs diff", f"{p['logits_max_abs']:.3g} / {p['logits_mean_abs']:.3g}"],
-                ["probs max / mean abs diff", f"{p['probs_max_abs']:.3g} / {p['probs_mean_abs']:.3g}"],
-                ["cosine similarity (logits)", f"{p['cosine']:.6f}"],
-                ["top-1 agreement", f"{p['top1_agreement']:.2%}"],
-                ["KL divergence (probs)", f"{p['kl_divergence']:.3g}"],
-                ["CAM correlation / top-20% IoU", f"{p['cam_correlation']:.4f} / {p['cam_iou_top20']:.4f}"],
+                ["logits max / mean abs diff", f"{p.logits_max_abs:.3g} / {p.logits_mean_abs:.3g}"],
+                ["probs max / mean abs diff", f"{p.probs_max_abs:.3g} / {p.probs_mean_abs:.3g}"],
+                ["cosine similarity (logits)", f"{p.cosine:.6f}"],
+                ["top-1 agreement", f"{p.top1_agreement:.2%}"],
+                ["KL divergence (probs)", f"{p.kl_divergence:.3g}"],
+                ["CAM correlation / top-20% IoU", f"{p.cam_correlation:.4f} / {p.cam_iou_top20:.4f}"],
             ]
-            if p["accuracy"] is not None:
-                rows.append(["accuracy (reference, delta)", f"{p['accuracy']:.4f} ({p['reference_accuracy']:.4f}, {p['accuracy_delta'] * 100:+.2f} points)"])
+            if p.accuracy is not None and p.accuracy_delta is not None:  # with labels, compare_outputs sets both
+                rows.append(["accuracy (reference, delta)", f"{p.accuracy:.4f} ({p.reference_accuracy:.4f}, {p.accuracy_delta * 100:+.2f} points)"])
             lines += ["", *_table(["parity vs the reference", "value"], rows)]
-        lines += _robustness_tables(r.get("robustness"), (doc["config"].get("robustness") or {}).get("budget_unit"))
-        o = r.get("ood")
-        if o:
-            rows = [["score, threshold", f"{o['score']} > {o['threshold']:.4g} is unknown"], ["AUROC (--data vs OOD inputs)", f"{o['auroc']:.4f}"],
-                    ["known at the threshold: in-distribution (TPR) / OOD (FPR)", f"{o['tpr']:.2%} / {o['fpr_at_tpr']:.2%}"]]
-            if o["disagreement"] is not None:
-                rows.append(["unknown/known decisions unlike the reference's", f"{o['disagreement']:.2%}"])
-            lines += ["", *_table([f"unknown inputs ({o['images']} OOD)", "value"], rows)]
-        for g in r["gates"]:
-            lines.append(f"- gate {g['gate']} {g['limit']:g}: {'passed' if g['passed'] else 'FAILED'} ({g['value']:.6g})")
+        lines += _robustness_tables(r.robustness, doc.budget_unit)
+        o = r.ood
+        if o is not None:
+            rows = [["score, threshold", f"{o.score} > {o.threshold:.4g} is unknown"], ["AUROC (--data vs OOD inputs)", f"{o.auroc:.4f}"],
+                    ["known at the threshold: in-distribution (TPR) / OOD (FPR)", f"{o.tpr:.2%} / {o.fpr_at_tpr:.2%}"]]
+            if o.disagreement is not None:
+                rows.append(["unknown/known decisions unlike the reference's", f"{o.disagreement:.2%}"])
+            lines += ["", *_table([f"unknown inputs ({o.images} OOD)", "value"], rows)]
+        for g in r.gates:
+            lines.append(f"- gate {g.name} {g.limit:g}: {'passed' if g.passed else 'FAILED'} ({g.value:.6g})")
         lines.append("")
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({os.path.relpath(p, base)})" for p in plots] + [""]
     return "\n".join(lines)
 
 
-def write_report(doc: dict[str, Any], path: Path, plots: list[Path]) -> None:
+def write_report(doc: BenchDocument, path: Path, plots: list[Path]) -> None:
     write_text(Path(path), render_report(doc, plots, Path(path).parent))
 
 
-def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_plots(doc: BenchDocument, out_dir: Path) -> list[Path]:
     """latency.png (distribution per artifact, one panel per batch size), with labelled data
     accuracy_vs_latency.png (accuracy against p50 latency at the smallest batch), and with
     --robustness robustness.png (accuracy against severity per corruption)."""
@@ -191,12 +192,12 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     for name in PLOTS:  # a plot this run does not draw must not survive from an earlier one
         (out_dir / name).unlink(missing_ok=True)
     written = []
-    batches = doc["config"]["batch_sizes"]
-    timed = [r for r in doc["results"] if r["latency"]]
+    batches = doc.batch_sizes
+    timed = [r for r in doc.rows if r.latency]
     if timed:
         fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 4.2), squeeze=False)
         for ax, b in zip(axes[0], batches, strict=True):
-            series = [(r["name"], s["samples_ms"]) for r in timed for s in r["latency"] if s["batch"] == b]
+            series = [(r.name, s.samples_ms) for r in timed for s in r.latency if s.batch == b]
             if series:
                 ax.boxplot([s for _, s in series], orientation="horizontal", whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
                 ax.set_yticks(range(1, len(series) + 1), [n for n, _ in series], fontsize=8)
@@ -205,36 +206,35 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.set_title(f"batch {b}")
         fig.tight_layout()
         written.append(save_png(fig, out_dir / PLOTS[0]))
-    points = [(r, next((s for s in r["latency"] if s["batch"] == min(batches)), None)) for r in doc["results"] if r["accuracy"] is not None]
-    points = [(r, s) for r, s in points if s is not None]
+    points = [(r, a, s) for r in doc.rows if (a := r.accuracy) is not None and (s := r.latency_at(min(batches))) is not None]
     if points:
         fig, ax = plt.subplots(figsize=(6, 4.2))
-        for r, s in points:
-            ax.scatter(s["p50"], r["accuracy"] * 100, marker="*" if r["role"] == "reference" else "o", s=80)
-            ax.annotate(r["name"], (s["p50"], r["accuracy"] * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for r, a, s in points:
+            ax.scatter(s.p50, a * 100, marker="*" if r.is_reference else "o", s=80)
+            ax.annotate(r.name, (s.p50, a * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
         _log_axis(ax.xaxis, ax.set_xscale)
         ax.set_xlabel(f"p50 latency (ms), batch {min(batches)}")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(save_png(fig, out_dir / PLOTS[1]))
-    robust = [r for r in doc["results"] if (r.get("robustness") or {}).get("corruptions")]
+    robust = [r for r in doc.rows if (r.robustness or {}).get("corruptions")]
     if robust:
         written.append(_robustness_plot(plt, robust, out_dir / PLOTS[2]))
     return written
 
 
-def _robustness_plot(plt, results: list[dict[str, Any]], path: Path) -> Path:
+def _robustness_plot(plt, results: list[BenchRow], path: Path) -> Path:
     """Accuracy against severity, one panel per corruption, one line per entry."""
-    names = list(dict.fromkeys(c["corruption"] for c in results[0]["robustness"]["corruptions"]))
+    names = list(dict.fromkeys(c["corruption"] for c in (results[0].robustness or {})["corruptions"]))
     cols = 4
     fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.6 * ((len(names) + cols - 1) // cols)),
                              squeeze=False, sharey=True)
     for ax, name in zip(axes.flat, names, strict=False):
         for r in results:
-            rows = [c for c in r["robustness"]["corruptions"] if c["corruption"] == name]
+            rows = [c for c in (r.robustness or {})["corruptions"] if c["corruption"] == name]
             ax.plot([c["severity"] for c in rows], [100 * c["accuracy"] for c in rows], marker="o",
-                    linestyle="--" if r["role"] == "reference" else "-", label=r["name"])
+                    linestyle="--" if r.is_reference else "-", label=r.name)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("severity")
         ax.grid(alpha=0.3)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from tldeploy.cli._common import CONTEXT, _float_list, _int_list, _setup_logging, cli
 from tldeploy.engines.capabilities import DEVICES
+
+if TYPE_CHECKING:
+    from tldeploy.records import BenchDocument
 
 # ---------------------------------------------------------------- bench
 
@@ -87,7 +91,7 @@ def bench_cmd(artifacts: tuple[Path, ...], output: Path, batch_sizes: str, warmu
 # ---------------------------------------------------------------- compare
 
 
-def _bench_side(spec: str) -> tuple[dict, str | None]:
+def _bench_side(spec: str) -> tuple[BenchDocument, str | None]:
     from tldeploy.bench.bench import load_bench
 
     path, _, name = spec.partition("#")

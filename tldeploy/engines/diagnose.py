@@ -116,11 +116,12 @@ def diagnose(cfg: DiagnoseConfig) -> DiagnoseResult:
         "onnx": str(onnx_path), "onnx_sha256": onnx_sha, "precision": cfg.precision, "backend": cfg.target.backend,
         "cpu": host.cpu_info(), "tools": host.tool_versions(), "images": measured_on, **body,
     }
-    from tldeploy.engines.plan import PrecisionPlan
+    from tldeploy.engines.plan import PlanUnit, PrecisionPlan
 
     section = body["plan"]
     quant = body.get("quantization", {})
-    plan_obj = PrecisionPlan(precision=cfg.precision, onnx_sha256=onnx_sha, units=plan, measured_on=measured_on,
+    units = tuple(PlanUnit.from_json(u, f"the plan for {onnx_path}") for u in plan)
+    plan_obj = PrecisionPlan(precision=cfg.precision, onnx_sha256=onnx_sha, units=units, measured_on=measured_on,
                              promised=section["metrics"], acceptance=section["acceptance"], flavour=quant.get("flavour"),
                              reduce_range=quant.get("reduce_range"),
                              extra={"passed": section["passed"], "onnx": str(onnx_path), "created": doc["created"]})

@@ -350,7 +350,7 @@ def quantize_model(source: Path | OnnxFile, calib: CalibrationSet | None, cfg: Q
 
         if plan is not None:
             plan.check_nodes(q.float_model, plan_path, onnx_path)
-            units = [Unit.from_dict(u) for u in plan.units]
+            units = [Unit.from_plan(u) for u in plan.units]
             model = q.mix(plan.nodes)
             m = ev.metrics(model)
             history, passed = [("plan", len(units), m)], accept.accepts(m)
@@ -413,7 +413,7 @@ def _qat_model(q: Quantizer, cfg: QuantConfig, check: ImageSet | None, plan, pla
     units: list = []
     if plan is not None:
         plan.check_nodes(q.float_model, plan_path, q.onnx_path)
-        units = [Unit.from_dict(u) for u in plan.units]
+        units = [Unit.from_plan(u) for u in plan.units]
     elif cfg.options.keep_float != "auto" and int(cfg.options.keep_float) > 0:
         if check is None:
             raise ConfigError("--int8-keep-float N on a quantization-aware trained export needs --check-data DIR to rank the units on")

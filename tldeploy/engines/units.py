@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tldeploy.scopes import module_paths, op_instances, short_names
+
+if TYPE_CHECKING:
+    from tldeploy.records import PlanUnit
 
 LEADS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FUSED_ACTIVATIONS = ("Relu", "Clip")
@@ -37,10 +41,10 @@ class Unit:
         return {"name": self.name, "nodes": list(self.nodes), "op": self.op, "module": self.module, "short": self.short, "index": self.index}
 
     @classmethod
-    def from_dict(cls, d: dict) -> Unit:
-        """A unit as `to_dict` (or a hand-edited plan) writes it; only `nodes` is required."""
-        return cls(str(d.get("name", d["nodes"][0])), tuple(d["nodes"]), str(d.get("op", "")), str(d.get("module", "")),
-                   str(d.get("short", d.get("module", ""))), int(d.get("index", -1)))
+    def from_plan(cls, u: PlanUnit) -> Unit:
+        """A precision plan's unit (a hand-edited plan need give only its nodes)."""
+        return cls(u.nodes[0] if u.name is None else u.name, u.nodes, u.op or "", u.module or "",
+                   (u.module or "") if u.short is None else u.short, -1 if u.index is None else u.index)
 
 
 def group_units(model, names: Iterable[str]) -> list[Unit]:
