@@ -250,7 +250,8 @@ class _Job:
         if cfg.precision == "fp16":
             if self.plan is not None:
                 self.plan.check_nodes(self.src.proto, cfg.precision_plan, self.src.path)
-                extra["fp32_units"] = [{k: u.get(k) for k in ("name", "module", "short", "op", "nodes")} for u in self.plan.units]
+                extra["fp32_units"] = [{"name": u.name, "module": u.module, "short": u.short, "op": u.op, "nodes": list(u.nodes)}
+                                       for u in self.plan.units]
             return Fp16FromOnnx(self.src, keep_fp32=self.plan.nodes if self.plan else ())(), extra
         return None, extra
 

@@ -33,11 +33,6 @@ class PlanUnit:
     alone_float: dict[str, Any] | None = None  # metrics with only this unit kept in float
     extra: dict[str, Any] = field(default_factory=dict)  # other keys, kept (e.g. an FP16 unit's "node")
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """A field as the unit's JSON has it. Transitional: engines/builder.py still reads units
-        as the dicts they were; typed access (`unit.module`) is the way."""
-        return self.to_json().get(key, default)
-
     def to_json(self) -> dict[str, Any]:
         d = {k: list(self.nodes) if k == "nodes" else getattr(self, k) for k in _UNIT_KEYS}
         return {**{k: v for k, v in d.items() if v is not None}, **self.extra}
