@@ -32,7 +32,7 @@ from tldeploy.engines.calibration import CalibrationSet, ImageSet  # noqa: E402
 from tldeploy.engines.capabilities import PrecisionTarget  # noqa: E402
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose  # noqa: E402
 from tldeploy.engines.quant_config import Int8Options, QuantConfig  # noqa: E402
-from tldeploy.engines.quantize import Quantizer  # noqa: E402
+from tldeploy.engines.quantizer import Quantizer  # noqa: E402
 from tldeploy.engines.sensitivity import Evaluator, task_metrics  # noqa: E402
 from tldeploy.runtime.host import cpu_info  # noqa: E402
 from tldeploy.runtime.loader import load_runner  # noqa: E402

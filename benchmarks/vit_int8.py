@@ -42,7 +42,8 @@ from tldeploy.engines.calibration import CalibrationSet, ImageSet  # noqa: E402
 from tldeploy.engines.capabilities import PrecisionTarget  # noqa: E402
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose  # noqa: E402
 from tldeploy.engines.quant_config import Int8Options, QuantConfig  # noqa: E402
-from tldeploy.engines.quantize import MATRIX_PRODUCTS, Quantizer, transformer_preset  # noqa: E402
+from tldeploy.engines.quantize import MATRIX_PRODUCTS, transformer_preset  # noqa: E402
+from tldeploy.engines.quantizer import Quantizer  # noqa: E402
 from tldeploy.engines.sensitivity import Evaluator, task_metrics  # noqa: E402
 from tldeploy.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from tldeploy.modalities.preprocessing import AugmentConfig  # noqa: E402

@@ -20,7 +20,8 @@ from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
 from tldeploy.engines.mixed import fp16_emulated, mixed_int8
 from tldeploy.engines.plan import load_plan
 from tldeploy.engines.quant_config import QuantConfig
-from tldeploy.engines.quantize import Quantizer, quantize_model
+from tldeploy.engines.quantize import quantize_model
+from tldeploy.engines.quantizer import Quantizer
 from tldeploy.engines.sensitivity import Evaluator, task_metrics
 from tldeploy.errors import ConfigError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx

@@ -23,7 +23,8 @@ from tldeploy.engines.calibration import CalibrationSet
 from tldeploy.engines.capabilities import PrecisionTarget
 from tldeploy.engines.diagnose import DiagnoseConfig, diagnose
 from tldeploy.engines.quant_config import Int8Options, QatRecord, QuantConfig, read_ranges
-from tldeploy.engines.quantize import Quantizer, transformer_preset
+from tldeploy.engines.quantize import transformer_preset
+from tldeploy.engines.quantizer import Quantizer
 from tldeploy.errors import ConfigError, DataError, OutputExistsError
 from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import AugmentConfig

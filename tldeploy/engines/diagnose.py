@@ -182,7 +182,8 @@ def _diagnose_int8(cfg: DiagnoseConfig, onnx_path: Path, contract, val) -> tuple
     from tldeploy.engines import artifacts
     from tldeploy.engines.calibration import CalibrationSet, spread
     from tldeploy.engines.quant_config import Int8Options, QatRecord
-    from tldeploy.engines.quantize import Quantizer, rank_int8
+    from tldeploy.engines.quantize import rank_int8
+    from tldeploy.engines.quantizer import Quantizer
     from tldeploy.engines.sensitivity import Acceptance, choose
     from tldeploy.engines.units import float_regions
     from tldeploy.parity import Tolerance

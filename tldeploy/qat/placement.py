@@ -1,6 +1,6 @@
 """Where the Q/DQ graph quantizes, said in PyTorch's terms, found by running both.
 
-The build's writer (ONNX Runtime's quantizer, `engines/quantize.py`) decides the Q/DQ points; QAT
+The build's writer (ONNX Runtime's quantizer, `engines/quantizer.py`) decides the Q/DQ points; QAT
 must fake-quantize exactly there. Rather than re-deriving the writer's rules (which Relu it folds
 into a range, which data-movement ops share their input's scale, which Softmax range it fixes),
 the placement reads them off the graph the writer wrote for this model:

@@ -161,7 +161,8 @@ class _Qat:
         from tldeploy.engines import artifacts
         from tldeploy.engines.calibration import CalibrationSet, ImageSet
         from tldeploy.engines.quant_config import read_ranges
-        from tldeploy.engines.quantize import Quantizer, transformer_preset
+        from tldeploy.engines.quantize import transformer_preset
+        from tldeploy.engines.quantizer import Quantizer
         from tldeploy.engines.sensitivity import task_metrics
         from tldeploy.qat.placement import find_placement
 
