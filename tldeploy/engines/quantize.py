@@ -133,7 +133,6 @@ def quantize_model(source: Path | OnnxFile, calib: CalibrationSet | None, cfg: Q
     the plan names, or the guard chooses, left in float (see the module docstring). A quantization-
     aware trained export needs no `calib`: its own ranges are written (`_qat_model`)."""
     from tldeploy.contract import write_contract
-    from tldeploy.engines.sensitivity import choose
     from tldeploy.engines.units import Unit, float_regions
 
     t0 = time.perf_counter()
@@ -158,10 +157,6 @@ def quantize_model(source: Path | OnnxFile, calib: CalibrationSet | None, cfg: Q
         if base:
             log.info("INT8 transformer preset: the %d matrix products quantized, their bias Adds and %d other units "
                      "(normalisations, Softmaxes, activations, Adds) in float (--int8-preset none quantizes all)", searched, len(preset))
-
-        def metrics_for(units) -> object:
-            return ev.metrics(q.mix(base + [n for u in units for n in u.nodes]))
-
         if plan is not None:
             plan.check_nodes(q.float_model, plan_path, onnx_path)
             units = [Unit.from_plan(u) for u in plan.units]
@@ -171,26 +166,7 @@ def quantize_model(source: Path | OnnxFile, calib: CalibrationSet | None, cfg: Q
             log.info("INT8 with the %d unit(s) of %s in float: top-1 agreement %.2f%%, KL %.2e on %s",
                      len(units), plan_path, 100 * m.top1_agreement, m.kl, accept.images)
         else:
-            order: list = []
-            if opts.keep_float == "auto" or int(opts.keep_float) > 0:  # fully quantized needs no ranking
-                log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", searched,
-                         min(opts.rank_images, len(check.images)), accept.images, accept.describe())
-                _, ranked = rank_int8(q, spread(check.images, opts.rank_images), floats)
-                order = [e.unit for e in ranked]
-            if opts.keep_float == "auto":
-                # Errors of early layers compound, which a one-at-a-time ranking underrates, so
-                # graph order is tried beside it: the guard never needs more units than either.
-                orders = {"ranked": order, "graph order": sorted(order, key=lambda u: u.index)}
-                units, m, history, passed = choose(orders, metrics_for, accept, opts.max_keep_float,
-                                                   regions=lambda us: float_regions(q.float_model, us))
-                if not passed:
-                    log.warning("INT8 stayed short of %s (kept the mix with the lowest KL: top-1 agreement %.2f%%, KL %.2e "
-                                "with %d unit(s) in float). Pass --check-data with validation images, try --calib-method percentile, or use --precision fp32",
-                                accept.describe(), 100 * m.top1_agreement, m.kl, len(units))
-            else:
-                units = order[: int(opts.keep_float)]
-                m = metrics_for(units)
-                history, passed = [("ranked", len(units), m)], accept.accepts(m)
+            units, m, history, passed = _guard(q, ev, accept, floats, searched)
             model = q.mix(base + [n for u in units for n in u.nodes])
         contract = q.contract
         regions = float_regions(q.float_model, list(units)) if units else 0
@@ -198,6 +174,40 @@ def quantize_model(source: Path | OnnxFile, calib: CalibrationSet | None, cfg: Q
     check_written_graph(model, "INT8")
     return QuantResult(model, cfg, calib, list(units), m, accept, passed, history, time.perf_counter() - t0, qdq_stats(model),
                        str(plan_path) if plan_path else None, regions, preset)
+
+
+def _guard(q: Quantizer, ev, accept, floats: set[str], searched: int) -> tuple[list, object, list, bool]:
+    """The guard's search, as `--int8-keep-float` says: (the units kept in float, the metrics of
+    their mix on `ev`'s images, the search as (order, count, metrics), whether `accept` passed
+    it). `floats` (the preset's nodes) stay in float throughout; `searched` units are ranked."""
+    from tldeploy.engines.sensitivity import choose
+    from tldeploy.engines.units import float_regions
+
+    opts, base = q.cfg.options, sorted(floats)
+
+    def metrics_for(units) -> object:
+        return ev.metrics(q.mix(base + [n for u in units for n in u.nodes]))
+
+    order: list = []
+    if opts.keep_float == "auto" or int(opts.keep_float) > 0:  # fully quantized needs no ranking
+        log.info("INT8 guard: ranking %d units on %d of %s, then checking against %s", searched,
+                 min(opts.rank_images, len(ev.images)), accept.images, accept.describe())
+        _, ranked = rank_int8(q, spread(ev.images, opts.rank_images), floats)
+        order = [e.unit for e in ranked]
+    if opts.keep_float == "auto":
+        # Errors of early layers compound, which a one-at-a-time ranking underrates, so
+        # graph order is tried beside it: the guard never needs more units than either.
+        orders = {"ranked": order, "graph order": sorted(order, key=lambda u: u.index)}
+        units, m, history, passed = choose(orders, metrics_for, accept, opts.max_keep_float,
+                                           regions=lambda us: float_regions(q.float_model, us))
+        if not passed:
+            log.warning("INT8 stayed short of %s (kept the mix with the lowest KL: top-1 agreement %.2f%%, KL %.2e "
+                        "with %d unit(s) in float). Pass --check-data with validation images, try --calib-method percentile, or use --precision fp32",
+                        accept.describe(), 100 * m.top1_agreement, m.kl, len(units))
+        return units, m, history, passed
+    units = order[: int(opts.keep_float)]
+    m = metrics_for(units)
+    return units, m, [("ranked", len(units), m)], accept.accepts(m)
 
 
 def _guard_images(calib: CalibrationSet, check: ImageSet | None, cfg: QuantConfig):
