@@ -239,19 +239,24 @@ class _Qat:
                 opt.step()
                 sched.step()
                 total, seen = total + loss.item() * len(x), seen + len(x)
-            seconds = time.perf_counter() - t0
-            measured = self._measure(self._record(fq, epoch, None), val, tmp / f"epoch{epoch}", fq) if self.dist.main else None
-            measured = self.dist.broadcast(measured)
-            row = {"epoch": epoch, **{k: measured[k] for k in ("top1_agreement", "kl", "accuracy")},
-                   "train_kl": total / max(seen, 1), "seconds": round(seconds, 1)}
+            row, measured = self._judge(fq, epoch, val, tmp, total / max(seen, 1), time.perf_counter() - t0)
             history.append(row)
-            log.info("QAT epoch %d/%d: INT8 artifact top-1 agreement with FP32 %.2f%%, accuracy %.4f, KL %.2e (%s; %.0f s of training)",
-                     epoch, cfg.epochs, 100 * row["top1_agreement"], row["accuracy"], row["kl"], _evaluated(self.qcfg), seconds)
             if _better(row, history[best]):
                 best, best_state, final = epoch, copy.deepcopy(fq.state_dict()), measured
         fq.load_state_dict(best_state)
         log.info("QAT: epoch %d chosen by the validation images", best)
         return fq, history, best, final
+
+    def _judge(self, fq, epoch: int, val, tmp: Path, train_kl: float, seconds: float) -> tuple[dict, dict]:
+        """(the epoch's row of the history, its artifact's measurement): rank 0 measures, every
+        process takes its verdict."""
+        measured = self._measure(self._record(fq, epoch, None), val, tmp / f"epoch{epoch}", fq) if self.dist.main else None
+        measured = self.dist.broadcast(measured)
+        row = {"epoch": epoch, **{k: measured[k] for k in ("top1_agreement", "kl", "accuracy")},
+               "train_kl": train_kl, "seconds": round(seconds, 1)}
+        log.info("QAT epoch %d/%d: INT8 artifact top-1 agreement with FP32 %.2f%%, accuracy %.4f, KL %.2e (%s; %.0f s of training)",
+                 epoch, self.cfg.epochs, 100 * row["top1_agreement"], row["accuracy"], row["kl"], _evaluated(self.qcfg), seconds)
+        return row, measured
 
     # ------------------------------------------------------------ results
 
