@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tldeploy._io import save_png, write_text
+from tldeploy.parity import ParityReport
 from tldeploy.records import BenchDocument, BenchRow
 
 PLOTS = ("latency.png", "accuracy_vs_latency.png", "robustness.png")
@@ -101,10 +102,22 @@ def _jetson_release(jetson: dict[str, Any]) -> str:
 
 
 def render_report(doc: BenchDocument, plots: list[Path], base: Path) -> str:
+    lines = [f"# tldeploy bench, {doc.created}", "", *_setup_lines(doc), ""]
+    lines += ["## Summary", "", *_table(summary_header(doc), summary_rows(doc)), ""]
+    if doc.failures:
+        lines += ["**Gates failed:**", "", *(f"- {f}" for f in doc.failures), ""]
+    for r in doc.rows:
+        lines += _row_section(r, doc.budget_unit)
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({os.path.relpath(p, base)})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def _setup_lines(doc: BenchDocument) -> list[str]:
+    """The machine, versions, data and timing the document was measured with, one item each."""
     env, cfg = doc.environment, doc.config
     gpu = env.get("gpu") or {}
-    lines = [f"# tldeploy bench, {doc.created}", ""]
-    lines += [
+    lines = [
         f"- CPU: {env['cpu']['model']}, {env['cpu']['logical_cores']} logical cores; threads: {cfg['threads'] or 'backend default'}"
         + (f"; class {env['cpu']['class']} ({', '.join(env['cpu'].get('features') or []) or 'no listed features'})" if env["cpu"].get("class") else ""),
         f"- GPU: {gpu.get('name', 'none')}" + (f", driver {gpu.get('driver')}" if gpu else ""),
@@ -117,61 +130,68 @@ def render_report(doc: BenchDocument, plots: list[Path], base: Path) -> str:
                  else "- data: none (random inputs; no parity)")
     timing = f"{cfg['iters']} iterations" if cfg["duration_s"] is None else f"{cfg['duration_s']} s"
     warm = f"{cfg['warmup']} iterations" if cfg["warmup_s"] is None else f"{cfg['warmup_s']} s"
-    lines += [f"- timing: {timing} per artifact and batch in {cfg['rounds']} rounds (artifacts take turns), after {warm} of warm-up", ""]
-    lines += ["## Summary", "", *_table(summary_header(doc), summary_rows(doc)), ""]
-    if doc.failures:
-        lines += ["**Gates failed:**", "", *(f"- {f}" for f in doc.failures), ""]
-    for r in doc.rows:
-        lines += [f"## {r.name}", "", f"`{r.path}` ({r.kind}, {r.backend} {r.precision} on {r.device}), sha256 `{r.sha256[:16]}`", ""]
-        if r.latency:
-            stages = any(s.stages for s in r.latency)
-            header = ["batch", *(f"{c} ms" for c in LATENCY_COLUMNS), "images/s", "samples"]
-            header += ["h2d p50 ms", "compute p50 ms", "d2h p50 ms"] if stages else []
-            rows = []
-            for s in r.latency:
-                row = [str(s.batch), *(f"{getattr(s, c):.3f}" for c in LATENCY_COLUMNS), f"{s.throughput:.1f}", str(len(s.samples_ms))]
-                if stages:
-                    row += [f"{s.stages[k]['p50']:.3f}" if s.stages else "" for k in ("h2d", "compute", "d2h")]
-                rows.append(row)
-            lines += _table(header, rows) + [""]
-        for skip in r.skipped_batches:
-            lines.append(f"- batch {skip['batch']} not timed: {skip['why']}")
-        b = r.build
-        if b:
-            kept = ", ".join(f"`{k}`" for k in b["kept_high_precision"]) or "none"
-            lines.append(f"- kept in higher precision by the build: {kept}" + (f" (plan {b['precision_plan']})" if b["precision_plan"] else "")
-                         + (f"; besides, the {b['preset']} preset" if b.get("preset") else ""))
-            if b["check"]:
-                c = b["check"]
-                kl = f", KL {c['kl']:.3g}" if c.get("kl") is not None else ""
-                lines.append(f"- the build's own check: top-1 agreement {c['top1_agreement']:.2%}{kl} on {c['images']}")
-        p = r.parity
-        if p is not None:
-            rows = [
-                ["logits max / mean abs diff", f"{p.logits_max_abs:.3g} / {p.logits_mean_abs:.3g}"],
-                ["probs max / mean abs diff", f"{p.probs_max_abs:.3g} / {p.probs_mean_abs:.3g}"],
-                ["cosine similarity (logits)", f"{p.cosine:.6f}"],
-                ["top-1 agreement", f"{p.top1_agreement:.2%}"],
-                ["KL divergence (probs)", f"{p.kl_divergence:.3g}"],
-                ["CAM correlation / top-20% IoU", f"{p.cam_correlation:.4f} / {p.cam_iou_top20:.4f}"],
-            ]
-            if p.accuracy is not None and p.accuracy_delta is not None:  # with labels, compare_outputs sets both
-                rows.append(["accuracy (reference, delta)", f"{p.accuracy:.4f} ({p.reference_accuracy:.4f}, {p.accuracy_delta * 100:+.2f} points)"])
-            lines += ["", *_table(["parity vs the reference", "value"], rows)]
-        lines += _robustness_tables(r.robustness, doc.budget_unit)
-        o = r.ood
-        if o is not None:
-            rows = [["score, threshold", f"{o.score} > {o.threshold:.4g} is unknown"], ["AUROC (--data vs OOD inputs)", f"{o.auroc:.4f}"],
-                    ["known at the threshold: in-distribution (TPR) / OOD (FPR)", f"{o.tpr:.2%} / {o.fpr_at_tpr:.2%}"]]
-            if o.disagreement is not None:
-                rows.append(["unknown/known decisions unlike the reference's", f"{o.disagreement:.2%}"])
-            lines += ["", *_table([f"unknown inputs ({o.images} OOD)", "value"], rows)]
-        for g in r.gates:
-            lines.append(f"- gate {g.name} {g.limit:g}: {'passed' if g.passed else 'FAILED'} ({g.value:.6g})")
-        lines.append("")
-    if plots:
-        lines += ["## Plots", ""] + [f"![{p.stem}]({os.path.relpath(p, base)})" for p in plots] + [""]
-    return "\n".join(lines)
+    lines.append(f"- timing: {timing} per artifact and batch in {cfg['rounds']} rounds (artifacts take turns), after {warm} of warm-up")
+    return lines
+
+
+def _row_section(r: BenchRow, budget_unit: str | None) -> list[str]:
+    """One entry's section: what it is, its latency table, its build, parity, robustness, OOD and gates."""
+    lines = [f"## {r.name}", "", f"`{r.path}` ({r.kind}, {r.backend} {r.precision} on {r.device}), sha256 `{r.sha256[:16]}`", ""]
+    if r.latency:
+        lines += _latency_table(r) + [""]
+    for skip in r.skipped_batches:
+        lines.append(f"- batch {skip['batch']} not timed: {skip['why']}")
+    b = r.build
+    if b:
+        kept = ", ".join(f"`{k}`" for k in b["kept_high_precision"]) or "none"
+        lines.append(f"- kept in higher precision by the build: {kept}" + (f" (plan {b['precision_plan']})" if b["precision_plan"] else "")
+                     + (f"; besides, the {b['preset']} preset" if b.get("preset") else ""))
+        if b["check"]:
+            c = b["check"]
+            kl = f", KL {c['kl']:.3g}" if c.get("kl") is not None else ""
+            lines.append(f"- the build's own check: top-1 agreement {c['top1_agreement']:.2%}{kl} on {c['images']}")
+    if r.parity is not None:
+        lines += ["", *_table(["parity vs the reference", "value"], _parity_rows(r.parity))]
+    lines += _robustness_tables(r.robustness, budget_unit)
+    o = r.ood
+    if o is not None:
+        rows = [["score, threshold", f"{o.score} > {o.threshold:.4g} is unknown"], ["AUROC (--data vs OOD inputs)", f"{o.auroc:.4f}"],
+                ["known at the threshold: in-distribution (TPR) / OOD (FPR)", f"{o.tpr:.2%} / {o.fpr_at_tpr:.2%}"]]
+        if o.disagreement is not None:
+            rows.append(["unknown/known decisions unlike the reference's", f"{o.disagreement:.2%}"])
+        lines += ["", *_table([f"unknown inputs ({o.images} OOD)", "value"], rows)]
+    for g in r.gates:
+        lines.append(f"- gate {g.name} {g.limit:g}: {'passed' if g.passed else 'FAILED'} ({g.value:.6g})")
+    return lines + [""]
+
+
+def _latency_table(r: BenchRow) -> list[str]:
+    """Latency statistics per batch size, with the h2d/compute/d2h split where it was timed."""
+    stages = any(s.stages for s in r.latency)
+    header = ["batch", *(f"{c} ms" for c in LATENCY_COLUMNS), "images/s", "samples"]
+    header += ["h2d p50 ms", "compute p50 ms", "d2h p50 ms"] if stages else []
+    rows = []
+    for s in r.latency:
+        row = [str(s.batch), *(f"{getattr(s, c):.3f}" for c in LATENCY_COLUMNS), f"{s.throughput:.1f}", str(len(s.samples_ms))]
+        if stages:
+            row += [f"{s.stages[k]['p50']:.3f}" if s.stages else "" for k in ("h2d", "compute", "d2h")]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _parity_rows(p: ParityReport) -> list[list[str]]:
+    """The parity table: output differences, agreement and CAMs, and the accuracy where labelled."""
+    rows = [
+        ["logits max / mean abs diff", f"{p.logits_max_abs:.3g} / {p.logits_mean_abs:.3g}"],
+        ["probs max / mean abs diff", f"{p.probs_max_abs:.3g} / {p.probs_mean_abs:.3g}"],
+        ["cosine similarity (logits)", f"{p.cosine:.6f}"],
+        ["top-1 agreement", f"{p.top1_agreement:.2%}"],
+        ["KL divergence (probs)", f"{p.kl_divergence:.3g}"],
+        ["CAM correlation / top-20% IoU", f"{p.cam_correlation:.4f} / {p.cam_iou_top20:.4f}"],
+    ]
+    if p.accuracy is not None and p.accuracy_delta is not None:  # with labels, compare_outputs sets both
+        rows.append(["accuracy (reference, delta)", f"{p.accuracy:.4f} ({p.reference_accuracy:.4f}, {p.accuracy_delta * 100:+.2f} points)"])
+    return rows
 
 
 def write_report(doc: BenchDocument, path: Path, plots: list[Path]) -> None:

@@ -107,7 +107,6 @@ def fp16_emulated(float_model, nodes: Iterable[str], probe: str | None = None, f
     (rounded) and `<output>__ref` (the same node on unrounded inputs), and for a LayerNormalization
     `<output>__internal` (its squared deviations before rounding: beyond 65504 they overflow)."""
     import onnx
-    from onnx import helper, numpy_helper
 
     wanted = set(nodes)
     floats = floats if floats is not None else float_tensors(float_model)
@@ -116,13 +115,8 @@ def fp16_emulated(float_model, nodes: Iterable[str], probe: str | None = None, f
     out.CopyFrom(float_model)
     del out.graph.node[:]
     rounded: dict[str, str] = {}
-    F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     opset = next((o.version for o in float_model.opset_import if o.domain in ("", "ai.onnx")), 0)
     ranks: dict[str, int] = {}
-
-    def cast_pair(src: str, dst: str) -> list:
-        return [helper.make_node("Cast", [src], [dst + "__h"], to=F16, name=dst + "__to_fp16"),
-                helper.make_node("Cast", [dst + "__h"], [dst], to=F32, name=dst + "__to_fp32")]
 
     def rank_of(tensor: str) -> int:
         if not ranks:  # shape inference only for a LayerNormalization with a non-negative axis
@@ -138,49 +132,74 @@ def fp16_emulated(float_model, nodes: Iterable[str], probe: str | None = None, f
             continue
         node = onnx.NodeProto()
         node.CopyFrom(n)
-        for i, t in enumerate(n.input):
-            if not t or t not in floats:
-                continue
-            if t not in rounded:
-                if t in inits:
-                    r = numpy_helper.to_array(inits[t]).astype(np.float16).astype(np.float32)
-                    out.graph.initializer.append(numpy_helper.from_array(r, t + "__fp16"))
-                    rounded[t] = t + "__fp16"
-                else:
-                    out.graph.node.extend(cast_pair(t, t + "__fp16"))
-                    rounded[t] = t + "__fp16"
-            node.input[i] = rounded[t]
+        _round_inputs(node, floats, inits, rounded, out.graph)
         tail = []
         for j, o in enumerate(n.output):
             if o in floats:
                 node.output[j] = o + "__f32"
-                tail += cast_pair(o + "__f32", o)
+                tail += _cast_pair(o + "__f32", o)
                 rounded[o] = o  # already rounded: consumers in FP16 need no second cast
+        internal = None
         if n.op_type == "LayerNormalization":
-            steps, consts, internal = _layer_norm_fp16(node, opset, partial(rank_of, n.input[0]), cast_pair)
+            steps, consts, internal = _layer_norm_fp16(node, opset, partial(rank_of, n.input[0]))
             out.graph.node.extend(steps)
             out.graph.initializer.extend(consts)
         else:
             out.graph.node.append(node)
         out.graph.node.extend(tail)
         if n.name == probe:
-            ref = onnx.NodeProto()
-            ref.CopyFrom(n)
-            ref.name = n.name + "__ref"
-            del ref.output[:]
-            ref.output.extend([o + "__ref" for o in n.output])
-            out.graph.node.append(ref)
-            for o in n.output:
-                if o in floats:
-                    out.graph.output.extend([helper.make_tensor_value_info(o, F32, None),
-                                             helper.make_tensor_value_info(o + "__ref", F32, None)])
-            if n.op_type in STEPWISE:
-                out.graph.node.append(helper.make_node("Identity", [internal], [n.output[0] + INTERNAL], name=n.name + INTERNAL))
-                out.graph.output.append(helper.make_tensor_value_info(n.output[0] + INTERNAL, F32, None))
+            _expose_probe(n, floats, internal, out.graph)
     return out
 
 
-def _layer_norm_fp16(node, opset: int, rank: Callable[[], int], cast_pair) -> tuple[list, list, str]:
+def _cast_pair(src: str, dst: str) -> list:
+    """`src` rounded to FP16 and back to float32 as `dst`."""
+    from onnx import TensorProto, helper
+
+    return [helper.make_node("Cast", [src], [dst + "__h"], to=TensorProto.FLOAT16, name=dst + "__to_fp16"),
+            helper.make_node("Cast", [dst + "__h"], [dst], to=TensorProto.FLOAT, name=dst + "__to_fp32")]
+
+
+def _round_inputs(node, floats: set[str], inits: dict, rounded: dict[str, str], graph) -> None:
+    """Point `node`'s float inputs at FP16-rounded copies, adding to `graph` each copy not made yet
+    (in `rounded`): a weight rounded once as an initializer, an activation through a Cast pair."""
+    from onnx import numpy_helper
+
+    for i, t in enumerate(node.input):
+        if not t or t not in floats:
+            continue
+        if t not in rounded:
+            if t in inits:
+                r = numpy_helper.to_array(inits[t]).astype(np.float16).astype(np.float32)
+                graph.initializer.append(numpy_helper.from_array(r, t + "__fp16"))
+                rounded[t] = t + "__fp16"
+            else:
+                graph.node.extend(_cast_pair(t, t + "__fp16"))
+                rounded[t] = t + "__fp16"
+        node.input[i] = rounded[t]
+
+
+def _expose_probe(n, floats: set[str], internal: str | None, graph) -> None:
+    """The probed node `n` once more on unrounded inputs (`<output>__ref`), its float outputs and
+    their references as graph outputs, and a stepwise op's `internal` tensor as `<output>__internal`."""
+    from onnx import NodeProto, TensorProto, helper
+
+    ref = NodeProto()
+    ref.CopyFrom(n)
+    ref.name = n.name + "__ref"
+    del ref.output[:]
+    ref.output.extend([o + "__ref" for o in n.output])
+    graph.node.append(ref)
+    for o in n.output:
+        if o in floats:
+            graph.output.extend([helper.make_tensor_value_info(o, TensorProto.FLOAT, None),
+                                 helper.make_tensor_value_info(o + "__ref", TensorProto.FLOAT, None)])
+    if n.op_type in STEPWISE:
+        graph.node.append(helper.make_node("Identity", [internal], [n.output[0] + INTERNAL], name=n.name + INTERNAL))
+        graph.output.append(helper.make_tensor_value_info(n.output[0] + INTERNAL, TensorProto.FLOAT, None))
+
+
+def _layer_norm_fp16(node, opset: int, rank: Callable[[], int]) -> tuple[list, list, str]:
     """A LayerNormalization (`node`, its inputs already rounded) as the ONNX function that defines
     it, each step computed in float32 and rounded to FP16: mean, d = X - mean, d*d, variance (their
     mean), + epsilon, sqrt, d / sqrt, * Scale, + B. This is TensorRT's normalization running in
@@ -196,15 +215,8 @@ def _layer_norm_fp16(node, opset: int, rank: Callable[[], int], cast_pair) -> tu
     from onnx import TensorProto, helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
-    r = rank() if axis >= 0 else -1  # a negative axis needs no rank
-    if axis < 0:
-        axes = list(range(axis, 0))
-    elif r >= 0:
-        axes = list(range(axis, r))
-    else:
-        raise ValueError(f"LayerNormalization {node.name!r} has axis {axis} and an input of unknown rank; "
-                         "FP16 emulation needs the rank (run onnx shape inference on the model, or export with a negative axis)")
+    axes = _normalized_axes(node.name, int(attrs.get("axis", -1)), rank)
+    eps = float(attrs.get("epsilon", 1e-5))
     p = node.name + "__fp16"
     consts = [helper.make_tensor(p + "_eps", TensorProto.FLOAT, [], [eps]),
               helper.make_tensor(p + "_nan", TensorProto.FLOAT, [], [float("nan")])]
@@ -220,7 +232,7 @@ def _layer_norm_fp16(node, opset: int, rank: Callable[[], int], cast_pair) -> tu
         output, which the caller rounds)."""
         nodes.append(helper.make_node(op, inputs, [out + "__f32" if rounded else out], name=out, **kw))
         if rounded:
-            nodes.extend(cast_pair(out + "__f32", out))
+            nodes.extend(_cast_pair(out + "__f32", out))
         return out
 
     x, scale = node.input[0], node.input[1]
@@ -242,3 +254,14 @@ def _layer_norm_fp16(node, opset: int, rank: Callable[[], int], cast_pair) -> tu
     if len(node.output) > 2 and node.output[2]:
         nodes.append(helper.make_node("Reciprocal", [std], [node.output[2]], name=p + "_inv_std_out"))
     return nodes, consts, sq + "__f32"
+
+
+def _normalized_axes(name: str, axis: int, rank: Callable[[], int]) -> list[int]:
+    """The axes a LayerNormalization with `axis` normalizes over (ReduceMean's axes)."""
+    r = rank() if axis >= 0 else -1  # a negative axis needs no rank
+    if axis < 0:
+        return list(range(axis, 0))
+    if r >= 0:
+        return list(range(axis, r))
+    raise ValueError(f"LayerNormalization {name!r} has axis {axis} and an input of unknown rank; "
+                     "FP16 emulation needs the rank (run onnx shape inference on the model, or export with a negative axis)")

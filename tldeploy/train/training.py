@@ -197,13 +197,10 @@ class _Trainer:
         total, seen, t0 = 0.0, 0, time.perf_counter()
         for x, y in self._bar(loader, f"{phase.name} {epoch + 1}/{phase.epochs}"):
             x, y = x.to(self.device), y.to(self.device)
-            if phase.train_backbone:
-                logits = trained(x)
-            else:
-                if not cached:
-                    with torch.no_grad():
-                        x = self.model.embed(x)
-                logits = trained(x)
+            if not phase.train_backbone and not cached:
+                with torch.no_grad():
+                    x = self.model.embed(x)
+            logits = trained(x)
             loss = loss_fn(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -355,27 +352,30 @@ class _Trainer:
                 # Validation images always take the eval transform, so their feature maps stay
                 # valid for as long as the backbone has not been trained.
                 metrics, _ = self._evaluate(cached=not any(p.train_backbone for p in phases[: pi + 1]))
-                # Ties on the metric (common once validation saturates) go to the lower log loss.
-                score = (float(metrics[cfg.select_metric]), -float(metrics["log_loss"]))
-                improved = score > self.progress.best_score
-                row = {
-                    "phase": phase.name, "epoch": epoch + 1, **stats,
-                    "val_accuracy": metrics["accuracy"], "val_f1_macro": metrics["f1_macro"], "best": improved,
-                }
-                self.progress.history.append(row)
-                self._info(
-                    "%s epoch %d/%d: loss %.4f, val acc %.4f, val f1 %.4f, %.0f img/s%s",
-                    phase.name, epoch + 1, phase.epochs, stats["train_loss"], metrics["accuracy"],
-                    metrics["f1_macro"], stats["images_per_s"], " *" if improved else "",
-                )
-                if improved:
-                    self.progress.best_score = score
-                    self.progress.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-                    if self.dist.main:
-                        save_checkpoint(self.ckpt_path, self.model, self._metadata(metrics))
+                self._record_epoch(phase, epoch, stats, metrics)
                 self._save_state(pi, epoch + 1, opt, sched)
             resumed = None
         return self._finish()
+
+    def _record_epoch(self, phase: Phase, epoch: int, stats: dict[str, Any], metrics: dict[str, Any]) -> None:
+        # Ties on the metric (common once validation saturates) go to the lower log loss.
+        score = (float(metrics[self.cfg.select_metric]), -float(metrics["log_loss"]))
+        improved = score > self.progress.best_score
+        row = {
+            "phase": phase.name, "epoch": epoch + 1, **stats,
+            "val_accuracy": metrics["accuracy"], "val_f1_macro": metrics["f1_macro"], "best": improved,
+        }
+        self.progress.history.append(row)
+        self._info(
+            "%s epoch %d/%d: loss %.4f, val acc %.4f, val f1 %.4f, %.0f img/s%s",
+            phase.name, epoch + 1, phase.epochs, stats["train_loss"], metrics["accuracy"],
+            metrics["f1_macro"], stats["images_per_s"], " *" if improved else "",
+        )
+        if improved:
+            self.progress.best_score = score
+            self.progress.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            if self.dist.main:
+                save_checkpoint(self.ckpt_path, self.model, self._metadata(metrics))
 
     def _finish(self) -> TrainResult:
         if self.progress.best_state is not None:
