@@ -31,6 +31,14 @@ from tldeploy.records import (
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "records"
 
 
+def _broken(fixture: Path, edit, path: Path) -> Path:
+    """`fixture` with `edit` applied to its JSON, written to `path`."""
+    doc = json.loads(fixture.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    return path
+
+
 def _text(doc: dict) -> str:
     return json.dumps(doc, indent=2) + "\n"  # how tldeploy writes every JSON document (_io.write_json)
 
@@ -96,10 +104,7 @@ def test_checkpoint_metadata_refuses_a_broken_field_naming_the_file(breakage, me
     (lambda r: r["contract"].update({"tldeploy.classes": "not json"}), "broken tldeploy contract"),
 ])
 def test_a_malformed_build_record_is_one_line_naming_it(tmp_path, edit, message):
-    doc = json.loads((FIXTURES / "build_record.int8.json").read_text())
-    edit(doc)
-    path = tmp_path / "m.onnx.json"
-    path.write_text(json.dumps(doc))
+    path = _broken(FIXTURES / "build_record.int8.json", edit, tmp_path / "m.onnx.json")
     with pytest.raises(TldeployError, match=message) as err:
         BuildRecord.read(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
@@ -220,10 +225,7 @@ def test_a_hand_written_unit_keeps_its_unknown_keys_and_needs_only_nodes():
     (lambda d: d.pop("onnx_sha256"), "lacks the field 'onnx_sha256'"),
 ])
 def test_a_malformed_plan_is_one_line_naming_it(tmp_path, edit, message):
-    doc = json.loads((FIXTURES / "plan.json").read_text())
-    edit(doc)
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(doc))
+    path = _broken(FIXTURES / "plan.json", edit, tmp_path / "plan.json")
     with pytest.raises(ConfigError, match=message) as err:
         load_plan(path)
     assert str(err.value).startswith(f"--precision-plan {path}") and "\n" not in str(err.value)
