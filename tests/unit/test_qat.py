@@ -13,6 +13,7 @@ import sys
 
 import onnx
 import pytest
+import torch
 from _images import make_blob_images
 from _qat import codes_side_by_side
 
@@ -30,7 +31,7 @@ from tldeploy.export.onnx_export import ExportConfig, export_onnx
 from tldeploy.modalities.preprocessing import AugmentConfig
 from tldeploy.models.checkpoints import load_checkpoint
 from tldeploy.qat import QatConfig, qat
-from tldeploy.qat.fakequant import FakeQuantModel
+from tldeploy.qat.fakequant import FakeQuantModel, LearnableFakeQuant, weight_scale
 from tldeploy.qat.placement import find_placement
 from tldeploy.train.training import TrainConfig, train
 
@@ -50,14 +51,14 @@ def vit(tmp_path_factory):
     return ckpt, export_onnx(ExportConfig(ckpt, root / "vit.onnx")).path, root / "data"
 
 
-def _simulated(ckpt, onnx_path, data, cfg, tmp_path):
+def _simulated(ckpt, onnx_path, data, cfg, tmp_path, learn_clip=False):
     contract = read_contract(onnx_path)
     calib = CalibrationSet.from_folder(data / "train", contract.preprocessing, 64)
     model, _ = load_checkpoint(ckpt)
     with Quantizer(onnx_path, calib, cfg, tmp_path / "cache") as q:
         graph = q.mix(sorted(transformer_preset(q.units())))
         placement = find_placement(model, q.float_model, graph, read_ranges(q.cache), calib.images[:4], cfg)
-        return FakeQuantModel(model, placement).eval(), graph, calib.holdout[:16], placement
+        return FakeQuantModel(model, placement, learn_clip).eval(), graph, calib.holdout[:16], placement
 
 
 # Measured (AMD EPYC avx512-vnni): every code equal or one step apart (once two, in the ViT's
@@ -81,6 +82,67 @@ def test_the_fake_quantized_model_computes_the_written_qdq_graph(backbone, flavo
     assert max(int(d.max()) for d in diffs.values()) <= most
     assert max(float((d > 0).mean()) for d in diffs.values()) <= share
     assert (sim.argmax(1) == written.argmax(1)).all()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("qrange", [(0, 255, 37.0), (-127, 127, 0.0)])  # uint8 with a zero point; symmetric int8
+def test_the_learnable_fake_quant_computes_pytorchs_values_and_gradients(qrange, channels_last):
+    qmin, qmax, zp = qrange
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 10, 10) * 3  # a fifth of it clipped at scale 0.05
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    results = []
+    for op in (torch._fake_quantize_learnable_per_tensor_affine, LearnableFakeQuant.apply):
+        xi, s, z = x.clone().requires_grad_(True), torch.tensor([0.05], requires_grad=True), torch.tensor([zp], requires_grad=True)
+        y = op(xi, s, z, qmin, qmax, 0.3)
+        (y * g).sum().backward()
+        results.append((y.detach(), xi.grad, s.grad, z.grad))
+    (y0, dx0, ds0, dz0), (y1, dx1, ds1, dz1) = results
+    assert torch.equal(y0, y1) and torch.equal(dx0, dx1)
+    torch.testing.assert_close(ds1, ds0, rtol=1e-5, atol=1e-4)  # sums in another order
+    torch.testing.assert_close(dz1, dz0, rtol=1e-5, atol=1e-6)
+
+
+def test_a_learnt_weight_clip_is_the_scale_the_build_writes(tiny, tmp_path):
+    """Clipping every weight channel below its largest magnitude (what --clip-lr learns) and then
+    `project`ing changes nothing the simulation computes, and the build, which derives each scale
+    from the largest magnitude, writes the simulation's scales and codes."""
+    from onnx import numpy_helper
+
+    from tldeploy.models.checkpoints import load_checkpoint_and_tensors, save_checkpoint
+
+    ckpt, onnx_path, data = tiny
+    cfg = CONFIGS["ort-x86 7-bit"]()
+    fq, _, images, placement = _simulated(ckpt, onnx_path, data, cfg, tmp_path, learn_clip=True)
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        for q in fq.weight_quantizers:
+            q.clip.fill_(0.7)
+        before = fq(x)
+        fq.project_weights()
+        after = fq(x)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    _, meta, tensors = load_checkpoint_and_tensors(ckpt)
+    save_checkpoint(tmp_path / "clipped.pt", fq.model, meta, tensors)
+    clipped = export_onnx(ExportConfig(tmp_path / "clipped.pt", tmp_path / "clipped.onnx")).path
+    calib = CalibrationSet.from_folder(data / "train", read_contract(clipped).preprocessing, 16)
+    with Quantizer(clipped, calib, cfg, tmp_path / "cache2") as q:
+        graph = q.mix([])
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    dq = {n.output[0]: n for n in graph.graph.node if n.op_type == "DequantizeLinear"}
+    nodes = {n.name: n for n in graph.graph.node}
+    assert len(placement.weights) > 0
+    for site, wq in zip(placement.weights, fq.weight_quantizers, strict=True):
+        w = fq.model.get_submodule(site.module).weight
+        folded = wq._folded(w).detach()
+        scale = weight_scale(wq._clip(folded), site.qmin, site.qmax)
+        written = dq[nodes[site.node].input[1]]
+        torch.testing.assert_close(torch.from_numpy(inits[written.input[1]]).reshape(-1), scale, rtol=1e-6, atol=0)
+        codes = torch.round(folded / scale.reshape(-1, *([1] * (w.dim() - 1))))
+        off = (codes.numpy().reshape(inits[written.input[0]].shape) != inits[written.input[0]]).mean()
+        assert off <= 0.001, (site.node, off)  # a fold in another float order may round one code the other way
 
 
 def test_the_vit_placement_quantizes_inside_the_attention(vit, tmp_path):

@@ -21,6 +21,7 @@ from tldeploy.cli._common import CONTEXT, _setup_logging, cli
 @click.option("--epochs", default=2, show_default=True, type=int)
 @click.option("--lr", default=5e-6, show_default=True, type=float, help="Learning rate of the weights (cosine decay to 0 over the run).")
 @click.option("--range-lr", default=1e-3, show_default=True, type=float, help="Learning rate of the activation ranges (0: keep the calibrated ones).")
+@click.option("--clip-lr", default=1e-3, show_default=True, type=float, help="Learning rate of each weight channel's clipping value, relative to its largest magnitude (0: clip at the largest, as post-training quantization does).")
 @click.option("--batch-size", default=16, show_default=True, type=int)
 @click.option("--samples-per-epoch", type=int, help="Training images per epoch [default: all].")
 @click.option("--calib-samples", default=256, show_default=True, type=int, help="Images the starting ranges are calibrated on.")
