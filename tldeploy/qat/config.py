@@ -21,7 +21,6 @@ class QatConfig:
     epochs: int = 2
     lr: float = 5e-6  # measured: 20 steps at 3e-5 / 1.5e-5 / 7.5e-6 / 3.75e-6 reached 96.94 / 97.49 / 98.33 / 98.61% (digits Lite0)
     range_lr: float = 1e-3  # the activation ranges learn faster than the weights: they start calibrated, not trained
-    bias_lr: float | None = None  # biases and normalisation parameters; None: --lr
     clip_lr: float = 1e-3  # each weight channel's clipping value, as a ratio of its starting largest magnitude; 0: not learnt
     batch_size: int = 16  # more, smaller steps: QAT runs briefly
     samples_per_epoch: int | None = None  # None: every training image each epoch

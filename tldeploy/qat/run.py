@@ -238,9 +238,7 @@ class _Qat:
             trained = nn.parallel.DistributedDataParallel(fq)
         ranges = [q.range for q in fq.quantizers if q.range.requires_grad]
         clips = [q.clip for q in fq.weight_quantizers if q.clip.requires_grad]
-        weights = [p for p in self.model.parameters() if p.dim() > 1]
-        vectors = [p for p in self.model.parameters() if p.dim() <= 1]  # biases, BatchNorm and LayerNorm scales and shifts
-        groups = [{"params": weights, "lr": cfg.lr}, {"params": vectors, "lr": cfg.bias_lr if cfg.bias_lr is not None else cfg.lr}] + ([{"params": ranges, "lr": cfg.range_lr}] if ranges else []) \
+        groups = [{"params": list(self.model.parameters()), "lr": cfg.lr}] + ([{"params": ranges, "lr": cfg.range_lr}] if ranges else []) \
             + ([{"params": clips, "lr": cfg.clip_lr}] if clips else [])
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         per_epoch = math.ceil(min(len(paths), cfg.samples_per_epoch or len(paths)) / (cfg.batch_size * self.dist.world))
