@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--range-lr", type=float, default=1e-3)
+    ap.add_argument("--clip-lr", type=float, default=1e-3)
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--iters", type=int, default=50)
@@ -55,14 +56,14 @@ def main() -> None:
     out = args.workdir / "qat"
     results: dict = {"cpu": cpu_info(), "machine": platform.machine(), "input": "224x224",
                      "settings": {"epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch, "lr": args.lr, "range_lr": args.range_lr,
-                                  "batch_size": args.batch_size},
+                                  "clip_lr": args.clip_lr, "batch_size": args.batch_size},
                      "targets": {}}
     artifacts: dict[str, Path] = {}
     for name in args.targets.split(","):
         flavour, rr = TARGETS[name]
         t0 = time.perf_counter()
         r = qat(QatConfig(run_ckpt, data / "train", data / "val", out / name.replace(" ", "-"), flavour=flavour, reduce_range=rr,
-                          epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, lr=args.lr, range_lr=args.range_lr, batch_size=args.batch_size,
+                          epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, lr=args.lr, range_lr=args.range_lr, clip_lr=args.clip_lr, batch_size=args.batch_size,
                           quiet=True, force=True))
         seconds = time.perf_counter() - t0
         m = r.metrics
