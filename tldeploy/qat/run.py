@@ -66,34 +66,14 @@ class _Setup:
 
 def qat(cfg: QatConfig) -> QatResult:
     """Quantization-aware training as `cfg` says; writes OUT_DIR/model.pt and metrics.json."""
-    from tldeploy.train.distributed import Dist
+    from tldeploy.train.distributed import Dist, keep_freed_memory
 
     dist = Dist(cfg.device)
-    _keep_freed_memory()
+    keep_freed_memory()
     try:
         return _Qat(cfg, dist).run()
     finally:
         dist.close()
-
-
-def _keep_freed_memory() -> None:
-    """Have glibc keep freed memory for reuse instead of returning it to the system. A QAT step on
-    CPU allocates and frees activation tensors of 25-80 MB; by default glibc maps each afresh and the
-    kernel zeroes every page again, which measured up to half the cost of the fake quantization
-    (digits EfficientNet-Lite0, AMD EPYC avx512-vnni). Process-wide, as LD_PRELOAD of jemalloc or
-    tcmalloc would be (PyTorch's advice for CPU training); a no-op off glibc."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(m_mmap_threshold, ctypes.c_int(1 << 30))
-        libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))
-    except (OSError, AttributeError):  # not glibc
-        return
 
 
 class _Qat:
@@ -165,12 +145,8 @@ class _Qat:
                      "train_kl": None, "seconds": 0.0}
             fq, history, best, final = self._train(prep, val, start, Path(tmp))
             record = self._record(fq, best, history[best])
-            if self.dist.enabled:  # DDP kept every process's ranges, clips and weights equal; the log shows it
-                h = hashlib.sha256(json.dumps(fq.ranges(), sort_keys=True).encode())
-                for p in fq.parameters():
-                    h.update(p.detach().cpu().numpy().tobytes())
-                digest = h.hexdigest()[:16]
-                log.info("QAT ranges digest %s (process %d of %d)", digest, self.dist.rank, self.dist.world)
+            if self.dist.enabled:
+                self._log_digest(fq)
             if not self.dist.main:
                 self.dist.barrier()
                 return QatResult(self.out / "model.pt", {"history": history, "best_epoch": best}, time.perf_counter() - t0, wrote=False)
@@ -188,6 +164,13 @@ class _Qat:
         self._write(record, metrics)
         self.dist.barrier()
         return QatResult(self.out / "model.pt", metrics, time.perf_counter() - t0)
+
+    def _log_digest(self, fq) -> None:
+        """DDP kept every process's ranges, clips and weights equal; the log shows it."""
+        h = hashlib.sha256(json.dumps(fq.ranges(), sort_keys=True).encode())
+        for p in fq.parameters():
+            h.update(p.detach().cpu().numpy().tobytes())
+        log.info("QAT ranges digest %s (process %d of %d)", h.hexdigest()[:16], self.dist.rank, self.dist.world)
 
     def _target(self) -> str:
         q = self.qcfg
@@ -236,10 +219,8 @@ class _Qat:
         trained: nn.Module = fq
         if self.dist.enabled:
             trained = nn.parallel.DistributedDataParallel(fq)
-        ranges = [q.range for q in fq.quantizers if q.range.requires_grad]
-        clips = [q.clip for q in fq.weight_quantizers if q.clip.requires_grad]
-        groups = [{"params": list(self.model.parameters()), "lr": cfg.lr}] + ([{"params": ranges, "lr": cfg.range_lr}] if ranges else []) \
-            + ([{"params": clips, "lr": cfg.clip_lr}] if clips else [])
+        learnt = [([q.range for q in fq.quantizers if q.range.requires_grad], cfg.range_lr), ([q.clip for q in fq.weight_quantizers if q.clip.requires_grad], cfg.clip_lr)]
+        groups = [{"params": list(self.model.parameters()), "lr": cfg.lr}] + [{"params": ps, "lr": lr} for ps, lr in learnt if ps]
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         per_epoch = math.ceil(min(len(paths), cfg.samples_per_epoch or len(paths)) / (cfg.batch_size * self.dist.world))
         # Cosine decay to zero over the run: the last steps settle instead of jumping between epochs.
