@@ -13,8 +13,9 @@ its Q/DQ points lie inside it.
 
 The forward value of each quantizer is computed with ONNX Runtime's own `compute_scale_zp` from
 the current range, so the simulation uses the scale and zero point the writer will write; the
-gradient reaches the range through the learnable fake-quant operator (LSQ), and the weights
-through the straight-through estimator.
+gradient reaches the range through the learnable fake-quant operator (LSQ, `LearnableFakeQuant`),
+and the weights through the straight-through estimator. A weight's scale is the writer's too (from
+its largest magnitude), or a learnt clip below it that is then written into the weight.
 """
 
 from __future__ import annotations
@@ -293,8 +294,9 @@ def batchnorm_scale(bn: nn.Module) -> torch.Tensor:
 
 
 class FakeQuantModel(nn.Module):
-    """`model` (the adapted model) computing as the Q/DQ graph of `placement` does. Its ranges are
-    parameters (DDP averages their gradients like any other); `model`'s state dict is untouched."""
+    """`model` (the adapted model) computing as the Q/DQ graph of `placement` does. Its ranges and
+    weight clips are parameters (DDP averages their gradients like any other); `model`'s state
+    dict is untouched until `project_weights` clips its weights."""
 
     def __init__(self, model: nn.Module, placement: Placement, learn_clip: bool = False) -> None:
         super().__init__()
