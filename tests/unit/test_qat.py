@@ -33,6 +33,7 @@ from tldeploy.models.checkpoints import load_checkpoint
 from tldeploy.qat import QatConfig, qat
 from tldeploy.qat.fakequant import FakeQuantModel, LearnableFakeQuant, weight_scale
 from tldeploy.qat.placement import find_placement
+from tldeploy.qat.run import param_groups
 from tldeploy.train.training import TrainConfig, train
 
 CONFIGS = {"ort-x86 8-bit": lambda: QuantConfig.ort_x86(reduce_range=False),
@@ -145,6 +146,29 @@ def test_a_learnt_weight_clip_is_the_scale_the_build_writes(tiny, tmp_path):
         assert off <= 0.001, (site.node, off)  # a fold in another float order may round one code the other way
 
 
+def test_each_quantized_weight_learns_in_its_own_code_steps(tiny, tmp_path):
+    """--step-lr: a quantized weight's learning rate is its mean code step (before the BatchNorm
+    fold, where the weight lives) times --step-lr; every other parameter learns at --lr."""
+    ckpt, onnx_path, data = tiny
+    fq, _, _, _ = _simulated(ckpt, onnx_path, data, CONFIGS["ort-x86 7-bit"](), tmp_path, learn_clip=True)
+    weights = {id(p): q for p, q in fq.quantized_weights()}
+    others = [p for p in fq.model.parameters() if id(p) not in weights]
+    assert weights and others
+    for step_lr in (2e-3, 0.0):
+        groups = param_groups(fq, QatConfig(ckpt, data / "train", data / "val", tmp_path / "o", lr=1e-5, step_lr=step_lr, clip_lr=1e-3))
+        lrs = {id(p): g["lr"] for g in groups for p in g["params"]}
+        assert len(lrs) == sum(len(g["params"]) for g in groups)  # each parameter in one group
+        for p in fq.model.parameters():
+            q = weights.get(id(p))
+            if q is None or not step_lr:
+                assert lrs[id(p)] == 1e-5
+                continue
+            fold = q._fold()
+            unfolded = weight_scale(q.start, q.site.qmin, q.site.qmax) / (fold.detach().abs() if fold is not None else 1.0)
+            assert lrs[id(p)] == pytest.approx(step_lr * float(unfolded.mean()), rel=1e-6)
+        assert {lrs[id(q.clip)] for q in fq.weight_quantizers} == {1e-3}
+
+
 def test_the_vit_placement_quantizes_inside_the_attention(vit, tmp_path):
     ckpt, onnx_path, data = vit
     _, _, _, placement = _simulated(ckpt, onnx_path, data, CONFIGS["ort-x86 8-bit"](), tmp_path)
@@ -232,6 +256,7 @@ def test_qat_refuses_bad_input_in_one_line_and_writes_nothing(qat_run, tiny, vit
         "was made for another ONNX": [str(ckpt), "--keep-float", str(plan)],
         "is not a JSON precision plan": [str(ckpt), "--keep-float", str(vit[0])],
         "'int4' is not one of 'ort-x86', 'tensorrt'": [str(ckpt), "--flavour", "int4"],
+        "--step-lr, --range-lr and --clip-lr >= 0": [str(ckpt), "--step-lr", "-1"],
     }
     for why, args in cases.items():
         out = tmp_path / "out"

@@ -244,6 +244,15 @@ class WeightQuantizer(nn.Module):
         self.register_buffer("start", torch.where(absmax > 0, absmax, torch.ones_like(absmax)))
         self.clip = nn.Parameter(torch.ones_like(absmax), requires_grad=learn_clip)
 
+    def step(self) -> float:
+        """The mean size of one code step of this weight as the model holds it (before the BatchNorm
+        fold), at the scale it started from."""
+        scale = weight_scale(self.start, self.site.qmin, self.site.qmax)
+        fold = self._fold()
+        if fold is not None:
+            scale = scale / fold.detach().abs().clamp(min=torch.finfo(torch.float32).tiny)
+        return float(scale.mean())
+
     def _fold(self) -> torch.Tensor | None:
         bn = self._bn[0]
         return batchnorm_scale(bn) if bn is not None else None
@@ -321,6 +330,10 @@ class FakeQuantModel(nn.Module):
     def _on_weight(self, w: Any) -> Any:
         q = self._weights.get(id(w))
         return q(w) if q is not None else w
+
+    def quantized_weights(self) -> list[tuple[nn.Parameter, WeightQuantizer]]:
+        """(weight, its quantizer) for every fake-quantized weight of the model."""
+        return list(zip(self._params, self.weight_quantizers, strict=True))  # type: ignore[arg-type]
 
     def project_weights(self) -> None:
         """Before the weights are written: each clipped where the simulation clips it (`WeightQuantizer.project`)."""

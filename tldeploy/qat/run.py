@@ -219,9 +219,7 @@ class _Qat:
         trained: nn.Module = fq
         if self.dist.enabled:
             trained = nn.parallel.DistributedDataParallel(fq)
-        learnt = [([q.range for q in fq.quantizers if q.range.requires_grad], cfg.range_lr), ([q.clip for q in fq.weight_quantizers if q.clip.requires_grad], cfg.clip_lr)]
-        groups = [{"params": list(self.model.parameters()), "lr": cfg.lr}] + [{"params": ps, "lr": lr} for ps, lr in learnt if ps]
-        opt = torch.optim.AdamW(groups, weight_decay=0.0)
+        opt = torch.optim.AdamW(param_groups(fq, cfg), weight_decay=0.0)
         per_epoch = math.ceil(min(len(paths), cfg.samples_per_epoch or len(paths)) / (cfg.batch_size * self.dist.world))
         # Cosine decay to zero over the run: the last steps settle instead of jumping between epochs.
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / (per_epoch * cfg.epochs), 1.0))))
@@ -277,7 +275,7 @@ class _Qat:
             for name in (spec.name, *spec.ties):
                 ranges[name] = (float(np.float32(lo)), float(np.float32(hi)))
         info = {
-            "epochs": self.cfg.epochs, "best_epoch": best, "lr": self.cfg.lr, "range_lr": self.cfg.range_lr, "clip_lr": self.cfg.clip_lr,
+            "epochs": self.cfg.epochs, "best_epoch": best, "lr": self.cfg.lr, "step_lr": self.cfg.step_lr, "range_lr": self.cfg.range_lr, "clip_lr": self.cfg.clip_lr,
             "trained_ranges": len(placement.ranges), "quantized_weights": len(placement.weights),
             "source": {"checkpoint": str(self.cfg.checkpoint), "sha256": self.setup.source_sha256},
             "calibration": {"source": calib.source, "images": len(calib.images), "sha256": calib.sha256},
@@ -325,6 +323,24 @@ class _Qat:
             save_checkpoint(tmp / "model.pt", self.model.cpu(), self._meta(record), self.tensors)
             write_json(tmp / "metrics.json", metrics)
         log.info("QAT checkpoint written to %s: export it and build --precision int8 (no --calib-data needed)", self.out / "model.pt")
+
+
+def param_groups(fq, cfg: QatConfig) -> list[dict]:
+    """The optimizer's groups: the model's parameters at --lr, except each quantized weight at
+    --step-lr of its own code step; the ranges and clips that are learnt at their rates.
+
+    Adam moves every element by about its learning rate per step, whatever its gradient's size:
+    at one rate for all, the first layers, whose steps are ten times the last layers' and which
+    carry most of the rounding error, could not move a tenth of a step in a run. Measured on the
+    digits EfficientNet-Lite0 (7-bit weights, seed 1, 2 epochs of 832 images, AMD EPYC
+    avx512-vnni; the artifact's KL to FP32 on the validation images, one run each): --lr 5e-6 for
+    all 0.024, 1.5e-5 for all 0.024, --step-lr 1e-2 0.023, 3e-3 0.013."""
+    stepped = {id(p): (p, cfg.step_lr * q.step()) for p, q in fq.quantized_weights()} if cfg.step_lr else {}
+    groups = [{"params": [p for p in fq.model.parameters() if id(p) not in stepped], "lr": cfg.lr}]
+    groups += [{"params": [p], "lr": lr} for p, lr in stepped.values()]
+    learnt = [([q.range for q in fq.quantizers if q.range.requires_grad], cfg.range_lr),
+              ([q.clip for q in fq.weight_quantizers if q.clip.requires_grad], cfg.clip_lr)]
+    return groups + [{"params": ps, "lr": lr} for ps, lr in learnt if ps]
 
 
 TEMPERATURE = 4.0
