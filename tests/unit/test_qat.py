@@ -33,7 +33,7 @@ from tldeploy.models.checkpoints import load_checkpoint
 from tldeploy.qat import QatConfig, qat
 from tldeploy.qat.fakequant import FakeQuantModel, LearnableFakeQuant, weight_scale
 from tldeploy.qat.placement import find_placement
-from tldeploy.qat.run import param_groups
+from tldeploy.qat.run import better_epoch, param_groups
 from tldeploy.train.training import TrainConfig, train
 
 CONFIGS = {"ort-x86 8-bit": lambda: QuantConfig.ort_x86(reduce_range=False),
@@ -167,6 +167,16 @@ def test_each_quantized_weight_learns_in_its_own_code_steps(tiny, tmp_path):
             unfolded = weight_scale(q.start, q.site.qmin, q.site.qmax) / (fold.detach().abs() if fold is not None else 1.0)
             assert lrs[id(p)] == pytest.approx(step_lr * float(unfolded.mean()), rel=1e-6)
         assert {lrs[id(q.clip)] for q in fq.weight_quantizers} == {1e-3}
+
+
+def test_an_epoch_wins_by_agreement_then_by_kl_then_by_accuracy():
+    def row(agreement, kl, accuracy):
+        return {"top1_agreement": agreement, "kl": kl, "accuracy": accuracy}
+
+    assert better_epoch(row(0.99, 0.02, 0.90), row(0.98, 0.001, 0.99))
+    assert better_epoch(row(0.99, 0.008, 0.96), row(0.99, 0.024, 0.97))  # a tie in agreement: the closer distribution
+    assert better_epoch(row(0.99, 0.01, 0.97), row(0.99, 0.01, 0.96))
+    assert not better_epoch(row(0.99, 0.01, 0.97), row(0.99, 0.01, 0.97))  # equal: the earlier epoch stays
 
 
 def test_the_vit_placement_quantizes_inside_the_attention(vit, tmp_path):

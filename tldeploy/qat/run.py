@@ -246,7 +246,7 @@ class _Qat:
                 total, seen = total + loss.item() * len(x), seen + len(x)
             row, measured = self._judge(fq, epoch, val, tmp, total / max(seen, 1), time.perf_counter() - t0)
             history.append(row)
-            if _better(row, history[best]):
+            if better_epoch(row, history[best]):
                 best, best_state, final = epoch, copy.deepcopy(fq.state_dict()), measured
         fq.load_state_dict(best_state)
         fq.project_weights()
@@ -378,8 +378,12 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-def _better(a: dict, b: dict) -> bool:
-    return (a["top1_agreement"], a["accuracy"], -a["kl"]) > (b["top1_agreement"], b["accuracy"], -b["kl"])
+def better_epoch(a: dict, b: dict) -> bool:
+    """Whether epoch row `a` beats `b`: more agreement with FP32, then (on a tie, common with a few
+    hundred images) the smaller KL to it, then accuracy. KL before accuracy: on the digits Lite0
+    (7-bit, 3 epochs, seed 0) epochs 1 and 3 both agreed on 98.89%, and accuracy would have kept
+    epoch 1 at KL 0.024 over epoch 3 at 0.008."""
+    return (a["top1_agreement"], -a["kl"], a["accuracy"]) > (b["top1_agreement"], -b["kl"], b["accuracy"])
 
 
 def _accuracy(logits: np.ndarray, labels) -> float | None:
