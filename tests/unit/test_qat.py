@@ -167,6 +167,12 @@ def test_each_quantized_weight_learns_in_its_own_code_steps(tiny, tmp_path):
             unfolded = weight_scale(q.start, q.site.qmin, q.site.qmax) / (fold.detach().abs() if fold is not None else 1.0)
             assert lrs[id(p)] == pytest.approx(step_lr * float(unfolded.mean()), rel=1e-6)
         assert {lrs[id(q.clip)] for q in fq.weight_quantizers} == {1e-3}
+    folded = next(q for q in weights.values() if q._fold() is not None)
+    before = folded.step()
+    with torch.no_grad():
+        folded._bn[0].weight[0] = 0.0  # a channel switched off (a zero-initialised BatchNorm scale): its step is infinite
+        expected = weight_scale(folded.start, folded.site.qmin, folded.site.qmax)[1:] / folded._fold()[1:].abs()
+    assert folded.step() == pytest.approx(float(expected.mean()), rel=1e-6) and folded.step() < 10 * before
 
 
 def test_an_epoch_wins_by_agreement_then_by_kl_then_by_accuracy():

@@ -246,12 +246,14 @@ class WeightQuantizer(nn.Module):
 
     def step(self) -> float:
         """The mean size of one code step of this weight as the model holds it (before the BatchNorm
-        fold), at the scale it started from."""
+        fold), at the scale it started from. A channel whose fold is zero computes nothing and has
+        no step there (its weight is left as it is, as `project` leaves it); it is not counted."""
         scale = weight_scale(self.start, self.site.qmin, self.site.qmax)
         fold = self._fold()
-        if fold is not None:
-            scale = scale / fold.detach().abs().clamp(min=torch.finfo(torch.float32).tiny)
-        return float(scale.mean())
+        if fold is None:
+            return float(scale.mean())
+        live = fold.detach() != 0
+        return float((scale[live] / fold.detach()[live].abs()).mean()) if live.any() else float(scale.mean())
 
     def _fold(self) -> torch.Tensor | None:
         bn = self._bn[0]
