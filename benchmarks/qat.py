@@ -65,11 +65,11 @@ def main() -> None:
     artifacts: dict[str, Path] = {}
     for seed in seeds:
         for name in args.targets.split(","):
-            row, qat_onnx = run_target(args, name, seed, data, run_ckpt, out, timed=seed == seeds[0])
+            row, int8_path = run_target(args, name, seed, data, run_ckpt, out, timed=seed == seeds[0])
             if seed == seeds[0]:
                 results["targets"][name] = row
-                if qat_onnx is not None:
-                    artifacts["int8_qat"] = qat_onnx
+                if int8_path is not None:
+                    artifacts["int8_qat"] = int8_path
             else:
                 results.setdefault("other_seeds", {}).setdefault(str(seed), {})[name] = {
                     k: row[k] for k in ("qat_seconds", "qat_top1_agreement", "qat_accuracy", "accuracy_drop_points", "best_epoch")}

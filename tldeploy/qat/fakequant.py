@@ -319,7 +319,7 @@ class FakeQuantModel(nn.Module):
         self._params = [model.get_submodule(w.module).weight for w in placement.weights]
         self.weight_quantizers = nn.ModuleList(WeightQuantizer(w, p, model.get_submodule(w.fold) if w.fold else None, learn_clip)
                                                for w, p in zip(placement.weights, self._params, strict=True))
-        self._weights: dict[int, WeightQuantizer] = {id(p): q for p, q in zip(self._params, self.weight_quantizers, strict=True)}  # type: ignore[misc]
+        self._weights: dict[int, WeightQuantizer] = {id(p): q for p, q in self.quantized_weights()}
         self.enabled = True
 
     def quantizer(self, range_name: str) -> ActivationQuantizer:
@@ -339,7 +339,7 @@ class FakeQuantModel(nn.Module):
 
     def project_weights(self) -> None:
         """Before the weights are written: each clipped where the simulation clips it (`WeightQuantizer.project`)."""
-        for p, q in zip(self._params, self.weight_quantizers, strict=True):
+        for p, q in self.quantized_weights():
             q.project(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
