@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--samples-per-epoch", type=int, default=832)
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--step-lr", type=float, default=3e-3)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--range-lr", type=float, default=1e-3)
     ap.add_argument("--clip-lr", type=float, default=1e-3)
     ap.add_argument("--targets", default=",".join(TARGETS))
