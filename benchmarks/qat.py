@@ -65,8 +65,9 @@ def main() -> None:
     artifacts: dict[str, Path] = {}
     for seed in seeds:
         for name in args.targets.split(","):
-            row, int8_path = run_target(args, name, seed, data, run_ckpt, out, timed=seed == seeds[0])
-            if seed == seeds[0]:
+            first = seed == seeds[0]
+            row, int8_path = run_target(args, name, seed, data, run_ckpt, out, timed=first)
+            if first:
                 results["targets"][name] = row
                 if int8_path is not None:
                     artifacts["int8_qat"] = int8_path

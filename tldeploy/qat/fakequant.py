@@ -252,8 +252,9 @@ class WeightQuantizer(nn.Module):
         fold = self._fold()
         if fold is None:
             return float(scale.mean())
-        live = fold.detach() != 0
-        return float((scale[live] / fold.detach()[live].abs()).mean()) if live.any() else float(scale.mean())
+        fold = fold.detach()
+        live = fold != 0
+        return float((scale[live] / fold[live].abs()).mean()) if live.any() else float(scale.mean())
 
     def _fold(self) -> torch.Tensor | None:
         bn = self._bn[0]
